@@ -1,0 +1,1 @@
+"""natkit's command line: thin edges over the library (parse, call, render)."""

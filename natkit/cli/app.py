@@ -1,0 +1,42 @@
+"""The ``natkit`` command: one typer app, commands registered from their modules."""
+
+from __future__ import annotations
+
+import typer
+
+from . import output
+from .probe import probe_cmd
+
+app = typer.Typer(
+    name="natkit",
+    help="STUN/TURN toolkit: discover NATs, run hardened coturn, prove that relaying works.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")) -> None:
+    output.set_debug(debug)
+
+
+app.command("probe")(probe_cmd)
+
+
+def _register_optional() -> None:
+    # each module registers its own commands; kept in one place for --help order
+    from . import check, creds, relay, turn
+
+    app.command("creds")(creds.creds_cmd)
+    app.command("relay-check")(relay.relay_check_cmd)
+    app.command("check")(check.check_cmd)
+    app.add_typer(turn.turn_app, name="turn")
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()

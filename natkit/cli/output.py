@@ -1,0 +1,103 @@
+"""Rendering and error handling shared by every command.
+
+Rules: ``--json`` prints exactly one JSON document on stdout (the report, or
+``{"ok": false, "error": {...}}``); human text goes to stdout, progress and
+errors to stderr. A :class:`~natkit.errors.NatkitError` becomes one line on
+stderr and its exit code; ``--debug`` (or ``NATKIT_DEBUG=1``) adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, NatkitError
+
+DEBUG = bool(os.environ.get("NATKIT_DEBUG"))
+
+
+def set_debug(value: bool) -> None:
+    global DEBUG
+    DEBUG = DEBUG or value
+
+
+def err(line: str) -> None:
+    """One line to stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def progress(line: str) -> None:
+    """A progress line on stderr (silent when stderr is not wanted)."""
+    if not os.environ.get("NATKIT_QUIET"):
+        print(f"… {line}", file=sys.stderr, flush=True)
+
+
+def emit_json(document: Any) -> None:
+    from ..model import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["–" if v is None else str(v) for v in r])
+    return t
+
+
+def run(json_mode: bool, body: Callable[[], int | None]) -> None:
+    """Run a command body, mapping errors to one line and an exit code.
+
+    ``body`` returns the exit code (None means 0).
+    """
+    import typer
+
+    try:
+        code = body() or 0
+    except NatkitError as exc:
+        if DEBUG:
+            traceback.print_exc()
+        if json_mode:
+            emit_json({"ok": False, "error": exc.to_dict()})
+        err(f"natkit: error: {exc.one_line()}")
+        for line in exc.details:
+            err(f"  | {line}")
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err("natkit: interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:  # a bug: still one line, traceback with --debug
+        if DEBUG:
+            traceback.print_exc()
+        if json_mode:
+            emit_json({"ok": False, "error": {"kind": "internal", "message": f"{exc.__class__.__name__}: {exc}"}})
+        err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def fmt_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} ms"
+
+
+def usage_exit(message: str) -> None:
+    import typer
+
+    err(f"natkit: error: {message}")
+    raise typer.Exit(EXIT_USAGE)

@@ -1,0 +1,128 @@
+"""The native backend: the ``turnserver`` binary as a managed subprocess.
+
+The process runs in its own session (process group), writes its log to a file
+in the server's state directory, and is identified later by PID plus its
+command line (which names natkit's config file), so a recycled PID is never
+signalled by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import BackendUnavailable
+
+NAME = "native"
+
+
+def find_binary() -> str | None:
+    """Path of ``turnserver`` (``$NATKIT_TURNSERVER`` first, then PATH and /usr/bin)."""
+    explicit = os.environ.get("NATKIT_TURNSERVER")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("turnserver") or next(
+        (p for p in ("/usr/bin/turnserver", "/usr/local/bin/turnserver") if os.access(p, os.X_OK)), None
+    )
+
+
+def available() -> tuple[bool, str]:
+    """(usable, reason)."""
+    binary = find_binary()
+    if binary is None:
+        return False, "the turnserver binary is not installed (apt-get install coturn)"
+    return True, binary
+
+
+def runtime_path(server_dir: Path, filename: str) -> str:
+    """Where the server writes a runtime file (pid file, sqlite db): its state dir."""
+    return str(server_dir / filename)
+
+
+def start(config_path: Path, log_path: Path, *, name: str = "", image: str | None = None) -> dict:
+    """Start ``turnserver -c config_path`` detached; return the state fields (``pid``, ``binary``)."""
+    binary = find_binary()
+    if binary is None:
+        raise BackendUnavailable("native backend: turnserver not found", hint="apt-get install coturn, or use --backend docker")
+    log = open(log_path, "ab", buffering=0)
+    try:
+        proc = subprocess.Popen(
+            [binary, "-c", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+    return {"pid": proc.pid}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def is_running(state: dict) -> bool:
+    """True when the recorded PID is alive and still runs natkit's config."""
+    pid = state.get("pid")
+    if not pid:
+        return False
+    _reap(pid)
+    if _is_zombie(pid):
+        return False
+    return str(state.get("config_path", "")) in _cmdline(pid)
+
+
+def stop(state: dict, timeout: float = 5.0) -> None:
+    """SIGTERM the server's process group, SIGKILL after ``timeout`` seconds."""
+    pid = state.get("pid")
+    if not pid or not is_running(state):
+        if pid:
+            _reap(pid)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not is_running(state):
+                _reap(pid)
+                return
+            time.sleep(0.02)
+
+
+def logs(state: dict, tail: int | None = None) -> list[str]:
+    """The server's log lines (the last ``tail`` when given)."""
+    path = state.get("log_path")
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines() if path else []
+    except OSError:
+        return []
+    return lines[-tail:] if tail else lines

@@ -1,0 +1,373 @@
+"""coturn servers managed by natkit: backend choice, state, readiness, cleanup.
+
+A server lives in ``<state dir>/servers/<name>/`` (``state.json``,
+``turnserver.conf``, ``turnserver.log``), so ``natkit turn status|logs|down``
+find it from another process. The state directory is ``$NATKIT_STATE_DIR``,
+else ``$XDG_STATE_HOME/natkit``, else ``~/.local/state/natkit``.
+
+:class:`CoturnServer` is a context manager: leaving the ``with`` block, an
+exception or Ctrl-C during startup stops the server and removes its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from ..errors import BackendUnavailable, EnvironmentProblem, NatkitError, NotRunning, ServerStartFailed, UsageError
+from ..model import TransportAddress
+from .config import CoturnConfig
+
+NAME_PREFIX = "natkit-"
+LABEL = "natkit.managed"  # Docker label on every container natkit creates
+DEFAULT_IMAGE = "coturn/coturn:4.6.3"  # official image, pinned
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+
+
+def state_dir() -> Path:
+    """Root of natkit's state (created 0700 on first use)."""
+    base = os.environ.get("NATKIT_STATE_DIR")
+    if base:
+        root = Path(base)
+    else:
+        xdg = os.environ.get("XDG_STATE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".local" / "state") / "natkit"
+    return root
+
+
+def _servers_dir() -> Path:
+    d = state_dir() / "servers"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def _backend_module(name: str):
+    if name == "native":
+        from . import native
+
+        return native
+    if name == "docker":
+        from . import docker as docker_backend
+
+        return docker_backend
+    raise UsageError(f"unknown backend {name!r}", hint="use auto, docker or native")
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """Resolve ``auto`` to ``docker`` when an engine answers, else ``native``.
+
+    Raises :class:`BackendUnavailable` when the requested backend (or, for
+    auto, both) cannot be used, with each one's reason.
+    """
+    if requested not in ("auto", "docker", "native"):
+        raise UsageError(f"unknown backend {requested!r}", hint="use auto, docker or native")
+    order = ["docker", "native"] if requested == "auto" else [requested]
+    reasons = []
+    for name in order:
+        ok, reason = _backend_module(name).available()
+        if ok:
+            return name
+        reasons.append(f"{name}: {reason}")
+    raise BackendUnavailable("no coturn backend is usable: " + "; ".join(reasons), hint="apt-get install coturn, or start a Docker engine")
+
+
+def port_in_use(ip: str, port: int) -> str | None:
+    """Return "udp"/"tcp" when ``ip:port`` is already bound, else None."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    for kind, name in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
+        s = socket.socket(family, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+        except OSError:
+            return name
+        finally:
+            s.close()
+    return None
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A port that is free for both UDP and TCP on ``ip`` right now."""
+    for _ in range(50):
+        s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port_in_use(ip, port) is None:
+            return port
+    raise EnvironmentProblem(f"no free port on {ip}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerInfo:
+    """What natkit records about one managed coturn (``state.json``).
+
+    ``uris`` are the TURN URIs clients should use; ``secret`` is the REST
+    shared secret (the state file is 0600).
+    """
+
+    name: str
+    backend: str
+    listen: tuple[str, ...]
+    port: int
+    tls_port: int | None
+    realm: str
+    secret: str | None
+    uris: tuple[str, ...]
+    stun_uris: tuple[str, ...]
+    created: float
+    pid: int | None = None
+    container_id: str | None = None
+    image: str | None = None
+    config_path: str = ""
+    log_path: str = ""
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, data: dict) -> "ServerInfo":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in fields}
+        for key in ("listen", "uris", "stun_uris"):
+            data[key] = tuple(data.get(key) or ())
+        return cls(**data)
+
+    def public(self) -> dict:
+        """The JSON view (without the secret)."""
+        d = self.to_state()
+        d["secret"] = "***" if self.secret else None
+        return d
+
+
+def _uris(config: CoturnConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    host = config.listening_ips[0]
+    h = f"[{host}]" if ":" in host else host
+    turn = [f"turn:{h}:{config.listening_port}", f"turn:{h}:{config.listening_port}?transport=tcp"]
+    if config.tls_listening_port:
+        turn.append(f"turns:{h}:{config.tls_listening_port}")
+    return tuple(turn), (f"stun:{h}:{config.listening_port}",)
+
+
+def list_servers() -> list[ServerInfo]:
+    """Every server with a state file (running or not)."""
+    out = []
+    for state_file in sorted(_servers_dir().glob("*/state.json")):
+        try:
+            out.append(ServerInfo.from_state(json.loads(state_file.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def get_server(name: str | None = None) -> ServerInfo:
+    """The server called ``name``; without a name, the only one there is.
+
+    Raises :class:`NotRunning` when none (or, without a name, several) match.
+    """
+    servers = list_servers()
+    if name:
+        for s in servers:
+            if s.name == name:
+                return s
+        raise NotRunning(f"no natkit-managed coturn called {name!r}", hint="natkit turn status lists them")
+    if not servers:
+        raise NotRunning("no natkit-managed coturn is running", hint="start one with: natkit turn up")
+    if len(servers) > 1:
+        raise UsageError("several natkit-managed coturn servers exist: " + ", ".join(s.name for s in servers), hint="pass --name")
+    return servers[0]
+
+
+def is_running(info: ServerInfo) -> bool:
+    """True when the server's process or container is running."""
+    return _backend_module(info.backend).is_running(info.to_state())
+
+
+def server_logs(info: ServerInfo, tail: int | None = None) -> list[str]:
+    """The server's own log lines (last ``tail`` lines when given)."""
+    return _backend_module(info.backend).logs(info.to_state(), tail)
+
+
+def stop_server(info: ServerInfo) -> None:
+    """Stop the server and remove its state directory."""
+    try:
+        _backend_module(info.backend).stop(info.to_state())
+    finally:
+        shutil.rmtree(Path(info.config_path).parent, ignore_errors=True)
+
+
+def stop_all() -> list[str]:
+    """Stop every natkit-managed server (state files, and labelled containers); return their names."""
+    names = []
+    for info in list_servers():
+        stop_server(info)
+        names.append(info.name)
+    try:
+        from . import docker as docker_backend
+
+        names += docker_backend.reap_labelled()
+    except NatkitError:
+        pass
+    return names
+
+
+async def _stun_ready(addr: TransportAddress, timeout: float) -> bool:
+    from ..stun import UdpStunEndpoint, binding_request
+
+    async with await UdpStunEndpoint.open("::" if addr.family == 6 else "0.0.0.0") as ep:
+        try:
+            resp = await ep.request(binding_request(), addr, timeout=timeout, rto=timeout)
+        except NatkitError:
+            return False
+        return not resp.is_error and "XOR-MAPPED-ADDRESS" in resp.message.attributes
+
+
+def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
+    """Poll with STUN Bindings until the server answers; return seconds waited.
+
+    Raises :class:`ServerStartFailed` (with the server's last log lines) when
+    the server exits or does not answer within ``timeout`` seconds.
+    """
+    addr = TransportAddress(info.listen[0], info.port)
+    started = time.monotonic()
+    while True:
+        if asyncio.run(_stun_ready(addr, 0.1)):
+            return time.monotonic() - started
+        if not is_running(info):
+            raise ServerStartFailed(
+                f"coturn ({info.backend}) exited during startup",
+                server=info.name,
+                step="turn up",
+                details=server_logs(info, 15),
+                hint="see the server log above",
+            )
+        if time.monotonic() - started > timeout:
+            raise ServerStartFailed(
+                f"coturn ({info.backend}) did not answer a STUN Binding on {addr} within {timeout:g}s",
+                server=info.name,
+                step="turn up",
+                details=server_logs(info, 15),
+            )
+        time.sleep(0.05)
+
+
+class CoturnServer:
+    """A coturn process or container managed by natkit.
+
+    ``config`` is the :class:`CoturnConfig` to run; ``backend`` "auto",
+    "docker" or "native"; ``image`` the Docker image (docker backend only).
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        config: CoturnConfig,
+        *,
+        backend: str = "auto",
+        image: str | None = None,
+        name: str | None = None,
+        ready_timeout: float = 20.0,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> None:
+        config.validate()
+        if name is not None and not _NAME_RE.match(name):
+            raise UsageError(f"invalid server name {name!r}", hint="use lowercase letters, digits, '-', '_' or '.'")
+        self.config = config
+        self.requested_backend = backend
+        self.image = image
+        self.name = name or "default"
+        self.ready_timeout = ready_timeout
+        self.extra_files = extra_files or {}
+        self.info: ServerInfo | None = None
+        self.ready_seconds: float | None = None
+
+    @property
+    def secret(self) -> str | None:
+        return self.config.static_auth_secrets[0] if self.config.static_auth_secrets else None
+
+    def start(self) -> ServerInfo:
+        """Start the server and wait until it answers STUN; return its :class:`ServerInfo`.
+
+        Raises :class:`UsageError` when the name exists or the port is taken,
+        :class:`BackendUnavailable` when no backend works, and
+        :class:`ServerStartFailed` (nothing left running) when it does not
+        become ready.
+        """
+        backend_name = choose_backend(self.requested_backend)
+        backend = _backend_module(backend_name)
+        for existing in list_servers():
+            if existing.name == self.name:
+                if is_running(existing):
+                    raise UsageError(f"a natkit coturn called {self.name!r} is already running", hint="natkit turn down, or pass --name")
+                stop_server(existing)  # stale state from a crashed run
+        for ip in self.config.listening_ips:
+            for port in filter(None, (self.config.listening_port, self.config.tls_listening_port)):
+                busy = port_in_use(ip, port)
+                if busy:
+                    raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up", hint="choose another --port or stop what uses it")
+        sdir = _servers_dir() / self.name
+        sdir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(sdir, 0o700)
+        config_path = sdir / "turnserver.conf"
+        log_path = sdir / "turnserver.log"
+        for fname, content in self.extra_files.items():
+            p = sdir / fname
+            p.write_bytes(content)
+            os.chmod(p, 0o600)
+        # paths coturn itself writes: the pid file and its sqlite user db
+        config = dataclasses.replace(
+            self.config,
+            pidfile=self.config.pidfile or backend.runtime_path(sdir, "turnserver.pid"),
+            userdb=self.config.userdb or backend.runtime_path(sdir, "turndb"),
+        )
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(config.render())
+        turn_uris, stun_uris = _uris(config)
+        info = ServerInfo(
+            name=self.name, backend=backend_name, listen=config.listening_ips, port=config.listening_port,
+            tls_port=config.tls_listening_port, realm=config.realm, secret=self.secret,
+            uris=turn_uris, stun_uris=stun_uris, created=time.time(),
+            config_path=str(config_path), log_path=str(log_path),
+        )
+        self.info = info
+        try:
+            extra = backend.start(config_path, log_path, name=self.name, image=self.image or DEFAULT_IMAGE)
+            info = dataclasses.replace(info, **extra)
+            self.info = info
+            self._write_state(info)
+            self.ready_seconds = wait_ready(info, self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return info
+
+    def _write_state(self, info: ServerInfo) -> None:
+        path = Path(info.config_path).parent / "state.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info.to_state(), f, indent=2)
+
+    def logs(self, tail: int | None = None) -> list[str]:
+        return server_logs(self.info, tail) if self.info else []
+
+    def stop(self) -> None:
+        """Stop the server (idempotent) and remove its state."""
+        if self.info is not None:
+            stop_server(self.info)
+            self.info = None
+
+    def __enter__(self) -> "CoturnServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,187 @@
+"""The one error tree of natkit.
+
+Every error natkit raises derives from :class:`NatkitError`. Each class carries
+the process exit code the CLI uses for it, so the mapping from failure to exit
+code lives here and nowhere else:
+
+====  =====================================================================
+code  meaning
+====  =====================================================================
+0     success: the check passed / the command did what it was asked
+1     a check ran and failed (echo mismatch, non-relay pair, ...)
+2     usage: bad command line or malformed input (URI, port, TTL, ...)
+3     environment: no coturn binary, no Docker engine, a local server that
+      would not start, missing privileges
+4     server unreachable: unknown host, connection refused, STUN timeout
+5     authentication refused by the TURN server (401, 441)
+6     allocation refused by the TURN server (486 quota, 508 capacity, ...)
+7     relay candidates gathered, but ICE found no working pair
+130   interrupted (Ctrl-C)
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+EXIT_UNREACHABLE = 4
+EXIT_AUTH_REFUSED = 5
+EXIT_ALLOCATION_REFUSED = 6
+EXIT_NO_CONNECTIVITY = 7
+EXIT_INTERRUPTED = 130
+
+
+class NatkitError(Exception):
+    """Base of every natkit error.
+
+    ``message`` says what failed; ``server`` and ``step`` say where;
+    ``hint`` says what to try. ``details`` holds extra lines (for example a
+    server's last log lines) that the CLI prints under the one-line error.
+    """
+
+    exit_code = EXIT_CHECK_FAILED
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        step: str | None = None,
+        hint: str | None = None,
+        details: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.server = server
+        self.step = step
+        self.hint = hint
+        self.details = list(details or [])
+
+    def one_line(self) -> str:
+        """Return the error as one line: ``[step] server: message (hint)``."""
+        parts = []
+        if self.step:
+            parts.append(f"{self.step}:")
+        if self.server:
+            parts.append(f"{self.server}:")
+        parts.append(self.message)
+        line = " ".join(parts)
+        if self.hint:
+            line += f" ({self.hint})"
+        return line
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "server": self.server,
+            "step": self.step,
+            "hint": self.hint,
+            "details": self.details,
+        }
+
+
+class CheckFailed(NatkitError):
+    """A check ran to the end and its verdict is negative."""
+
+    kind = "check_failed"
+
+
+class UsageError(NatkitError):
+    """Bad input from the user: malformed URI, out-of-range option, ..."""
+
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class InvalidURI(UsageError):
+    """A STUN/TURN server URI that does not parse (RFC 7064, RFC 7065)."""
+
+    kind = "invalid_uri"
+
+
+class EnvironmentProblem(NatkitError):
+    """Something missing or broken on this machine, not on the remote server."""
+
+    exit_code = EXIT_ENVIRONMENT
+    kind = "environment"
+
+
+class BackendUnavailable(EnvironmentProblem):
+    """The requested coturn backend (docker or native) cannot be used here."""
+
+    kind = "backend_unavailable"
+
+
+class ServerStartFailed(EnvironmentProblem):
+    """A coturn managed by natkit did not become ready; ``details`` has its log."""
+
+    kind = "server_start_failed"
+
+
+class NotRunning(EnvironmentProblem):
+    """No natkit-managed server matches the request."""
+
+    kind = "not_running"
+
+
+class ServerUnreachable(NatkitError):
+    """The server cannot be reached: DNS, refused connection, or no answer."""
+
+    exit_code = EXIT_UNREACHABLE
+    kind = "unreachable"
+
+
+class HostNotFound(ServerUnreachable):
+    """The server's host name does not resolve."""
+
+    kind = "host_not_found"
+
+
+class StunTimeout(ServerUnreachable):
+    """No STUN response within the time budget (RFC 8489 §6.2.1 schedule)."""
+
+    kind = "timeout"
+
+
+class TurnError(NatkitError):
+    """A TURN request was answered with an error response (RFC 8656 §18).
+
+    ``error_code`` is the STUN ERROR-CODE number, ``reason`` its phrase.
+    """
+
+    def __init__(self, message: str, *, error_code: int | None = None, reason: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.error_code = error_code
+        self.reason = reason
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["error_code"] = self.error_code
+        d["reason"] = self.reason
+        return d
+
+
+class AuthenticationRefused(TurnError):
+    """401 Unauthorized or 441 Wrong Credentials (RFC 8489 §14.8, RFC 8656 §18)."""
+
+    exit_code = EXIT_AUTH_REFUSED
+    kind = "auth_refused"
+
+
+class AllocationRefused(TurnError):
+    """Allocate refused: 486 Allocation Quota Reached, 508 Insufficient Capacity, ..."""
+
+    exit_code = EXIT_ALLOCATION_REFUSED
+    kind = "allocation_refused"
+
+
+class NoRelayConnectivity(CheckFailed):
+    """Relay candidates were gathered but ICE found no working candidate pair."""
+
+    exit_code = EXIT_NO_CONNECTIVITY
+    kind = "no_connectivity"
