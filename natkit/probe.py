@@ -69,6 +69,30 @@ class ProbeReport:
         return any(r.ok for r in self.results)
 
 
+def route_local_ip(addr: TransportAddress) -> str | None:
+    """The local IP the kernel would use to reach ``addr`` (a connected UDP
+    socket; nothing is sent). None when there is no route."""
+    import socket
+
+    family = socket.AF_INET6 if addr.family == 6 else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.connect((addr.host, addr.port))
+        return s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def _local_for(local: TransportAddress | None, addr: TransportAddress | None) -> TransportAddress | None:
+    """Replace a wildcard local IP (0.0.0.0, ::) by the routed source IP."""
+    if local is None or addr is None or local.host not in ("0.0.0.0", "::"):
+        return local
+    ip = route_local_ip(addr)
+    return TransportAddress(ip, local.port) if ip else local
+
+
 def _result(server: str, uri: ServerURI, addr, *, resp=None, local=None, exc: NatkitError | None = None) -> BindingResult:
     if resp is None:
         return BindingResult(
@@ -87,7 +111,7 @@ def _result(server: str, uri: ServerURI, addr, *, resp=None, local=None, exc: Na
         server=server, uri=str(uri), transport=uri.transport, tls=uri.secure,
         server_address=addr, ok=not resp.is_error and mapped is not None,
         mapped_address=TransportAddress.of(mapped) if mapped else None,
-        local_address=resp.local, rtt_ms=resp.rtt_ms, sends=resp.sends,
+        local_address=_local_for(resp.local, addr), rtt_ms=resp.rtt_ms, sends=resp.sends,
         response_origin=TransportAddress.of(attrs["RESPONSE-ORIGIN"]) if "RESPONSE-ORIGIN" in attrs else None,
         other_address=TransportAddress.of(attrs["OTHER-ADDRESS"]) if "OTHER-ADDRESS" in attrs else None,
         software=attrs.get("SOFTWARE"),

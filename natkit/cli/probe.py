@@ -36,20 +36,26 @@ def probe_cmd(
     output.run(json_out, body)
 
 
-def render(report) -> None:
-    rows = []
+def render(report, out=None) -> None:
+    """Plain text, one block per server (no rich: probe start-up time matters)."""
+    import sys
+
+    out = out or sys.stdout
+    w = out.write
     for r in report.results:
-        rows.append([
-            r.uri,
-            r.mapped_address if r.ok else f"[red]{r.error}[/red]",
-            r.local_address,
-            output.fmt_ms(r.rtt_ms) if r.ok else None,
-            r.response_origin,
-            r.other_address,
-            r.software,
-        ])
-    con = output.console()
-    con.print(output.table(None, ["server", "mapped (XOR-MAPPED-ADDRESS)", "local", "rtt", "RESPONSE-ORIGIN", "OTHER-ADDRESS", "SOFTWARE"], rows))
-    varies = {None: "unknown (needs 2+ answers over UDP)", True: "yes: address/port-dependent mapping likely", False: "no"}[report.mapping_varies]
+        if r.ok:
+            w(f"{r.uri}  answered in {output.fmt_ms(r.rtt_ms)}" + (f" after {r.sends} sends" if r.sends > 1 else "") + "\n")
+        else:
+            w(f"{r.uri}  FAILED: {r.error}\n")
+            continue
+        for label, value in (
+            ("mapped (XOR-MAPPED-ADDRESS)", r.mapped_address),
+            ("local", r.local_address),
+            ("RESPONSE-ORIGIN", r.response_origin),
+            ("OTHER-ADDRESS", r.other_address),
+            ("SOFTWARE", r.software),
+        ):
+            w(f"  {label:<28} {'–' if value is None else value}\n")
+    varies = {None: "unknown (needs 2+ UDP answers)", True: "yes (address/port-dependent mapping likely)", False: "no"}[report.mapping_varies]
     nat = {None: "unknown", True: "yes", False: "no (mapped = local address)"}[report.behind_nat]
-    con.print(f"public IP: [bold]{report.public_ip or '–'}[/bold]   behind NAT: {nat}   mapping differs between servers: {varies}")
+    w(f"public IP: {report.public_ip or '–'}   behind NAT: {nat}   mapping differs between servers: {varies}\n")

@@ -1,0 +1,43 @@
+"""natkit: STUN/TURN infrastructure toolkit.
+
+Public API (imported lazily, so ``import natkit`` stays cheap):
+
+- :func:`probe` -> :class:`ProbeReport` (public address discovery, RFC 8489)
+- :func:`relay_check` -> :class:`RelayReport` (relay-only ICE proof)
+- :func:`check` -> :class:`CheckReport` (probe + relay check, embedded coturn)
+- :class:`CoturnServer`, :class:`CoturnConfig` (coturn provisioning)
+- :func:`mint` (TURN REST credentials)
+- :class:`NatkitError` and its subclasses in :mod:`natkit.errors`
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "probe": "natkit.probe",
+    "ProbeReport": "natkit.probe",
+    "relay_check": "natkit.relay",
+    "RelayReport": "natkit.relay",
+    "check": "natkit.check",
+    "CheckReport": "natkit.check",
+    "CoturnServer": "natkit.coturn.server",
+    "CoturnConfig": "natkit.coturn.config",
+    "mint": "natkit.credentials",
+    "NatkitError": "natkit.errors",
+    "TransportAddress": "natkit.model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'natkit' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

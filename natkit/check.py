@@ -1,0 +1,130 @@
+"""``natkit check``: the main job, probe + relay-check against one TURN server.
+
+Without a server, an embedded coturn is started on loopback (fresh random
+secret, free port, backend auto) and stopped afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+from .errors import NatkitError, UsageError
+from .model import TransportAddress
+
+SCHEMA = "natkit.check/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """Result of :func:`check`: where the server came from, the probe and the relay check."""
+
+    schema: str
+    ok: bool
+    embedded: bool  # natkit started (and stopped) the server itself
+    backend: str | None  # docker or native for an embedded server
+    server_ready_ms: float | None  # embedded server: start -> first STUN answer
+    turn_uris: tuple[str, ...]
+    probe: object  # ProbeReport
+    relay: tuple  # RelayReport per TURN URI checked
+    failures: tuple[str, ...]
+    duration_ms: float
+
+
+def _stun_from_turn(uri: str) -> str:
+    from .uri import parse_turn_uri
+
+    u = parse_turn_uri(uri)
+    host = f"[{u.host}]" if ":" in u.host else u.host
+    return f"{'stuns' if u.secure else 'stun'}:{host}:{u.port}"
+
+
+def check(
+    turn: list[str] | None = None,
+    *,
+    secret: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    backend: str = "auto",
+    image: str | None = None,
+    timeout: float = 10.0,
+    messages: int = 20,
+    payload_bytes: int = 1_000_000,
+    verify_tls: bool = True,
+    cafile: str | None = None,
+    on_step: Callable[[str], None] = lambda _: None,
+) -> CheckReport:
+    """Probe a TURN server with STUN, then prove it relays (see :func:`natkit.relay.relay_check`).
+
+    ``turn``: TURN URIs to check; empty: start an embedded coturn on 127.0.0.1
+    and check it over UDP and TCP. Credentials: ``secret`` (REST, minted here)
+    or ``username``/``password``. ``on_step`` receives progress lines.
+
+    Returns a :class:`CheckReport`. Raises the errors of probe/relay-check and,
+    for the embedded server, :class:`BackendUnavailable` / :class:`ServerStartFailed`.
+    """
+    from .credentials import mint
+    from .probe import probe
+    from .relay import relay_check
+
+    started = time.monotonic()
+    server = None
+    ready_ms = None
+    backend_used = None
+    if turn:
+        if not secret and not (username and password):
+            raise UsageError("checking an existing server needs --secret or --user/--password")
+        uris = list(turn)
+    else:
+        from .coturn.config import CoturnConfig
+        from .coturn.server import CoturnServer, free_port
+        from .credentials import new_secret
+
+        secret = new_secret()
+        username = password = None
+        port = free_port("127.0.0.1")
+        config = CoturnConfig(
+            listening_ips=("127.0.0.1",), listening_port=port, static_auth_secrets=(secret,),
+            allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",), realm="natkit.check",
+        )
+        server = CoturnServer(config, backend=backend, image=image, name=f"check-{port}")
+        on_step(f"starting an embedded coturn on 127.0.0.1:{port} (backend {backend})")
+    try:
+        if server is not None:
+            info = server.start()
+            backend_used = info.backend
+            ready_ms = server.ready_seconds * 1000.0
+            uris = list(info.uris)
+            on_step(f"coturn ({info.backend}) answered STUN after {ready_ms:.0f} ms")
+        stun_targets = list(dict.fromkeys(_stun_from_turn(u) for u in uris))
+        on_step("STUN Binding: " + ", ".join(stun_targets))
+        probe_report = probe(stun_targets, timeout=min(3.0, timeout))
+        failures = [f"STUN: {r.uri}: {r.error}" for r in probe_report.results if not r.ok]
+        relays = []
+        for uri in uris:
+            if secret:
+                cred = mint(secret, "natkit-check", 600)
+                user, pw = cred.username, cred.password
+            else:
+                user, pw = username, password
+            on_step(f"relay-only ICE through {uri}")
+            try:
+                report = relay_check(uri, username=user, password=pw, messages=messages, payload_bytes=payload_bytes,
+                                     timeout=timeout, verify_tls=verify_tls, cafile=cafile)
+            except NatkitError as exc:
+                if len(uris) == 1:
+                    raise
+                failures.append(f"{uri}: {exc.one_line()}")
+                continue
+            relays.append(report)
+            failures += [f"{uri}: {f}" for f in report.failures]
+    finally:
+        if server is not None:
+            on_step("stopping the embedded coturn")
+            server.stop()
+    return CheckReport(
+        schema=SCHEMA, ok=not failures and bool(relays), embedded=server is not None, backend=backend_used,
+        server_ready_ms=ready_ms, turn_uris=tuple(uris), probe=probe_report, relay=tuple(relays),
+        failures=tuple(failures), duration_ms=(time.monotonic() - started) * 1000.0,
+    )

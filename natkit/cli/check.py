@@ -1,0 +1,77 @@
+"""``natkit check``: the main job."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from . import output
+
+
+def check_cmd(
+    turn: Optional[List[str]] = typer.Option(None, "--turn", help="TURN URI of an existing server (repeatable); default: an embedded local coturn"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret of that server"),
+    user: Optional[str] = typer.Option(None, "--user", "-u"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD"),
+    name: Optional[str] = typer.Option(None, "--name", help="check the natkit-managed coturn with this name (from natkit turn up)"),
+    backend: str = typer.Option("auto", "--backend", "-b", help="embedded server: auto, docker or native"),
+    image: Optional[str] = typer.Option(None, "--image", help="embedded server, docker backend: image"),
+    timeout: float = typer.Option(10.0, "--timeout", help="time budget in seconds per relay check"),
+    messages: int = typer.Option(20, "--messages", "-n"),
+    payload: int = typer.Option(1_000_000, "--payload", help="bytes for the throughput figure"),
+    cafile: Optional[str] = typer.Option(None, "--ca"),
+    insecure: bool = typer.Option(False, "--insecure"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check a TURN server end to end: STUN probe, then relay-only ICE with data echo.
+
+    With no --turn: start an embedded coturn on 127.0.0.1, check it over UDP and
+    TCP, stop it. Exit codes: 0 pass, 1 check failed, 2 usage, 3 environment
+    (no coturn / Docker, server would not start), 4 unreachable, 5 auth refused,
+    6 allocation refused, 7 no relay connectivity.
+    """
+
+    def body() -> int:
+        from ..check import check
+
+        turn_uris, the_secret = list(turn or []), secret
+        if name or (turn_uris and not secret and not password):
+            from ..coturn.server import get_server
+
+            try:
+                info = get_server(name)
+            except Exception:
+                if name:
+                    raise
+                info = None
+            if info is not None:
+                turn_uris = turn_uris or list(info.uris)
+                the_secret = the_secret or info.secret
+        the_user = user if not the_secret else None
+        report = check(turn_uris, secret=the_secret, username=the_user, password=password, backend=backend, image=image,
+                       timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=cafile,
+                       on_step=output.progress)
+        if json_out:
+            output.emit_json(report)
+        else:
+            render(report)
+        return 0 if report.ok else 1
+
+    output.run(json_out, body)
+
+
+def render(report) -> None:
+    from .probe import render as render_probe
+    from .relay import render as render_relay
+
+    con = output.console()
+    where = f"embedded coturn ({report.backend}, ready in {report.server_ready_ms:.0f} ms)" if report.embedded else "existing server"
+    con.print(f"[bold]natkit check[/bold] — {where}")
+    render_probe(report.probe)
+    for r in report.relay:
+        render_relay(r, con)
+    verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
+    con.print(f"{verdict} in {report.duration_ms / 1000:.2f} s")
+    for f in report.failures:
+        con.print(f"[red]✗[/red] {f}")
