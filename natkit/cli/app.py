@@ -37,6 +37,22 @@ def _register_optional() -> None:
 
 _register_optional()
 
+# Command groups of later features: natkit/cli/<module>.py exposing register(app).
+# Listed explicitly (not discovered) so an import error is loud, not a missing command.
+_FEATURE_MODULES = ("nat", "lab", "audit", "render", "signal")
+
+
+def _register_features() -> None:
+    import importlib
+    import importlib.util
+
+    for mod in _FEATURE_MODULES:
+        if importlib.util.find_spec(f"natkit.cli.{mod}") is not None:
+            importlib.import_module(f"natkit.cli.{mod}").register(app)
+
+
+_register_features()
+
 
 def main() -> None:
     app()
