@@ -167,22 +167,25 @@ async def probe_async(
     uris = [parse_server(s, transport=transport) for s in servers]  # raises InvalidURI first
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    endpoints: dict[int, UdpStunEndpoint] = {}
+    opening: dict[int, asyncio.Task] = {}
+
+    async def endpoint(family: int) -> UdpStunEndpoint:
+        # one socket per address family, opened once even when servers race for it
+        if family not in opening:
+            host = local_host or ("::" if family == 6 else "0.0.0.0")
+            opening[family] = asyncio.ensure_future(UdpStunEndpoint.open(host))
+        return await opening[family]
 
     async def one(server: str, uri: ServerURI) -> BindingResult:
         addr = None
         try:
             addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=max(0.05, deadline - loop.time()))
-            remaining = max(0.05, deadline - loop.time())
             if uri.transport == "udp":
-                ep = endpoints.get(addr.family)
-                if ep is None:
-                    host = local_host or ("::" if addr.family == 6 else "0.0.0.0")
-                    ep = endpoints[addr.family] = await UdpStunEndpoint.open(host)
-                resp = await ep.request(binding_request(), addr, timeout=remaining)
+                ep = await endpoint(addr.family)
+                resp = await ep.request(binding_request(), addr, timeout=max(0.05, deadline - loop.time()))
             else:
                 ctx = client_ssl_context(verify_tls) if uri.secure else None
-                resp = await stream_transaction(binding_request(), addr, timeout=remaining, ssl=ctx, server_hostname=uri.host)
+                resp = await stream_transaction(binding_request(), addr, timeout=max(0.05, deadline - loop.time()), ssl=ctx, server_hostname=uri.host)
             return _result(server, uri, addr, resp=resp)
         except NatkitError as exc:
             return _result(server, uri, addr, exc=exc)
@@ -190,8 +193,9 @@ async def probe_async(
     try:
         results = await asyncio.gather(*(one(s, u) for s, u in zip(servers, uris)))
     finally:
-        for ep in endpoints.values():
-            ep.close()
+        for task in opening.values():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
     return summarise(list(results), transport, started)
 
 

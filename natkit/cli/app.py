@@ -56,3 +56,7 @@ _register_features()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

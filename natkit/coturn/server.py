@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -60,8 +61,8 @@ def _backend_module(name: str):
     raise UsageError(f"unknown backend {name!r}", hint="use auto, docker or native")
 
 
-def choose_backend(requested: str = "auto") -> str:
-    """Resolve ``auto`` to ``docker`` when an engine answers, else ``native``.
+def choose_backend(requested: str = "auto", image: str | None = None) -> str:
+    """Resolve ``auto`` to ``docker`` when an engine answers and ``image`` is present locally, else ``native``.
 
     Raises :class:`BackendUnavailable` when the requested backend (or, for
     auto, both) cannot be used, with each one's reason.
@@ -71,7 +72,8 @@ def choose_backend(requested: str = "auto") -> str:
     order = ["docker", "native"] if requested == "auto" else [requested]
     reasons = []
     for name in order:
-        ok, reason = _backend_module(name).available()
+        # auto also needs the image locally; an explicit docker request reports a missing image at start, with its hint
+        ok, reason = _backend_module(name).available(image) if name == "docker" and requested == "auto" else _backend_module(name).available()
         if ok:
             return name
         reasons.append(f"{name}: {reason}")
@@ -79,7 +81,10 @@ def choose_backend(requested: str = "auto") -> str:
 
 
 def port_in_use(ip: str, port: int) -> str | None:
-    """Return "udp"/"tcp" when ``ip:port`` is already bound, else None."""
+    """Return "udp"/"tcp" when ``ip:port`` is already bound, else None.
+
+    Raises :class:`EnvironmentProblem` when ``ip`` is not an address of this host.
+    """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for kind, name in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
         s = socket.socket(family, kind)
@@ -87,7 +92,9 @@ def port_in_use(ip: str, port: int) -> str | None:
             if kind == socket.SOCK_STREAM:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((ip, port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EnvironmentProblem(f"{ip} is not an address of this host", step="turn up", hint="listen on an address this host has (ip -br addr)") from None
             return name
         finally:
             s.close()
@@ -301,7 +308,7 @@ class CoturnServer:
         :class:`ServerStartFailed` (nothing left running) when it does not
         become ready.
         """
-        backend_name = choose_backend(self.requested_backend)
+        backend_name = choose_backend(self.requested_backend, self.image or DEFAULT_IMAGE)
         backend = _backend_module(backend_name)
         for existing in list_servers():
             if existing.name == self.name:

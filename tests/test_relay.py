@@ -1,0 +1,81 @@
+"""relay-check through a real coturn: proof of relaying and diagnosed failures."""
+
+import time
+
+import pytest
+
+from natkit.credentials import mint
+from natkit.errors import AuthenticationRefused, HostNotFound, InvalidURI, NoRelayConnectivity, ServerUnreachable
+from natkit.relay import relay_check
+
+
+@pytest.mark.parametrize("suffix", ["", "?transport=tcp"])
+def test_relay_only_ice_is_proven(turn_server, suffix):
+    cred = turn_server.credentials()
+    report = relay_check(turn_server.uri + suffix, username=cred.username, password=cred.password, messages=10, payload_bytes=200_000)
+    assert report.ok, report.failures
+    assert report.candidates and all(c.type == "relay" for c in report.candidates)
+    assert {c.side for c in report.candidates} == {"offerer", "answerer"}
+    for pair in report.selected.values():
+        assert (pair.local_type, pair.remote_type) == ("relay", "relay")
+    # each side's nominated local candidate is the other side's remote
+    assert report.selected["offerer"].local == report.selected["answerer"].remote
+    assert report.messages_echoed == 10 and report.echo_ok
+    assert report.throughput_mbps and report.throughput_mbps > 0
+    assert report.relayed_address.host == "127.0.0.1"
+    assert report.rtt_ms_p50 <= report.rtt_ms_p95
+    assert report.transport == ("tcp" if suffix else "udp")
+
+
+def test_wrong_password_is_auth_refused(turn_server):
+    cred = turn_server.credentials()
+    with pytest.raises(AuthenticationRefused) as exc:
+        relay_check(turn_server.uri, username=cred.username, password="wrong", timeout=3)
+    assert exc.value.exit_code == 5 and exc.value.error_code == 401
+
+
+def test_expired_credential_is_auth_refused(turn_server):
+    cred = mint(turn_server.secret, "u", -10)
+    with pytest.raises(AuthenticationRefused):
+        relay_check(turn_server.uri, username=cred.username, password=cred.password, timeout=3)
+
+
+def test_closed_udp_port_fails_fast():
+    from natkit.coturn.server import free_port
+
+    start = time.monotonic()
+    with pytest.raises(ServerUnreachable) as exc:
+        relay_check(f"turn:127.0.0.1:{free_port()}", username="u", password="p", timeout=3)
+    assert time.monotonic() - start < 1.0  # ICMP port unreachable, not the budget
+    assert exc.value.exit_code == 4
+
+
+def test_closed_tcp_port_is_unreachable():
+    from natkit.coturn.server import free_port
+
+    with pytest.raises(ServerUnreachable, match="refused"):
+        relay_check(f"turn:127.0.0.1:{free_port()}?transport=tcp", username="u", password="p", timeout=3)
+
+
+def test_unknown_host_and_bad_uri():
+    with pytest.raises(HostNotFound):
+        relay_check("turn:no-such-host.invalid", username="u", password="p", timeout=2)
+    with pytest.raises(InvalidURI):
+        relay_check("http://x", username="u", password="p")
+
+
+def test_denied_relay_peer_is_no_connectivity(tmp_path):
+    """coturn that denies loopback peers: relay candidates but no working pair (exit 7)."""
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port()
+    with CoturnServer(CoturnConfig(listening_port=port, static_auth_secrets=("s",)), backend="native", name="deny") as srv:
+        cred = mint("s", "u", 60)
+        start = time.monotonic()
+        with pytest.raises(NoRelayConnectivity) as exc:
+            relay_check(srv.info.uris[0], username=cred.username, password=cred.password, timeout=3)
+        assert exc.value.exit_code == 7
+        assert time.monotonic() - start < 5
