@@ -25,8 +25,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "$test" = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q '.[test]'
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q .
 fi
 echo "natkit installed: $(.venv/bin/natkit --help >/dev/null && echo .venv/bin/natkit)"

@@ -18,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import ipaddress
 import socket
-import ssl as ssl_module
 import time
+from typing import TYPE_CHECKING
 
 from ._aioice import HEADER_LENGTH, Class, Message, Method, parse_message
 from .errors import HostNotFound, NatkitError, ServerUnreachable, StunTimeout
 from .model import TransportAddress
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
 
 DEFAULT_RTO = 0.5  # seconds, RFC 8489 §6.2.1 recommended initial RTO
 MAX_SENDS = 7  # Rc, RFC 8489 §6.2.1
@@ -65,6 +69,12 @@ async def resolve(host: str, port: int, *, family: int = 0, transport: str = "ud
 
     Raises :class:`HostNotFound` when the name does not resolve within ``timeout`` seconds.
     """
+    try:  # an IP literal needs no lookup (and no resolver thread)
+        ip = ipaddress.ip_address(host)
+        if not family or family == (socket.AF_INET6 if ip.version == 6 else socket.AF_INET):
+            return TransportAddress(str(ip), port)
+    except ValueError:
+        pass
     loop = asyncio.get_running_loop()
     socktype = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     try:
@@ -219,8 +229,10 @@ class UdpStunEndpoint(asyncio.DatagramProtocol):
         )
 
 
-def client_ssl_context(verify: bool = True, cafile: str | None = None) -> ssl_module.SSLContext:
+def client_ssl_context(verify: bool = True, cafile: str | None = None) -> "ssl_module.SSLContext":
     """TLS client context for ``stuns:``/``turns:`` (TLS 1.2 or newer)."""
+    import ssl as ssl_module
+
     ctx = ssl_module.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl_module.TLSVersion.TLSv1_2
     if not verify:
@@ -234,7 +246,7 @@ async def stream_transaction(
     addr: TransportAddress,
     *,
     timeout: float = 3.0,
-    ssl: ssl_module.SSLContext | None = None,
+    ssl: "ssl_module.SSLContext | None" = None,
     server_hostname: str | None = None,
 ) -> StunResponse:
     """Run one transaction over a fresh TCP (or TLS when ``ssl`` is given) connection.
@@ -242,6 +254,8 @@ async def stream_transaction(
     Raises :class:`ServerUnreachable` on refused connections or TLS failures
     and :class:`StunTimeout` when no complete answer arrives within ``timeout``.
     """
+    import ssl as ssl_module
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     writer = None
