@@ -183,7 +183,8 @@ def test_check_existing_server(turn_server):
     assert doc["embedded"] is False and doc["turn_uris"] == [turn_server.uri]
 
 
-def test_ctrl_c_during_check_leaves_no_server(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_check_leaves_no_server(tmp_path, sig):
     require_coturn()
     state = tmp_path / "state"
     env = dict(os.environ, NATKIT_STATE_DIR=str(state))
@@ -195,7 +196,7 @@ def test_ctrl_c_during_check_leaves_no_server(tmp_path):
         time.sleep(0.05)
     assert turnserver_pids(state), "the embedded coturn should be running"
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

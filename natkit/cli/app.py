@@ -54,7 +54,19 @@ def _register_features() -> None:
 _register_features()
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM takes Ctrl-C's path (asyncio.run cancels its main task cleanly on
+    # SIGINT), so every finally block stops what natkit started
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

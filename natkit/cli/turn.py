@@ -53,6 +53,18 @@ _loop_opt = typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers", h
 _users_opt = typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")
 
 
+def _print_started(info, ready_seconds: float, name: str) -> None:
+    where = f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}"
+    named = f" --name {name}" if name != "default" else ""
+    print(f"coturn is running ({info.backend}, {where}), ready in {ready_seconds * 1000:.0f} ms")
+    for uri in (*info.uris, *info.stun_uris):
+        print(f"  {uri}")
+    if info.secret:
+        print(f"credentials: natkit creds{named}   (REST secret kept in natkit's state, 0600)")
+    print(f"check it:    natkit check{named or ' --name default'}")
+    print(f"stop it:     natkit turn down{named}")
+
+
 @turn_app.command("up")
 def up_cmd(
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, docker or native"),
@@ -88,31 +100,19 @@ def up_cmd(
             if json_out:
                 output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "server": info.public()})
             else:
-                print(f"coturn is running ({info.backend}{', container ' + info.container_id[:12] if info.container_id else ', pid ' + str(info.pid)}), ready in {server.ready_seconds * 1000:.0f} ms")
-                for uri in info.uris:
-                    print(f"  {uri}")
-                print(f"  {info.stun_uris[0]}")
-                if info.secret:
-                    print(f"credentials: natkit creds{' --name ' + name if name != 'default' else ''}   (REST secret kept in natkit's state, 0600)")
-                print(f"check it:    natkit check --turn {info.uris[0]}{' --name ' + name if name != 'default' else ''}")
-                print(f"stop it:     natkit turn down{' --name ' + name if name != 'default' else ''}")
-            if foreground:
-                output.progress("running in the foreground; Ctrl-C stops the server")
-                from ..coturn.server import is_running
+                _print_started(info, server.ready_seconds, name)
+            if not foreground:
+                return 0
+            from ..coturn.server import is_running
 
-                while is_running(info):
-                    time.sleep(0.5)
-                raise_exit = 1
-                output.err("natkit: coturn exited")
-                return raise_exit
-        except BaseException:
-            if foreground:
-                server.stop()
-            raise
+            output.progress("running in the foreground; Ctrl-C stops the server")
+            while is_running(info):
+                time.sleep(0.2)
+            output.err("natkit: coturn exited on its own; see natkit turn logs")
+            return 1
         finally:
             if foreground:
                 server.stop()
-        return 0
 
     output.run(json_out, body)
 
