@@ -330,10 +330,14 @@ class CoturnServer:
             p.write_bytes(content)
             os.chmod(p, 0o600)
         # paths coturn itself writes: the pid file and its sqlite user db
+        # relative cert/pkey names refer to extra_files written into the server's directory
+        files = {k: (backend.runtime_path(sdir, v) if v and not os.path.isabs(v) else v)
+                 for k, v in (("cert", self.config.cert), ("pkey", self.config.pkey))}
         config = dataclasses.replace(
             self.config,
             pidfile=self.config.pidfile or backend.runtime_path(sdir, "turnserver.pid"),
             userdb=self.config.userdb or backend.runtime_path(sdir, "turndb"),
+            **files,
         )
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

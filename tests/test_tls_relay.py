@@ -1,0 +1,85 @@
+"""turns: (TURN over TLS) through a real coturn with a self-signed certificate."""
+
+import datetime
+import ipaddress
+
+import pytest
+
+from natkit.coturn.config import CoturnConfig
+from natkit.coturn.server import CoturnServer, free_port
+from natkit.credentials import mint
+from natkit.errors import ServerUnreachable
+from natkit.probe import probe
+from natkit.pytest_plugin import require_coturn
+from natkit.relay import relay_check
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "natkit test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    require_coturn()
+    import os
+
+    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("tls-state"))
+    cert, key = self_signed()
+    ca = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.write_bytes(cert)
+    port, tls_port = free_port(), free_port()
+    cfg = CoturnConfig(listening_port=port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem",
+                       static_auth_secrets=("tls-secret",), allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",))
+    server = CoturnServer(cfg, backend="native", name="tls", extra_files={"cert.pem": cert, "key.pem": key})
+    info = server.start()
+    try:
+        yield info, tls_port, str(ca)
+    finally:
+        server.stop()
+
+
+def test_turns_uri_is_advertised(tls_server):
+    info, tls_port, _ = tls_server
+    assert f"turns:127.0.0.1:{tls_port}" in info.uris
+
+
+def test_relay_over_tls_verified_with_ca(tls_server):
+    _, tls_port, ca = tls_server
+    cred = mint("tls-secret", "u", 60)
+    report = relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password,
+                         cafile=ca, messages=5, payload_bytes=100_000)
+    assert report.ok and report.tls and report.transport == "tcp", report.failures
+    assert all(p.local_type == "relay" for p in report.selected.values())
+
+
+def test_untrusted_certificate_is_refused_unless_insecure(tls_server):
+    _, tls_port, _ = tls_server
+    cred = mint("tls-secret", "u", 60)
+    with pytest.raises(ServerUnreachable, match="certificate"):
+        relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password, timeout=3)
+    report = relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password,
+                         verify_tls=False, messages=3, payload_bytes=0)
+    assert report.ok
+
+
+def test_stuns_probe(tls_server):
+    _, tls_port, ca = tls_server
+    report = probe([f"stuns:127.0.0.1:{tls_port}"], verify_tls=False)
+    assert report.ok and report.results[0].tls and report.results[0].mapped_address.host == "127.0.0.1"
