@@ -112,7 +112,7 @@ def parse_server(text: str, *, default_scheme: str = "stun", transport: str | No
         port = DEFAULT_TLS_PORT if secure else DEFAULT_PORT
     if secure:
         chosen = "tcp"
-        if (uri_transport or transport) == "udp":
+        if uri_transport == "udp":  # a --transport default does not apply to TLS schemes
             raise InvalidURI(f"{scheme}: runs over TLS/TCP; DTLS is not supported: {original!r}")
     else:
         chosen = uri_transport or transport or "udp"
