@@ -1,0 +1,438 @@
+"""``NatLab``: a running lab (namespaces + coturn + agents) as a context manager.
+
+::
+
+    from natkit.lab import LabSpec, NatLab
+
+    with NatLab(LabSpec.peers("symmetric", "port_restricted")) as lab:
+        result = lab.connect("sym1", "prc1", turn=True)
+        assert result.outcome == "relay"
+
+``up()`` builds the namespaces, starts coturn inside the server namespace
+(two addresses, so it answers RFC 5780), starts one agent per host and
+measures every host's NAT end to end; a NAT that does not behave as
+declared raises :class:`LabVerificationFailed` and the lab is torn down.
+``down()`` (also on exceptions, Ctrl-C and SIGTERM while the lab is up)
+stops every process it started and deletes every namespace.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import dataclasses
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ServerStartFailed, UsageError
+from . import netns
+from .netns import LabError
+from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan
+
+SCHEMA_CHECK = "natkit.lab.check/1"
+
+
+class LabVerificationFailed(LabError):
+    """A NAT box does not behave as its spec declares (``details`` lists how)."""
+
+    kind = "lab_verification_failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class HostCheck:
+    """The end-to-end measurement of one host against what its NAT chain declares."""
+
+    host: str
+    declared: str  # behaviour of the innermost box (open without one)
+    expected: dict  # mapping, filtering, hairpin, udp_blocked (None: not predicted)
+    measured: dict  # what the probe saw (see natkit.lab.peers.measure_nat)
+    measured_label: str  # classic name of the measured mapping/filtering
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def judge(expected: dict, measured: dict) -> list[str]:
+    """Compare a host's measurement with its expectation (pure); returns the problems.
+
+    An open host must see its own address (no NAT); a NATed host's mapping
+    and filtering must equal the declared RFC 4787 behaviours; hairpinning is
+    compared when both sides know it; ``udp_blocked`` means no UDP answer but
+    a working STUN over TCP.
+    """
+    problems = []
+    if expected.get("udp_blocked"):
+        if measured.get("udp"):
+            problems.append("UDP is declared blocked but a STUN Binding over UDP was answered")
+        if measured.get("tcp") is False:
+            problems.append("STUN over TCP does not work either (TURN over TCP would fail)")
+        return problems
+    if not measured.get("udp"):
+        return ["no STUN answer over UDP from the lab server" + _notes(measured)]
+    if expected.get("mapping") is None:
+        if measured.get("nat"):
+            problems.append(f"declared open, but the server saw {measured.get('public')} for local {measured.get('local')}")
+        return problems
+    if not measured.get("nat"):
+        problems.append(f"declared behind a NAT, but the server saw the host's own address {measured.get('public')}")
+        return problems
+    for key in ("mapping", "filtering"):
+        if measured.get(key) != expected[key]:
+            problems.append(f"{key}: declared {expected[key]}, measured {measured.get(key) or 'unknown'}" + (_notes(measured) if not measured.get(key) else ""))
+    if expected.get("hairpin") is not None and measured.get("hairpin") is not None and measured["hairpin"] != expected["hairpin"]:
+        problems.append(f"hairpinning: declared {'on' if expected['hairpin'] else 'off'}, measured {'on' if measured['hairpin'] else 'off'}")
+    return problems
+
+
+def _notes(measured: dict) -> str:
+    notes = measured.get("notes") or []
+    return f" ({'; '.join(notes[:2])})" if notes else ""
+
+
+_LIVE: "weakref.WeakSet[NatLab]" = weakref.WeakSet()
+
+
+@atexit.register
+def _teardown_leftovers() -> None:  # a lab never closed by its owner still goes away
+    for lab in list(_LIVE):
+        if not lab.persistent:
+            lab.down()
+
+
+class NatLab:
+    """A lab built from a :class:`LabSpec`.
+
+    ``name``: lab id (default: the spec's, else random); ``turn``: run coturn
+    in the server namespace; ``verify``: measure every host's NAT at start;
+    ``persistent``: leave the lab running when this object goes away
+    (``natkit lab up``); ``agents``: keep one agent per host running for
+    :meth:`connect` (else they stop after verification).
+    """
+
+    def __init__(self, spec: LabSpec, *, name: str | None = None, turn: bool = True, verify: bool = True,
+                 persistent: bool = False, agents: bool = True, agent_env: dict | None = None) -> None:
+        spec.validate()
+        self.spec = spec
+        self.name = name or spec.name or secrets.token_hex(3)
+        self.plan: Plan = plan(spec, self.name)
+        self.turn = turn and spec.server.turn
+        self.do_verify = verify
+        self.persistent = persistent
+        self.keep_agents = agents
+        self.agent_env = dict(agent_env or {})
+        self.secret = secrets.token_urlsafe(24)
+        self.dir = netns.lab_dir(self.name)
+        self.timings: dict[str, float] = {}
+        self.checks: tuple[HostCheck, ...] = ()
+        self._agents: dict[str, object] = {}
+        self._agent_lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self._coturn: subprocess.Popen | None = None
+        self._up = False
+        self._old_sigterm = None
+
+    # ---- naming ---------------------------------------------------------
+    def ns(self, node: str) -> str:
+        """The namespace of a node (host, NAT box, "server" or "internet")."""
+        return self.plan.node(node).ns
+
+    def ip(self, node: str) -> str | None:
+        return self.plan.node(node).ip
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.spec.hosts)
+
+    @property
+    def server_ips(self) -> tuple[str, str]:
+        return SERVER_IPS
+
+    @property
+    def stun_uri(self) -> str:
+        return f"stun:{SERVER_IPS[0]}:{self.spec.server.port}"
+
+    def turn_uri(self, transport: str = "udp") -> str:
+        return f"turn:{SERVER_IPS[0]}:{self.spec.server.port}?transport={transport}"
+
+    def credentials(self, user: str = "lab", ttl: int = 3600):
+        """A TURN REST credential for the lab's coturn (:class:`natkit.credentials.RestCredential`)."""
+        from ..credentials import mint
+
+        return mint(self.secret, user, ttl)
+
+    def ice_servers(self, host: str, *, turn: bool = True) -> list[dict]:
+        """ICE servers for a peer on ``host``: the lab STUN server, and with ``turn``
+        the lab coturn (over TCP when the host's UDP is blocked)."""
+        servers = [{"urls": [self.stun_uri]}]
+        if turn:
+            if not self.turn:
+                raise UsageError("this lab runs no TURN server", hint="build it with turn=True")
+            transport = "tcp" if effective_behaviour(self.spec, host)["udp_blocked"] else "udp"
+            cred = self.credentials(f"lab-{host}")
+            servers.append({"urls": [self.turn_uri(transport)], "username": cred.username, "credential": cred.password})
+        return servers
+
+    # ---- lifecycle ------------------------------------------------------
+    def __enter__(self) -> "NatLab":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        if not self.persistent:
+            self.down()
+        else:
+            self._stop_agents()
+
+    def _state(self) -> dict:
+        owner = None if self.persistent else os.getpid()
+        return {
+            "lab": self.name, "namespaces": list(self.plan.namespaces), "persistent": self.persistent,
+            "owner_pid": owner, "owner_start": netns.process_start_time(owner) if owner else None,
+            "created": time.time(), "spec": self.spec.to_dict(), "secret": self.secret,
+            "server_ips": list(SERVER_IPS), "port": self.spec.server.port,
+            "pids": {"coturn": self._coturn.pid} if self._coturn else {},
+            "hosts": {h: self.ns(h) for h in self.hosts},
+        }
+
+    def up(self) -> "NatLab":
+        """Build, start coturn, start agents, verify. Tears down and re-raises on any failure."""
+        if self._up:
+            return self
+        self._install_sigterm()
+        _LIVE.add(self)
+        self._up = True
+        try:
+            netns.write_state(self.name, self._state())
+            t = time.monotonic()
+            netns.build(self.plan)
+            self.timings["build_ms"] = (time.monotonic() - t) * 1000.0
+            if self.turn:
+                t = time.monotonic()
+                self._start_coturn()
+                self.timings["coturn_ms"] = (time.monotonic() - t) * 1000.0
+                netns.write_state(self.name, self._state())
+            if self.do_verify or self.keep_agents:
+                t = time.monotonic()
+                self._start_agents(self.hosts)
+                self.timings["agents_ms"] = (time.monotonic() - t) * 1000.0
+            if self.do_verify:
+                t = time.monotonic()
+                self.checks = self.verify()
+                self.timings["verify_ms"] = (time.monotonic() - t) * 1000.0
+                bad = [c for c in self.checks if not c.ok]
+                if bad:
+                    raise LabVerificationFailed(
+                        "NAT does not behave as declared: " + "; ".join(f"{c.host} ({c.declared}): {c.problems[0]}" for c in bad),
+                        step="verify", details=[f"{c.host}: {p}" for c in bad for p in c.problems],
+                        hint="the kernel's netfilter behaves differently than natkit's rules assume; see the measured values with natkit lab up --json",
+                    )
+            if not self.keep_agents:
+                self._stop_agents()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stop agents and coturn, delete every namespace and the lab's state. Idempotent."""
+        if not self._up:
+            return
+        t = time.monotonic()
+        self._up = False
+        try:
+            self._stop_agents()
+            pids = [p.pid for p in self._procs if p.poll() is None]
+            if self._coturn is not None and self._coturn.poll() is None:
+                pids.append(self._coturn.pid)
+            netns.destroy(self.plan.namespaces, extra_pids=pids)
+            for p in [*self._procs, *([self._coturn] if self._coturn else [])]:
+                try:
+                    p.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            netns.remove_state(self.name)
+        finally:
+            _LIVE.discard(self)
+            self._restore_sigterm()
+            self.timings["teardown_ms"] = (time.monotonic() - t) * 1000.0
+
+    def _install_sigterm(self) -> None:
+        # SIGTERM during a lab's life raises KeyboardInterrupt in the main thread, so the
+        # with-block (or the fixture) tears down, unless someone else handles SIGTERM
+        if self.persistent or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            def on_term(signum, frame):
+                raise KeyboardInterrupt("SIGTERM")
+
+            self._old_sigterm = signal.signal(signal.SIGTERM, on_term)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            if not any(lab._old_sigterm is not None for lab in _LIVE if lab is not self):
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # ---- coturn ---------------------------------------------------------
+    def _start_coturn(self) -> None:
+        from ..coturn.config import CoturnConfig
+        from ..coturn.native import find_binary
+
+        binary = find_binary()
+        if binary is None:
+            raise ServerStartFailed("coturn's turnserver is not installed", step="coturn", hint="apt-get install coturn, or NatLab(turn=False)")
+        s = self.spec.server
+        conf = CoturnConfig(
+            listening_ips=SERVER_IPS, listening_port=s.port, relay_ips=SERVER_IPS,
+            min_port=s.min_port, max_port=s.max_port, realm=s.realm, static_auth_secrets=(self.secret,),
+            # exactly the lab's internet ranges; the default deny list stays in force
+            allowed_peer_ranges=self.plan.allowed_peer_ranges(),
+            pidfile=str(self.dir / "turnserver.pid"), userdb=str(self.dir / "turndb"),
+        )
+        conf_path = self.dir / "turnserver.conf"
+        fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf.render())
+        log_path = self.dir / "turnserver.log"
+        with open(log_path, "wb") as log:
+            self._coturn = subprocess.Popen(
+                netns.netns_argv(self.ns("server"), [binary, "-c", str(conf_path)]),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+        want_udp = {f"{_hex_addr(ip, s.port)}" for ip in SERVER_IPS} | {f"{_hex_addr(ip, s.port + 1)}" for ip in SERVER_IPS}
+        want_tcp = {f"{_hex_addr(ip, s.port)}" for ip in SERVER_IPS}
+        deadline = time.monotonic() + 15.0
+        while True:
+            if self._coturn.poll() is not None:
+                raise ServerStartFailed(f"coturn exited with code {self._coturn.returncode} in the lab's server namespace",
+                                        step="coturn", details=_tail(log_path))
+            udp = _listening(self._coturn.pid, "udp")
+            tcp = _listening(self._coturn.pid, "tcp")
+            if want_udp <= udp and want_tcp <= tcp:
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartFailed("coturn did not open its listeners within 15 s", step="coturn", details=_tail(log_path))
+            time.sleep(0.005)
+
+    # ---- agents ---------------------------------------------------------
+    def _start_agents(self, hosts: Sequence[str]) -> None:
+        from .peers import AgentClient
+
+        new = []
+        with self._agent_lock:
+            for h in hosts:
+                if h not in self._agents:
+                    self._agents[h] = AgentClient(h, self.ns(h), log_path=str(self.dir / f"agent-{h}.log"), env=self.agent_env)
+                    new.append(self._agents[h])
+        for ag in new:
+            ag.wait_ready(30.0)
+
+    def _stop_agents(self) -> None:
+        with self._agent_lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for ag in agents:  # all at once: each closes its peer connections
+            ag.close_stdin()
+        for ag in agents:
+            ag.close()
+
+    def agent(self, host: str):
+        """The agent process of ``host`` (started on first use)."""
+        self.spec.host(host)
+        if not self._up:
+            raise UsageError("the lab is not up")
+        with self._agent_lock:
+            ag = self._agents.get(host)
+        if ag is None:
+            self._start_agents([host])
+            ag = self._agents[host]
+        return ag
+
+    # ---- operations -----------------------------------------------------
+    def verify(self, hosts: Sequence[str] | None = None) -> tuple[HostCheck, ...]:
+        """Measure every host's NAT (concurrently) and compare it with the spec."""
+        hosts = list(hosts or self.hosts)
+        if not self.turn:
+            raise UsageError("verification needs the lab's STUN server", hint="build the lab with turn=True or verify=False")
+        futures = {h: self.agent(h).submit("measure", server=SERVER_IPS[0], port=self.spec.server.port) for h in hosts}
+        checks = []
+        for h, fut in futures.items():
+            measured = self.agent(h)._result(fut, 30.0, "measure")
+            expected = effective_behaviour(self.spec, h)
+            checks.append(HostCheck(
+                host=h, declared=self.spec.behaviour_of(h), expected=expected, measured=measured,
+                measured_label=classify(*(None if measured.get(k) in (None, "none") else measured.get(k) for k in ("mapping", "filtering"))),
+                problems=tuple(judge(expected, measured)),
+            ))
+        return tuple(checks)
+
+    def connect(self, a: str, b: str, *, turn: bool = True, deadline: float = 10.0, messages: int = 5, answer_delay: float | None = None):
+        """One WebRTC attempt from ``a`` (offerer) to ``b``; returns a :class:`~natkit.lab.peers.PairResult`.
+
+        See :func:`natkit.lab.peers.connect_pair` for ``deadline`` and ``answer_delay``.
+        """
+        from .peers import ANSWER_DELAY, connect_pair
+
+        if not self._up:
+            raise UsageError("the lab is not up")
+        return connect_pair(self, a, b, turn=turn, deadline=deadline, messages=messages,
+                            answer_delay=ANSWER_DELAY if answer_delay is None else answer_delay)
+
+    def exec(self, node: str, argv: Sequence[str], *, timeout: float = 30.0, check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command inside a node's namespace and capture its output."""
+        return netns.run_in(self.ns(node), argv, timeout=timeout, check=check, input=input)
+
+    def popen(self, node: str, argv: Sequence[str], **kw) -> subprocess.Popen:
+        """Start a process inside a node's namespace; it is stopped at teardown."""
+        kw.setdefault("start_new_session", True)
+        p = subprocess.Popen(netns.netns_argv(self.ns(node), list(argv)), **kw)
+        self._procs.append(p)
+        return p
+
+    def run_many(self, fn, items, *, workers: int = 4) -> list:
+        """Apply ``fn`` to ``items`` on a thread pool, results in order."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return list(pool.map(fn, items))
+
+
+def _hex_addr(ip: str, port: int) -> str:
+    import ipaddress
+
+    packed = ipaddress.ip_address(ip).packed[::-1].hex().upper()  # /proc/net/* is little-endian on x86/arm
+    if not _little_endian():
+        packed = ipaddress.ip_address(ip).packed.hex().upper()
+    return f"{packed}:{port:04X}"
+
+
+def _little_endian() -> bool:
+    import sys
+
+    return sys.byteorder == "little"
+
+
+def _listening(pid: int, proto: str) -> set[str]:
+    """Local addresses bound (UDP) or listening (TCP, state 0A) in the namespace of ``pid``."""
+    try:
+        lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 3 and (proto == "udp" or parts[3] == "0A"):
+            out.add(parts[1])
+    return out
+
+
+def _tail(path: Path, n: int = 15) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []

@@ -1,0 +1,736 @@
+"""Peers inside lab namespaces: a small agent process per host, and its controller side.
+
+``python -m natkit.lab.peers`` (started by the lab with ``ip netns exec NS``)
+is the agent: it reads one JSON request per line on stdin and answers one
+JSON line on stdout, running requests concurrently. It can
+
+- ``measure``: the host's NAT behaviour, end to end, with RFC 5780 probes
+  against the lab server (:func:`natkit.nat.discover_nat` when available,
+  else the built-in probe below), plus a STUN-over-TCP check;
+- ``offer`` / ``answer`` / ``accept`` / ``result`` / ``close``: one side of an
+  aiortc ``RTCPeerConnection`` with a data channel echo. Offer and answer
+  (with every candidate, no trickle) travel through the controller, which
+  is the lab's signalling channel.
+
+The agent exits when its stdin closes, so a controller that dies takes its
+agents with it. Its stderr goes to ``<lab dir>/agent-<host>.log``.
+
+ICE timers: aioice starts every STUN transaction (connectivity checks too)
+with a 500 ms RTO. Lab round trips are well under a millisecond, so the
+agent uses ``$NATKIT_LAB_RTO`` (default 0.1 s; RFC 8489 §6.2.1 allows an
+RTO from the measured RTT): hole punching that needs one retransmission
+costs 100 ms instead of 500, and an ICE attempt that cannot succeed fails
+after ~6 s instead of ~30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from ..errors import NatkitError
+
+SCHEMA_PAIR = "natkit.lab.pair/1"
+
+
+# ================================================================== results (pure)
+
+@dataclasses.dataclass(frozen=True)
+class SideResult:
+    """What one peer saw. Times in milliseconds; candidate types are RFC 8445's."""
+
+    host: str
+    role: str  # offerer (ICE controlling) | answerer (controlled)
+    connected: bool  # the data channel opened
+    ice_state: str
+    local_type: str | None  # nominated pair, this side's candidate: host | relay
+    local: str | None
+    remote_type: str | None  # host | srflx | prflx | relay
+    remote: str | None
+    gathered: dict  # candidate type -> count, this side
+    gathering_ms: float | None
+    connected_ms: float | None  # remote description applied -> data channel open
+    echo_sent: int
+    echo_ok: int  # messages that came back intact (offerer only)
+    rtt_ms: float | None  # median echo round trip (offerer only)
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PairResult:
+    """One connection attempt between two lab hosts (JSON schema ``natkit.lab.pair/1``).
+
+    ``outcome``: ``"direct host"``, ``"direct srflx"``, ``"direct prflx"``,
+    ``"relay"``, ``"failed"``, or ``"inconsistent"`` (the two sides nominated
+    pairs of different kinds). ``relay_proven``: both sides' nominated pairs
+    contain a relay candidate and the data echoed.
+    """
+
+    schema: str
+    a: str  # offerer host
+    b: str  # answerer host
+    turn: bool  # TURN servers were offered (STUN+TURN), else STUN only
+    outcome: str
+    ok: bool  # connected and every echo came back intact
+    relay_proven: bool
+    offerer: SideResult | None
+    answerer: SideResult | None
+    deadline_s: float
+    duration_ms: float
+    notes: tuple[str, ...] = ()
+
+
+def classify_pair(off: SideResult | None, ans: SideResult | None) -> str:
+    """The outcome of an attempt from both sides' nominated pairs (pure).
+
+    Failed unless both sides connected and the offerer's echoes all came
+    back. ``relay`` when both nominated pairs contain a relay candidate
+    (data crosses the TURN server both ways); ``direct prflx`` when a side
+    had to learn a peer-reflexive candidate (RFC 8445 §7.3.1.3), else
+    ``direct srflx`` / ``direct host`` by the most translated candidate used.
+    """
+    if off is None or ans is None or not (off.connected and ans.connected):
+        return "failed"
+    if off.echo_sent == 0 or off.echo_ok < off.echo_sent:
+        return "failed"
+    relay_off = "relay" in (off.local_type, off.remote_type)
+    relay_ans = "relay" in (ans.local_type, ans.remote_type)
+    if relay_off and relay_ans:
+        return "relay"
+    if relay_off or relay_ans:
+        return "inconsistent"
+    types = {off.remote_type, ans.remote_type}
+    if "prflx" in types:
+        return "direct prflx"
+    if "srflx" in types:
+        return "direct srflx"
+    return "direct host"
+
+
+def side_from_dict(d: dict | None) -> SideResult | None:
+    if not d:
+        return None
+    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})
+
+
+# ================================================================== agent (inside a namespace)
+
+def _candidate_counts(sdp: str) -> dict:
+    counts: dict[str, int] = {}
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            parts = line.split()
+            if "typ" in parts:
+                t = parts[parts.index("typ") + 1]
+                counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+class _Conn:
+    def __init__(self, pc, host: str, role: str) -> None:
+        self.pc = pc
+        self.host = host
+        self.role = role
+        self.channel = None
+        self.opened = asyncio.Event()
+        self.messages: asyncio.Queue = asyncio.Queue()
+        self.gathering_ms: float | None = None
+        self.gathered: dict = {}
+        self.t_remote: float | None = None
+        self.echoed = 0
+
+
+class Agent:
+    """The request loop of one agent process."""
+
+    def __init__(self, host: str, out) -> None:
+        self.host = host
+        self.out = out
+        self.conns: dict[str, _Conn] = {}
+        self._write_lock = asyncio.Lock()
+
+    async def reply(self, msg: dict) -> None:
+        async with self._write_lock:
+            self.out.write(json.dumps(msg) + "\n")
+            self.out.flush()
+
+    async def handle(self, req: dict) -> None:
+        rid = req.get("id")
+        op = req.get("op", "")
+        fn = getattr(self, f"op_{op}", None)
+        try:
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            result = await fn(**req.get("args", {}))
+            await self.reply({"id": rid, "ok": True, "result": result})
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the controller
+            kind = exc.kind if isinstance(exc, NatkitError) else exc.__class__.__name__
+            text = exc.one_line() if isinstance(exc, NatkitError) else f"{exc.__class__.__name__}: {exc}"
+            await self.reply({"id": rid, "ok": False, "error": text, "kind": kind})
+
+    # ---- basics ---------------------------------------------------------
+    async def op_hello(self) -> dict:
+        return {"pid": os.getpid(), "host": self.host}
+
+    async def op_measure(self, server: str, port: int, timeout: float = 2.0, window: float = 0.6, tcp: bool = True) -> dict:
+        return await measure_nat(server, port, timeout=timeout, window=window, tcp=tcp)
+
+    async def op_udp_send(self, target: str, port: int, payload: str = "natkit") -> dict:
+        """Send one UDP datagram (used by tests to poke at filters)."""
+        import socket
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.sendto(payload.encode(), (target, port))
+            return {"local": "%s:%d" % s.getsockname()}
+        finally:
+            s.close()
+
+    # ---- WebRTC ---------------------------------------------------------
+    def _pc(self, conn: str, ice: list[dict], role: str) -> _Conn:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        if conn in self.conns:
+            raise ValueError(f"connection {conn!r} exists")
+        servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in ice]
+        # an explicit (possibly empty) list: aiortc's default would be a public Google STUN server
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        c = _Conn(pc, self.host, role)
+        self.conns[conn] = c
+        return c
+
+    async def op_offer(self, conn: str, ice: list[dict]) -> dict:
+        c = self._pc(conn, ice, "offerer")
+        c.channel = c.pc.createDataChannel("natkit-echo")
+        c.channel.on("open", c.opened.set)
+        c.channel.on("message", c.messages.put_nowait)
+        t = time.monotonic()
+        await c.pc.setLocalDescription(await c.pc.createOffer())
+        c.gathering_ms = (time.monotonic() - t) * 1000.0
+        sdp = c.pc.localDescription.sdp
+        c.gathered = _candidate_counts(sdp)
+        return {"sdp": sdp, "gathered": c.gathered, "gathering_ms": c.gathering_ms}
+
+    async def op_answer(self, conn: str, ice: list[dict], sdp: str) -> dict:
+        from aiortc import RTCSessionDescription
+
+        c = self._pc(conn, ice, "answerer")
+
+        @c.pc.on("datachannel")
+        def on_channel(channel) -> None:
+            c.channel = channel
+
+            def echo(m) -> None:
+                channel.send(m)
+                c.echoed += 1
+
+            channel.on("message", echo)
+            c.opened.set()
+
+        t = time.monotonic()
+        await c.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        c.t_remote = time.monotonic()
+        await c.pc.setLocalDescription(await c.pc.createAnswer())
+        c.gathering_ms = (time.monotonic() - t) * 1000.0
+        out = c.pc.localDescription.sdp
+        c.gathered = _candidate_counts(out)
+        return {"sdp": out, "gathered": c.gathered, "gathering_ms": c.gathering_ms}
+
+    async def op_accept(self, conn: str, sdp: str) -> dict:
+        from aiortc import RTCSessionDescription
+
+        c = self.conns[conn]
+        c.t_remote = time.monotonic()
+        await c.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        return {}
+
+    async def op_result(self, conn: str, timeout: float, messages: int = 5) -> dict:
+        """Wait (at most ``timeout`` s) for the data channel, echo, and report the nominated pair."""
+        import statistics
+
+        from .. import _aiortc_private as private
+
+        c = self.conns[conn]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        error = None
+        while not c.opened.is_set():
+            if c.pc.iceConnectionState == "failed" or c.pc.connectionState == "failed":
+                error = "ICE failed: no candidate pair worked"
+                break
+            if loop.time() >= deadline:
+                error = f"not connected within the {timeout:g}s deadline (ICE state {c.pc.iceConnectionState})"
+                break
+            await asyncio.sleep(0.01)
+        connected = c.opened.is_set()
+        connected_ms = (time.monotonic() - c.t_remote) * 1000.0 if connected and c.t_remote else None
+        sent = ok = 0
+        rtts: list[float] = []
+        if connected and c.role == "offerer":
+            # a data channel created by the offerer may still be "connecting" for a moment
+            while c.channel.readyState != "open" and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            for i in range(messages):
+                payload = f"natkit-lab {i:04d} {uuid.uuid4().hex}"
+                t = time.monotonic()
+                c.channel.send(payload)
+                sent += 1
+                try:
+                    reply = await asyncio.wait_for(c.messages.get(), max(0.05, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    error = f"echo {i} did not come back before the deadline"
+                    break
+                rtts.append((time.monotonic() - t) * 1000.0)
+                if reply == payload:
+                    ok += 1
+                else:
+                    error = f"echo {i} came back altered"
+        elif connected:
+            # the answerer reports once it has echoed the offerer's messages (both
+            # sides then read their nominated pair at about the same time)
+            while (c.echoed < messages or private.selected_pair(c.pc) is None) and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+        pair = private.selected_pair(c.pc) if connected else None
+        return {
+            "host": self.host, "role": c.role, "connected": connected, "ice_state": c.pc.iceConnectionState,
+            "local_type": pair[0].type if pair else None, "local": f"{pair[0].host}:{pair[0].port}" if pair else None,
+            "remote_type": pair[1].type if pair else None, "remote": f"{pair[1].host}:{pair[1].port}" if pair else None,
+            "gathered": c.gathered, "gathering_ms": c.gathering_ms, "connected_ms": connected_ms,
+            "echo_sent": sent, "echo_ok": ok, "rtt_ms": statistics.median(rtts) if rtts else None, "error": error,
+        }
+
+    async def op_close(self, conn: str) -> dict:
+        c = self.conns.pop(conn, None)
+        if c is not None:
+            try:
+                await asyncio.wait_for(c.pc.close(), 5)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing is best effort
+                pass
+        return {}
+
+    async def close_all(self) -> None:
+        for conn in list(self.conns):
+            await self.op_close(conn)
+
+
+async def measure_nat(server: str, port: int, *, timeout: float = 2.0, window: float = 0.6, tcp: bool = True) -> dict:
+    """This host's NAT behaviour towards the lab server (RFC 5780 §4.3-4.5).
+
+    Returns ``{"method", "udp", "tcp", "nat", "mapping", "filtering",
+    "hairpin", "public", "local", "notes"}``; mapping/filtering use RFC 4787
+    words ("endpoint-independent", ...), "none" without a NAT, None when
+    unknown. Uses :func:`natkit.nat.discover_nat_async` when that module is
+    present, else :func:`probe_rfc5780`.
+    """
+    try:
+        from ..nat import discover_nat_async
+    except ImportError:
+        discover_nat_async = None
+    if discover_nat_async is not None:
+        rep = await discover_nat_async([f"{server}:{port}"], timeout=timeout, window=window, hairpin=True)
+        val = lambda f: None if f is None or f.value is None else getattr(f.value, "value", f.value)  # noqa: E731
+        udp_blocked = val(rep.udp_blocked)
+        out = {
+            "method": "natkit.nat",
+            "status": rep.status,
+            "udp": None if udp_blocked is None else not udp_blocked,
+            "nat": val(rep.nat_present),
+            "mapping": val(rep.mapping),
+            "filtering": val(rep.filtering),
+            "hairpin": val(rep.hairpinning),
+            "public": str(rep.public_address) if rep.public_address else None,
+            "local": str(rep.local_address) if rep.local_address else None,
+            "notes": list(rep.notes),
+        }
+    else:
+        out = await probe_rfc5780(server, port, timeout=timeout, window=window)
+    out["tcp"] = await _tcp_ok(server, port, timeout) if tcp else None
+    return out
+
+
+async def _tcp_ok(server: str, port: int, timeout: float) -> bool:
+    from ..model import TransportAddress
+    from ..stun import binding_request, stream_transaction
+
+    try:
+        await stream_transaction(binding_request(), TransportAddress(server, port), timeout=timeout)
+        return True
+    except NatkitError:
+        return False
+
+
+async def probe_rfc5780(server: str, port: int, *, timeout: float = 2.0, window: float = 0.6) -> dict:
+    """A compact RFC 5780 probe (mapping §4.3, filtering §4.4, hairpinning §4.5)
+    against one server that answers CHANGE-REQUEST and names its OTHER-ADDRESS."""
+    from ..model import TransportAddress
+    from ..probe import route_local_ip
+    from ..stun import UdpStunEndpoint, binding_request
+
+    A = "endpoint-independent", "address-dependent", "address-and-port-dependent"
+    primary = TransportAddress(server, port)
+    notes: list[str] = []
+    out: dict[str, Any] = {"method": "natkit.lab", "udp": None, "nat": None, "mapping": None, "filtering": None,
+                           "hairpin": None, "public": None, "local": None, "notes": notes}
+    m = await UdpStunEndpoint.open("0.0.0.0")
+    f = await UdpStunEndpoint.open("0.0.0.0")
+    h = await UdpStunEndpoint.open("0.0.0.0")
+    try:
+        try:
+            r1 = await m.request(binding_request(), primary, timeout=timeout, rto=0.1)
+        except NatkitError as exc:
+            out["udp"] = False
+            notes.append(f"Test I: {exc.one_line()}")
+            return out
+        out["udp"] = True
+        x1 = TransportAddress.of(r1.message.attributes["XOR-MAPPED-ADDRESS"])
+        local = TransportAddress(route_local_ip(primary) or "0.0.0.0", m.local_address.port)
+        out["public"], out["local"] = str(x1), str(local)
+        out["nat"] = x1 != local
+        other = r1.message.attributes.get("OTHER-ADDRESS")
+        if other is None:
+            notes.append("the server sent no OTHER-ADDRESS: RFC 5780 tests impossible")
+            return out
+        other = TransportAddress.of(other)
+        if not out["nat"]:
+            out["mapping"] = "none"
+        else:
+            r2 = await m.request(binding_request(), TransportAddress(other.host, port), timeout=timeout, rto=0.1)
+            x2 = TransportAddress.of(r2.message.attributes["XOR-MAPPED-ADDRESS"])
+            if x2 == x1:
+                out["mapping"] = A[0]
+            else:
+                r3 = await m.request(binding_request(), other, timeout=timeout, rto=0.1)
+                x3 = TransportAddress.of(r3.message.attributes["XOR-MAPPED-ADDRESS"])
+                out["mapping"] = A[1] if x3 == x2 else A[2]
+
+        # filtering: a fresh socket that has talked only to the primary address
+        await f.request(binding_request(), primary, timeout=timeout, rto=0.1)
+
+        async def answered(flags: int) -> bool:
+            try:
+                await f.request(binding_request(**{"CHANGE-REQUEST": flags}), primary, timeout=window, rto=0.1)
+                return True
+            except NatkitError:
+                return False
+
+        both, port_only = await asyncio.gather(answered(0x6), answered(0x2))
+        out["filtering"] = A[0] if both else (A[1] if port_only else A[2])
+        if not out["nat"] and out["filtering"] == A[0]:
+            out["filtering"] = "none"
+
+        # hairpinning: a third socket sends to the first one's mapped address
+        if out["nat"]:
+            req = binding_request()
+            try:
+                await h.request(req, x1, timeout=window, rto=0.1)
+            except NatkitError:
+                pass
+            out["hairpin"] = any(
+                data[8:20] == req.transaction_id for data, _ in m.unmatched
+            )
+        return out
+    finally:
+        for ep in (m, f, h):
+            ep.close()
+
+
+def keep_best_nomination() -> None:
+    """Make aioice keep the highest-priority nominated pair (agent processes only).
+
+    aioice (0.13) nominates aggressively as the controlling agent and, on both
+    sides, lets every later nominated pair that completes replace the
+    selected one, so the pair that finishes *last* carries the data: a relay
+    check completing a few milliseconds after a direct one moves the
+    connection onto the relay. RFC 5245 §8.1.1.2 says that with aggressive
+    nomination the agents use the nominated pair with the highest priority;
+    this wrapper restores that rule (direct pairs outrank relayed ones by
+    the candidate type preferences of RFC 8445 §5.1.2.2). It touches
+    ``Connection.check_complete`` and ``_nominated``, aioice internals.
+    """
+    from aioice import ice
+
+    if getattr(ice.Connection.check_complete, "_natkit", False):
+        return
+    original = ice.Connection.check_complete
+
+    def check_complete(self, pair) -> None:
+        before = self._nominated.get(pair.component)
+        original(self, pair)
+        after = self._nominated.get(pair.component)
+        if before is not None and after is not None and after is not before:
+            rank = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
+            if rank(before) > rank(after):
+                self._nominated[pair.component] = before
+
+    check_complete._natkit = True
+    ice.Connection.check_complete = check_complete
+
+
+RELAY_GRACE = 1.5  # seconds a controlling agent lets better pairs try before checking a relayed one
+
+
+def check_relay_pairs_last(grace: float = RELAY_GRACE) -> None:
+    """Make a controlling aioice agent check relayed pairs only after better pairs had their chance.
+
+    aioice nominates aggressively: the first pair whose check succeeds ends
+    ICE and cancels every other check. A relayed pair can succeed first
+    although a direct one would work, for example when the peer's checks
+    from its relayed address arrive early through an address-dependent
+    filter (the TURN server shares its IP with the STUN server the host
+    already talked to), or when a direct check was dropped once by a NAT
+    that had not opened yet and waits for its retransmission. libwebrtc
+    instead keeps checking and moves to the better pair. Here a controlling
+    agent holds back the check of a pair with a relay candidate until every
+    higher-priority pair has succeeded or failed, or ``grace`` seconds have
+    passed, so a direct path is chosen whenever one works within ``grace``.
+    Agent processes only; it wraps aioice's ``Connection.check_start``.
+    """
+    from aioice import ice
+
+    if getattr(ice.Connection.check_start, "_natkit", False):
+        return
+    original = ice.Connection.check_start
+    pending = (ice.CandidatePair.State.FROZEN, ice.CandidatePair.State.WAITING, ice.CandidatePair.State.IN_PROGRESS)
+
+    async def check_start(self, pair) -> None:
+        relayed = "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+        if self.ice_controlling and relayed:
+            prio = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
+            mine = prio(pair)
+            self.check_state(pair, ice.CandidatePair.State.IN_PROGRESS)  # not picked again by the pacer
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while loop.time() < deadline and not self._check_list_done:
+                if not any(p is not pair and p.state in pending and prio(p) > mine for p in self._check_list):
+                    break
+                await asyncio.sleep(0.01)
+            if self._check_list_done:
+                return
+        await original(self, pair)
+
+    check_start._natkit = True
+    ice.Connection.check_start = check_start
+
+
+async def _agent_main(host: str) -> None:
+    from aioice import stun as aioice_stun
+
+    aioice_stun.RETRY_RTO = float(os.environ.get("NATKIT_LAB_RTO", "0.1"))
+    keep_best_nomination()
+    check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
+    import logging
+
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # the protocol owns the real stdout; stray prints go to stderr
+    proto_out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    agent = Agent(host, proto_out)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tasks: set[asyncio.Task] = set()
+    await agent.reply({"id": 0, "ok": True, "result": {"pid": os.getpid(), "host": host, "ready": True}})
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            try:
+                req = json.loads(line)
+            except ValueError:
+                continue
+            task = asyncio.ensure_future(agent.handle(req))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        await agent.close_all()
+
+
+def agent_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m natkit.lab.peers HOST`` (the hidden agent mode)."""
+    argv = sys.argv[1:] if argv is None else argv
+    host = argv[0] if argv else "?"
+    try:
+        asyncio.run(_agent_main(host))
+    except KeyboardInterrupt:
+        pass
+
+
+# ================================================================== controller side
+
+class AgentClient:
+    """The controller's handle on one agent process (thread-safe ``call``)."""
+
+    def __init__(self, host: str, ns: str, *, log_path: str | None = None, env: dict | None = None) -> None:
+        from .netns import netns_argv
+
+        self.host = host
+        self.ns = ns
+        self._ids = itertools.count(1)
+        self._pending: dict[int, concurrent.futures.Future] = {0: concurrent.futures.Future()}
+        self._lock = threading.Lock()
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            netns_argv(ns, [sys.executable, "-m", "natkit.lab.peers", host]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=full_env,
+            start_new_session=True, close_fds=True,
+        )
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read, name=f"natkit-agent-{host}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            with self._lock:
+                fut = self._pending.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(LabAgentError(f"the agent on {self.host} exited (code {self.proc.poll()})", step="agent"))
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        with self._lock:
+            fut = self._pending.get(0)
+        if fut is None:
+            return
+        self._result(fut, timeout, "start")
+
+    def submit(self, op: str, **args) -> concurrent.futures.Future:
+        rid = next(self._ids)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._pending[rid] = fut
+        try:
+            self.proc.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise LabAgentError(f"the agent on {self.host} is gone", step=op) from None
+        return fut
+
+    def _result(self, fut: concurrent.futures.Future, timeout: float, op: str) -> dict:
+        try:
+            msg = fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise LabAgentError(f"the agent on {self.host} did not answer {op!r} within {timeout:g}s", step=op) from None
+        if not msg.get("ok"):
+            raise LabAgentError(f"{op} on {self.host}: {msg.get('error')}", step=op)
+        return msg.get("result") or {}
+
+    def call(self, op: str, timeout: float = 30.0, **args) -> dict:
+        """Run ``op`` in the agent and return its result; raises :class:`LabAgentError`."""
+        return self._result(self.submit(op, **args), timeout, op)
+
+    def close_stdin(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close stdin (the agent closes its connections and exits), wait, kill if needed."""
+        self.close_stdin()
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            try:
+                self.proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+
+class LabAgentError(NatkitError):
+    """An agent in a lab namespace failed or stopped answering."""
+
+    kind = "lab_agent"
+
+
+ANSWER_DELAY = 0.2  # seconds between the answerer's answer and the offerer receiving it
+
+
+def connect_pair(lab, a: str, b: str, *, turn: bool = True, deadline: float = 10.0, messages: int = 5,
+                 answer_delay: float = ANSWER_DELAY) -> PairResult:
+    """One attempt: host ``a`` offers (ICE controlling), host ``b`` answers.
+
+    Both gather host and srflx candidates from the lab's STUN server, and
+    with ``turn`` relay candidates from its coturn (TURN over TCP for a host
+    whose UDP is blocked). Offer and answer cross through this controller.
+    The attempt ends by ``deadline`` seconds (ICE failure ends it earlier);
+    the connections are closed afterwards whatever happened.
+
+    ``answer_delay``: seconds the answer spends "in signalling" before the
+    offerer gets it (a real signalling round trip takes about as long). The
+    answerer starts its checks at once, so its NAT has opened towards the
+    offerer when the offerer's checks go out. This matters because aioice,
+    as the controlling agent, nominates aggressively: the first pair whose
+    check succeeds wins. Without the delay a relay pair sometimes succeeds
+    before a direct pair whose first check was dropped by a NAT that had not
+    yet opened, and a cell that can connect directly is reported as relay.
+    """
+    started = time.monotonic()
+    conn = uuid.uuid4().hex[:12]
+    ag_a, ag_b = lab.agent(a), lab.agent(b)
+    notes: list[str] = []
+    off = ans = None
+    slack = 10.0  # answers must arrive this much after the agent's own deadline
+    try:
+        try:
+            offer = ag_a.call("offer", timeout=deadline + slack, conn=conn, ice=lab.ice_servers(a, turn=turn))
+            answer = ag_b.call("answer", timeout=deadline + slack, conn=conn, ice=lab.ice_servers(b, turn=turn), sdp=offer["sdp"])
+            if answer_delay > 0:
+                time.sleep(answer_delay)
+            ag_a.call("accept", timeout=deadline + slack, conn=conn, sdp=answer["sdp"])
+            left = max(0.5, deadline - (time.monotonic() - started))
+            fa = ag_a.submit("result", conn=conn, timeout=left, messages=messages)
+            fb = ag_b.submit("result", conn=conn, timeout=left, messages=messages)
+            off = side_from_dict(ag_a._result(fa, left + slack, "result"))
+            ans = side_from_dict(ag_b._result(fb, left + slack, "result"))
+        except LabAgentError as exc:
+            notes.append(exc.one_line())
+    finally:
+        for ag in (ag_a, ag_b):
+            try:
+                ag.submit("close", conn=conn)
+            except LabAgentError:
+                pass
+    outcome = classify_pair(off, ans)
+    for side in (off, ans):
+        if side is not None and side.error:
+            notes.append(f"{side.host}: {side.error}")
+    ok = outcome not in ("failed", "inconsistent")
+    return PairResult(
+        schema=SCHEMA_PAIR, a=a, b=b, turn=turn, outcome=outcome, ok=ok,
+        relay_proven=outcome == "relay", offerer=off, answerer=ans, deadline_s=deadline,
+        duration_ms=(time.monotonic() - started) * 1000.0, notes=tuple(notes),
+    )
+
+
+if __name__ == "__main__":
+    agent_main()
