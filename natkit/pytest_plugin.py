@@ -95,3 +95,148 @@ def turn_server(tmp_path_factory):
             os.environ.pop("NATKIT_STATE_DIR", None)
         else:
             os.environ["NATKIT_STATE_DIR"] = old
+
+
+# ---------------------------------------------------------------------------
+# natkit lab: real NATs in network namespaces (root). See docs/pytest-plugin.md.
+# ---------------------------------------------------------------------------
+
+NAT_MARKER = (
+    "nat(a, b, expect=None, turn=True, deadline=10.0): run the test's nat_pair between a host behind "
+    "NAT behaviour a and one behind b (open, full_cone, restricted, port_restricted, symmetric); "
+    "expect: direct | direct (prflx) | relay | failed (default: NATLAB.md's matrix)"
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", NAT_MARKER)
+
+
+def require_lab(turn: bool = True) -> None:
+    """Skip (fail under NATKIT_REQUIRE_NETNS=1) unless labs can be built here (and coturn runs, with ``turn``)."""
+    require_root_netns()
+    if turn:
+        require_coturn()
+
+
+@pytest.fixture
+def nat_lab():
+    """A factory for labs that are torn down when the test ends, passed or failed.
+
+    ``nat_lab(spec_or_behaviours, **NatLab options) -> NatLab`` where the first
+    argument is a :class:`natkit.lab.LabSpec` or behaviour names
+    (``nat_lab("symmetric", "port_restricted")``: hosts ``sym1`` and ``prc1``).
+    """
+    from natkit.lab import LabSpec, NatLab
+
+    labs = []
+
+    def make(*spec, **kw):
+        require_lab(kw.get("turn", True))
+        if len(spec) == 1 and isinstance(spec[0], LabSpec):
+            lab_spec = spec[0]
+        else:
+            lab_spec = LabSpec.peers(*spec)
+        lab = NatLab(lab_spec, **kw)
+        labs.append(lab)
+        return lab.up()
+
+    try:
+        yield make
+    finally:
+        for lab in reversed(labs):
+            lab.down()
+
+
+@pytest.fixture(scope="session")
+def nat_matrix_lab():
+    """One lab for the whole session with two hosts per NAT behaviour (``open1``,
+    ``open2``, ``fc1``, ``fc2``, ``rc1``, ``rc2``, ``prc1``, ``prc2``, ``sym1``,
+    ``sym2``), every NAT verified; torn down at the end of the session."""
+    require_lab(True)
+    from natkit.lab import LabSpec, NatLab
+
+    lab = NatLab(LabSpec.matrix())
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+class NatPair:
+    """Two hosts of the session lab behind the NAT behaviours of a ``nat`` marker.
+
+    ``a`` offers (ICE controlling), ``b`` answers. :meth:`connect` runs one
+    attempt and returns a :class:`natkit.lab.PairResult`; :meth:`check` also
+    asserts the expected outcome.
+    """
+
+    def __init__(self, lab, a: str, b: str, *, expect=None, turn: bool = True, deadline: float = 10.0) -> None:
+        from natkit.lab.matrix import hosts_for
+        from natkit.lab.spec import expected_outcome, normalise_behaviour
+
+        self.lab = lab
+        self.behaviours = (normalise_behaviour(a), normalise_behaviour(b))
+        self.a, self.b = hosts_for(*self.behaviours)
+        self.turn = turn
+        self.deadline = deadline
+        self.expect = _normalise_expect(expect) if expect else expected_outcome(*self.behaviours, turn=turn)
+
+    def connect(self, *, turn: bool | None = None, deadline: float | None = None):
+        """One WebRTC attempt a -> b (data channel echo) through the lab."""
+        return self.lab.connect(self.a, self.b, turn=self.turn if turn is None else turn,
+                                deadline=self.deadline if deadline is None else deadline)
+
+    def check(self, *, turn: bool | None = None, deadline: float | None = None):
+        """:meth:`connect`, then assert the outcome matches ``expect``; returns the result."""
+        from natkit.lab.spec import RELAY, outcome_matches
+
+        result = self.connect(turn=turn, deadline=deadline)
+        ok = outcome_matches(self.expect, result.outcome) and (self.expect != RELAY or result.relay_proven)
+        if not ok:
+            side = lambda s: "none" if s is None else f"{s.local_type}/{s.remote_type}"  # noqa: E731
+            pytest.fail(
+                f"{self.behaviours[0]} x {self.behaviours[1]} ({'STUN+TURN' if result.turn else 'STUN only'}): "
+                f"expected {self.expect}, got {result.outcome} "
+                f"(nominated pairs {self.a}: {side(result.offerer)}, {self.b}: {side(result.answerer)}"
+                + (f"; {'; '.join(result.notes)}" if result.notes else "") + ")",
+                pytrace=False,
+            )
+        return result
+
+
+def _normalise_expect(expect: str) -> str:
+    e = expect.strip().lower().replace("_", " ")
+    aliases = {"prflx": "direct (prflx)", "direct prflx": "direct (prflx)", "direct(prflx)": "direct (prflx)", "fail": "failed"}
+    e = aliases.get(e, e)
+    if e not in ("direct", "direct (prflx)", "relay", "failed", "direct host", "direct srflx"):
+        raise pytest.UsageError(f"nat marker: unknown expect={expect!r} (direct, direct (prflx), relay, failed)")
+    return e
+
+
+@pytest.fixture
+def nat_pair(request):
+    """The peer-pair helper for a ``@pytest.mark.nat(a, b, expect=...)`` test (a :class:`NatPair`).
+
+    Also usable with indirect parametrisation:
+    ``@pytest.mark.parametrize("nat_pair", [("symmetric", "open")], indirect=True)``
+    (a tuple ``(a, b)`` or a dict with ``a``, ``b``, ``expect``, ``turn``, ``deadline``).
+    """
+    param = getattr(request, "param", None)
+    marker = request.node.get_closest_marker("nat")
+    if isinstance(param, dict):
+        args, kwargs = (param["a"], param["b"]), {k: v for k, v in param.items() if k not in ("a", "b")}
+    elif isinstance(param, (tuple, list)):
+        args, kwargs = tuple(param[:2]), {}
+    elif marker is not None:
+        args, kwargs = marker.args, dict(marker.kwargs)
+    else:
+        raise pytest.UsageError("nat_pair needs @pytest.mark.nat(a, b, ...) or indirect parametrisation")
+    if len(args) != 2:
+        raise pytest.UsageError(f"nat marker takes two NAT behaviours, got {args!r}")
+    unknown = set(kwargs) - {"expect", "turn", "deadline"}
+    if unknown:
+        raise pytest.UsageError(f"nat marker: unknown options {sorted(unknown)}")
+    lab = request.getfixturevalue("nat_matrix_lab")
+    return NatPair(lab, *args, **kwargs)

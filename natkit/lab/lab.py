@@ -54,11 +54,8 @@ class HostCheck:
     expected: dict  # mapping, filtering, hairpin, udp_blocked (None: not predicted)
     measured: dict  # what the probe saw (see natkit.lab.peers.measure_nat)
     measured_label: str  # classic name of the measured mapping/filtering
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+    problems: tuple[str, ...]  # empty when the host behaves as declared
+    ok: bool
 
 
 def judge(expected: dict, measured: dict) -> list[str]:
@@ -206,6 +203,7 @@ class NatLab:
         """Build, start coturn, start agents, verify. Tears down and re-raises on any failure."""
         if self._up:
             return self
+        preflight()
         self._install_sigterm()
         _LIVE.add(self)
         self._up = True
@@ -366,10 +364,11 @@ class NatLab:
         for h, fut in futures.items():
             measured = self.agent(h)._result(fut, 30.0, "measure")
             expected = effective_behaviour(self.spec, h)
+            problems = judge(expected, measured)
             checks.append(HostCheck(
                 host=h, declared=self.spec.behaviour_of(h), expected=expected, measured=measured,
                 measured_label=classify(*(None if measured.get(k) in (None, "none") else measured.get(k) for k in ("mapping", "filtering"))),
-                problems=tuple(judge(expected, measured)),
+                problems=tuple(problems), ok=not problems,
             ))
         return tuple(checks)
 
@@ -400,6 +399,17 @@ class NatLab:
         """Apply ``fn`` to ``items`` on a thread pool, results in order."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             return list(pool.map(fn, items))
+
+
+def preflight() -> None:
+    """Raise :class:`LabError` unless this process can build labs (root, iproute2, nft)."""
+    import shutil
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces and nftables)", step="preflight", hint="run as root, e.g. in a CI container")
+    missing = [b for b in ("ip", "nft", "sysctl") if shutil.which(b) is None]
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)}", step="preflight", hint="apt-get install iproute2 nftables procps")
 
 
 def _hex_addr(ip: str, port: int) -> str:

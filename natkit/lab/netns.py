@@ -297,17 +297,22 @@ def lab_of_namespace(ns: str) -> str | None:
     return None
 
 
-def down_all(*, force: bool = False) -> dict:
+def down_all(*, force: bool = False, only_labs: Iterable[str] | None = None) -> dict:
     """Remove leftover labs: every ``natkit*`` namespace (with its processes)
     and every registered lab whose owner process is gone.
 
     Labs whose owner (a running ``natkit lab matrix`` or test session) is
     alive are kept unless ``force``; labs left up by ``natkit lab up`` have no
-    owner and are removed. Returns ``{"removed": [...namespaces],
+    owner and are removed. ``only_labs`` limits the sweep to those lab names
+    (tests use it so as not to touch other labs on the machine). Returns ``{"removed": [...namespaces],
     "labs": [...], "kept": [...labs in use]}``.
     """
     namespaces = list_namespaces()
     labs = set(registered_labs()) | {lab_of_namespace(ns) for ns in namespaces if lab_of_namespace(ns)}
+    if only_labs is not None:
+        only = set(only_labs)
+        labs &= only
+        namespaces = [ns for ns in namespaces if lab_of_namespace(ns) in only]
     kept, chosen_labs = [], []
     for lab in sorted(labs):
         state = read_state(lab)

@@ -1,0 +1,239 @@
+"""``natkit lab up|down|exec|list|matrix``: real NATs in network namespaces."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from . import output
+
+lab_app = typer.Typer(
+    help="Real NATs in Linux network namespaces (root): build a lab, run commands in it, run the NAT x NAT outcome matrix.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lab_app, name="lab")
+
+
+def _spec_from(arg: str):
+    """A spec file (.toml/.json), ``matrix``, or behaviours separated by commas."""
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..lab.spec import LabSpec, load_spec
+
+    if Path(arg).exists():
+        return load_spec(arg)
+    if arg == "matrix":
+        return LabSpec.matrix()
+    if arg.endswith((".toml", ".json")):
+        raise UsageError(f"lab spec file {arg!r} does not exist")
+    return LabSpec.peers(*[b for b in arg.split(",") if b.strip()])
+
+
+def _summary(lab) -> dict:
+    hosts = {}
+    for h in lab.hosts:
+        chain = lab.spec.chain(h)
+        check = next((c for c in lab.checks if c.host == h), None)
+        hosts[h] = {
+            "namespace": lab.ns(h), "address": lab.ip(h), "behind": [n.name for n in chain],
+            "declared": lab.spec.behaviour_of(h), "measured": check.measured_label if check else None,
+            "public": check.measured.get("public") if check else None,
+        }
+    return {
+        "ok": True, "lab": lab.name, "namespaces": list(lab.plan.namespaces), "hosts": hosts,
+        "nats": {n.name: {"namespace": lab.ns(n.name), "wan": lab.ip(n.name), "behaviour": n.behaviour, "behind": n.behind}
+                 for n in lab.spec.nats},
+        "server": {"namespace": lab.ns("server"), "addresses": list(lab.server_ips), "stun": lab.stun_uri,
+                   "turn": lab.turn_uri() if lab.turn else None, "secret": lab.secret if lab.turn else None},
+        "checks": lab.checks, "timings": lab.timings,
+    }
+
+
+@lab_app.command("up")
+def up_cmd(
+    spec: str = typer.Argument(..., metavar="SPEC", help="a lab spec file (.toml/.json), 'matrix', or behaviours separated by commas (symmetric,port_restricted)"),
+    name: Optional[str] = typer.Option(None, "--name", help="lab name in namespace names (natkit-NAME-HOST); default: from the spec or random"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="measure every host's NAT before declaring the lab up"),
+    turn: bool = typer.Option(True, "--turn/--no-turn", help="run coturn in the server namespace (needed for --verify)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Build a lab and leave it running (remove it with natkit lab down).
+
+    Exit codes: 0 up, 2 bad spec, 3 no root/namespaces/coturn or a NAT that does not behave as declared.
+    """
+
+    def body() -> int:
+        from ..lab.lab import NatLab
+        from ..lab.matrix import render_checks
+
+        lab_spec = _spec_from(spec)
+        lab = NatLab(lab_spec, name=name, turn=turn, verify=verify and turn, persistent=True, agents=False)
+        output.progress(f"building lab {lab.name}: {len(lab.plan.namespaces)} namespaces")
+        lab.up()
+        info = _summary(lab)
+        if json_out:
+            output.emit_json(info)
+            return 0
+        w = typer.echo
+        w(f"lab {lab.name} is up ({lab.timings.get('build_ms', 0):.0f} ms to build)")
+        for h, d in info["hosts"].items():
+            w(f"  host {h:<10} {d['address']:<16} behind {' -> '.join(d['behind']) or 'nothing (open)':<24} namespace {d['namespace']}")
+        if lab.turn:
+            w(f"  server {', '.join(lab.server_ips)}: {lab.stun_uri}, {lab.turn_uri()} (REST secret in {lab.dir}/state.json)")
+        if lab.checks:
+            w(render_checks(lab.checks))
+        w(f"run a command on a host:  natkit lab exec {lab.hosts[0] if lab.hosts else 'HOST'} --lab {lab.name} -- ip addr")
+        w(f"remove it:                natkit lab down {lab.name}")
+        return 0
+
+    output.run(json_out, body)
+
+
+@lab_app.command("down")
+def down_cmd(
+    name: Optional[str] = typer.Argument(None, help="lab name (default: the only lab left up by natkit lab up)"),
+    all_: bool = typer.Option(False, "--all", help="remove every natkit* namespace and lab whose owner is gone (leftovers of crashed runs too)"),
+    force: bool = typer.Option(False, "--force", help="with --all: also remove labs whose owner (a test run) is still running"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove a lab: stop its processes (coturn, agents), delete its namespaces.
+
+    Exit codes: 0 removed (or nothing to remove with --all), 2 no such lab / several labs and no name.
+    """
+
+    def body() -> int:
+        from ..errors import UsageError
+        from ..lab import netns
+
+        if all_:
+            res = netns.down_all(force=force)
+            if json_out:
+                output.emit_json({"ok": True, **res})
+            else:
+                typer.echo(f"removed {len(res['removed'])} namespaces" + (f" of labs {', '.join(res['labs'])}" if res["labs"] else ""))
+                for lab in res["kept"]:
+                    typer.echo(f"kept lab {lab}: its owner process is still running (--force removes it)")
+            return 0
+        lab = name
+        if lab is None:
+            labs = [lab for lab in netns.registered_labs() if (netns.read_state(lab) or {}).get("persistent")]
+            if not labs:
+                raise UsageError("no lab left up by natkit lab up", hint="natkit lab list shows every lab; --all removes leftovers")
+            if len(labs) > 1:
+                raise UsageError(f"several labs are up: {', '.join(labs)}", hint="name one, or use --all")
+            lab = labs[0]
+        removed = netns.down(lab)
+        if json_out:
+            output.emit_json({"ok": True, "lab": lab, "removed": removed})
+        else:
+            typer.echo(f"lab {lab} removed ({len(removed)} namespaces)")
+        return 0
+
+    output.run(json_out, body)
+
+
+@lab_app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List labs and natkit namespaces on this machine."""
+
+    def body() -> int:
+        from ..lab import netns
+
+        namespaces = netns.list_namespaces()
+        labs = sorted(set(netns.registered_labs()) | {netns.lab_of_namespace(ns) for ns in namespaces if netns.lab_of_namespace(ns)})
+        rows = []
+        for lab in labs:
+            st = netns.read_state(lab) or {}
+            owner = "persistent (lab up)" if st.get("persistent") else (
+                f"pid {st.get('owner_pid')} ({'running' if netns.owner_alive(st) else 'gone: leftover'})" if st else "unknown: leftover")
+            rows.append({"lab": lab, "namespaces": [ns for ns in namespaces if netns.lab_of_namespace(ns) == lab],
+                         "hosts": sorted(st.get("hosts", {})), "owner": owner})
+        if json_out:
+            output.emit_json({"ok": True, "labs": rows})
+        elif not rows:
+            typer.echo("no labs")
+        else:
+            for r in rows:
+                typer.echo(f"{r['lab']:<12} {len(r['namespaces']):>3} namespaces  hosts {', '.join(r['hosts']) or '–'}  owner {r['owner']}")
+        return 0
+
+    output.run(json_out, body)
+
+
+@lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_cmd(
+    host: str = typer.Argument(..., help="a host, NAT box, 'server' or 'internet' of the lab"),
+    command: List[str] = typer.Argument(..., metavar="-- CMD...", help="the command to run inside that namespace"),
+    lab: Optional[str] = typer.Option(None, "--lab", help="lab name (default: the only lab that has HOST)"),
+) -> None:
+    """Run a command inside a lab namespace (replaces this process; its exit code is the command's).
+
+    Example: natkit lab exec sym1 -- natkit probe 203.0.113.10:3478
+    """
+
+    def body() -> int:
+        import os
+
+        from ..errors import UsageError
+        from ..lab import netns
+        from ..lab.spec import namespace_name
+
+        present = set(netns.list_namespaces())
+        if lab is not None:
+            candidates = [lab]
+        else:
+            candidates = sorted({netns.lab_of_namespace(ns) for ns in present if ns.endswith(f"-{host}") and netns.lab_of_namespace(ns)})
+        found = [namespace_name(c, host) for c in candidates if namespace_name(c, host) in present]
+        if not found:
+            raise UsageError(f"no lab namespace for {host!r}" + (f" in lab {lab!r}" if lab else ""), hint="natkit lab list shows the labs")
+        if len(found) > 1:
+            raise UsageError(f"{host!r} exists in several labs: {', '.join(candidates)}", hint="pick one with --lab")
+        argv = netns.netns_argv(found[0], command)
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            raise UsageError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+        return 0
+
+    output.run(False, body)
+
+
+@lab_app.command("matrix")
+def matrix_cmd(
+    deadline: float = typer.Option(10.0, "--deadline", help="seconds per connection attempt"),
+    concurrency: int = typer.Option(4, "--concurrency", "-j", help="attempts in flight at once"),
+    behaviours: Optional[str] = typer.Option(None, "--behaviours", help="comma-separated subset (default: open,full_cone,restricted,port_restricted,symmetric)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="only 'stun' or only 'stun+turn' (default: both)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Connect aiortc peers behind every pair of NAT behaviours, STUN only and STUN+TURN,
+    and compare with the expected matrix (NATLAB.md).
+
+    Exit codes: 0 every cell as expected, 1 a mismatch, 3 no root/namespaces/coturn or a NAT that does not behave as declared.
+    """
+
+    def body() -> int:
+        from ..lab.matrix import MATRIX_BEHAVIOURS, MODES, render_checks, render_text, run_matrix
+
+        bs = [b for b in behaviours.split(",") if b.strip()] if behaviours else list(MATRIX_BEHAVIOURS)
+        modes = (mode,) if mode else MODES
+
+        def progress(cell) -> None:
+            output.progress(f"{cell.a} x {cell.b} ({cell.mode}): {cell.outcome}{'' if cell.match else ' (expected ' + cell.expected + ')'}")
+
+        output.progress(f"building a lab with two hosts per behaviour ({', '.join(bs)})")
+        report = run_matrix(behaviours=bs, modes=modes, deadline=deadline, concurrency=concurrency, progress=progress)
+        if json_out:
+            output.emit_json(report)
+        else:
+            typer.echo(render_checks(report.checks))
+            typer.echo("")
+            typer.echo(render_text(report))
+        return 0 if report.ok else 1
+
+    output.run(json_out, body)
