@@ -82,6 +82,18 @@ class CoturnConfig:
     pkey: str | None = None  # pkey
     pidfile: str | None = None  # pidfile
     userdb: str | None = None  # userdb (sqlite path); coturn opens one even with REST auth
+    # --- hardening options (issue 5); their defaults render nothing new ---
+    tls_min_version: str = "1.2"  # lowest TLS version accepted: "1.0", "1.1", "1.2" (no-tlsv1, no-tlsv1_1) or "1.3"
+    user_quota: int | None = None  # user-quota: concurrent allocations per user
+    total_quota: int | None = None  # total-quota: concurrent allocations on the server
+    max_bps: int | None = None  # max-bps: bytes per second per session
+    no_software_attribute: bool = False  # no-software-attribute (hide the version)
+    no_stun_backward_compatibility: bool = False  # no-stun-backward-compatibility (no MAPPED-ADDRESS: smaller responses)
+    response_origin_only_with_rfc5780: bool = False  # response-origin-only-with-rfc5780 (smaller responses)
+    prometheus: bool = False  # prometheus exporter (needs a coturn built with it)
+    prometheus_address: str | None = None  # prometheus-address (coturn >= 4.6.2); None: coturn's default
+    prometheus_port: int | None = None  # prometheus-port (coturn's default 9641)
+    stale_nonce: int | None = None  # stale-nonce=SECONDS (nonce lifetime)
     extra: tuple[str, ...] = ()  # verbatim extra lines, for experts
 
     def validate(self) -> None:
@@ -111,6 +123,18 @@ class CoturnConfig:
                 raise UsageError("a static-auth-secret must be non-empty and contain no whitespace or '#'")
         if not self.realm or any(c in self.realm for c in "\n\r #"):
             raise UsageError(f"invalid realm {self.realm!r}")
+        if self.tls_min_version not in ("1.0", "1.1", "1.2", "1.3"):
+            raise UsageError(f"unknown TLS version {self.tls_min_version!r}", hint="use 1.0, 1.1, 1.2 or 1.3")
+        for label, value in (("user-quota", self.user_quota), ("total-quota", self.total_quota), ("max-bps", self.max_bps), ("stale-nonce", self.stale_nonce)):
+            if value is not None and value < 0:
+                raise UsageError(f"{label} must not be negative, got {value}")
+        if self.prometheus_port is not None and not 1 <= self.prometheus_port <= 65535:
+            raise UsageError(f"prometheus port {self.prometheus_port} out of range 1-65535")
+        if self.prometheus_address is not None:
+            try:
+                ipaddress.ip_address(self.prometheus_address)
+            except ValueError:
+                raise UsageError(f"not an IP address: {self.prometheus_address!r}", hint="the Prometheus bind address must be an IP literal") from None
 
     def render(self) -> str:
         """Return the ``turnserver.conf`` text (one option per line)."""
@@ -123,7 +147,7 @@ class CoturnConfig:
             lines.append(f"tls-listening-port={self.tls_listening_port}")
             lines.append(f"cert={self.cert}")
             lines.append(f"pkey={self.pkey}")
-            lines += ["no-tlsv1", "no-tlsv1_1"]
+            lines += {"1.0": [], "1.1": ["no-tlsv1"], "1.2": ["no-tlsv1", "no-tlsv1_1"], "1.3": ["no-tlsv1", "no-tlsv1_1", "no-tlsv1_2"]}[self.tls_min_version]
         else:
             lines += ["no-tls", "no-dtls"]
         for ip in self.relay_ips or self.listening_ips:
@@ -159,6 +183,26 @@ class CoturnConfig:
             lines.append(f"pidfile={self.pidfile}")
         if self.userdb:
             lines.append(f"userdb={self.userdb}")
+        if self.user_quota is not None:
+            lines.append(f"user-quota={self.user_quota}")
+        if self.total_quota is not None:
+            lines.append(f"total-quota={self.total_quota}")
+        if self.max_bps is not None:
+            lines.append(f"max-bps={self.max_bps}")
+        if self.stale_nonce is not None:
+            lines.append(f"stale-nonce={self.stale_nonce}")
+        if self.no_software_attribute:
+            lines.append("no-software-attribute")
+        if self.no_stun_backward_compatibility:
+            lines.append("no-stun-backward-compatibility")
+        if self.response_origin_only_with_rfc5780:
+            lines.append("response-origin-only-with-rfc5780")
+        if self.prometheus:
+            lines.append("prometheus")
+            if self.prometheus_address:
+                lines.append(f"prometheus-address={self.prometheus_address}")
+            if self.prometheus_port:
+                lines.append(f"prometheus-port={self.prometheus_port}")
         lines += ["log-file=stdout", "simple-log"]
         lines += list(self.extra)
         return "\n".join(lines) + "\n"

@@ -1,0 +1,1152 @@
+"""TURN security audit: prove that a TURN server is not an open relay.
+
+:func:`audit` runs a fixed list of checks against one or several servers
+(concurrently, one :class:`ServerAudit` each) and returns one
+:class:`AuditReport`. Every check yields a :class:`Finding` with an ``id``, a
+``status`` (``pass``, ``fail`` or ``not_checked`` with the reason), a
+``severity`` (of the failure; ``info`` for passes), the ``evidence`` (what was
+sent and what came back) and the ``fix`` (the coturn option).
+
+Checks (ids):
+
+``open-relay``
+    an Allocate without credentials must be answered 401 with REALM and NONCE
+    (RFC 8656 §7.2, RFC 8489 §9.2).
+``peer-acl``
+    with valid credentials, CreatePermission and ChannelBind (RFC 8656 §9,
+    §12) toward every forbidden peer range (loopback, 0.0.0.0, RFC 1918,
+    CGNAT, link-local and cloud metadata, IPv4-mapped IPv6, NAT64, ...) must
+    be refused with 403; a positive control (two allocations on this server
+    relaying to each other, data carried both ways) must succeed.
+``tcp-relay``
+    RFC 6062: a TCP allocation should be refused (442); when it is allowed,
+    CONNECT toward forbidden peers must be refused with 403.
+``tls``
+    ``turns:`` only: TLS 1.0 and 1.1 handshakes must fail; the certificate's
+    names, issuer, chain verification and expiry are reported.
+``credentials``
+    REST API (with ``secret``): an expired credential and a credential made
+    with a wrong secret must both be refused (401), and no response echoes
+    the secret or the password.
+``quota``
+    an allocation flood on one credential (bounded in count and time) must be
+    stopped with 486 Allocation Quota Reached.
+``software``
+    the SOFTWARE attribute (RFC 8489 §14.14) and the version it reveals, with
+    known CVE hints for coturn versions.
+``amplification``
+    the size ratio of response to request for a minimal STUN Binding
+    (unauthenticated UDP reflection) and for an unauthenticated Allocate.
+``admin-ports``
+    coturn's telnet CLI (TCP 5766) and Prometheus exporter (TCP 9641) must not
+    answer on the server's address.
+
+Safety: the ``peer-acl`` and ``tcp-relay`` checks ask the server to relay
+toward forbidden destinations. CreatePermission and ChannelBind send nothing
+to the peer; a server that accepts a TCP CONNECT does open a connection.
+Run them only against servers you operate; natkit's own tests run them
+against a coturn inside a network namespace that has no route out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+import ssl as ssl_module
+import struct
+import time
+from typing import Any
+
+from ._aioice import Class, Message, Method, parse_message, stun as _stun
+from .errors import NatkitError, UsageError
+from .uri import ServerURI, parse_turn_uri
+
+SCHEMA = "natkit.audit/1"
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+STATUSES = ("pass", "fail", "not_checked")
+
+# STUN/TURN numbers aioice has no names for
+METHOD_CONNECT = 0x000A  # RFC 6062 §6.1
+ATTR_CONNECTION_ID = 0x002A  # RFC 6062 §6.2.1
+TRANSPORT_UDP = 17 << 24  # REQUESTED-TRANSPORT value (RFC 8656 §18.7)
+TRANSPORT_TCP = 6 << 24  # RFC 6062 §6.1
+CHANNEL_MIN = 0x4000  # RFC 8656 §12
+FAMILY_IPV6 = 0x02  # REQUESTED-ADDRESS-FAMILY value (RFC 8656 §18.13)
+
+
+def _register_attributes() -> None:
+    """Register the TURN attributes aioice lacks that the audit sends or reads:
+    REQUESTED-ADDRESS-FAMILY (0x0017, RFC 8656 §18.13) and CONNECTION-ID
+    (0x002A, RFC 6062 §6.2.1). Idempotent; touches nothing aioice defines."""
+
+    def pack_family(value: int) -> bytes:
+        return struct.pack("!B3x", value)
+
+    def unpack_family(data: bytes) -> int:
+        if len(data) < 1:
+            raise ValueError("STUN REQUESTED-ADDRESS-FAMILY is too short")
+        return data[0]
+
+    for entry in ((0x0017, "REQUESTED-ADDRESS-FAMILY", pack_family, unpack_family),
+                  (ATTR_CONNECTION_ID, "CONNECTION-ID", _stun.pack_unsigned, _stun.unpack_unsigned)):
+        if entry[0] not in _stun.ATTRIBUTES_BY_TYPE and entry[1] not in _stun.ATTRIBUTES_BY_NAME:
+            _stun.ATTRIBUTES.append(entry)
+            _stun.ATTRIBUTES_BY_TYPE[entry[0]] = entry
+            _stun.ATTRIBUTES_BY_NAME[entry[1]] = entry
+
+
+_register_attributes()
+
+# Forbidden peers: (address, label). Ports only matter for ChannelBind/CONNECT.
+FORBIDDEN_PEERS: tuple[tuple[str, str], ...] = (
+    ("127.0.0.1", "loopback"),
+    ("0.0.0.0", "this host (0.0.0.0 reaches loopback; CVE-2020-26262)"),
+    ("10.0.0.1", "private RFC 1918 10/8"),
+    ("172.16.0.1", "private RFC 1918 172.16/12"),
+    ("192.168.0.1", "private RFC 1918 192.168/16"),
+    ("100.64.0.1", "shared address space / CGNAT 100.64/10"),
+    ("169.254.169.254", "cloud metadata service (link-local)"),
+    ("192.0.0.1", "IETF protocol assignments 192.0.0/24"),
+    ("198.18.0.1", "benchmarking 198.18/15"),
+    ("224.0.0.1", "multicast 224/4"),
+    ("240.0.0.1", "reserved 240/4"),
+    ("255.255.255.255", "limited broadcast"),
+    ("::ffff:127.0.0.1", "IPv4-mapped loopback"),
+    ("::ffff:169.254.169.254", "IPv4-mapped cloud metadata"),
+    ("::ffff:10.0.0.1", "IPv4-mapped RFC 1918"),
+    ("::1", "IPv6 loopback"),
+    ("::", "IPv6 unspecified"),
+    ("fc00::1", "IPv6 unique local fc00::/7"),
+    ("fe80::1", "IPv6 link-local"),
+    ("64:ff9b::a9fe:a9fe", "NAT64 form of 169.254.169.254"),
+    ("ff02::1", "IPv6 multicast"),
+)
+# CONNECT (RFC 6062) targets: a refused CONNECT sends nothing, an accepted one opens TCP
+FORBIDDEN_CONNECT: tuple[tuple[str, int, str], ...] = (
+    ("127.0.0.1", 22, "loopback ssh"),
+    ("0.0.0.0", 22, "0.0.0.0 (reaches loopback)"),
+    ("169.254.169.254", 80, "cloud metadata HTTP"),
+    ("10.0.0.1", 22, "private RFC 1918"),
+    ("::ffff:127.0.0.1", 22, "IPv4-mapped loopback"),
+)
+ADMIN_PORTS: tuple[tuple[int, str], ...] = ((5766, "coturn telnet CLI"), (9641, "coturn Prometheus exporter"))
+
+# Known coturn CVEs: (fixed in version, id, summary)
+COTURN_CVES: tuple[tuple[tuple[int, ...], str, str], ...] = (
+    ((4, 5, 0, 9), "CVE-2018-4056", "SQL injection in the web admin login"),
+    ((4, 5, 0, 9), "CVE-2018-4058", "loopback peers relayable by default"),
+    ((4, 5, 0, 9), "CVE-2018-4059", "telnet CLI with an empty default password"),
+    ((4, 5, 1, 2), "CVE-2020-6061", "heap overflow in the web admin (HTTP POST)"),
+    ((4, 5, 1, 2), "CVE-2020-6062", "denial of service in the web admin (HTTP POST)"),
+    ((4, 5, 1, 3), "CVE-2020-4067", "uninitialised memory disclosed in STUN responses"),
+    ((4, 5, 2), "CVE-2020-26262", "0.0.0.0 and [::] accepted as peers, reaching loopback"),
+)
+
+
+# ---------------------------------------------------------------------------
+# report model
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One check's verdict on one server.
+
+    ``status``: "pass", "fail" or "not_checked" (``evidence`` says why).
+    ``severity``: how bad the failure is ("info" < "low" < "medium" < "high"
+    < "critical"); a pass is "info". ``data`` holds the machine-readable
+    evidence (error codes, sizes, counts).
+    """
+
+    id: str
+    title: str
+    status: str
+    severity: str
+    evidence: tuple[str, ...]
+    fix: str | None
+    data: dict
+    duration_ms: float
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerAudit:
+    """Every finding for one server (the URIs given for one host)."""
+
+    server: str  # host as given
+    uris: tuple[str, ...]
+    reachable: bool | None  # answered a STUN Binding or Allocate; None: not tried
+    findings: tuple[Finding, ...]
+    error: str | None  # why nothing could be checked
+    duration_ms: float
+
+    @property
+    def worst(self) -> str | None:
+        """Highest severity among failed findings (None when nothing failed)."""
+        failed = [f.severity for f in self.findings if f.failed]
+        return max(failed, key=SEVERITIES.index) if failed else None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReport:
+    """Result of :func:`audit` over a fleet.
+
+    ``counts`` maps each severity to the number of failed findings;
+    ``ok`` is True when no failed finding is at or above ``fail_on``.
+    """
+
+    schema: str
+    fail_on: str
+    ok: bool
+    servers: tuple[ServerAudit, ...]
+    counts: dict
+    duration_ms: float
+
+    def failures(self, at_least: str = "info") -> list[tuple[str, Finding]]:
+        """(server, finding) for every failed finding at or above ``at_least``."""
+        floor = SEVERITIES.index(at_least)
+        return [(s.server, f) for s in self.servers for f in s.findings if f.failed and SEVERITIES.index(f.severity) >= floor]
+
+
+def severity_at_least(severity: str, floor: str) -> bool:
+    return SEVERITIES.index(severity) >= SEVERITIES.index(floor)
+
+
+def _finding(id: str, title: str, status: str, severity: str, evidence, fix: str | None, data: dict | None, started: float) -> Finding:
+    assert status in STATUSES and severity in SEVERITIES
+    return Finding(id, title, status, severity, tuple(evidence), fix, dict(data or {}), (time.monotonic() - started) * 1000.0)
+
+
+# ---------------------------------------------------------------------------
+# a small TURN client (aioice.stun messages; sockets and timers here)
+
+
+@dataclasses.dataclass
+class _Msg:
+    """A parsed STUN message, also for methods aioice does not know (CONNECT)."""
+
+    method: int
+    cls: int
+    txid: bytes
+    attrs: dict
+    size: int
+
+    @property
+    def is_success(self) -> bool:
+        return self.cls == int(Class.RESPONSE)
+
+    @property
+    def code(self) -> int | None:
+        ec = self.attrs.get("ERROR-CODE")
+        return ec[0] if ec else None
+
+    def describe(self) -> str:
+        if self.is_success:
+            return "success"
+        ec = self.attrs.get("ERROR-CODE")
+        return f"{ec[0]} {ec[1]}" if ec else "error without ERROR-CODE"
+
+
+def _parse(data: bytes) -> _Msg | None:
+    if len(data) < 20 or data[0] & 0xC0:
+        return None
+    mtype, length, cookie, txid = struct.unpack("!HHI12s", data[:20])
+    if len(data) != 20 + length:
+        return None
+    try:
+        m = parse_message(data)
+        attrs = dict(m.attributes)
+        if "ERROR-CODE" in attrs:
+            attrs["ERROR-CODE"] = (attrs["ERROR-CODE"][0], attrs["ERROR-CODE"][1].rstrip("\x00 "))
+        return _Msg(int(m.message_method), int(m.message_class), m.transaction_id, attrs, len(data))
+    except ValueError:
+        pass
+    # a method aioice does not know: read the few attributes the audit needs
+    attrs: dict[str, Any] = {}
+    pos = 20
+    while pos + 4 <= len(data):
+        atype, alen = struct.unpack("!HH", data[pos:pos + 4])
+        value = data[pos + 4:pos + 4 + alen]
+        try:
+            if atype == 0x0009:
+                code, reason = _stun.unpack_error_code(value)
+                attrs["ERROR-CODE"] = (code, reason.rstrip("\x00"))
+            elif atype == 0x8022:
+                attrs["SOFTWARE"] = value.decode("utf-8", "replace")
+            elif atype == ATTR_CONNECTION_ID and alen == 4:
+                attrs["CONNECTION-ID"] = struct.unpack("!I", value)[0]
+            elif atype == 0x0015:
+                attrs["NONCE"] = value
+            elif atype == 0x0014:
+                attrs["REALM"] = value.decode("utf-8", "replace")
+        except ValueError:
+            pass
+        pos += 4 + alen + (-alen % 4)
+    return _Msg(mtype & 0x3EEF, mtype & 0x0110, txid, attrs, len(data))
+
+
+class _Conn:
+    """One client transport to a TURN server (UDP socket, or a TCP/TLS stream).
+
+    Responses are matched by transaction ID; indications and ChannelData go to
+    ``inbox`` as ``("stun", _Msg)`` or ``("channel", number, payload)``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.transport = None
+        self.pending: dict[bytes, asyncio.Future] = {}
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.raw_sizes: list[int] = []
+        self._buffer = b""
+        self.closed = False
+
+    # asyncio protocol callbacks (both DatagramProtocol and Protocol)
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self._packet(data)
+
+    def error_received(self, exc) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 4:
+            if self._buffer[0] & 0xC0 == 0x40:  # ChannelData, padded to 4 over streams
+                length = struct.unpack("!H", self._buffer[2:4])[0]
+                total = 4 + length + (-length % 4)
+            else:
+                if len(self._buffer) < 20:
+                    return
+                total = 20 + struct.unpack("!H", self._buffer[2:4])[0]
+            if len(self._buffer) < total:
+                return
+            frame, self._buffer = self._buffer[:total], self._buffer[total:]
+            if frame[0] & 0xC0 == 0x40:
+                length = struct.unpack("!H", frame[2:4])[0]
+                frame = frame[:4 + length]
+            self._packet(frame)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionResetError("the server closed the connection"))
+
+    def eof_received(self):
+        return False
+
+    def _packet(self, data: bytes) -> None:
+        if len(data) >= 4 and data[0] & 0xC0 == 0x40:
+            number, length = struct.unpack("!HH", data[:4])
+            self.inbox.put_nowait(("channel", number, data[4:4 + length]))
+            return
+        msg = _parse(data)
+        if msg is None:
+            return
+        fut = self.pending.get(msg.txid)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        elif msg.cls == int(Class.INDICATION):
+            self.inbox.put_nowait(("stun", msg))
+
+    @classmethod
+    async def open(cls, host: str, port: int, kind: str, *, ssl: ssl_module.SSLContext | None = None,
+                   server_hostname: str | None = None, timeout: float = 3.0) -> "_Conn":
+        """``kind``: "udp", "tcp" or "tls". Raises OSError/ssl.SSLError/TimeoutError."""
+        loop = asyncio.get_running_loop()
+        conn = cls(kind)
+        if kind == "udp":
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            await loop.create_datagram_endpoint(lambda: conn, remote_addr=(host, port), family=family)
+        else:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, host, port, ssl=ssl if kind == "tls" else None,
+                                       server_hostname=(server_hostname or host) if kind == "tls" else None),
+                timeout,
+            )
+        return conn
+
+    def send(self, data: bytes) -> None:
+        if self.kind == "udp":
+            self.transport.sendto(data)
+        else:
+            self.transport.write(data + bytes(-len(data) % 4) if data[0] & 0xC0 == 0x40 else data)
+
+    async def request(self, message: Message, timeout: float, rto: float = 0.25) -> _Msg:
+        """One transaction; UDP retransmits (RFC 8489 §6.2.1) within ``timeout`` seconds.
+
+        Raises ``asyncio.TimeoutError`` when nothing matching arrives.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.pending[message.transaction_id] = fut
+        data = bytes(message)
+        deadline = loop.time() + timeout
+        try:
+            wait = rto
+            while True:
+                self.send(data)
+                self.raw_sizes.append(len(data))
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise asyncio.TimeoutError()
+                this = left if self.kind != "udp" else min(wait, left)
+                done, _ = await asyncio.wait({fut}, timeout=this)
+                if done:
+                    return fut.result()
+                if loop.time() >= deadline:
+                    raise asyncio.TimeoutError()
+                wait *= 2
+        finally:
+            self.pending.pop(message.transaction_id, None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+            self.closed = True
+
+
+class _Session:
+    """Long-term credential handling (RFC 8489 §9.2) over one :class:`_Conn`.
+
+    ``username``/``password`` None: requests go out unauthenticated (for the
+    open-relay check and servers with ``no-auth``).
+    """
+
+    def __init__(self, conn: _Conn, username: str | None, password: str | None, timeout: float) -> None:
+        self.conn = conn
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.realm: str | None = None
+        self.nonce: bytes | None = None
+        self.key: bytes | None = None
+        self.relayed: tuple[str, int] | None = None
+        self.mapped: tuple[str, int] | None = None
+        self.responses: list[_Msg] = []
+
+    async def call(self, method: int, attributes: dict | None = None) -> _Msg:
+        """Send one request, answering 401/438 challenges once; return the final answer."""
+        authed_once = False
+        for _ in range(4):
+            msg = Message(message_method=method, message_class=Class.REQUEST, attributes=dict(attributes or {}))
+            if self.key is not None:
+                msg.attributes["USERNAME"] = self.username
+                msg.attributes["REALM"] = self.realm
+                msg.attributes["NONCE"] = self.nonce
+                msg.add_message_integrity(self.key)
+                authed_once = True
+            resp = await self.conn.request(msg, self.timeout)
+            self.responses.append(resp)
+            code = resp.code
+            if code == 401 and self.username is not None and "NONCE" in resp.attrs and "REALM" in resp.attrs and not authed_once:
+                from aioice.turn import make_integrity_key
+
+                self.realm = resp.attrs["REALM"]
+                self.nonce = resp.attrs["NONCE"]
+                self.key = make_integrity_key(self.username, self.realm, self.password)
+                continue
+            if code == 438 and "NONCE" in resp.attrs and self.key is not None:
+                self.nonce = resp.attrs["NONCE"]
+                authed_once = False
+                continue
+            return resp
+        return resp
+
+    async def allocate(self, transport: int = TRANSPORT_UDP, lifetime: int = 300, ipv6: bool = False) -> _Msg:
+        attrs: dict[str, Any] = {"LIFETIME": lifetime, "REQUESTED-TRANSPORT": transport}
+        if ipv6:
+            attrs["REQUESTED-ADDRESS-FAMILY"] = FAMILY_IPV6
+        resp = await self.call(Method.ALLOCATE, attrs)
+        if resp.is_success:
+            self.relayed = resp.attrs.get("XOR-RELAYED-ADDRESS")
+            self.mapped = resp.attrs.get("XOR-MAPPED-ADDRESS")
+        return resp
+
+    async def release(self) -> None:
+        """Refresh with LIFETIME 0 (RFC 8656 §8); errors ignored."""
+        if self.relayed is None or self.conn.closed:
+            return
+        try:
+            await self.call(Method.REFRESH, {"LIFETIME": 0})
+        except (asyncio.TimeoutError, OSError, ConnectionError):
+            pass
+        self.relayed = None
+
+    async def close(self) -> None:
+        try:
+            await self.release()
+        finally:
+            self.conn.close()
+
+
+# ---------------------------------------------------------------------------
+# the checks
+
+
+@dataclasses.dataclass
+class _Target:
+    """What the checks of one server need: addresses, credentials, budgets."""
+
+    name: str
+    uris: list[ServerURI]
+    host: str  # resolved IP of the plain (udp/tcp) endpoint
+    port: int | None  # plain turn: port (udp and tcp), None when only turns: was given
+    tls: ServerURI | None
+    tls_host: str | None
+    username: str | None
+    password: str | None
+    secret: str | None
+    timeout: float
+    flood_max: int
+    flood_seconds: float
+    cafile: str | None
+    checks: tuple[str, ...]
+
+
+CHECKS = ("open-relay", "peer-acl", "tcp-relay", "tls", "credentials", "quota", "software", "amplification", "admin-ports")
+
+_FIX = {
+    "open-relay": "enable authentication: use-auth-secret + static-auth-secret (REST API) or lt-cred-mech, and set realm",
+    "peer-acl": "add denied-peer-ip for every special-purpose range (natkit turn config prints them), no-multicast-peers, "
+                "and never allow-loopback-peers in production; keep only the server's own public address in allowed-peer-ip",
+    "peer-control": "allow exactly the server's own public/relay address with allowed-peer-ip so that two clients of this server can relay to each other",
+    "tcp-relay": "set no-tcp-relay unless RFC 6062 TCP allocations are needed; with TCP relay keep the denied-peer-ip list complete",
+    "tls": "set no-tlsv1 and no-tlsv1_1 (coturn) and use a certificate from a CA that names the server",
+    "credentials": "use-auth-secret with a long random static-auth-secret; keep the server clock in sync (NTP)",
+    "quota": "set user-quota (e.g. 12) and total-quota so one credential cannot exhaust the relay ports",
+    "software": "set no-software-attribute and keep coturn up to date",
+    "amplification": "set no-software-attribute, no-stun-backward-compatibility, response-origin-only-with-rfc5780 and no-rfc5780 unless NAT discovery is needed",
+    "admin-ports": "set no-cli (or cli-ip=127.0.0.1 with a cli-password) and bind Prometheus to loopback or firewall it",
+}
+
+
+def _auth_attempts(sess: _Session) -> str:
+    return " → ".join(r.describe() for r in sess.responses[-2:])
+
+
+async def _udp_session(t: _Target, username: str | None = None, password: str | None = None, *, creds: bool = True) -> _Session:
+    conn = await _Conn.open(t.host, t.port, "udp")
+    if creds:
+        username, password = username or t.username, password or t.password
+    return _Session(conn, username, password, t.timeout)
+
+
+async def _check_open_relay(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    sess = await _udp_session(t, creds=False)
+    try:
+        resp = await sess.allocate(lifetime=60)
+        ctx["auth_response"] = resp
+        ev = [f"unauthenticated Allocate (REQUESTED-TRANSPORT UDP) → {resp.describe()}"]
+        data: dict = {"code": resp.code, "realm": resp.attrs.get("REALM"), "nonce": bool(resp.attrs.get("NONCE"))}
+        if resp.is_success:
+            ctx["open"] = True
+            ev.append(f"relayed address {resp.attrs.get('XOR-RELAYED-ADDRESS')} granted without credentials")
+            return _finding("open-relay", "Allocate without credentials", "fail", "critical", ev, _FIX["open-relay"], data, started)
+        ctx["open"] = False
+        realm = resp.attrs.get("REALM")
+        if resp.code == 401 and realm and resp.attrs.get("NONCE"):
+            ev.append(f"REALM {realm!r}, NONCE present")
+            return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
+        if resp.code == 401:
+            ev.append("401 without REALM/NONCE: long-term credentials cannot work (RFC 8489 §9.2.4)")
+            return _finding("open-relay", "Allocate without credentials", "fail", "low", ev, _FIX["open-relay"], data, started)
+        ev.append("refused, but not with 401: the server may not be a TURN server")
+        return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
+    finally:
+        await sess.close()
+
+
+def _have_creds(t: _Target, ctx: dict) -> bool:
+    return bool(t.username and t.password) or ctx.get("open") is True
+
+
+async def _channel_echo(a: _Session, b: _Session, channel: int, payload: bytes, timeout: float) -> tuple[bool, str]:
+    """A sends ChannelData toward B's relayed address; B must get a Data indication carrying it."""
+    a.conn.send(struct.pack("!HH", channel, len(payload)) + payload)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            return False, "no Data indication arrived"
+        try:
+            item = await asyncio.wait_for(b.conn.inbox.get(), left)
+        except asyncio.TimeoutError:
+            return False, "no Data indication arrived"
+        if item[0] == "stun" and item[1].method == int(Method.DATA):
+            data = item[1].attrs.get("DATA")
+            if data == payload:
+                return True, f"Data indication from {item[1].attrs.get('XOR-PEER-ADDRESS')}"
+            return False, "Data indication with other bytes"
+        if item[0] == "channel" and item[2] == payload:
+            return True, "ChannelData"
+
+
+async def _positive_control(t: _Target, family_v6: bool = False) -> tuple[bool | None, list[str]]:
+    """Two allocations on this server relay to each other, both ways (RFC 8656 §9, §11, §12)."""
+    ev: list[str] = []
+    a = await _udp_session(t)
+    b = await _udp_session(t)
+    try:
+        ra, rb = await a.allocate(ipv6=family_v6), await b.allocate(ipv6=family_v6)
+        if not (ra.is_success and rb.is_success):
+            return None, [f"positive control: Allocate → {ra.describe()} / {rb.describe()}"]
+        pa, pb = a.relayed, b.relayed
+        ok = True
+        for x, y, peer in ((a, b, pb), (b, a, pa)):
+            r1 = await x.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (peer[0], peer[1])})
+            r2 = await x.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (peer[0], peer[1]), "CHANNEL-NUMBER": CHANNEL_MIN + 0x100})
+            ev.append(f"positive control {x.relayed[0]}:{x.relayed[1]} → {peer[0]}:{peer[1]}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
+            if not (r1.is_success and r2.is_success):
+                ok = False
+        if not ok:
+            return False, ev
+        payload = b"natkit-audit positive control " + os.urandom(8).hex().encode()
+        for x, y, label in ((a, b, "A→B"), (b, a, "B→A")):
+            got, how = await _channel_echo(x, y, CHANNEL_MIN + 0x100, payload, t.timeout)
+            ev.append(f"positive control data {label}: {'delivered' if got else 'NOT delivered'} ({how})")
+            ok = ok and got
+        return ok, ev
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def _check_peer_acl(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "relay toward forbidden peers (CreatePermission/ChannelBind)"
+    if not _have_creds(t, ctx):
+        return _finding("peer-acl", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
+    results: dict[str, dict] = {}
+    allowed: list[str] = []
+    unchecked: list[str] = []
+    ev: list[str] = []
+    for v6 in (False, True):
+        peers = [(ip, label) for ip, label in FORBIDDEN_PEERS if (":" in ip) == v6]
+        sess = await _udp_session(t)
+        try:
+            resp = await sess.allocate(ipv6=v6)
+            if not resp.is_success:
+                fam = "IPv6" if v6 else "IPv4"
+                if resp.code in (440, 442):  # no relay of that family: those peers are unreachable
+                    ev.append(f"{fam} Allocate → {resp.describe()}: {fam} peers cannot be relayed")
+                    for ip, _ in peers:
+                        results[ip] = {"create_permission": resp.code, "channel_bind": resp.code}
+                else:
+                    ev.append(f"{fam} Allocate with the given credentials → {resp.describe()} ({_auth_attempts(sess)})")
+                    unchecked += [ip for ip, _ in peers]
+                continue
+            for i, (ip, label) in enumerate(peers):
+                port = 80 if ip.endswith("169.254.169.254") or ip.endswith("a9fe:a9fe") else 9
+                r1 = await sess.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (ip, port)})
+                r2 = await sess.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (ip, port), "CHANNEL-NUMBER": CHANNEL_MIN + i})
+                results[ip] = {"label": label, "create_permission": r1.code if not r1.is_success else 0,
+                               "channel_bind": r2.code if not r2.is_success else 0}
+                if r1.is_success or r2.is_success:
+                    allowed.append(ip)
+                    ev.append(f"ACCEPTED {ip} ({label}): CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
+                elif r1.code != 403 or r2.code != 403:
+                    ev.append(f"{ip} ({label}): CreatePermission {r1.describe()}, ChannelBind {r2.describe()} (refused, not by the ACL's 403)")
+        finally:
+            await sess.close()
+    refused403 = [ip for ip, r in results.items() if r.get("create_permission") == 403 and r.get("channel_bind") == 403]
+    ev.insert(0, f"{len(refused403)}/{len(FORBIDDEN_PEERS)} forbidden peers refused with 403; {len(allowed)} accepted")
+    control, control_ev = await _positive_control(t)
+    ev += control_ev
+    data = {"peers": results, "accepted": allowed, "refused_403": len(refused403), "unchecked": unchecked, "positive_control": control}
+    if allowed:
+        severity = "critical" if any(ip in ("127.0.0.1", "0.0.0.0", "169.254.169.254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::1")
+                                     for ip in allowed) else "high"
+        return _finding("peer-acl", title, "fail", severity, ev, _FIX["peer-acl"], data, started)
+    if control is False:
+        ev.append("every forbidden peer was refused, but so was the allowed peer: the 403s may not come from the ACL")
+        return _finding("peer-acl", title, "fail", "medium", ev, _FIX["peer-control"], data, started)
+    if unchecked and len(unchecked) == len(FORBIDDEN_PEERS):
+        return _finding("peer-acl", title, "not_checked", "info", ev + ["no allocation was granted with the given credentials"], None, data, started)
+    if control is None:
+        ev.append("positive control could not allocate: the 403s are not proven to come from the ACL")
+    return _finding("peer-acl", title, "pass", "info", ev, None, data, started)
+
+
+async def _check_tcp_relay(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "TCP relay (RFC 6062) and CONNECT toward forbidden peers"
+    if not _have_creds(t, ctx):
+        return _finding("tcp-relay", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
+    if t.port is not None:
+        conn = await _Conn.open(t.host, t.port, "tcp", timeout=t.timeout)
+        via = f"TCP {t.host}:{t.port}"
+    else:
+        conn = await _Conn.open(t.tls_host, t.tls.port, "tls", ssl=_insecure_context(), server_hostname=t.tls.host, timeout=t.timeout)
+        via = f"TLS {t.tls_host}:{t.tls.port}"
+    sess = _Session(conn, t.username, t.password, t.timeout)
+    try:
+        resp = await sess.allocate(transport=TRANSPORT_TCP)
+        ev = [f"TCP Allocate over {via} → {resp.describe()}"]
+        data: dict = {"allocate": resp.code if not resp.is_success else 0, "connect": {}}
+        if not resp.is_success:
+            if resp.code == 442:
+                return _finding("tcp-relay", title, "pass", "info", ev + ["TCP relay is disabled"], None, data, started)
+            return _finding("tcp-relay", title, "pass", "info", ev + ["TCP allocation refused"], None, data, started)
+        accepted = []
+        for ip, port, label in FORBIDDEN_CONNECT:
+            r = await sess.call(METHOD_CONNECT, {"XOR-PEER-ADDRESS": (ip, port)})
+            data["connect"][f"{ip}:{port}"] = r.code if not r.is_success else 0
+            ev.append(f"CONNECT {ip}:{port} ({label}) → {r.describe()}")
+            # 403 is the ACL; 443 cannot reach that family; anything else means the server tried
+            if r.is_success or r.code not in (403, 443):
+                accepted.append(f"{ip}:{port}")
+        if accepted:
+            ev.append("the server attempted TCP connections toward: " + ", ".join(accepted) + " (447/500 mean it tried and failed)")
+            return _finding("tcp-relay", title, "fail", "critical", ev, _FIX["tcp-relay"], data, started)
+        ev.append("TCP relay is enabled (every forbidden CONNECT refused with 403)")
+        return _finding("tcp-relay", title, "fail", "low", ev, _FIX["tcp-relay"], data, started)
+    finally:
+        await sess.close()
+
+
+def _insecure_context(version: ssl_module.TLSVersion | None = None) -> ssl_module.SSLContext:
+    ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl_module.CERT_NONE
+    if version is not None:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let OpenSSL 3 offer TLS 1.0/1.1 at all
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+async def _handshake(host: str, port: int, ctx: ssl_module.SSLContext, sni: str | None, timeout: float) -> tuple[str | None, bytes | None, str | None]:
+    """(negotiated version, peer certificate DER, error)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=sni), timeout)
+    except asyncio.TimeoutError:
+        return None, None, "handshake did not complete"
+    except ssl_module.SSLCertVerificationError as exc:
+        return None, None, f"certificate not trusted: {exc.verify_message}"
+    except (ssl_module.SSLError, OSError) as exc:
+        return None, None, str(getattr(exc, "reason", None) or exc)
+    obj = writer.get_extra_info("ssl_object")
+    version, der = obj.version(), obj.getpeercert(binary_form=True)
+    writer.close()
+    return version, der, None
+
+
+async def _check_tls(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "TLS versions and certificate"
+    if t.tls is None:
+        return _finding("tls", title, "not_checked", "info", ["no turns: URI given for this server"], None, None, started)
+    import warnings
+
+    from .tls import cert_info
+
+    host, port, sni = t.tls_host, t.tls.port, t.tls.host
+    try:
+        ipaddress.ip_address(sni)
+        sni_name = None
+    except ValueError:
+        sni_name = sni
+    ev: list[str] = []
+    data: dict = {"versions": {}}
+    sev = "info"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        versions = [("TLSv1", ssl_module.TLSVersion.TLSv1), ("TLSv1.1", ssl_module.TLSVersion.TLSv1_1),
+                    ("TLSv1.2", ssl_module.TLSVersion.TLSv1_2), ("TLSv1.3", ssl_module.TLSVersion.TLSv1_3)]
+    der = None
+    for label, v in versions:
+        got, cert_der, err = await _handshake(host, port, _insecure_context(v), sni_name, min(t.timeout, 2.0))
+        data["versions"][label] = got is not None
+        ev.append(f"{label}: {'accepted' if got else 'refused (' + (err or '') + ')'}")
+        if got and label in ("TLSv1", "TLSv1.1"):
+            sev = "medium"
+        der = der or cert_der
+    weak = [v for v in ("TLSv1", "TLSv1.1") if data["versions"][v]]
+    if not data["versions"]["TLSv1.2"] and not data["versions"]["TLSv1.3"]:
+        ev.append("neither TLS 1.2 nor 1.3 completed a handshake")
+        sev = max(sev, "medium", key=SEVERITIES.index)
+    if der is not None:
+        info = cert_info(der)
+        data["certificate"] = to_dict(info)
+        ev.append(f"certificate subject {info.subject}, issuer {info.issuer}, names {', '.join(info.dns_names + info.ip_addresses) or '(none)'}, "
+                  f"{info.key}, expires {info.not_after} ({info.days_left:.0f} days)")
+        # chain: a verified handshake with the system store or --ca
+        vctx = ssl_module.create_default_context(cafile=t.cafile)
+        vctx.check_hostname = False
+        vgot, _, verr = await _handshake(host, port, vctx, sni_name, min(t.timeout, 2.0))
+        data["chain_verified"] = vgot is not None
+        data["name_matches"] = info.matches(sni)
+        ev.append("chain verified against " + (t.cafile or "the system CA store") if vgot else f"chain NOT verified: {verr}")
+        if not vgot:
+            sev = max(sev, "medium", key=SEVERITIES.index)
+            if info.self_signed:
+                ev.append("self-signed certificate")
+        if not info.matches(sni):
+            ev.append(f"certificate does not name {sni}")
+            sev = max(sev, "medium", key=SEVERITIES.index)
+        if info.days_left < 0:
+            sev = "high"
+            ev.append("certificate EXPIRED")
+        elif info.days_left < 14:
+            sev = max(sev, "medium", key=SEVERITIES.index)
+            ev.append("certificate expires within 14 days")
+    status = "fail" if sev != "info" else "pass"
+    if weak:
+        ev.insert(0, "accepts " + " and ".join(weak))
+    return _finding("tls", title, status, sev, ev, _FIX["tls"] if status == "fail" else None, data, started)
+
+
+def to_dict(obj) -> dict:
+    from .model import to_jsonable
+
+    return to_jsonable(obj)
+
+
+async def _check_credentials(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "expired and forged REST credentials refused"
+    if ctx.get("open"):
+        return _finding("credentials", title, "fail", "critical", ["the server grants allocations without any credential (see open-relay)"],
+                        _FIX["credentials"], None, started)
+    if not t.secret:
+        return _finding("credentials", title, "not_checked", "info", ["needs the REST shared secret (--secret) to mint an expired credential"], None, None, started)
+    from .credentials import mint, new_secret
+
+    ev: list[str] = []
+    data: dict = {}
+    bad = []
+    cases = (("expired", mint(t.secret, "natkit-audit", -3600)), ("wrong secret", mint(new_secret(), "natkit-audit", 600)))
+    leaked = False
+    for label, cred in cases:
+        sess = await _udp_session(t, cred.username, cred.password, creds=False)
+        try:
+            resp = await sess.allocate(lifetime=60)
+            data[label] = resp.code if not resp.is_success else 0
+            ev.append(f"{label} credential {cred.username} → {resp.describe()}")
+            if resp.is_success:
+                bad.append(label)
+            blob = repr([r.attrs for r in sess.responses])
+            if t.secret in blob or cred.password in blob:
+                leaked = True
+        finally:
+            await sess.close()
+    if leaked:
+        ev.append("a response echoes the secret or the password")
+    if bad or leaked:
+        return _finding("credentials", title, "fail", "critical" if "wrong secret" in bad else "high", ev, _FIX["credentials"], data, started)
+    ev.append("no response echoes the secret or the password; both refused before any allocation")
+    return _finding("credentials", title, "pass", "info", ev, None, data, started)
+
+
+async def _check_quota(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = f"allocation flood on one credential (at most {t.flood_max} allocations, {t.flood_seconds:g} s)"
+    if not _have_creds(t, ctx):
+        return _finding("quota", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
+    sessions: list[_Session] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + t.flood_seconds
+    stopped = None
+    granted = 0
+    try:
+        while granted < t.flood_max and loop.time() < deadline:
+            sess = await _udp_session(t)
+            sessions.append(sess)
+            resp = await sess.allocate(lifetime=60)
+            if not resp.is_success:
+                stopped = resp
+                break
+            granted += 1
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+    data = {"granted": granted, "stopped_by": stopped.code if stopped else None, "max": t.flood_max}
+    if stopped is not None and stopped.code == 486:
+        return _finding("quota", title, "pass", "info", [f"486 Allocation Quota Reached after {granted} allocations"], None, data, started)
+    if stopped is not None and stopped.code == 508:
+        return _finding("quota", title, "fail", "low", [f"508 Insufficient Capacity after {granted} allocations: the server-wide limit, not a per-user quota, stopped the flood"],
+                        _FIX["quota"], data, started)
+    if stopped is not None:
+        return _finding("quota", title, "not_checked", "info", [f"Allocate {granted + 1} → {stopped.describe()}"], None, data, started)
+    return _finding("quota", title, "fail", "medium", [f"{granted} concurrent allocations granted to one credential without a 486 (flood stopped by natkit)"],
+                    _FIX["quota"], data, started)
+
+
+_VERSION_RE = re.compile(r"(?i)coturn[- /]?(\d+(?:\.\d+)+)")
+
+
+def coturn_cves(software: str) -> list[str]:
+    """Known CVEs fixed after the coturn version named in a SOFTWARE value ("Coturn-4.5.1.1 'dan Eider'")."""
+    m = _VERSION_RE.search(software or "")
+    if not m:
+        return []
+    version = tuple(int(x) for x in m.group(1).split("."))
+    return [f"{cve} ({summary}; fixed in {'.'.join(map(str, fixed))})" for fixed, cve, summary in COTURN_CVES if version < fixed]
+
+
+async def _check_software(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "SOFTWARE attribute (version leak)"
+    seen = {}
+    binding = ctx.get("binding")
+    if binding is not None and "SOFTWARE" in binding.attrs:
+        seen["Binding response"] = binding.attrs["SOFTWARE"]
+    auth = ctx.get("auth_response")
+    if auth is not None and "SOFTWARE" in auth.attrs:
+        seen["Allocate response"] = auth.attrs["SOFTWARE"]
+    if binding is None and auth is None:
+        return _finding("software", title, "not_checked", "info", ["no response to inspect"], None, None, started)
+    if not seen:
+        return _finding("software", title, "pass", "info", ["no SOFTWARE attribute in Binding and Allocate responses"], None, {"software": None}, started)
+    value = next(iter(seen.values()))
+    cves = coturn_cves(value)
+    ev = [f"{where}: SOFTWARE {v!r}" for where, v in seen.items()]
+    ev += [f"known vulnerability for this version: {c}" for c in cves]
+    has_version = bool(re.search(r"\d+\.\d+", value))
+    sev = "high" if cves else ("low" if has_version else "info")
+    return _finding("software", title, "fail" if sev != "info" else "pass", sev, ev, _FIX["software"] if sev != "info" else None,
+                    {"software": value, "cves": cves}, started)
+
+
+# amplification thresholds (response bytes / request bytes)
+AMPLIFICATION_LOW = 3.0  # above: "low"
+AMPLIFICATION_MEDIUM = 5.0  # above: "medium"
+
+
+async def _check_amplification(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "reflection amplification (unauthenticated UDP)"
+    ev, data = [], {}
+    ratios = []
+    binding = ctx.get("binding")
+    if binding is not None:
+        r = binding.size / ctx["binding_request_size"]
+        ratios.append(r)
+        data["binding"] = {"request": ctx["binding_request_size"], "response": binding.size, "ratio": r}
+        attrs = ", ".join(k for k in binding.attrs)
+        ev.append(f"Binding: {ctx['binding_request_size']} B → {binding.size} B (×{r:.2f}; {attrs})")
+    auth = ctx.get("auth_response")
+    if auth is not None and ctx.get("auth_request_size"):
+        r = auth.size / ctx["auth_request_size"]
+        ratios.append(r)
+        data["allocate"] = {"request": ctx["auth_request_size"], "response": auth.size, "ratio": r}
+        ev.append(f"unauthenticated Allocate: {ctx['auth_request_size']} B → {auth.size} B (×{r:.2f})")
+    if not ratios:
+        return _finding("amplification", title, "not_checked", "info", ["no UDP answer to measure"], None, None, started)
+    worst = max(ratios)
+    data["worst"] = worst
+    sev = "info" if worst <= AMPLIFICATION_LOW else ("low" if worst <= AMPLIFICATION_MEDIUM else "medium")
+    return _finding("amplification", title, "pass" if sev == "info" else "fail", sev, ev, _FIX["amplification"] if sev != "info" else None, data, started)
+
+
+async def _check_admin_ports(t: _Target, ctx: dict) -> Finding:
+    started = time.monotonic()
+    title = "admin interfaces reachable (telnet CLI, Prometheus)"
+    host = t.host or t.tls_host
+    ev, data, open_ = [], {}, []
+    for port, label in ADMIN_PORTS:
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(host, port), min(1.0, t.timeout))
+            w.close()
+            data[str(port)] = True
+            open_.append(port)
+            ev.append(f"TCP {host}:{port} ({label}) ACCEPTS connections")
+        except (OSError, asyncio.TimeoutError) as exc:
+            data[str(port)] = False
+            ev.append(f"TCP {host}:{port} ({label}): {'refused' if isinstance(exc, ConnectionRefusedError) else 'no answer'}")
+    if not open_:
+        return _finding("admin-ports", title, "pass", "info", ev, None, data, started)
+    sev = "high" if 5766 in open_ and not ipaddress.ip_address(host).is_loopback else "medium"
+    return _finding("admin-ports", title, "fail", sev, ev, _FIX["admin-ports"], data, started)
+
+
+# ---------------------------------------------------------------------------
+# orchestration
+
+_CHECK_FUNCS = {
+    "open-relay": _check_open_relay,
+    "peer-acl": _check_peer_acl,
+    "tcp-relay": _check_tcp_relay,
+    "tls": _check_tls,
+    "credentials": _check_credentials,
+    "quota": _check_quota,
+    "software": _check_software,
+    "amplification": _check_amplification,
+    "admin-ports": _check_admin_ports,
+}
+_NEEDS_UDP = {"open-relay", "peer-acl", "credentials", "quota", "amplification"}
+
+
+def _group(uris: list[str]) -> list[tuple[str, list[ServerURI]]]:
+    groups: dict[str, list[ServerURI]] = {}
+    for text in uris:
+        u = parse_turn_uri(text)
+        groups.setdefault(u.host, []).append(u)
+    return list(groups.items())
+
+
+async def _audit_server(host: str, uris: list[ServerURI], opts: dict) -> ServerAudit:
+    from .stun import resolve
+
+    started = time.monotonic()
+    plain = next((u for u in uris if not u.secure), None)
+    tls = next((u for u in uris if u.secure), None)
+    names = tuple(str(u) for u in uris)
+    try:
+        addr = await resolve(host, (plain or tls).port, timeout=opts["timeout"])
+    except NatkitError as exc:
+        return ServerAudit(host, names, False, (), exc.one_line(), (time.monotonic() - started) * 1000.0)
+    username, password = opts.get("username"), opts.get("password")
+    if opts.get("secret") and not username:
+        from .credentials import mint
+
+        cred = mint(opts["secret"], "natkit-audit", 900)
+        username, password = cred.username, cred.password
+    t = _Target(host, uris, addr.host, plain.port if plain else None, tls, addr.host if tls else None, username, password,
+                opts.get("secret"), opts["timeout"], opts["flood_max"], opts["flood_seconds"], opts.get("cafile"), opts["checks"])
+    ctx: dict = {}
+    reachable: bool | None = None
+    if plain is not None:
+        try:
+            conn = await _Conn.open(t.host, t.port, "udp")
+            try:
+                req = Message(message_method=Method.BINDING, message_class=Class.REQUEST)
+                ctx["binding_request_size"] = len(bytes(req))
+                ctx["binding"] = await conn.request(req, t.timeout)
+                reachable = True
+            finally:
+                conn.close()
+        except (asyncio.TimeoutError, OSError) as exc:
+            reachable = False
+            error = "no answer to a STUN Binding over UDP" if isinstance(exc, asyncio.TimeoutError) else f"UDP: {exc}"
+            return ServerAudit(host, names, False, (), f"{error} from {addr}", (time.monotonic() - started) * 1000.0)
+    findings: list[Finding] = []
+    for check in CHECKS:
+        if check not in t.checks:
+            continue
+        c0 = time.monotonic()
+        if check in _NEEDS_UDP and plain is None:
+            findings.append(_finding(check, check, "not_checked", "info", ["needs a turn: (UDP) URI for this server"], None, None, c0))
+            continue
+        try:
+            f = await asyncio.wait_for(_CHECK_FUNCS[check](t, ctx), opts["check_timeout"])
+            if check == "open-relay" and ctx.get("auth_response") is not None:
+                ctx["auth_request_size"] = _first_allocate_size(t)
+        except asyncio.TimeoutError:
+            f = _finding(check, check, "not_checked", "info", [f"no answer within the time budget ({opts['check_timeout']:g} s)"], None, None, c0)
+        except (OSError, ssl_module.SSLError, NatkitError) as exc:
+            f = _finding(check, check, "not_checked", "info", [f"{exc.__class__.__name__}: {exc}"], None, None, c0)
+        findings.append(f)
+    return ServerAudit(host, names, reachable, tuple(findings), None, (time.monotonic() - started) * 1000.0)
+
+
+def _first_allocate_size(t: _Target) -> int:
+    """Size of the unauthenticated Allocate the open-relay check sends (LIFETIME + REQUESTED-TRANSPORT)."""
+    msg = Message(message_method=Method.ALLOCATE, message_class=Class.REQUEST,
+                  attributes={"LIFETIME": 60, "REQUESTED-TRANSPORT": TRANSPORT_UDP})
+    return len(bytes(msg))
+
+
+async def audit_async(
+    servers: list[str],
+    *,
+    secret: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    checks: list[str] | tuple[str, ...] | None = None,
+    fail_on: str = "high",
+    timeout: float = 2.0,
+    check_timeout: float = 30.0,
+    flood_max: int = 64,
+    flood_seconds: float = 10.0,
+    cafile: str | None = None,
+) -> AuditReport:
+    """See :func:`audit`."""
+    if not servers:
+        raise UsageError("no server given", hint="natkit turn audit turn:HOST[:PORT] [turns:HOST:PORT]")
+    if fail_on not in SEVERITIES:
+        raise UsageError(f"unknown severity {fail_on!r}", hint="use " + ", ".join(SEVERITIES))
+    if (username is None) != (password is None):
+        raise UsageError("give both --user and --password")
+    checks = tuple(checks) if checks else CHECKS
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"unknown check(s): {', '.join(unknown)}", hint="choose from " + ", ".join(CHECKS))
+    if not 1 <= flood_max <= 10_000:
+        raise UsageError(f"flood count must be 1..10000, got {flood_max}")
+    if timeout <= 0 or flood_seconds <= 0:
+        raise UsageError("timeouts must be positive")
+    groups = _group(servers)
+    opts = dict(secret=secret, username=username, password=password, checks=checks, timeout=timeout,
+                check_timeout=check_timeout, flood_max=flood_max, flood_seconds=flood_seconds, cafile=cafile)
+    started = time.monotonic()
+    results = await asyncio.gather(*(_audit_server(h, us, opts) for h, us in groups))
+    counts = {s: 0 for s in SEVERITIES}
+    for r in results:
+        for f in r.findings:
+            if f.failed:
+                counts[f.severity] += 1
+    failing = any(severity_at_least(sev, fail_on) and n for sev, n in counts.items())
+    ok = not failing and all(r.error is None for r in results)
+    return AuditReport(SCHEMA, fail_on, ok, tuple(results), counts, (time.monotonic() - started) * 1000.0)
+
+
+def audit(servers: list[str], **kwargs) -> AuditReport:
+    """Audit one or several TURN servers concurrently; return one :class:`AuditReport`.
+
+    ``servers``: ``turn:host[:port]`` and ``turns:host[:port]`` URIs; URIs
+    with the same host are one server (UDP checks use the ``turn:`` port, the
+    TLS check the ``turns:`` port). Credentials: ``secret`` (REST shared
+    secret: natkit mints a valid, an expired and a forged credential) or
+    ``username``/``password``. ``checks``: a subset of :data:`CHECKS`.
+    ``fail_on``: the severity at or above which a failed finding makes
+    ``ok`` False. ``timeout``: seconds per transaction; ``check_timeout``:
+    seconds per check; the quota flood stops after ``flood_max`` allocations
+    or ``flood_seconds``. ``cafile``: CA bundle for the TLS chain check.
+
+    A server that does not answer a Binding gets ``error`` and no findings
+    (and makes ``ok`` False). Raises :class:`UsageError` for bad input.
+    """
+    return asyncio.run(audit_async(servers, **kwargs))
+
+
+def junit_xml(report: AuditReport) -> str:
+    """The report as JUnit XML: one testsuite per server, one testcase per check.
+
+    A failed finding is a ``<failure>`` (type = severity), a not-checked one
+    ``<skipped>``; a server that could not be reached is an ``<error>``.
+    """
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("testsuites", name="natkit turn audit", time=f"{report.duration_ms / 1000:.3f}")
+    for s in report.servers:
+        failures = sum(1 for f in s.findings if f.failed)
+        skipped = sum(1 for f in s.findings if f.status == "not_checked")
+        suite = ET.SubElement(root, "testsuite", name=s.server, tests=str(max(1, len(s.findings))), failures=str(failures),
+                              errors="1" if s.error else "0", skipped=str(skipped), time=f"{s.duration_ms / 1000:.3f}")
+        if s.error:
+            case = ET.SubElement(suite, "testcase", classname=f"natkit.audit.{s.server}", name="reachable")
+            ET.SubElement(case, "error", message=s.error)
+        for f in s.findings:
+            case = ET.SubElement(suite, "testcase", classname=f"natkit.audit.{s.server}", name=f.id, time=f"{f.duration_ms / 1000:.3f}")
+            text = "\n".join(f.evidence) + (f"\nfix: {f.fix}" if f.fix else "")
+            if f.failed:
+                el = ET.SubElement(case, "failure", message=f"[{f.severity}] {f.title}", type=f.severity)
+                el.text = text
+            elif f.status == "not_checked":
+                ET.SubElement(case, "skipped", message="; ".join(f.evidence))
+            else:
+                ET.SubElement(case, "system-out").text = text
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
