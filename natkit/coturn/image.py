@@ -1,0 +1,228 @@
+"""Build a coturn Docker image offline, from the host's own ``turnserver``.
+
+For machines without a registry: the image's root filesystem is the installed
+``turnserver`` binary, every shared library ``ldd`` lists for it (plus the
+dynamic loader and ``libgcc_s``, which glibc loads at run time for thread
+cancellation), minimal ``/etc/passwd``, ``/etc/group`` and
+``/etc/nsswitch.conf`` (root and nobody), and empty ``/tmp`` and ``/var/tmp``.
+No shell, no package manager. The tar is written to a temporary file and
+imported through the Docker SDK (the ``docker import`` of the engine API); the
+image runs as ``nobody`` (uid 65534), like the official ``coturn/coturn``
+image, with ``ENTRYPOINT ["turnserver"]``.
+
+coturn as nobody can bind ports >= 1024 with host networking; ports below
+1024 (for example 443 for TURN over TLS) need root in the container or the
+host's ``net.ipv4.ip_unprivileged_port_start`` lowered.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ..errors import BackendUnavailable, EnvironmentProblem, UsageError
+
+DEFAULT_TAG = "natkit/coturn:local"
+IMAGE_USER = "65534:65534"  # nobody:nogroup
+CONFIG_DIR = "/etc/natkit"  # where the docker backend mounts turnserver.conf
+LIBRARY_PATH = "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/lib:/usr/lib"
+
+_PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+# glibc dlopen()s libgcc_s for pthread_cancel/pthread_exit unwinding; ldd does not list it
+_RUNTIME_EXTRAS = ("libgcc_s.so.1",)
+_LDD_LINE = re.compile(r"^\s*(?:(\S+)\s+=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)\s*$")
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """``"natkit/coturn:local"`` -> ``("natkit/coturn", "local")``; no tag means ``latest``.
+
+    Raises :class:`UsageError` for an empty or digest reference.
+    """
+    if not tag or "@" in tag or any(c.isspace() for c in tag):
+        raise UsageError(f"invalid image tag {tag!r}", hint="use REPOSITORY[:TAG], e.g. natkit/coturn:local")
+    repo, sep, version = tag.rpartition(":")
+    if not sep or "/" in version:  # no tag, or the colon belongs to a registry host:port
+        return tag, "latest"
+    return repo, version
+
+
+def shared_libraries(binary: str) -> list[str]:
+    """Absolute paths of the shared objects ``ldd binary`` lists, the dynamic loader included.
+
+    An empty list for a static binary. Raises :class:`EnvironmentProblem` when
+    ``ldd`` is missing or reports a library as "not found".
+    """
+    try:
+        proc = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise EnvironmentProblem("ldd is not installed", step="image build", hint="apt-get install libc-bin") from None
+    if "not a dynamic executable" in (proc.stdout + proc.stderr):
+        return []
+    if proc.returncode != 0:
+        raise EnvironmentProblem(f"ldd {binary} failed: {proc.stderr.strip() or proc.returncode}", step="image build")
+    paths: list[str] = []
+    for line in proc.stdout.splitlines():
+        if "not found" in line:
+            raise EnvironmentProblem(f"{binary} needs a library that is not installed: {line.strip()}", step="image build")
+        m = _LDD_LINE.match(line)
+        if m and m.group(2) not in paths:
+            paths.append(m.group(2))
+    return paths
+
+
+def _extra_runtime_libraries(libs: list[str]) -> list[str]:
+    dirs = list(dict.fromkeys(os.path.dirname(p) for p in libs)) or ["/lib/x86_64-linux-gnu"]
+    out = []
+    for name in _RUNTIME_EXTRAS:
+        for d in dirs:
+            p = os.path.join(d, name)
+            if os.path.exists(p):
+                out.append(p)
+                break
+    return out
+
+
+def _add_dir(tar: tarfile.TarFile, path: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _add_bytes(tar: tarfile.TarFile, path: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, path: str, source: str, mode: int) -> None:
+    """Add ``source`` (symlinks followed) as a regular file at ``path``."""
+    with open(source, "rb") as f:
+        st = os.fstat(f.fileno())
+        info = tarfile.TarInfo(path.lstrip("/"))
+        info.size = st.st_size
+        info.mode = mode
+        tar.addfile(info, f)
+
+
+def write_rootfs(fileobj, turnserver: str) -> list[str]:
+    """Write the image's root filesystem as an uncompressed tar to ``fileobj``.
+
+    Returns the files it holds (absolute paths inside the image). Every entry
+    is owned by root; ``/tmp`` and ``/var/tmp`` are mode 1777.
+    """
+    libs = shared_libraries(turnserver)
+    libs += [p for p in _extra_runtime_libraries(libs) if p not in libs]
+    files: list[str] = []
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for d in ("/etc", "/usr", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/usr/lib", "/var", "/var/lib", "/proc", "/sys", "/dev",
+                  "/root", CONFIG_DIR):
+            _add_dir(tar, d, 0o700 if d == "/root" else 0o755)
+        _add_dir(tar, "/tmp", 0o1777)
+        _add_dir(tar, "/var/tmp", 0o1777)
+        made = {"/etc", "/usr", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/usr/lib", "/var", "/var/lib"}
+        for lib in libs:
+            parent = os.path.dirname(lib)
+            parts = Path(parent).parts
+            for i in range(2, len(parts) + 1):
+                sub = "/" + "/".join(parts[1:i])
+                if sub not in made:
+                    _add_dir(tar, sub)
+                    made.add(sub)
+            _add_file(tar, lib, lib, 0o755)
+            files.append(lib)
+        _add_file(tar, "/usr/bin/turnserver", turnserver, 0o755)
+        files.append("/usr/bin/turnserver")
+        for path, text in (("/etc/passwd", _PASSWD), ("/etc/group", _GROUP), ("/etc/nsswitch.conf", _NSSWITCH)):
+            _add_bytes(tar, path, text.encode())
+            files.append(path)
+    return files
+
+
+def turnserver_version(turnserver: str) -> str | None:
+    """The version ``turnserver --version`` prints (e.g. "4.6.1"), None when it prints none."""
+    try:
+        proc = subprocess.run([turnserver, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"\d+\.\d+\.\d+\S*", proc.stdout + proc.stderr)
+    return m.group(0) if m else None
+
+
+def build_local_image(tag: str = DEFAULT_TAG, turnserver: str | None = None) -> str:
+    """Build a coturn image from the host's ``turnserver`` without any registry; return ``tag``.
+
+    ``turnserver``: the binary to pack (default: the one the native backend
+    would run, ``$NATKIT_TURNSERVER`` or PATH). The image runs as nobody
+    (65534:65534) with ``ENTRYPOINT ["turnserver"]``, labels
+    ``natkit.image=1`` and ``natkit.turnserver.version``; an existing image
+    with the same tag is replaced (the old one keeps its id, untagged).
+
+    Raises :class:`BackendUnavailable` without a Docker engine or a
+    ``turnserver`` binary, :class:`EnvironmentProblem` when ``ldd`` fails or
+    the engine refuses the import, :class:`UsageError` for a bad tag.
+    """
+    from . import docker as docker_backend
+    from .native import find_binary
+
+    repository, version_tag = split_tag(tag)
+    binary = turnserver or find_binary()
+    if not binary or not os.access(binary, os.X_OK):
+        raise BackendUnavailable(
+            f"no turnserver binary to pack{': ' + binary if binary else ''}",
+            step="image build", hint="apt-get install coturn, or pass the binary's path",
+        )
+    binary = os.path.realpath(binary)
+    client = docker_backend.client()
+    version = turnserver_version(binary)
+    changes = [
+        f"USER {IMAGE_USER}",
+        'ENTRYPOINT ["turnserver"]',
+        f'CMD ["-c", "{CONFIG_DIR}/turnserver.conf"]',
+        f"ENV LD_LIBRARY_PATH={LIBRARY_PATH}",
+        "WORKDIR /var/tmp",
+        "LABEL natkit.image=1",
+        f"LABEL natkit.turnserver.version={version or 'unknown'}",
+    ]
+    with tempfile.TemporaryFile(prefix="natkit-rootfs-", suffix=".tar") as tmp:
+        write_rootfs(tmp, binary)
+        tmp.flush()
+        tmp.seek(0)
+        try:
+            result = client.api.import_image(src=tmp, repository=repository, tag=version_tag, changes=changes)
+        except Exception as exc:  # docker.errors.APIError, requests errors
+            raise EnvironmentProblem(
+                f"the Docker engine refused the image import: {docker_backend.describe(exc)}", step="image build"
+            ) from None
+        finally:
+            client.close()
+    for message in _import_messages(result):
+        if message.get("error"):
+            raise EnvironmentProblem(f"image import failed: {message['error']}", step="image build")
+    if not docker_backend.image_available(tag):
+        raise EnvironmentProblem(f"image import finished but {tag} is not in the engine", step="image build")
+    return tag
+
+
+def _import_messages(result) -> list[dict]:
+    """The JSON objects of an import response (one per line)."""
+    import json
+
+    text = result.decode(errors="replace") if isinstance(result, bytes) else str(result or "")
+    out = []
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out

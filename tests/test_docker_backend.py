@@ -1,0 +1,352 @@
+"""The Docker backend against a real engine, with a coturn image built offline from the host's turnserver.
+
+Every test uses its own server name (``pytest-<port>``) and checks by label
+that nothing it created is left behind. Nothing is pulled: the only image is
+the one :func:`natkit.coturn.image.build_local_image` imports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import json
+import os
+import tarfile
+import uuid
+
+import pytest
+
+from natkit.coturn import docker as backend
+from natkit.coturn.config import CoturnConfig
+from natkit.coturn.server import CoturnServer, choose_backend, free_port, list_servers, stop_server
+from natkit.credentials import mint
+from natkit.errors import BackendUnavailable, ServerStartFailed
+from natkit.probe import probe
+from natkit.pytest_plugin import require_coturn, require_docker
+
+TAG = "natkit/coturn:pytest"
+MISSING = "natkit/does-not-exist:never"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """A Docker SDK client (skips without an engine; fails under NATKIT_REQUIRE_DOCKER=1)."""
+    require_docker()
+    c = backend.client()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="session")
+def image(engine):
+    """The coturn image built offline once per session from /usr/bin/turnserver; removed at the end."""
+    require_coturn()
+    from natkit.coturn.image import build_local_image
+
+    tag = build_local_image(TAG)
+    try:
+        yield tag
+    finally:
+        try:
+            engine.images.remove(TAG, noprune=False)
+        except Exception:
+            pass
+
+
+def _containers(engine, name: str) -> list:
+    """Every container (running or not) natkit created for server ``name``."""
+    return engine.containers.list(all=True, filters={"label": ["natkit.managed=1", f"natkit.name={name}"]})
+
+
+def _config(port: int, **kw) -> CoturnConfig:
+    return CoturnConfig(listening_port=port, static_auth_secrets=("docker-secret",), realm="natkit.test",
+                        allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",), **kw)
+
+
+def test_image_rootfs_holds_turnserver_and_its_libraries():
+    require_coturn()
+    from natkit.coturn.image import shared_libraries, split_tag, write_rootfs
+    from natkit.coturn.native import find_binary
+
+    binary = os.path.realpath(find_binary())
+    buf = io.BytesIO()
+    files = write_rootfs(buf, binary)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    libs = shared_libraries(binary)
+    assert any("ld-linux" in p for p in libs)
+    for path in ["/usr/bin/turnserver", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", *libs]:
+        assert path in files and path.lstrip("/") in members, path
+        assert members[path.lstrip("/")].isfile() and members[path.lstrip("/")].uid == 0
+    assert members["tmp"].mode == 0o1777 and members["var/tmp"].mode == 0o1777
+    assert split_tag("natkit/coturn:local") == ("natkit/coturn", "local")
+    assert split_tag("localhost:5000/coturn") == ("localhost:5000/coturn", "latest")
+
+
+def test_no_engine_is_reported_not_raised(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/natkit-test/docker.sock")
+    ok, reason = backend.available()
+    assert ok is False and "no Docker engine" in reason
+    assert backend.image_available(TAG) is False
+    assert backend.reap_labelled() == []
+    assert backend.is_running({"container_id": "0" * 64}) is False
+    assert backend.logs({"container_id": "0" * 64}) == []
+    backend.stop({"name": "x", "config_path": "/nonexistent"})  # nothing recorded: nothing to do
+    with pytest.raises(BackendUnavailable):
+        backend.stop({"container_id": "0" * 64})  # a recorded container must not be forgotten silently
+
+
+def test_available_requires_the_image_locally(image):
+    from natkit.coturn import native
+
+    assert backend.available()[0] is True
+    assert backend.available(image)[0] is True
+    ok, reason = backend.available(MISSING)
+    assert ok is False and "not present locally" in reason and "natkit turn image build" in reason
+    assert backend.image_available(image) is True
+    assert backend.image_available(MISSING) is False
+    assert choose_backend("auto", image) == "docker"
+    assert choose_backend("docker", MISSING) == "docker"  # the missing image is reported by start, with its hint
+    if native.available()[0]:
+        assert choose_backend("auto", MISSING) == "native"
+
+
+def test_container_serves_stun_and_is_hardened(engine, image):
+    port = free_port()
+    name = f"pytest-{port}"
+    with CoturnServer(_config(port), backend="docker", image=image, name=name) as server:
+        info = server.info
+        assert info.backend == "docker" and info.image == image and info.container_id
+        report = probe([f"stun:127.0.0.1:{port}"], timeout=2.0)
+        result = report.results[0]
+        assert result.ok, result.error
+        assert result.mapped_address.host == "127.0.0.1"
+        assert result.mapped_address.port == result.local_address.port
+
+        attrs = engine.api.inspect_container(info.container_id)
+        host, cfg = attrs["HostConfig"], attrs["Config"]
+        assert attrs["Name"] == f"/natkit-{name}"
+        assert cfg["Labels"]["natkit.managed"] == "1" and cfg["Labels"]["natkit.name"] == name
+        assert cfg["Labels"]["natkit.config"] == info.config_path
+        assert host["NetworkMode"] == "host"
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["NET_BIND_SERVICE"]
+        assert "no-new-privileges" in host["SecurityOpt"]
+        assert host["AutoRemove"] is False
+        assert set(host["Tmpfs"]) == {"/var/tmp", "/tmp"}
+        nofile = [u for u in host.get("Ulimits") or [] if u["Name"] == "nofile"]
+        assert nofile and nofile[0]["Soft"] >= 4096
+        assert cfg["Entrypoint"] == ["turnserver"] and cfg["Cmd"] == ["-c", "/etc/natkit/turnserver.conf"]
+        mounts = attrs["Mounts"]
+        assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
+            ("bind", info.config_path, "/etc/natkit/turnserver.conf", False)]
+        # the secret-bearing config stays 0600, owned by the image's user (nobody) so coturn can read it
+        st = os.stat(info.config_path)
+        assert st.st_mode & 0o777 == 0o600
+        if os.geteuid() == 0:
+            assert st.st_uid == 65534 and cfg["User"] == "65534:65534"
+        logs = server.logs()
+        assert any("SQLite DB connection success: /var/tmp/turndb" in line for line in logs), logs[-10:]
+    assert _containers(engine, name) == []
+    assert list_servers() == []
+
+
+def test_relay_check_through_the_container(engine, image):
+    from natkit.relay import relay_check
+
+    port = free_port()
+    with CoturnServer(_config(port), backend="docker", image=image, name=f"pytest-{port}") as server:
+        for uri in server.info.uris:  # UDP and TCP between client and server
+            cred = mint("docker-secret", "pytest", 600)
+            report = relay_check(uri, username=cred.username, password=cred.password, messages=5, payload_bytes=100_000, timeout=15)
+            assert report.ok, report.failures
+            assert report.selected_relay and report.all_relay
+            assert report.relayed_address.host == "127.0.0.1"
+            assert report.messages_echoed == 5 and report.echo_ok
+    assert _containers(engine, f"pytest-{port}") == []
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "natkit docker test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def test_turns_with_extra_files_mounted_read_only(engine, image, tmp_path):
+    from natkit.relay import relay_check
+
+    cert, key = _self_signed()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(cert)
+    port, tls_port = free_port(), free_port()
+    cfg = _config(port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem")
+    with CoturnServer(cfg, backend="docker", image=image, name=f"pytest-{port}", extra_files={"cert.pem": cert, "key.pem": key}) as server:
+        rendered = open(server.info.config_path).read()
+        assert "cert=/etc/natkit/cert.pem" in rendered and "pkey=/etc/natkit/key.pem" in rendered
+        mounts = {m["Destination"]: m["RW"] for m in engine.api.inspect_container(server.info.container_id)["Mounts"]}
+        assert mounts == {"/etc/natkit/turnserver.conf": False, "/etc/natkit/cert.pem": False, "/etc/natkit/key.pem": False}
+        cred = mint("docker-secret", "pytest", 600)
+        report = relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password, cafile=str(ca),
+                             messages=3, payload_bytes=0, timeout=15)
+        assert report.ok and report.tls, report.failures
+    assert _containers(engine, f"pytest-{port}") == []
+
+
+def test_missing_image_is_backend_unavailable_and_leaves_nothing(engine, image):
+    port = free_port()
+    name = f"pytest-{port}"
+    with pytest.raises(BackendUnavailable) as err:
+        CoturnServer(_config(port), backend="docker", image=MISSING, name=name).start()
+    assert MISSING in err.value.message
+    assert "natkit turn image build" in err.value.hint
+    assert _containers(engine, name) == []
+    assert list_servers() == []
+
+
+def test_coturn_exiting_during_startup_is_server_start_failed_with_its_log(engine, image):
+    port = free_port()
+    name = f"pytest-{port}"
+    # coturn looks the user up before dropping privileges and exits (255) when it does not exist
+    config = _config(port, extra=("proc-user=natkit-no-such-user",))
+    with pytest.raises(ServerStartFailed) as err:
+        CoturnServer(config, backend="docker", image=image, name=name, ready_timeout=10).start()
+    assert "exited during startup" in err.value.message
+    assert any("Unknown user name: natkit-no-such-user" in line for line in err.value.details), err.value.details
+    assert _containers(engine, name) == []
+    assert list_servers() == []
+
+
+def test_interrupt_between_create_and_start_leaves_nothing(engine, image, monkeypatch):
+    from docker.models.containers import Container
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Container, "start", interrupted)
+    port = free_port()
+    name = f"pytest-{port}"
+    with pytest.raises(KeyboardInterrupt):
+        CoturnServer(_config(port), backend="docker", image=image, name=name).start()
+    assert _containers(engine, name) == []
+    assert list_servers() == []
+
+
+def test_stop_removes_the_container_and_is_idempotent(engine, image):
+    port = free_port()
+    name = f"pytest-{port}"
+    server = CoturnServer(_config(port), backend="docker", image=image, name=name)
+    info = server.start()
+    state = info.to_state()
+    assert backend.is_running(state)
+    assert len(_containers(engine, name)) == 1
+    server.stop()
+    assert _containers(engine, name) == []
+    assert not backend.is_running(state)
+    assert backend.logs(state) == []
+    backend.stop(state)  # again: nothing to do, no error
+    server.stop()
+
+
+def test_exited_container_of_a_crashed_run_is_replaced(engine, image):
+    port = free_port()
+    name = f"pytest-{port}"
+    stale = engine.containers.create(image, name=f"natkit-{name}", labels={"natkit.managed": "1", "natkit.name": name},
+                                     network_mode="none", entrypoint=["turnserver"], command=["--version"])
+    try:
+        with CoturnServer(_config(port), backend="docker", image=image, name=name) as server:
+            assert server.info.container_id != stale.id
+            assert [c.id for c in _containers(engine, name)] == [server.info.container_id]
+    finally:
+        backend._remove(stale)
+    assert _containers(engine, name) == []
+
+
+def test_reap_labelled_removes_a_stray_container(engine, image):
+    stray = f"natkit-stray-{uuid.uuid4().hex[:8]}"
+    # a running container with natkit's label but no state file; no network at all, so it cannot send anything
+    ct = engine.containers.run(
+        image, name=stray, detach=True, network_mode="none", labels={"natkit.managed": "1", "natkit.name": stray},
+        entrypoint=["turnserver"], command=["-n", "--no-cli", "--listening-ip=127.0.0.1", "--log-file=stdout",
+                                             "--userdb=/var/tmp/db", "--pidfile=/var/tmp/pid", "--no-tls", "--no-dtls"],
+    )
+    try:
+        assert stray in backend.reap_labelled()
+        assert engine.containers.list(all=True, filters={"name": stray}) == []
+    finally:
+        backend._remove(ct)
+
+
+def test_cli_turn_up_status_logs_down(engine, image):
+    from typer.testing import CliRunner
+
+    from natkit.cli.app import app
+
+    runner = CliRunner()
+    port = free_port()
+    name = f"pytest-cli-{port}"
+    try:
+        up = runner.invoke(app, ["turn", "up", "--backend", "docker", "--image", image, "--port", str(port), "--name", name])
+        assert up.exit_code == 0, up.output
+        assert "coturn is running (docker, container " in up.stdout
+        assert f"turn:127.0.0.1:{port}" in up.stdout
+
+        status = runner.invoke(app, ["turn", "status", "--json"])
+        assert status.exit_code == 0, status.output
+        doc = json.loads(status.stdout)
+        assert doc["ok"] is True
+        [srv] = doc["servers"]
+        assert srv["name"] == name and srv["backend"] == "docker" and srv["running"] is True
+        assert srv["image"] == image and srv["secret"] == "***"
+        assert [c.id for c in _containers(engine, name)] == [srv["container_id"]]
+
+        logs = runner.invoke(app, ["turn", "logs"])
+        assert logs.exit_code == 0, logs.output
+        assert "Relay ports initialization done" in logs.stdout
+        tail = runner.invoke(app, ["turn", "logs", "-n", "3"])
+        assert tail.exit_code == 0 and len(tail.stdout.splitlines()) == 3
+
+        down = runner.invoke(app, ["turn", "down"])
+        assert down.exit_code == 0, down.output
+        assert f"stopped: {name}" in down.stdout
+        assert _containers(engine, name) == []
+
+        after = runner.invoke(app, ["turn", "status", "--json"])
+        assert after.exit_code == 0 and json.loads(after.stdout)["servers"] == []
+        again = runner.invoke(app, ["turn", "down"])
+        assert again.exit_code == 3  # NotRunning
+    finally:
+        for info in list_servers():
+            stop_server(info)
+        assert _containers(engine, name) == []
+
+
+def test_cli_turn_up_with_a_missing_image_exits_3(engine, image):
+    from typer.testing import CliRunner
+
+    from natkit.cli.app import app
+
+    port = free_port()
+    result = CliRunner().invoke(app, ["turn", "up", "--backend", "docker", "--image", MISSING, "--port", str(port), "--name", f"pytest-{port}"])
+    assert result.exit_code == 3, result.output
+    assert "not present locally" in result.stderr and "natkit turn image build" in result.stderr
+    assert "Traceback" not in result.output
+    assert _containers(engine, f"pytest-{port}") == []
