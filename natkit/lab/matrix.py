@@ -127,8 +127,13 @@ def run_matrix(
             return cell
 
         t = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="natkit-matrix")
+        try:
             done = list(pool.map(run, jobs))
+        finally:
+            # on Ctrl-C do not wait for attempts in flight: the teardown below stops
+            # the agents, which ends them at once
+            pool.shutdown(wait=False, cancel_futures=True)
         matrix_ms = (time.monotonic() - t) * 1000.0
         order = {(a, b, m): i for i, (a, b, m) in enumerate((a, b, m) for m in modes for (a, b) in pairs(bs))}
         done.sort(key=lambda c: order[(c.a, c.b, c.mode)])
