@@ -249,20 +249,27 @@ def lab_profile(secrets: tuple[str, ...] | list[str], *, lab_ranges: tuple[str, 
 
 def open_relay_for_testing(*, listening_ips: tuple[str, ...] = ("127.0.0.1",), port: int = 3478, tls_port: int | None = None,
                            cert: str | None = None, pkey: str | None = None, relay_ips: tuple[str, ...] = (),
-                           min_port: int = 49152, max_port: int = 65535) -> CoturnConfig:
+                           min_port: int = 49152, max_port: int = 65535, cli_ip: str | None = None) -> CoturnConfig:
     """A deliberately open coturn, the quick-start holes in one config. NEVER deploy it.
 
-    No authentication, no deny list, loopback peers allowed, TCP relay on,
-    TLS 1.0 accepted, SOFTWARE sent, no quotas, RFC 5780 on. Exists so that
-    tests prove :func:`natkit.audit.audit` catches every hole; run it only in
-    a network namespace with no route out.
+    No authentication, no deny list (coturn's built-in refusals of 0.0.0.0
+    and loopback only), TCP relay on, TLS 1.0/1.1 accepted (OpenSSL security
+    level 0, else Debian's OpenSSL 3 refuses them on its own), SOFTWARE
+    sent, no quotas, RFC 5780 on. With ``cli_ip`` the telnet CLI listens
+    there (coturn then refuses ``allow-loopback-peers``, so loopback stays
+    denied); without it loopback peers are allowed. Exists so that tests
+    prove :func:`natkit.audit.audit` catches every hole: run it only in a
+    network namespace with no route out.
     """
+    extra = ["cipher-list=DEFAULT:@SECLEVEL=0"] if tls_port else []
+    if cli_ip:
+        extra += [f"cli-ip={cli_ip}", "cli-password=natkit-open"]
     return CoturnConfig(
         listening_ips=tuple(listening_ips), listening_port=port, tls_listening_port=tls_port, cert=cert, pkey=pkey,
         relay_ips=tuple(relay_ips), min_port=min_port, max_port=max_port, realm="open", auth="none",
-        denied_peer_ranges=(), allowed_peer_ranges=(), allow_loopback_peers=True, no_multicast_peers=False,
-        no_cli=True,  # coturn refuses allow-loopback-peers with the CLI on
-        no_tcp_relay=False, no_rfc5780=False, tls_min_version="1.0",
+        denied_peer_ranges=(), allowed_peer_ranges=(), allow_loopback_peers=cli_ip is None, no_multicast_peers=False,
+        no_cli=cli_ip is None,  # coturn accepts allow-loopback-peers only together with no-cli
+        no_tcp_relay=False, no_rfc5780=False, tls_min_version="1.0", extra=tuple(extra),
     )
 
 
