@@ -3,8 +3,9 @@
 Fixtures:
 
 - ``turn_server``: a coturn on 127.0.0.1 (backend from ``NATKIT_TEST_BACKEND``,
-  default auto), started once per session, with REST credentials; yields a
-  :class:`TurnServerHandle`.
+  default native; with docker, ``NATKIT_TEST_IMAGE`` or an image built offline
+  from the host's turnserver), started once per session, with REST
+  credentials; yields a :class:`TurnServerHandle`.
 
 Environment switches: without root/namespaces/coturn/Docker the fixtures skip
 with the reason; with ``NATKIT_REQUIRE_NETNS=1`` (root, namespaces, coturn) or
@@ -85,7 +86,13 @@ def turn_server(tmp_path_factory):
         listening_port=port, static_auth_secrets=(secret,), allow_loopback_peers=True,
         allowed_peer_ranges=("127.0.0.1",), realm="natkit.test",
     )
-    server = CoturnServer(config, backend=os.environ.get("NATKIT_TEST_BACKEND", "native"), name=f"pytest-{port}")
+    backend = os.environ.get("NATKIT_TEST_BACKEND", "native")
+    image = os.environ.get("NATKIT_TEST_IMAGE")
+    if backend == "docker" and not image:
+        from natkit.coturn.image import build_local_image
+
+        image = build_local_image("natkit/coturn:pytest")
+    server = CoturnServer(config, backend=backend, image=image, name=f"pytest-{port}")
     try:
         info = server.start()
         yield TurnServerHandle(info.uris[0], info.uris, secret, "127.0.0.1", port, info.backend, server)

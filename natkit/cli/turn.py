@@ -68,7 +68,7 @@ def _print_started(info, ready_seconds: float, name: str) -> None:
 @turn_app.command("up")
 def up_cmd(
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, docker or native"),
-    image: Optional[str] = typer.Option(None, "--image", help="Docker image (default: the official coturn image, pinned)"),
+    image: Optional[str] = typer.Option(None, "--image", help="Docker image; never pulled: it must be present locally (default: the official coturn image, pinned; natkit turn image build makes one offline)"),
     listen: List[str] = _listen_opt,
     port: int = _port_opt,
     secret: Optional[str] = _secret_opt,
@@ -201,3 +201,29 @@ def config_cmd(
         return 0
 
     output.run(False, body)
+
+
+image_app = typer.Typer(help="coturn images for the docker backend.", no_args_is_help=True)
+turn_app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build_cmd(
+    tag: str = typer.Option("natkit/coturn:local", "--tag", "-t", help="image reference to create (replaced if it exists)"),
+    turnserver: Optional[str] = typer.Option(None, "--turnserver", help="binary to pack (default: the installed turnserver)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Build a coturn image offline from this host's turnserver (no registry needed). Exit 3 without Docker or turnserver."""
+
+    def body() -> int:
+        from ..coturn.image import build_local_image
+
+        output.progress(f"packing this host's turnserver and its libraries into {tag}")
+        ref = build_local_image(tag, turnserver)
+        if json_out:
+            output.emit_json({"ok": True, "image": ref})
+        else:
+            print(f"built {ref}\nuse it:  natkit turn up --backend docker --image {ref}")
+        return 0
+
+    output.run(json_out, body)
