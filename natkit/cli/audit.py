@@ -1,0 +1,99 @@
+"""``natkit turn audit URI...``: prove a TURN server (or a fleet) is not an open relay.
+
+Exit codes: 0 no failed finding at or above ``--fail-on``; 1 some; 4 a
+server could not be reached (and nothing else failed); 2 bad options.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from . import output
+
+_SEV_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
+
+
+def audit_cmd(
+    uris: List[str] = typer.Argument(None, help="turn:HOST[:PORT] and turns:HOST:PORT URIs; several hosts are audited concurrently"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (mints valid, expired and forged credentials)"),
+    user: Optional[str] = typer.Option(None, "--user", help="long-term username (instead of --secret)"),
+    password: Optional[str] = typer.Option(None, "--password", help="long-term password"),
+    name: Optional[str] = typer.Option(None, "--name", help="audit a natkit-managed coturn (its URIs and secret) when no URI is given"),
+    fail_on: str = typer.Option("high", "--fail-on", help="exit 1 when a finding at or above this severity fails: info, low, medium, high, critical"),
+    checks: List[str] = typer.Option([], "--check", help="run only these checks (repeatable)"),
+    junit: Optional[str] = typer.Option(None, "--junit", help="also write JUnit XML to FILE"),
+    ca: Optional[str] = typer.Option(None, "--ca", help="CA bundle for the TLS chain check"),
+    timeout: float = typer.Option(2.0, "--timeout", help="seconds per STUN/TURN transaction"),
+    flood_max: int = typer.Option(64, "--flood-max", help="at most this many allocations in the quota flood"),
+    flood_seconds: float = typer.Option(10.0, "--flood-seconds", help="at most this long for the quota flood"),
+    json_out: bool = typer.Option(False, "--json", help="print the report as one JSON document"),
+) -> None:
+    """Audit TURN servers: open relay, peer ACL (403 toward forbidden ranges), TCP relay, TLS, credentials, quota, SOFTWARE, amplification, admin ports.
+
+    Relay-toward-forbidden checks send requests, not traffic, to forbidden
+    peers (CreatePermission, ChannelBind); a server that accepts a TCP
+    CONNECT opens a connection. Audit only servers you operate.
+    """
+
+    def body() -> int:
+        from ..audit import SEVERITIES, audit, junit_xml
+        from ..errors import EXIT_UNREACHABLE, UsageError
+
+        targets = list(uris or [])
+        sec = secret
+        if not targets:
+            from ..coturn.server import get_server
+
+            info = get_server(name)
+            targets = [u for u in info.uris if "?transport=tcp" not in u]
+            sec = sec or info.secret
+        if fail_on not in SEVERITIES:
+            raise UsageError(f"unknown severity {fail_on!r}", hint="use " + ", ".join(SEVERITIES))
+        output.progress(f"auditing {', '.join(targets)}")
+        report = audit(targets, secret=sec if not user else None, username=user, password=password, checks=checks or None,
+                       fail_on=fail_on, timeout=timeout, flood_max=flood_max, flood_seconds=flood_seconds, cafile=ca)
+        if junit:
+            with open(junit, "w") as f:
+                f.write(junit_xml(report))
+        if json_out:
+            output.emit_json(report)
+        else:
+            _print(report)
+        if not report.ok and report.failures(fail_on):
+            return 1
+        if any(s.error for s in report.servers):
+            return EXIT_UNREACHABLE
+        return 0
+
+    output.run(json_out, body)
+
+
+def _print(report) -> None:
+    con = output.console()
+    for s in report.servers:
+        if s.error:
+            con.print(f"[bold]{s.server}[/bold]  [red]not audited:[/red] {s.error}")
+            continue
+        rows = []
+        for f in s.findings:
+            verdict = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]", "not_checked": "[dim]not checked[/dim]"}[f.status]
+            sev = f"[{_SEV_STYLE[f.severity]}]{f.severity}[/{_SEV_STYLE[f.severity]}]" if f.failed else "–"
+            rows.append([f.id, verdict, sev, f.evidence[0] if f.evidence else ""])
+        con.print(output.table(f"{s.server}  ({' '.join(s.uris)})", ["check", "result", "severity", "evidence"], rows))
+        for f in s.findings:
+            if f.failed:
+                con.print(f"  [{_SEV_STYLE[f.severity]}]{f.id}[/{_SEV_STYLE[f.severity]}]: " + "; ".join(f.evidence[:6]))
+                if f.fix:
+                    con.print(f"    fix: {f.fix}")
+        con.print()
+    counts = ", ".join(f"{n} {sev}" for sev, n in report.counts.items() if n) or "no failed findings"
+    verdict = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+    con.print(f"{verdict}  {len(report.servers)} server(s), {counts} (fail on {report.fail_on} and above), {report.duration_ms / 1000:.1f} s")
+
+
+def register(app) -> None:
+    from .turn import turn_app
+
+    turn_app.command("audit")(audit_cmd)
