@@ -3,6 +3,7 @@
 Public API (imported lazily, so ``import natkit`` stays cheap):
 
 - :func:`probe` -> :class:`ProbeReport` (public address discovery, RFC 8489)
+- :func:`discover_nat` -> :class:`NatReport` (RFC 5780 NAT behaviour discovery)
 - :func:`relay_check` -> :class:`RelayReport` (relay-only ICE proof)
 - :func:`check` -> :class:`CheckReport` (probe + relay check, embedded coturn)
 - :class:`CoturnServer`, :class:`CoturnConfig` (coturn provisioning)
@@ -21,6 +22,8 @@ _LAZY = {
     "ProbeReport": "natkit.probe",
     "relay_check": "natkit.relay",
     "RelayReport": "natkit.relay",
+    "discover_nat": "natkit.nat",
+    "NatReport": "natkit.nat",
     "check": "natkit.check",
     "CheckReport": "natkit.check",
     "CoturnServer": "natkit.coturn.server",
