@@ -856,6 +856,16 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
     title = f"allocation flood on one credential (at most {t.flood_max} allocations, {t.flood_seconds:g} s)"
     if not _have_creds(t, ctx):
         return _finding("quota", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
+    # coturn frees a released allocation's quota on its next timer tick (~1 s):
+    # a credential of its own keeps earlier checks' allocations out of the count
+    username, password = t.username, t.password
+    if t.secret:
+        from .credentials import mint
+
+        cred = mint(t.secret, "natkit-audit-quota", 900)
+        username, password = cred.username, cred.password
+    else:
+        await asyncio.sleep(1.5)
     sessions: list[_Session] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + t.flood_seconds
@@ -863,7 +873,7 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
     granted = 0
     try:
         while granted < t.flood_max and loop.time() < deadline:
-            sess = await _udp_session(t)
+            sess = await _udp_session(t, username, password)
             sessions.append(sess)
             resp = await sess.allocate(lifetime=60)
             if not resp.is_success:
