@@ -11,7 +11,6 @@ import time
 from typing import Callable
 
 from .errors import NatkitError, UsageError
-from .model import TransportAddress
 
 SCHEMA = "natkit.check/1"
 
@@ -99,7 +98,7 @@ def check(
             on_step(f"coturn ({info.backend}) answered STUN after {ready_ms:.0f} ms")
         stun_targets = list(dict.fromkeys(_stun_from_turn(u) for u in uris))
         on_step("STUN Binding: " + ", ".join(stun_targets))
-        probe_report = probe(stun_targets, timeout=min(3.0, timeout))
+        probe_report = probe(stun_targets, timeout=min(3.0, timeout), verify_tls=verify_tls, cafile=cafile)
         failures = [f"STUN: {r.uri}: {r.error}" for r in probe_report.results if not r.ok]
         relays = []
         for uri in uris:

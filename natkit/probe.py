@@ -155,6 +155,7 @@ async def probe_async(
     timeout: float = 3.0,
     local_host: str | None = None,
     verify_tls: bool = True,
+    cafile: str | None = None,
 ) -> ProbeReport:
     """Send a Binding request to every server concurrently; see :func:`probe`."""
     if not servers:
@@ -184,7 +185,7 @@ async def probe_async(
                 ep = await endpoint(addr.family)
                 resp = await ep.request(binding_request(), addr, timeout=max(0.05, deadline - loop.time()))
             else:
-                ctx = client_ssl_context(verify_tls) if uri.secure else None
+                ctx = client_ssl_context(verify_tls, cafile) if uri.secure else None
                 resp = await stream_transaction(binding_request(), addr, timeout=max(0.05, deadline - loop.time()), ssl=ctx, server_hostname=uri.host)
             return _result(server, uri, addr, resp=resp)
         except NatkitError as exc:
@@ -199,15 +200,17 @@ async def probe_async(
     return summarise(list(results), transport, started)
 
 
-def probe(servers: list[str], *, transport: str = "udp", timeout: float = 3.0, local_host: str | None = None, verify_tls: bool = True) -> ProbeReport:
+def probe(servers: list[str], *, transport: str = "udp", timeout: float = 3.0, local_host: str | None = None,
+          verify_tls: bool = True, cafile: str | None = None) -> ProbeReport:
     """Discover the public (server-reflexive) address with STUN Binding requests.
 
     ``servers``: addresses as ``host``, ``host:port``, ``stun:``/``stuns:`` URIs
     (RFC 7064). ``transport``: "udp" or "tcp" (``stuns:`` is always TLS).
-    ``timeout``: total budget in seconds for the whole probe.
+    ``timeout``: total budget in seconds for the whole probe. ``verify_tls`` and
+    ``cafile`` apply to ``stuns:`` servers.
 
     Returns a :class:`ProbeReport`; servers that do not answer appear in it
     with ``ok=False`` and the reason. Raises :class:`~natkit.errors.InvalidURI`
     or :class:`~natkit.errors.UsageError` for bad input.
     """
-    return asyncio.run(probe_async(servers, transport=transport, timeout=timeout, local_host=local_host, verify_tls=verify_tls))
+    return asyncio.run(probe_async(servers, transport=transport, timeout=timeout, local_host=local_host, verify_tls=verify_tls, cafile=cafile))

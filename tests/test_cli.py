@@ -218,3 +218,20 @@ def test_foreground_up_stops_on_ctrl_c(tmp_path):
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "coturn is running" in out
     assert turnserver_pids(state) == []
+
+
+def test_turn_up_tls_then_check_by_name(tmp_path):
+    require_coturn()
+    env = {"NATKIT_STATE_DIR": str(tmp_path / "state")}
+    port, tls_port = free_port(), free_port()
+    up = natkit("turn", "up", "--backend", "native", "--port", str(port), "--tls", "--tls-port", str(tls_port), "--name", "tls", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "self-signed" in up.stderr and f"turns:127.0.0.1:{tls_port}" in up.stdout
+        proc = natkit("check", "--name", "tls", "--json", "--payload", "0", env=env)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert [r["tls"] for r in doc["relay"]] == [False, False, True]  # the server's own cert is trusted
+        assert all(r["ok"] for r in doc["relay"])
+    finally:
+        natkit("turn", "down", "--all", env=env)

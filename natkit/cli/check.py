@@ -35,7 +35,7 @@ def check_cmd(
     def body() -> int:
         from ..check import check
 
-        turn_uris, the_secret = list(turn or []), secret
+        turn_uris, the_secret, ca = list(turn or []), secret, cafile
         if name or (turn_uris and not secret and not password):
             from ..coturn.server import get_server
 
@@ -48,9 +48,14 @@ def check_cmd(
             if info is not None:
                 turn_uris = turn_uris or list(info.uris)
                 the_secret = the_secret or info.secret
+                from pathlib import Path
+
+                own_cert = Path(info.config_path).parent / "cert.pem"  # natkit turn up --tls
+                if cafile is None and own_cert.exists():
+                    ca = str(own_cert)
         the_user = user if not the_secret else None
         report = check(turn_uris, secret=the_secret, username=the_user, password=password, backend=backend, image=image,
-                       timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=cafile,
+                       timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=ca,
                        on_step=output.progress)
         if json_out:
             output.emit_json(report)

@@ -15,6 +15,7 @@ def probe_cmd(
     timeout: float = typer.Option(3.0, "--timeout", help="total time budget in seconds"),
     local: Optional[str] = typer.Option(None, "--local", help="local IP to send from (default: any)"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify TLS certificates of stuns: servers"),
+    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle to verify stuns: servers"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Discover the public address with STUN Binding requests (RFC 8489), all servers at once.
@@ -26,7 +27,7 @@ def probe_cmd(
         from ..errors import EXIT_UNREACHABLE
         from ..probe import probe
 
-        report = probe(servers, transport=transport, timeout=timeout, local_host=local, verify_tls=not insecure)
+        report = probe(servers, transport=transport, timeout=timeout, local_host=local, verify_tls=not insecure, cafile=cafile)
         if json_out:
             output.emit_json(report)
         else:

@@ -53,6 +53,26 @@ _loop_opt = typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers", h
 _users_opt = typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")
 
 
+def tls_files(cert: Optional[str], key: Optional[str], names: List[str]) -> dict[str, bytes]:
+    """``{"cert.pem": ..., "key.pem": ...}`` from files, or a fresh self-signed pair (with a warning)."""
+    from ..errors import UsageError
+
+    if cert or key:
+        if not (cert and key):
+            raise UsageError("--cert and --key go together")
+        try:
+            with open(cert, "rb") as c, open(key, "rb") as k:
+                return {"cert.pem": c.read(), "key.pem": k.read()}
+        except OSError as exc:
+            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    from ..tls import self_signed
+
+    output.err("natkit: warning: --tls without --cert: using a self-signed certificate; clients must trust it "
+               "(natkit relay-check --ca, or --insecure for a test)")
+    cert_pem, key_pem = self_signed([*names, "localhost"], days=30)
+    return {"cert.pem": cert_pem, "key.pem": key_pem}
+
+
 def _print_started(info, ready_seconds: float, name: str) -> None:
     where = f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}"
     named = f" --name {name}" if name != "default" else ""
@@ -78,6 +98,10 @@ def up_cmd(
     max_port: int = _max_opt,
     allow_loopback: Optional[bool] = _loop_opt,
     users: List[str] = _users_opt,
+    tls: bool = typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only"),
+    tls_port: int = typer.Option(5349, "--tls-port", help="TLS listening port"),
+    cert: Optional[str] = typer.Option(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one"),
+    key: Optional[str] = typer.Option(None, "--key", help="PEM private key for --cert"),
     name: str = typer.Option("default", "--name", help="name of this server in natkit's state"),
     foreground: bool = typer.Option(False, "--foreground", help="stay attached until Ctrl-C, then stop the server"),
     ready_timeout: float = typer.Option(20.0, "--ready-timeout", help="seconds to wait for the first STUN answer"),
@@ -92,8 +116,14 @@ def up_cmd(
         from ..coturn.server import CoturnServer
 
         loopback = allow_loopback if allow_loopback is not None else all(ip.startswith("127.") or ip == "::1" for ip in listen)
+        import dataclasses
+
         config = build_config(listen, port, secret, realm, external_ip, min_port, max_port, loopback, users)
-        server = CoturnServer(config, backend=backend, image=image, name=name, ready_timeout=ready_timeout)
+        files = {}
+        if tls or cert:
+            files = tls_files(cert, key, listen)
+            config = dataclasses.replace(config, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem")
+        server = CoturnServer(config, backend=backend, image=image, name=name, ready_timeout=ready_timeout, extra_files=files)
         output.progress(f"starting coturn ({backend}) on {', '.join(listen)} port {port}")
         info = server.start()
         try:
