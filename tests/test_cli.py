@@ -235,3 +235,17 @@ def test_turn_up_tls_then_check_by_name(tmp_path):
         assert all(r["ok"] for r in doc["relay"])
     finally:
         natkit("turn", "down", "--all", env=env)
+
+
+def test_probe_does_not_import_heavy_modules(turn_server):
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['natkit', 'probe', '127.0.0.1:{turn_server.port}', '--json']\n"
+        "try:\n    runpy.run_module('natkit.cli.app', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('aiortc', 'av', 'docker', 'rich', 'pydantic', 'cryptography'))\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr, proc.stderr
