@@ -366,3 +366,27 @@ def test_cli_rejects_bad_specs(tmp_path):
     assert r.returncode == 2
     r = _cli("lab", "exec", "nohost-" + secrets.token_hex(3), "--", "true")
     assert r.returncode == 2 and "no lab namespace" in r.stderr
+
+
+def test_teardown_when_a_test_fails_or_times_out(tmp_path):
+    """The nat_lab fixture removes its lab after a failing test and after a pytest-timeout."""
+    names = [_name(), _name()]
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(f"""
+        import time, pytest
+
+        def test_fails(nat_lab):
+            nat_lab("symmetric", name={names[0]!r})
+            assert False, "deliberate"
+
+        @pytest.mark.timeout(3, method="signal")
+        def test_hangs(nat_lab):
+            nat_lab("full_cone", name={names[1]!r})
+            time.sleep(60)
+    """))
+    r = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_inner.py")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "2 failed" in r.stdout, r.stdout[-2000:]
+    assert "deliberate" in r.stdout and "Timeout" in r.stdout
+    for name in names:
+        assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"natkit-{name}-")]
+        assert netns.read_state(name) is None
