@@ -6,6 +6,12 @@ Fixtures:
   default native; with docker, ``NATKIT_TEST_IMAGE`` or an image built offline
   from the host's turnserver), started once per session, with REST
   credentials; yields a :class:`TurnServerHandle`.
+- ``nat_lab``: a factory of real NAT labs in network namespaces
+  (:class:`natkit.lab.NatLab`), torn down when the test ends.
+- ``nat_matrix_lab``: one session lab with two hosts per NAT behaviour.
+- ``nat_pair``: two peers behind the behaviours of ``@pytest.mark.nat(a, b,
+  expect=...)`` (or indirect parametrisation); ``.connect()`` / ``.check()``.
+  See docs/pytest-plugin.md.
 
 Environment switches: without root/namespaces/coturn/Docker the fixtures skip
 with the reason; with ``NATKIT_REQUIRE_NETNS=1`` (root, namespaces, coturn) or
