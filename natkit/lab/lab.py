@@ -336,10 +336,11 @@ class NatLab:
     def _stop_agents(self) -> None:
         with self._agent_lock:
             agents, self._agents = list(self._agents.values()), {}
-        for ag in agents:  # all at once: each closes its peer connections
+        for ag in agents:  # all at once: each closes its peer connections and exits
             ag.close_stdin()
+        deadline = time.monotonic() + 0.3  # then they are killed: the namespaces go away anyway
         for ag in agents:
-            ag.close()
+            ag.close(grace=deadline - time.monotonic())
 
     def agent(self, host: str):
         """The agent process of ``host`` (started on first use)."""

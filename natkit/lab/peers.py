@@ -651,11 +651,11 @@ class AgentClient:
         except OSError:
             pass
 
-    def close(self) -> None:
-        """Close stdin (the agent closes its connections and exits), wait, kill if needed."""
+    def close(self, grace: float = 2.0) -> None:
+        """Close stdin (the agent closes its connections and exits), wait ``grace`` s, kill if needed."""
         self.close_stdin()
         try:
-            self.proc.wait(2.0)
+            self.proc.wait(max(0.0, grace))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             try:
