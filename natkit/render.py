@@ -22,6 +22,8 @@ share only the REST secret; any node accepts any credential minted with it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from pathlib import Path
 
 from .coturn.config import CoturnConfig
@@ -95,19 +97,58 @@ def _probe_host(config: CoturnConfig) -> str:
     return ip
 
 
+_PLAIN = re.compile(r"^[A-Za-z0-9_./=+][A-Za-z0-9_./=,+@-]*(:[A-Za-z0-9_./=,+@-]+)*$")
+_AMBIGUOUS = re.compile(r"^(?:true|false|yes|no|on|off|y|n|null|~|[-+]?[0-9][0-9_.eE+-]*|0[xo][0-9a-fA-F]+|\.inf|\.nan)$", re.I)
+
+
+def _scalar(value) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return str(value)
+    text = str(value)
+    if _PLAIN.match(text) and not _AMBIGUOUS.match(text):
+        return text
+    return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _emit(value, indent: int) -> list[str]:
+    pad = " " * indent
+    out: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            k = _scalar(key)
+            if isinstance(item, str) and "\n" in item:
+                out.append(f"{pad}{k}: |" + ("" if item.endswith("\n") else "-"))
+                out += [f"{pad}  {line}" if line else "" for line in item.rstrip("\n").split("\n")]
+            elif isinstance(item, dict) and item:
+                out.append(f"{pad}{k}:")
+                out += _emit(item, indent + 2)
+            elif isinstance(item, list) and item:
+                out.append(f"{pad}{k}:")
+                out += _emit(item, indent)
+            else:
+                out.append(f"{pad}{k}: " + ("{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else _scalar(item)))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                inner = _emit(item, indent + 2)
+                out.append(f"{pad}- " + inner[0][indent + 2:])
+                out += inner[1:]
+            else:
+                out.append(f"{pad}- " + ("{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else _scalar(item)))
+    else:
+        out.append(pad + _scalar(value))
+    return out
+
+
 def _yaml(doc) -> str:
-    import yaml
-
-    class _Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data):  # no &id001 anchors: plain, diff-friendly manifests
-            return True
-
-    def _str(dumper, value):
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    _Dumper.add_representer(str, _str)
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=200)
+    """Block-style YAML for plain dict/list/str/int/bool trees (no PyYAML needed to render)."""
+    return "\n".join(_emit(doc, 0)) + "\n"
 
 
 def _env_example(d: Deployment) -> str:
