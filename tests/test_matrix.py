@@ -139,3 +139,18 @@ def test_cli_matrix_json_subset():
     assert doc["schema"] == "natkit.lab.matrix/1" and doc["ok"] is True and doc["mismatches"] == 0
     got = {(c["a"], c["b"]): c["outcome"] for c in doc["cells"]}
     assert got == {("open", "open"): "direct host", ("open", "symmetric"): "direct prflx", ("symmetric", "symmetric"): "relay"}
+
+
+# ---------------------------------------------------------------- skip or fail without root
+
+
+def test_lab_fixtures_skip_without_root_and_fail_when_required(monkeypatch):
+    from natkit.pytest_plugin import require_lab
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("NATKIT_REQUIRE_NETNS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        require_lab()
+    monkeypatch.setenv("NATKIT_REQUIRE_NETNS", "1")
+    with pytest.raises(pytest.fail.Exception, match="NATKIT_REQUIRE_NETNS=1 forbids skipping"):
+        require_lab()
