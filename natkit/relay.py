@@ -380,7 +380,10 @@ async def relay_check_async(
             failures.append("the nominated pair is not relay/relay on both sides: " + ", ".join(
                 f"{k}={'none' if v is None else v.local_type + '/' + v.remote_type}" for k, v in selected.items()))
     finally:
-        await asyncio.gather(offerer.close(), answerer.close(), return_exceptions=True)
+        try:  # bounded: closing aiortc peers with megabytes queued can stall
+            await asyncio.wait_for(asyncio.gather(offerer.close(), answerer.close(), return_exceptions=True), 3.0)
+        except asyncio.TimeoutError:
+            pass
         rto.__exit__(None, None, None)
 
     return RelayReport(
@@ -408,7 +411,9 @@ def relay_check(turn_uri: str, *, username: str, password: str, messages: int = 
     :class:`ServerUnreachable`, :class:`AuthenticationRefused` (401/441),
     :class:`AllocationRefused` (486/508/403), or :class:`NoRelayConnectivity`.
     """
-    return asyncio.run(relay_check_async(turn_uri, username=username, password=password, messages=messages,
+    from ._async import run
+
+    return run(relay_check_async(turn_uri, username=username, password=password, messages=messages,
                                          payload_bytes=payload_bytes, timeout=timeout, verify_tls=verify_tls, cafile=cafile))
 
 

@@ -191,13 +191,19 @@ def test_interrupted_check_leaves_no_server(tmp_path, sig):
     # a large payload keeps the check busy long enough to interrupt it mid-run
     proc = subprocess.Popen([*NATKIT, "check", "--backend", "native", "--payload", "500000000", "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not turnserver_pids(state):
-        time.sleep(0.05)
-    assert turnserver_pids(state), "the embedded coturn should be running"
-    time.sleep(1.0)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=20)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not turnserver_pids(state):
+            time.sleep(0.05)
+        assert turnserver_pids(state), "the embedded coturn should be running"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # never leave a hung check (and its coturn) behind
+            proc.kill()
+            for pid in turnserver_pids(state):
+                os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     time.sleep(0.2)
@@ -210,12 +216,18 @@ def test_foreground_up_stops_on_ctrl_c(tmp_path):
     env = dict(os.environ, NATKIT_STATE_DIR=str(state))
     proc = subprocess.Popen([*NATKIT, "turn", "up", "--backend", "native", "--port", str(free_port()), "--foreground"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not turnserver_pids(state):
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not turnserver_pids(state):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            for pid in turnserver_pids(state):
+                os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130 and "coturn is running" in out
     assert turnserver_pids(state) == []
 
