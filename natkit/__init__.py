@@ -29,6 +29,10 @@ _LAZY = {
     "CoturnServer": "natkit.coturn.server",
     "CoturnConfig": "natkit.coturn.config",
     "mint": "natkit.credentials",
+    "NatLab": "natkit.lab",
+    "LabSpec": "natkit.lab",
+    "audit": "natkit.audit",
+    "AuditReport": "natkit.audit",
     "NatkitError": "natkit.errors",
     "TransportAddress": "natkit.model",
 }
