@@ -390,20 +390,3 @@ def test_teardown_when_a_test_fails_or_times_out(tmp_path):
     for name in names:
         assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"natkit-{name}-")]
         assert netns.read_state(name) is None
-
-
-def test_builtin_rfc5780_probe_agrees_with_natkit_nat(nat_lab):
-    """Two independent measurements of every behaviour: natkit.nat (used by verification)
-    and the agent's built-in fallback probe."""
-    lab = nat_lab(LabSpec(
-        nats=tuple(NatSpec(f"n{i}", b, hairpin=(b == "restricted")) for i, b in enumerate(("full_cone", "restricted", "port_restricted", "symmetric"))),
-        hosts=(*(HostSpec(f"h{i}", behind=f"n{i}") for i in range(4)), HostSpec("o")),
-    ))
-    script = ("import asyncio, json; from natkit.lab.peers import probe_rfc5780; "
-              "print(json.dumps(asyncio.run(probe_rfc5780('203.0.113.10', 3478))))")
-    outs = lab.run_many(lambda c: json.loads(lab.exec(c.host, [PY, "-c", script], check=True).stdout), lab.checks, workers=5)
-    for check, out in zip(lab.checks, outs):
-        assert out["method"] == "natkit.lab"
-        for key in ("nat", "mapping", "filtering", "hairpin"):
-            assert out[key] == check.measured[key], (check.host, key, out, check.measured)
-    assert {c.host: c.measured["hairpin"] for c in lab.checks}["h1"] is True

@@ -5,8 +5,8 @@ is the agent: it reads one JSON request per line on stdin and answers one
 JSON line on stdout, running requests concurrently. It can
 
 - ``measure``: the host's NAT behaviour, end to end, with RFC 5780 probes
-  against the lab server (:func:`natkit.nat.discover_nat` when available,
-  else the built-in probe below), plus a STUN-over-TCP check;
+  against the lab server (:func:`natkit.nat.discover_nat_async`), plus a
+  STUN-over-TCP check;
 - ``offer`` / ``answer`` / ``accept`` / ``result`` / ``close``: one side of an
   aiortc ``RTCPeerConnection`` with a data channel echo. Offer and answer
   (with every candidate, no trickle) travel through the controller, which
@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
 
 from ..errors import NatkitError
 
@@ -329,31 +328,26 @@ async def measure_nat(server: str, port: int, *, timeout: float = 2.0, window: f
     Returns ``{"method", "udp", "tcp", "nat", "mapping", "filtering",
     "hairpin", "public", "local", "notes"}``; mapping/filtering use RFC 4787
     words ("endpoint-independent", ...), "none" without a NAT, None when
-    unknown. Uses :func:`natkit.nat.discover_nat_async` when that module is
-    present, else :func:`probe_rfc5780`.
+    unknown. Measured with :func:`natkit.nat.discover_nat_async`, natkit's
+    one RFC 5780 decision table.
     """
-    try:
-        from ..nat import discover_nat_async
-    except ImportError:
-        discover_nat_async = None
-    if discover_nat_async is not None:
-        rep = await discover_nat_async([f"{server}:{port}"], timeout=timeout, window=window, hairpin=True)
-        val = lambda f: None if f is None or f.value is None else getattr(f.value, "value", f.value)  # noqa: E731
-        udp_blocked = val(rep.udp_blocked)
-        out = {
-            "method": "natkit.nat",
-            "status": rep.status,
-            "udp": None if udp_blocked is None else not udp_blocked,
-            "nat": val(rep.nat_present),
-            "mapping": val(rep.mapping),
-            "filtering": val(rep.filtering),
-            "hairpin": val(rep.hairpinning),
-            "public": str(rep.public_address) if rep.public_address else None,
-            "local": str(rep.local_address) if rep.local_address else None,
-            "notes": list(rep.notes),
-        }
-    else:
-        out = await probe_rfc5780(server, port, timeout=timeout, window=window)
+    from ..nat import discover_nat_async
+
+    rep = await discover_nat_async([f"{server}:{port}"], timeout=timeout, window=window, hairpin=True)
+    val = lambda f: None if f is None or f.value is None else getattr(f.value, "value", f.value)  # noqa: E731
+    udp_blocked = val(rep.udp_blocked)
+    out = {
+        "method": "natkit.nat",
+        "status": rep.status,
+        "udp": None if udp_blocked is None else not udp_blocked,
+        "nat": val(rep.nat_present),
+        "mapping": val(rep.mapping),
+        "filtering": val(rep.filtering),
+        "hairpin": val(rep.hairpinning),
+        "public": str(rep.public_address) if rep.public_address else None,
+        "local": str(rep.local_address) if rep.local_address else None,
+        "notes": list(rep.notes),
+    }
     out["tcp"] = await _tcp_ok(server, port, timeout) if tcp else None
     return out
 
@@ -369,165 +363,17 @@ async def _tcp_ok(server: str, port: int, timeout: float) -> bool:
         return False
 
 
-async def probe_rfc5780(server: str, port: int, *, timeout: float = 2.0, window: float = 0.6) -> dict:
-    """A compact RFC 5780 probe (mapping §4.3, filtering §4.4, hairpinning §4.5)
-    against one server that answers CHANGE-REQUEST and names its OTHER-ADDRESS."""
-    from ..model import TransportAddress
-    from ..probe import route_local_ip
-    from ..stun import UdpStunEndpoint, binding_request
-
-    A = "endpoint-independent", "address-dependent", "address-and-port-dependent"
-    primary = TransportAddress(server, port)
-    notes: list[str] = []
-    out: dict[str, Any] = {"method": "natkit.lab", "udp": None, "nat": None, "mapping": None, "filtering": None,
-                           "hairpin": None, "public": None, "local": None, "notes": notes}
-    m = await UdpStunEndpoint.open("0.0.0.0")
-    f = await UdpStunEndpoint.open("0.0.0.0")
-    h = await UdpStunEndpoint.open("0.0.0.0")
-    try:
-        try:
-            r1 = await m.request(binding_request(), primary, timeout=timeout, rto=0.1)
-        except NatkitError as exc:
-            out["udp"] = False
-            notes.append(f"Test I: {exc.one_line()}")
-            return out
-        out["udp"] = True
-        x1 = TransportAddress.of(r1.message.attributes["XOR-MAPPED-ADDRESS"])
-        local = TransportAddress(route_local_ip(primary) or "0.0.0.0", m.local_address.port)
-        out["public"], out["local"] = str(x1), str(local)
-        out["nat"] = x1 != local
-        other = r1.message.attributes.get("OTHER-ADDRESS")
-        if other is None:
-            notes.append("the server sent no OTHER-ADDRESS: RFC 5780 tests impossible")
-            return out
-        other = TransportAddress.of(other)
-        if not out["nat"]:
-            out["mapping"] = "none"
-        else:
-            r2 = await m.request(binding_request(), TransportAddress(other.host, port), timeout=timeout, rto=0.1)
-            x2 = TransportAddress.of(r2.message.attributes["XOR-MAPPED-ADDRESS"])
-            if x2 == x1:
-                out["mapping"] = A[0]
-            else:
-                r3 = await m.request(binding_request(), other, timeout=timeout, rto=0.1)
-                x3 = TransportAddress.of(r3.message.attributes["XOR-MAPPED-ADDRESS"])
-                out["mapping"] = A[1] if x3 == x2 else A[2]
-
-        # filtering: a fresh socket that has talked only to the primary address
-        await f.request(binding_request(), primary, timeout=timeout, rto=0.1)
-
-        async def answered(flags: int) -> bool:
-            try:
-                await f.request(binding_request(**{"CHANGE-REQUEST": flags}), primary, timeout=window, rto=0.1)
-                return True
-            except NatkitError:
-                return False
-
-        both, port_only = await asyncio.gather(answered(0x6), answered(0x2))
-        out["filtering"] = A[0] if both else (A[1] if port_only else A[2])
-        if not out["nat"] and out["filtering"] == A[0]:
-            out["filtering"] = "none"
-
-        # hairpinning: a third socket sends to the first one's mapped address
-        if out["nat"]:
-            req = binding_request()
-            try:
-                await h.request(req, x1, timeout=window, rto=0.1)
-            except NatkitError:
-                pass
-            out["hairpin"] = any(
-                data[8:20] == req.transaction_id for data, _ in m.unmatched
-            )
-        return out
-    finally:
-        for ep in (m, f, h):
-            ep.close()
-
-
-def keep_best_nomination() -> None:
-    """Make aioice keep the highest-priority nominated pair (agent processes only).
-
-    aioice (0.13) nominates aggressively as the controlling agent and, on both
-    sides, lets every later nominated pair that completes replace the
-    selected one, so the pair that finishes *last* carries the data: a relay
-    check completing a few milliseconds after a direct one moves the
-    connection onto the relay. RFC 5245 §8.1.1.2 says that with aggressive
-    nomination the agents use the nominated pair with the highest priority;
-    this wrapper restores that rule (direct pairs outrank relayed ones by
-    the candidate type preferences of RFC 8445 §5.1.2.2). It touches
-    ``Connection.check_complete`` and ``_nominated``, aioice internals.
-    """
-    from aioice import ice
-
-    if getattr(ice.Connection.check_complete, "_natkit", False):
-        return
-    original = ice.Connection.check_complete
-
-    def check_complete(self, pair) -> None:
-        before = self._nominated.get(pair.component)
-        original(self, pair)
-        after = self._nominated.get(pair.component)
-        if before is not None and after is not None and after is not before:
-            rank = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
-            if rank(before) > rank(after):
-                self._nominated[pair.component] = before
-
-    check_complete._natkit = True
-    ice.Connection.check_complete = check_complete
-
-
 RELAY_GRACE = 1.5  # seconds a controlling agent lets better pairs try before checking a relayed one
-
-
-def check_relay_pairs_last(grace: float = RELAY_GRACE) -> None:
-    """Make a controlling aioice agent check relayed pairs only after better pairs had their chance.
-
-    aioice nominates aggressively: the first pair whose check succeeds ends
-    ICE and cancels every other check. A relayed pair can succeed first
-    although a direct one would work, for example when the peer's checks
-    from its relayed address arrive early through an address-dependent
-    filter (the TURN server shares its IP with the STUN server the host
-    already talked to), or when a direct check was dropped once by a NAT
-    that had not opened yet and waits for its retransmission. libwebrtc
-    instead keeps checking and moves to the better pair. Here a controlling
-    agent holds back the check of a pair with a relay candidate until every
-    higher-priority pair has succeeded or failed, or ``grace`` seconds have
-    passed, so a direct path is chosen whenever one works within ``grace``.
-    Agent processes only; it wraps aioice's ``Connection.check_start``.
-    """
-    from aioice import ice
-
-    if getattr(ice.Connection.check_start, "_natkit", False):
-        return
-    original = ice.Connection.check_start
-    pending = (ice.CandidatePair.State.FROZEN, ice.CandidatePair.State.WAITING, ice.CandidatePair.State.IN_PROGRESS)
-
-    async def check_start(self, pair) -> None:
-        relayed = "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
-        if self.ice_controlling and relayed:
-            prio = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
-            mine = prio(pair)
-            self.check_state(pair, ice.CandidatePair.State.IN_PROGRESS)  # not picked again by the pacer
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + grace
-            while loop.time() < deadline and not self._check_list_done:
-                if not any(p is not pair and p.state in pending and prio(p) > mine for p in self._check_list):
-                    break
-                await asyncio.sleep(0.01)
-            if self._check_list_done:
-                return
-        await original(self, pair)
-
-    check_start._natkit = True
-    ice.Connection.check_start = check_start
 
 
 async def _agent_main(host: str) -> None:
     from aioice import stun as aioice_stun
 
     aioice_stun.RETRY_RTO = float(os.environ.get("NATKIT_LAB_RTO", "0.1"))
-    keep_best_nomination()
-    check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
+    from .. import _aiortc_private as private
+
+    private.keep_best_nomination()
+    private.check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
     import logging
 
     for name in ("aioice", "aiortc"):
