@@ -327,20 +327,20 @@ def start(config_path: Path, log_path: Path, *, name: str, image: str) -> dict:
         _clear_name(c, cname, name)
         files = _server_files(Path(config_path))
         user = _file_access(files, _image_uid(c, image, (img.attrs.get("Config") or {}).get("User", "")))
-        limit = nofile_limit()
+        # the security policy (host network, read-only root, capabilities,
+        # no-new-privileges, nofile) is the one natkit also renders for compose/Kubernetes
+        from .profiles import container_hardening
+
+        policy = container_hardening(nofile_limit())
         create_args = dict(
             name=cname,
             entrypoint=["turnserver"],
             command=["-c", mounted_path(Path(config_path).name)],
             labels={LABEL: "1", NAME_LABEL: name, CONFIG_LABEL: str(config_path)},
-            network_mode="host",
             mounts=[Mount(target=mounted_path(p.name), source=str(p.resolve()), type="bind", read_only=True) for p in files],
-            read_only=True,
+            **{k: policy[k] for k in ("network_mode", "read_only", "cap_drop", "cap_add", "security_opt")},
             tmpfs={RUNTIME_DIR: TMPFS_OPTIONS, "/tmp": TMPFS_OPTIONS},
-            cap_drop=["ALL"],
-            cap_add=["NET_BIND_SERVICE"],
-            security_opt=["no-new-privileges"],
-            ulimits=[Ulimit(name="nofile", soft=limit, hard=limit)],
+            ulimits=[Ulimit(**u) for u in policy["ulimits"]],
             user=user,
             working_dir=RUNTIME_DIR,
             init=True,  # docker-init as PID 1 forwards SIGTERM; coturn as PID 1 would ignore it
