@@ -76,17 +76,16 @@ def check(
             raise UsageError("checking an existing server needs --secret or --user/--password")
         uris = list(turn)
     else:
-        from .coturn.config import CoturnConfig
+        from .coturn.profiles import build
         from .coturn.server import CoturnServer, free_port
         from .credentials import new_secret
 
         secret = new_secret()
         username = password = None
         port = free_port("127.0.0.1")
-        config = CoturnConfig(
-            listening_ips=("127.0.0.1",), listening_port=port, static_auth_secrets=(secret,),
-            allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",), realm="natkit.check",
-        )
+        # the recommended hardened profile; only the loopback relay address is made relayable
+        config = build("recommended", secrets=(secret,), listening_ips=("127.0.0.1",), port=port, realm="natkit.check",
+                       allowed_peers=("127.0.0.1",), allow_loopback_peers=True).config
         server = CoturnServer(config, backend=backend, image=image, name=f"check-{port}")
         on_step(f"starting an embedded coturn on 127.0.0.1:{port} (backend {backend})")
     try:

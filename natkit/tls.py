@@ -22,7 +22,7 @@ from .errors import UsageError
 
 SELF_SIGNED_WARNING = (
     "using a self-signed TLS certificate: WebRTC clients will refuse turns: with it; "
-    "give --cert/--pkey from a CA (for example ACME/Let's Encrypt) for production"
+    "give --cert/--key from a CA (for example ACME/Let's Encrypt) for production"
 )
 
 

@@ -62,13 +62,14 @@ def server(tmp_path):
 
 def test_turn_up_status_logs_creds_down(server, tmp_path):
     port, doc = server
-    assert doc["ok"] is True and doc["server"]["backend"] == "native"
+    assert doc["ok"] is True and doc["server"]["backend"] == "native" and doc["profile"] == "recommended"
     assert doc["server"]["secret"] == "***"  # never printed
     assert doc["server"]["uris"][0] == f"turn:127.0.0.1:{port}"
     status = json.loads(natkit("turn", "status", "--json").stdout)
     assert status["servers"][0]["running"] is True and status["servers"][0]["port"] == port
-    logs = natkit("turn", "logs", "-n", "50")
-    assert logs.returncode == 0 and "Coturn" in logs.stdout
+    logs = natkit("turn", "logs")
+    assert logs.returncode == 0 and "Coturn-4" in logs.stdout
+    assert len(natkit("turn", "logs", "-n", "3").stdout.splitlines()) == 3
     creds = natkit("creds", "--json", "--ttl", "120")
     entry = json.loads(creds.stdout)
     assert entry["urls"][0] == f"turn:127.0.0.1:{port}" and entry["ttl"] == 120

@@ -48,11 +48,8 @@ def check_cmd(
             if info is not None:
                 turn_uris = turn_uris or list(info.uris)
                 the_secret = the_secret or info.secret
-                from pathlib import Path
-
-                own_cert = Path(info.config_path).parent / "cert.pem"  # natkit turn up --tls
-                if cafile is None and own_cert.exists():
-                    ca = str(own_cert)
+                if cafile is None:
+                    ca = _own_self_signed_cert(info)
         the_user = user if not the_secret else None
         report = check(turn_uris, secret=the_secret, username=the_user, password=password, backend=backend, image=image,
                        timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=ca,
@@ -64,6 +61,28 @@ def check_cmd(
         return 0 if report.ok else 1
 
     output.run(json_out, body)
+
+
+def _own_self_signed_cert(info) -> Optional[str]:
+    """The self-signed certificate natkit generated for this server (natkit turn up --tls), to trust it."""
+    from pathlib import Path
+
+    from ..tls import cert_info
+
+    server_dir = Path(info.config_path).parent
+    try:
+        lines = Path(info.config_path).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("cert="):
+            path = server_dir / Path(line[5:]).name
+            try:
+                if cert_info(path.read_bytes()).self_signed:
+                    return str(path)
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def render(report) -> None:

@@ -12,65 +12,70 @@ from . import output
 turn_app = typer.Typer(help="Provision coturn (Docker or the native turnserver) with a hardened configuration.", no_args_is_help=True)
 
 
-def build_config(listen: List[str], port: int, secret: Optional[str], realm: str, external_ip: Optional[str], min_port: int, max_port: int, allow_loopback: bool, users: List[str]):
-    """The :class:`CoturnConfig` the options describe (a fresh secret when none given)."""
-    from ..coturn.config import CoturnConfig
+def build_profile(profile: str, listen: List[str], port: int, secrets: List[str], realm: str, external_ip: Optional[str],
+                  min_port: int, max_port: int, allow_loopback: Optional[bool], users: List[str], tls: bool, tls_port: int,
+                  cert: Optional[str], key: Optional[str], tcp_relay: bool, nat_discovery: bool):
+    """The hardened :class:`~natkit.coturn.profiles.Profile` the options describe.
+
+    A fresh REST secret when none is given; on loopback, exactly the loopback
+    listening addresses stay relayable (self-tests), everything else of the
+    deny list stays denied. ``--lt-user`` swaps REST for long-term credentials.
+    """
+    import dataclasses
+
+    from ..coturn.profiles import build
     from ..credentials import new_secret
     from ..errors import UsageError
 
-    parsed_users = []
-    for u in users:
-        if ":" not in u:
-            raise UsageError(f"--lt-user takes NAME:PASSWORD, got {u!r}")
-        parsed_users.append(tuple(u.split(":", 1)))
-    allowed: tuple[str, ...] = ()
-    if allow_loopback:
-        # self-test on loopback: allow exactly the relay addresses, keep the rest denied
-        allowed = tuple(ip for ip in listen if ip.startswith("127.") or ip == "::1")
-    return CoturnConfig(
-        listening_ips=tuple(listen),
-        listening_port=port,
-        realm=realm,
-        auth="long-term" if parsed_users else "rest",
-        static_auth_secrets=() if parsed_users else (secret or new_secret(),),
-        users=tuple(parsed_users),
-        external_ip=external_ip,
-        min_port=min_port,
-        max_port=max_port,
-        allow_loopback_peers=bool(allowed),
-        allowed_peer_ranges=allowed,
-    )
-
-
-_listen_opt = typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")
-_port_opt = typer.Option(3478, "--port", "-p", help="listening port (UDP and TCP)")
-_secret_opt = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (default: a fresh random one)")
-_realm_opt = typer.Option("natkit", "--realm", help="realm")
-_ext_opt = typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")
-_min_opt = typer.Option(49152, "--min-port", help="lowest relay port")
-_max_opt = typer.Option(65535, "--max-port", help="highest relay port")
-_loop_opt = typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers", help="allow relaying to the loopback listening address (default: only when listening on loopback)")
-_users_opt = typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")
-
-
-def tls_files(cert: Optional[str], key: Optional[str], names: List[str]) -> dict[str, bytes]:
-    """``{"cert.pem": ..., "key.pem": ...}`` from files, or a fresh self-signed pair (with a warning)."""
-    from ..errors import UsageError
-
+    loopback = [ip for ip in listen if ip.startswith("127.") or ip == "::1"]
+    if allow_loopback is None:
+        allow_loopback = bool(loopback) and len(loopback) == len(listen)
+    files: dict[str, bytes] = {}
     if cert or key:
         if not (cert and key):
             raise UsageError("--cert and --key go together")
         try:
             with open(cert, "rb") as c, open(key, "rb") as k:
-                return {"cert.pem": c.read(), "key.pem": k.read()}
+                files = {"turn_server_cert.pem": c.read(), "turn_server_pkey.pem": k.read()}
         except OSError as exc:
             raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    from ..tls import self_signed
+    built = build(
+        profile, secrets=tuple(secrets) or (new_secret(),), listening_ips=tuple(listen), port=port,
+        tls_port=tls_port if (tls or cert) else None, realm=realm, external_ip=external_ip,
+        min_port=min_port, max_port=max_port,
+        cert="turn_server_cert.pem" if files else None, pkey="turn_server_pkey.pem" if files else None,
+        tcp_relay=tcp_relay, nat_discovery=nat_discovery,
+        allowed_peers=tuple(loopback) if allow_loopback else (), allow_loopback_peers=allow_loopback,
+    )
+    if files:
+        built = dataclasses.replace(built, files={**built.files, **files})
+    if users:
+        parsed = []
+        for u in users:
+            if ":" not in u:
+                raise UsageError(f"--lt-user takes NAME:PASSWORD, got {u!r}")
+            parsed.append(tuple(u.split(":", 1)))
+        built = dataclasses.replace(built, config=dataclasses.replace(
+            built.config, auth="long-term", users=tuple(parsed), static_auth_secrets=()))
+    return built
 
-    output.err("natkit: warning: --tls without --cert: using a self-signed certificate; clients must trust it "
-               "(natkit relay-check --ca, or --insecure for a test)")
-    cert_pem, key_pem = self_signed([*names, "localhost"], days=30)
-    return {"cert.pem": cert_pem, "key.pem": key_pem}
+
+_profile_opt = typer.Option("recommended", "--profile", help="hardening profile: recommended or strict")
+_listen_opt = typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")
+_port_opt = typer.Option(3478, "--port", "-p", help="listening port (UDP and TCP)")
+_secret_opt = typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: a fresh random one)")
+_realm_opt = typer.Option("natkit", "--realm", help="realm")
+_ext_opt = typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")
+_min_opt = typer.Option(49152, "--min-port", help="lowest relay port")
+_max_opt = typer.Option(65535, "--max-port", help="highest relay port")
+_loop_opt = typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers", help="allow relaying to the loopback listening address (default: only when listening on loopback only)")
+_users_opt = typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")
+_tls_opt = typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only")
+_tls_port_opt = typer.Option(5349, "--tls-port", help="TLS listening port")
+_cert_opt = typer.Option(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one")
+_key_opt = typer.Option(None, "--key", help="PEM private key for --cert")
+_tcp_relay_opt = typer.Option(False, "--tcp-relay", help="allow RFC 6062 TCP allocations (recommended profile only)")
+_nat_opt = typer.Option(False, "--nat-discovery", help="answer RFC 5780 NAT discovery (needs two listening IPs of one family)")
 
 
 def _print_started(info, ready_seconds: float, name: str) -> None:
@@ -89,25 +94,28 @@ def _print_started(info, ready_seconds: float, name: str) -> None:
 def up_cmd(
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, docker or native"),
     image: Optional[str] = typer.Option(None, "--image", help="Docker image; never pulled: it must be present locally (default: the official coturn image, pinned; natkit turn image build makes one offline)"),
+    profile: str = _profile_opt,
     listen: List[str] = _listen_opt,
     port: int = _port_opt,
-    secret: Optional[str] = _secret_opt,
+    secret: List[str] = _secret_opt,
     realm: str = _realm_opt,
     external_ip: Optional[str] = _ext_opt,
     min_port: int = _min_opt,
     max_port: int = _max_opt,
     allow_loopback: Optional[bool] = _loop_opt,
     users: List[str] = _users_opt,
-    tls: bool = typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only"),
-    tls_port: int = typer.Option(5349, "--tls-port", help="TLS listening port"),
-    cert: Optional[str] = typer.Option(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one"),
-    key: Optional[str] = typer.Option(None, "--key", help="PEM private key for --cert"),
+    tls: bool = _tls_opt,
+    tls_port: int = _tls_port_opt,
+    cert: Optional[str] = _cert_opt,
+    key: Optional[str] = _key_opt,
+    tcp_relay: bool = _tcp_relay_opt,
+    nat_discovery: bool = _nat_opt,
     name: str = typer.Option("default", "--name", help="name of this server in natkit's state"),
     foreground: bool = typer.Option(False, "--foreground", help="stay attached until Ctrl-C, then stop the server"),
     ready_timeout: float = typer.Option(20.0, "--ready-timeout", help="seconds to wait for the first STUN answer"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Start coturn in the background; return once it answers a STUN Binding.
+    """Start a hardened coturn in the background; return once it answers a STUN Binding.
 
     Exit codes: 0 running, 2 bad option, 3 no backend / port in use / server failed to start.
     """
@@ -115,20 +123,17 @@ def up_cmd(
     def body() -> int:
         from ..coturn.server import CoturnServer
 
-        loopback = allow_loopback if allow_loopback is not None else all(ip.startswith("127.") or ip == "::1" for ip in listen)
-        import dataclasses
-
-        config = build_config(listen, port, secret, realm, external_ip, min_port, max_port, loopback, users)
-        files = {}
-        if tls or cert:
-            files = tls_files(cert, key, listen)
-            config = dataclasses.replace(config, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem")
-        server = CoturnServer(config, backend=backend, image=image, name=name, ready_timeout=ready_timeout, extra_files=files)
-        output.progress(f"starting coturn ({backend}) on {', '.join(listen)} port {port}")
+        built = build_profile(profile, listen, port, secret, realm, external_ip, min_port, max_port, allow_loopback,
+                              users, tls, tls_port, cert, key, tcp_relay, nat_discovery)
+        for warning in built.warnings:
+            output.err(f"natkit: warning: {warning}")
+        server = CoturnServer(built.config, backend=backend, image=image, name=name, ready_timeout=ready_timeout, extra_files=built.files)
+        output.progress(f"starting coturn ({backend}, profile {profile}) on {', '.join(listen)} port {port}")
         info = server.start()
         try:
             if json_out:
-                output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "server": info.public()})
+                output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "profile": profile,
+                                  "warnings": list(built.warnings), "server": info.public()})
             else:
                 _print_started(info, server.ready_seconds, name)
             if not foreground:
@@ -213,21 +218,31 @@ def logs_cmd(
 
 @turn_app.command("config")
 def config_cmd(
+    profile: str = _profile_opt,
     listen: List[str] = _listen_opt,
     port: int = _port_opt,
-    secret: Optional[str] = _secret_opt,
+    secret: List[str] = _secret_opt,
     realm: str = _realm_opt,
     external_ip: Optional[str] = _ext_opt,
     min_port: int = _min_opt,
     max_port: int = _max_opt,
     allow_loopback: Optional[bool] = _loop_opt,
     users: List[str] = _users_opt,
+    tls: bool = _tls_opt,
+    tls_port: int = _tls_port_opt,
+    cert: Optional[str] = _cert_opt,
+    key: Optional[str] = _key_opt,
+    tcp_relay: bool = _tcp_relay_opt,
+    nat_discovery: bool = _nat_opt,
 ) -> None:
-    """Print the turnserver.conf natkit would run with these options."""
+    """Print the turnserver.conf natkit would run with these options (warnings on stderr)."""
 
     def body() -> int:
-        loopback = bool(allow_loopback)
-        print(build_config(listen, port, secret, realm, external_ip, min_port, max_port, loopback, users).render(), end="")
+        built = build_profile(profile, listen, port, secret, realm, external_ip, min_port, max_port, allow_loopback,
+                              users, tls, tls_port, cert, key, tcp_relay, nat_discovery)
+        for warning in built.warnings:
+            output.err(f"natkit: warning: {warning}")
+        print(built.config.render(), end="")
         return 0
 
     output.run(False, body)

@@ -281,20 +281,23 @@ class NatLab:
 
     # ---- coturn ---------------------------------------------------------
     def _start_coturn(self) -> None:
-        from ..coturn.config import CoturnConfig
+        import dataclasses
+
         from ..coturn.native import find_binary
+        from ..coturn.profiles import Limits, lab_profile
 
         binary = find_binary()
         if binary is None:
             raise ServerStartFailed("coturn's turnserver is not installed", step="coturn", hint="apt-get install coturn, or NatLab(turn=False)")
         s = self.spec.server
-        conf = CoturnConfig(
-            listening_ips=SERVER_IPS, listening_port=s.port, relay_ips=SERVER_IPS,
-            min_port=s.min_port, max_port=s.max_port, realm=s.realm, static_auth_secrets=(self.secret,),
-            # exactly the lab's internet ranges; the default deny list stays in force
-            allowed_peer_ranges=self.plan.allowed_peer_ranges(),
-            pidfile=str(self.dir / "turnserver.pid"), userdb=str(self.dir / "turndb"),
-        )
+        # the hardened profile, with exceptions for exactly the lab's internet ranges,
+        # RFC 5780 on (NAT verification) and quotas sized for a concurrent matrix
+        conf = lab_profile(
+            (self.secret,), lab_ranges=self.plan.allowed_peer_ranges(),
+            listening_ips=SERVER_IPS, port=s.port, relay_ips=SERVER_IPS, min_port=s.min_port, max_port=s.max_port,
+            realm=s.realm, tcp_relay=True, nat_discovery=True, limits=Limits(user_quota=500, total_quota=5000, max_bps=0),
+        ).config
+        conf = dataclasses.replace(conf, pidfile=str(self.dir / "turnserver.pid"), userdb=str(self.dir / "turndb"))
         conf_path = self.dir / "turnserver.conf"
         fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
