@@ -79,3 +79,33 @@ def test_denied_relay_peer_is_no_connectivity(tmp_path):
             relay_check(srv.info.uris[0], username=cred.username, password=cred.password, timeout=3)
         assert exc.value.exit_code == 7
         assert time.monotonic() - start < 5
+
+
+def test_quota_reached_is_allocation_refused():
+    """user-quota=1 with one allocation held open: the next Allocate gets 486 (exit 6)."""
+    import asyncio
+
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.errors import AllocationRefused
+    from natkit.pytest_plugin import require_coturn
+    from natkit.relay import relay_check_async
+
+    require_coturn()
+    port = free_port()
+    cfg = CoturnConfig(listening_port=port, static_auth_secrets=("q",), user_quota=1)
+    with CoturnServer(cfg, backend="native", name="quota"):
+        cred = mint("q", "u", 60)
+
+        async def scenario():
+            from aioice import turn
+
+            held, _ = await turn.create_turn_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", port), cred.username, cred.password)
+            try:
+                await relay_check_async(f"turn:127.0.0.1:{port}", username=cred.username, password=cred.password, timeout=3)
+            finally:
+                held.close()
+
+        with pytest.raises(AllocationRefused) as exc:
+            asyncio.run(scenario())
+        assert exc.value.error_code == 486 and exc.value.exit_code == 6
