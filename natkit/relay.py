@@ -304,6 +304,9 @@ async def relay_check_async(
         await asyncio.wait_for(answerer.setLocalDescription(await answerer.createAnswer()), left())
         candidates = _parse_candidates(offerer.localDescription.sdp, "offerer") + _parse_candidates(answerer.localDescription.sdp, "answerer")
         if not any(c.side == "offerer" for c in candidates) or not any(c.side == "answerer" for c in candidates):
+            # the peers' own Allocate failed: ask again while their allocations are held,
+            # so a quota (486) or capacity (508) refusal is named as such
+            await preflight_allocate(uri, addr, username, password, timeout=left(), ssl_context=ctx)
             raise NoRelayConnectivity(
                 "no relay candidate was gathered although a pre-flight Allocate succeeded",
                 server=server, step="gathering",

@@ -109,3 +109,19 @@ def test_quota_reached_is_allocation_refused():
         with pytest.raises(AllocationRefused) as exc:
             asyncio.run(scenario())
         assert exc.value.error_code == 486 and exc.value.exit_code == 6
+
+
+def test_quota_reached_during_gathering_is_named():
+    """user-quota=1: a check needs two allocations at once, so one Allocate (pre-flight or a peer's) gets 486."""
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.errors import AllocationRefused
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port()
+    with CoturnServer(CoturnConfig(listening_port=port, static_auth_secrets=("q",), user_quota=1), backend="native", name="quota2"):
+        cred = mint("q", "u", 60)
+        with pytest.raises(AllocationRefused) as exc:
+            relay_check(f"turn:127.0.0.1:{port}", username=cred.username, password=cred.password, timeout=5)
+        assert exc.value.error_code == 486
