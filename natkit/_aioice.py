@@ -8,9 +8,10 @@ the package entry left unexecuted, then removes that placeholder so that a
 later ``import aioice`` (aiortc does one) runs the real ``__init__`` and finds
 the already loaded ``aioice.stun`` in ``sys.modules``.
 
-It also registers the RFC 5780 attributes aioice lacks: PADDING (0x0026) and
-RESPONSE-PORT (0x0027). This is the only place natkit touches aioice's
-attribute table.
+It also registers the attributes aioice lacks: PADDING (0x0026) and
+RESPONSE-PORT (0x0027) of RFC 5780, REQUESTED-ADDRESS-FAMILY (0x0017) of
+RFC 8656 and CONNECTION-ID (0x002A) of RFC 6062. This is the only place natkit
+touches aioice's attribute table.
 """
 
 from __future__ import annotations
@@ -81,8 +82,20 @@ def _register(attr_type: int, name: str, pack, unpack) -> None:
     stun.ATTRIBUTES_BY_NAME[name] = entry
 
 
+def _pack_family(value: int) -> bytes:
+    return struct.pack("!B3x", value)
+
+
+def _unpack_family(data: bytes) -> int:
+    if len(data) < 1:
+        raise ValueError("STUN REQUESTED-ADDRESS-FAMILY attribute is too short")
+    return data[0]
+
+
 _register(0x0026, "PADDING", stun.pack_bytes, stun.unpack_bytes)  # RFC 5780 §7.6
 _register(0x0027, "RESPONSE-PORT", _pack_response_port, _unpack_response_port)  # RFC 5780 §7.5
+_register(0x0017, "REQUESTED-ADDRESS-FAMILY", _pack_family, _unpack_family)  # RFC 8656 §18.13
+_register(0x002A, "CONNECTION-ID", stun.pack_unsigned, stun.unpack_unsigned)  # RFC 6062 §6.2.1
 
 Message = stun.Message
 Method = stun.Method

@@ -78,28 +78,6 @@ CHANNEL_MIN = 0x4000  # RFC 8656 §12
 FAMILY_IPV6 = 0x02  # REQUESTED-ADDRESS-FAMILY value (RFC 8656 §18.13)
 
 
-def _register_attributes() -> None:
-    """Register the TURN attributes aioice lacks that the audit sends or reads:
-    REQUESTED-ADDRESS-FAMILY (0x0017, RFC 8656 §18.13) and CONNECTION-ID
-    (0x002A, RFC 6062 §6.2.1). Idempotent; touches nothing aioice defines."""
-
-    def pack_family(value: int) -> bytes:
-        return struct.pack("!B3x", value)
-
-    def unpack_family(data: bytes) -> int:
-        if len(data) < 1:
-            raise ValueError("STUN REQUESTED-ADDRESS-FAMILY is too short")
-        return data[0]
-
-    for entry in ((0x0017, "REQUESTED-ADDRESS-FAMILY", pack_family, unpack_family),
-                  (ATTR_CONNECTION_ID, "CONNECTION-ID", _stun.pack_unsigned, _stun.unpack_unsigned)):
-        if entry[0] not in _stun.ATTRIBUTES_BY_TYPE and entry[1] not in _stun.ATTRIBUTES_BY_NAME:
-            _stun.ATTRIBUTES.append(entry)
-            _stun.ATTRIBUTES_BY_TYPE[entry[0]] = entry
-            _stun.ATTRIBUTES_BY_NAME[entry[1]] = entry
-
-
-_register_attributes()
 
 # Forbidden peers: (address, label). Ports only matter for ChannelBind/CONNECT.
 FORBIDDEN_PEERS: tuple[tuple[str, str], ...] = (
