@@ -1,0 +1,153 @@
+"""``natkit signal serve`` (WebSocket signaling + the browser test page) and ``natkit peer``.
+
+Nothing heavy at import time: aiohttp and aiortc are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from . import output
+
+signal_app = typer.Typer(help="WebSocket signaling server with rooms, and the browser test page.", no_args_is_help=True)
+
+
+@signal_app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 or :: for every interface)"),
+    port: int = typer.Option(8765, "--port", help="TCP port (0: pick a free one)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="NATKIT_SIGNAL_TOKEN", help="shared token every join must carry"),
+    room_size: int = typer.Option(2, "--room-size", help="peers per room (2..64)"),
+    max_message: int = typer.Option(64 * 1024, "--max-message", help="largest accepted message in bytes (bigger: error reply)"),
+    idle_timeout: float = typer.Option(300.0, "--idle-timeout", help="close a connection silent for this many seconds"),
+    max_connections: int = typer.Option(2000, "--max-connections", help="connections at once"),
+    turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST secret: the page gets fresh credentials"),
+    stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
+    no_page: bool = typer.Option(False, "--no-page", help="signaling only, no test page"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log joins and leaves to stderr"),
+) -> None:
+    """Run the signaling server until Ctrl-C.
+
+    WebSocket at ws://HOST:PORT/ws (JSON messages join, offer, answer,
+    candidate, bye; see natkit.signaling.protocol), the test page at
+    http://HOST:PORT/ (add ?turn=...&username=...&credential=...&room=... or
+    start with --turn/--secret so the page gets credentials from the server).
+
+    Exit codes: 0 stopped, 2 bad option, 3 cannot listen, 130 interrupted.
+    """
+
+    def body() -> int:
+        from .._async import run
+        from ..signaling.server import SignalConfig, serve_forever
+
+        config = SignalConfig(
+            host=host, port=port, token=token, room_size=room_size, max_message=max_message,
+            idle_timeout=idle_timeout, max_connections=max_connections, turn_uris=tuple(turn),
+            turn_secret=secret, stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose,
+        ).validate()
+
+        def ready(server) -> None:
+            output.err(f"natkit signal: WebSocket {server.ws_url}" + (f"  test page {server.url}" if config.serve_page else ""))
+            output.err("natkit signal: Ctrl-C to stop")
+
+        try:
+            run(serve_forever(config, ready=ready))
+        except KeyboardInterrupt:
+            output.err("natkit signal: stopped")
+        return 0
+
+    output.run(False, body)
+
+
+PEER_HELP = """Join a signaling room, connect to whoever is there, and check the path.
+
+The peer that joins second sends the offer. Over a data channel both sides
+echo each other's messages and measure their own round trips; the report is
+relay-check's (selected pair, candidate types, RTT, throughput). --send FILE transfers a file with a SHA-256 check on
+arrival; --chat then turns the channel into a line chat (Ctrl-D ends it);
+--media sends a synthetic video track and an audio tone and the other side
+measures them.
+
+Exit codes: 0 passed, 1 a check failed (or no peer came within --wait),
+2 bad input, 4 signaling or TURN server unreachable, 5 credentials or token
+refused, 6 allocation refused or room full, 7 no working candidate pair.
+"""
+
+
+def peer_cmd(
+    signal: str = typer.Option(..., "--signal", help="signaling server: ws://HOST:PORT (path /ws by default) or wss://"),
+    room: str = typer.Option(..., "--room", help="room name (both peers use the same)"),
+    turn: List[str] = typer.Option([], "--turn", help="TURN URI (turn:host[:port][?transport=tcp] or turns:), repeatable"),
+    stun: List[str] = typer.Option([], "--stun", help="STUN URI, repeatable"),
+    relay_only: bool = typer.Option(False, "--relay-only", help="gather relay candidates only (iceTransportPolicy=relay)"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST shared secret (a credential is minted)"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="TURN username, or the user part with --secret"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="TURN password"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="NATKIT_SIGNAL_TOKEN", help="the signaling server's token"),
+    messages: int = typer.Option(20, "--messages", "-n", help="echo round trips to measure"),
+    payload: int = typer.Option(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)"),
+    send: Optional[str] = typer.Option(None, "--send", help="send this file (progress on stderr, SHA-256 checked by the receiver)"),
+    receive: Optional[str] = typer.Option(None, "--receive", help="save files the other peer sends into this directory (default: verify only)"),
+    chat: bool = typer.Option(False, "--chat", help="after the checks, a line chat over the data channel (stdin/stdout)"),
+    media: bool = typer.Option(False, "--media", help="send a synthetic video track and audio tone"),
+    media_seconds: float = typer.Option(5.0, "--media-seconds", help="media measurement window in seconds"),
+    wait: float = typer.Option(120.0, "--wait", help="seconds to wait for another peer to join"),
+    timeout: float = typer.Option(20.0, "--timeout", help="seconds for negotiation and the checks once a peer is there"),
+    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle for turns: / wss:"),
+    insecure: bool = typer.Option(False, "--insecure", help="do not verify turns: / wss: certificates"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document (schema natkit.peer/1)"),
+) -> None:
+    def body() -> int:
+        from ..peer import PeerOptions, peer
+
+        username = pw = None
+        if turn:
+            from .relay import credentials
+
+            username, pw = credentials(secret, user, password)
+        opts = PeerOptions(
+            signal=signal, room=room, turn=tuple(turn), stun=tuple(stun), username=username, password=pw,
+            relay_only=relay_only, token=token, messages=messages, payload_bytes=payload, send_file=send,
+            receive_dir=receive, chat=chat, media=media, media_seconds=media_seconds, wait=wait, timeout=timeout,
+            verify_tls=not insecure, cafile=cafile,
+        )
+        report = peer(opts)
+        if json_out:
+            output.emit_json(report)
+        else:
+            render_peer(report)
+        return 0 if report.ok else 1
+
+    output.run(json_out, body)
+
+
+peer_cmd.__doc__ = PEER_HELP
+
+
+def render_peer(report, con=None) -> None:
+    """The relay-check table (same rows), then the peer's own lines: room, file, media."""
+    from .relay import render
+
+    con = con or output.console()
+    render(report, con, heading=f"peer {report.role} in room {report.room!r} via {report.signal} (TURN {report.server})")
+    remote = report.remote_agent or "unknown agent"
+    con.print(f"  remote peer {report.remote_id} ({remote})" + (
+        f", its verdict: {'PASS' if report.remote_report.get('ok') else 'FAIL'}" if report.remote_report else ""))
+    if report.file is not None:
+        f = report.file
+        mark = "[green]✓[/green]" if f.ok else "[red]✗[/red]"
+        speed = "" if f.throughput_mbps is None else f", {f.throughput_mbps:.2f} MB/s"
+        con.print(f"  {mark} file {f.direction} {f.name}: {f.bytes} bytes{speed}, sha256 {f.sha256[:16]}…"
+                  + (f" saved to {f.saved_to}" if f.saved_to else ""))
+    if report.media is not None:
+        from .relay import render_media
+
+        render_media(report.media, con)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(signal_app, name="signal")
+    app.command("peer", help=PEER_HELP)(peer_cmd)

@@ -1,0 +1,526 @@
+"""The signaling server: protocol validation, bad input that must not disturb other rooms, and a bounded load test.
+
+Everything runs on 127.0.0.1 with servers this test starts (port 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from natkit.signaling import protocol as p
+
+aiohttp = pytest.importorskip("aiohttp")
+
+from natkit.signaling.client import RoomFull, SignalingAuthRefused, SignalingClient, SignalingUnreachable, check_url  # noqa: E402
+from natkit.signaling.server import SignalConfig, SignalingServer  # noqa: E402
+
+
+def run(coro, limit: float = 30.0):
+    """Run a test coroutine with a hard time cap."""
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+# --------------------------------------------------------------------------- pure protocol
+
+
+def test_protocol_accepts_and_normalises():
+    m = p.parse_client_message('{"type":"join","room":"r-1.a:b","meta":{"agent":"x"},"extra":1}', 4096)
+    assert m == {"type": "join", "room": "r-1.a:b", "meta": {"agent": "x"}}
+    m = p.parse_client_message(json.dumps({"type": "offer", "sdp": "v=0\r\n", "to": "abcdef12", "evil": "<x>"}), 4096)
+    assert m == {"type": "offer", "sdp": "v=0\r\n", "to": "abcdef12"}
+    m = p.parse_client_message('{"type":"candidate","candidate":null}', 4096)
+    assert m == {"type": "candidate", "candidate": None, "to": None}
+    cand = {"candidate": "candidate:1 1 udp 1 127.0.0.1 5 typ relay", "sdpMid": "0", "sdpMLineIndex": 0}
+    m = p.parse_client_message(json.dumps({"type": "candidate", "candidate": cand}), 4096)
+    assert m["candidate"]["candidate"] == cand["candidate"] and m["candidate"]["usernameFragment"] is None
+    assert p.relayed({"type": "bye", "reason": None, "to": "abcdef12"}, "12345678") == {"type": "bye", "reason": None, "from": "12345678"}
+
+
+@pytest.mark.parametrize("text, code", [
+    ("garbage", p.BAD_JSON),
+    ("{", p.BAD_JSON),
+    ("[1,2]", p.NOT_OBJECT),
+    ("null", p.NOT_OBJECT),
+    ('{"no":"type"}', p.UNKNOWN_TYPE),
+    ('{"type":5}', p.UNKNOWN_TYPE),
+    ('{"type":"shutdown"}', p.UNKNOWN_TYPE),
+    ('{"type":"joined"}', p.UNKNOWN_TYPE),
+    ('{"type":"join"}', p.BAD_FIELD),
+    ('{"type":"join","room":"../etc"}', p.BAD_FIELD),
+    ('{"type":"join","room":"' + "r" * 65 + '"}', p.BAD_FIELD),
+    ('{"type":"join","room":"r","meta":[1]}', p.BAD_FIELD),
+    ('{"type":"join","room":"r","meta":{"x":"' + "y" * 2000 + '"}}', p.BAD_FIELD),
+    ('{"type":"offer"}', p.BAD_FIELD),
+    ('{"type":"offer","sdp":"hello"}', p.BAD_FIELD),
+    ('{"type":"answer","sdp":"v=0","to":"../../x"}', p.BAD_FIELD),
+    ('{"type":"candidate"}', p.BAD_FIELD),
+    ('{"type":"candidate","candidate":"x"}', p.BAD_FIELD),
+    ('{"type":"candidate","candidate":{"candidate":1}}', p.BAD_FIELD),
+    ('{"type":"candidate","candidate":{"candidate":"c","sdpMLineIndex":true}}', p.BAD_FIELD),
+    ('{"type":"bye","reason":7}', p.BAD_FIELD),
+    ("[" * 100_000 + "]" * 100_000, p.TOO_LARGE),
+    ("[" * 5000 + "]" * 5000, p.BAD_JSON),  # nesting beyond the parser's recursion limit
+], ids=lambda v: v[:24] if isinstance(v, str) else None)
+def test_protocol_rejects(text, code):
+    with pytest.raises(p.ProtocolError) as exc:
+        p.parse_client_message(text, 64 * 1024)
+    assert exc.value.code == code
+    assert exc.value.to_message()["type"] == "error"
+
+
+def test_protocol_deep_nesting_is_an_error_not_a_crash():
+    with pytest.raises(p.ProtocolError) as exc:
+        p.parse_client_message('{"type":"join","room":"r","meta":' + "[" * 50_000 + "]" * 50_000 + "}", 1 << 20)
+    assert exc.value.code in (p.BAD_JSON, p.BAD_FIELD)
+
+
+def test_signal_url_forms():
+    assert check_url("127.0.0.1:8765") == "ws://127.0.0.1:8765/ws"
+    assert check_url("ws://h:1") == "ws://h:1/ws"
+    assert check_url("http://h:1/") == "ws://h:1/ws"
+    assert check_url("wss://h/custom") == "wss://h/custom"
+    from natkit.errors import UsageError
+
+    for bad in ("ftp://h:1", "ws://:1", "ws://h:99999"):
+        with pytest.raises(UsageError):
+            check_url(bad)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Ws:
+    """A thin aiohttp WebSocket client that returns every message, errors included."""
+
+    def __init__(self, session, url):
+        self.session, self.url, self.ws = session, url, None
+
+    async def __aenter__(self):
+        self.ws = await self.session.ws_connect(self.url, max_msg_size=8 << 20)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+    async def send(self, obj):
+        await self.ws.send_str(obj if isinstance(obj, str) else json.dumps(obj))
+
+    async def recv(self, timeout=5.0):
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return json.loads(msg.data)
+        return {"type": "__closed__", "ws_type": msg.type, "code": self.ws.close_code}
+
+    async def recv_type(self, kind, timeout=5.0):
+        while True:
+            m = await self.recv(timeout)
+            if m["type"] in (kind, "__closed__"):
+                return m
+
+    async def join(self, room, **extra):
+        await self.send({"type": "join", "room": room, **extra})
+        return await self.recv_type("joined")
+
+
+async def healthy_pair(session, url, room):
+    """Two fresh peers in ``room`` relay an offer, a candidate and an answer: the server still works."""
+    async with Ws(session, url) as a, Ws(session, url) as b:
+        ja = await a.join(room)
+        jb = await b.join(room)
+        assert jb["peers"][0]["id"] == ja["id"]
+        await b.send({"type": "offer", "sdp": "v=0\r\nfrom-b"})
+        got = await a.recv_type("offer")
+        assert got["sdp"] == "v=0\r\nfrom-b" and got["from"] == jb["id"]
+        await a.send({"type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ relay", "sdpMid": "0"}})
+        assert (await b.recv_type("candidate"))["candidate"]["sdpMid"] == "0"
+        await a.send({"type": "answer", "sdp": "v=0\r\nfrom-a", "to": jb["id"]})
+        assert (await b.recv_type("answer"))["from"] == ja["id"]
+
+
+def serve(**kw):
+    kw.setdefault("port", 0)
+    return SignalingServer(SignalConfig(**kw))
+
+
+# --------------------------------------------------------------------------- server behaviour
+
+
+def test_rooms_roles_relay_and_leave():
+    async def main():
+        async with serve() as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as a, Ws(s, srv.ws_url) as b, Ws(s, srv.ws_url) as c:
+                ja = await a.join("room1", meta={"agent": "a"})
+                assert ja["peers"] == [] and ja["room_size"] == 2  # first in: waits for the offer
+                jb = await b.join("room1", meta={"agent": "b"})
+                assert [x["id"] for x in jb["peers"]] == [ja["id"]] and jb["peers"][0]["meta"] == {"agent": "a"}
+                pj = await a.recv_type("peer-joined")
+                assert pj["id"] == jb["id"] and pj["meta"] == {"agent": "b"}
+                await c.send({"type": "join", "room": "room1"})  # a room of 2 is full
+                full = await c.recv()
+                assert full["type"] == "error" and full["code"] == p.ROOM_FULL
+            async with Ws(s, srv.ws_url) as a, Ws(s, srv.ws_url) as b:
+                await a.join("room2")
+                await b.join("room2")
+                await b.send({"type": "bye", "reason": "done"})
+                assert (await a.recv_type("bye"))["reason"] == "done"
+                left = await a.recv_type("peer-left")
+                assert left["reason"] == "bye"
+            assert srv.rooms == {} or all(len(r) == 0 for r in srv.rooms.values())
+
+    run(main())
+
+
+def test_room_full_and_token_errors():
+    async def main():
+        async with serve(token="s3cret") as srv:
+            async with SignalingClient(srv.ws_url, timeout=3) as c:
+                with pytest.raises(SignalingAuthRefused) as exc:
+                    await c.join("r", token="wrong")
+                assert exc.value.exit_code == 5
+            async with SignalingClient(srv.ws_url, timeout=3) as a, SignalingClient(srv.ws_url, timeout=3) as b, \
+                    SignalingClient(srv.ws_url, timeout=3) as c:
+                await a.join("r", token="s3cret")
+                await b.join("r", token="s3cret")
+                with pytest.raises(RoomFull) as exc:
+                    await c.join("r", token="s3cret")
+                assert exc.value.exit_code == 6
+                # still usable: another room works
+                assert (await c.join("r2", token="s3cret")).peers == ()
+            async with aiohttp.ClientSession() as s:
+                r = await s.get(srv.url + "config.json")
+                assert r.status == 403
+                r = await s.get(srv.url + "config.json?token=s3cret")
+                assert (await r.json())["iceServers"] == []
+
+    run(main())
+
+
+def test_unreachable_server_is_exit_4():
+    from natkit.coturn.server import free_port
+
+    async def main():
+        with pytest.raises(SignalingUnreachable) as exc:
+            async with SignalingClient(f"ws://127.0.0.1:{free_port()}", timeout=2):
+                pass
+        assert exc.value.exit_code == 4
+
+    run(main())
+
+
+def test_bad_messages_get_errors_and_do_not_disturb_other_rooms():
+    async def main():
+        async with serve(max_message=4096, hard_max_message=64 * 1024, max_errors=100) as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as bad, Ws(s, srv.ws_url) as watcher:
+                await watcher.join("quiet")
+                # before joining
+                await bad.send({"type": "offer", "sdp": "v=0"})
+                assert (await bad.recv())["code"] == p.NOT_JOINED
+                await bad.join("noisy")
+                cases = [
+                    ("garbage", p.BAD_JSON), ("[]", p.NOT_OBJECT), ('{"type":"reboot"}', p.UNKNOWN_TYPE),
+                    ('{"type":"offer","sdp":123}', p.BAD_FIELD), ("x" * 5000, p.TOO_LARGE),
+                    ('{"type":"answer","sdp":"v=0","to":"deadbeef"}', p.NO_SUCH_PEER),
+                    ('{"type":"join","room":"other"}', p.ALREADY_JOINED),
+                    ('{"type":"offer","sdp":"v=0","to":"0123456789abcdef0123456789abcdef0"}', p.BAD_FIELD),
+                    ("\u0000\uffff" * 10, p.BAD_JSON),
+                ]
+                for text, code in cases:
+                    await bad.send(text)
+                    reply = await bad.recv()
+                    assert reply["type"] == "error" and reply["code"] == code, (text[:40], reply)
+                await bad.ws.send_bytes(os.urandom(100))
+                assert (await bad.recv())["code"] == p.BINARY
+                # the connection is still usable
+                await bad.send({"type": "ping"})
+                assert (await bad.recv())["type"] == "pong"
+                # the other room never saw any of it
+                with pytest.raises(asyncio.TimeoutError):
+                    await watcher.ws.receive(timeout=0.2)
+            await healthy_pair(s, srv.ws_url, "after")
+            assert srv.stats.errors >= len(cases) + 2
+
+    run(main())
+
+
+def test_oversized_frame_closes_only_that_connection():
+    async def main():
+        async with serve(max_message=4096, hard_max_message=64 * 1024) as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as a, Ws(s, srv.ws_url) as b, Ws(s, srv.ws_url) as big:
+                await a.join("pair")
+                await b.join("pair")
+                await a.recv_type("peer-joined")
+                await big.join("big")
+                await big.send("{" + " " * (2 << 20) + "}")  # 2 MiB: over the hard limit
+                closed = await big.recv_type("__closed__")
+                assert closed["code"] == 1009
+                await b.send({"type": "offer", "sdp": "v=0\r\nstill here"})
+                assert (await a.recv_type("offer"))["sdp"].endswith("still here")
+            await healthy_pair(s, srv.ws_url, "after-big")
+            assert srv.stats.closed_too_big == 1
+
+    run(main())
+
+
+def _raw_handshake(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head[:80]
+    return sock
+
+
+def _frame(opcode: int, payload: bytes, masked: bool = True, fin: bool = True, rsv: int = 0) -> bytes:
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mask_bit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mask_bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+
+GARBAGE_FRAMES = {
+    "random bytes": os.urandom(512),
+    "reserved opcode": _frame(0x3, b"x"),
+    "rsv bits without an extension": _frame(0x1, b"{}", rsv=0b111),
+    "unmasked client frame": _frame(0x1, b'{"type":"ping"}', masked=False),
+    "invalid utf-8 text": _frame(0x1, b"\xff\xfe\xfd"),
+    "huge declared length": struct.pack("!BBQ", 0x81, 0xFF, 1 << 62) + os.urandom(8),
+    "control frame too long": _frame(0x9, b"p" * 200),
+    "continuation without start": _frame(0x0, b"abc"),
+    "fragmented control": _frame(0x9, b"p", fin=False),
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE_FRAMES))
+def test_garbage_frames(name):
+    """Malformed WebSocket frames close that connection only; the server keeps serving rooms."""
+
+    async def main():
+        async with serve() as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as a, Ws(s, srv.ws_url) as b:
+                await a.join("bystanders")
+                await b.join("bystanders")
+                await a.recv_type("peer-joined")
+
+                def abuse():
+                    sock = _raw_handshake(srv.port)
+                    try:
+                        sock.sendall(GARBAGE_FRAMES[name])
+                        sock.settimeout(3)
+                        try:
+                            while sock.recv(4096):
+                                pass
+                        except (socket.timeout, ConnectionResetError):
+                            pass
+                    finally:
+                        sock.close()
+
+                await asyncio.get_running_loop().run_in_executor(None, abuse)
+                await b.send({"type": "offer", "sdp": "v=0\r\nok"})
+                assert (await a.recv_type("offer"))["sdp"] == "v=0\r\nok"
+            await healthy_pair(s, srv.ws_url, "after-garbage")
+            async with s.get(srv.url + "healthz") as r:
+                assert (await r.json())["ok"] is True
+
+    run(main())
+
+
+def test_peer_leaving_mid_negotiation():
+    """The offerer vanishes (TCP reset) after its offer: the answerer learns it, the room is free again."""
+
+    async def main():
+        async with serve() as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as a:
+                ja = await a.join("mid")
+                b_session = aiohttp.ClientSession()
+                b = await Ws(b_session, srv.ws_url).__aenter__()
+                jb = await b.join("mid")
+                await b.send({"type": "offer", "sdp": "v=0\r\nhalf"})
+                await b.send({"type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ relay", "sdpMid": "0"}})
+                assert (await a.recv_type("offer"))["from"] == jb["id"]
+                # abort the TCP connection without a close handshake
+                b.ws._response.connection.transport.abort()
+                await b_session.close()
+                left = await a.recv_type("peer-left", timeout=5)
+                assert left["id"] == jb["id"] and left["reason"] == "closed"
+                # a message to the gone peer is an error, not a crash
+                await a.send({"type": "answer", "sdp": "v=0", "to": jb["id"]})
+                assert (await a.recv_type("error"))["code"] == p.NO_SUCH_PEER
+                # a new peer takes the free place and negotiates with a
+                async with Ws(s, srv.ws_url) as c:
+                    jc = await c.join("mid")
+                    assert [x["id"] for x in jc["peers"]] == [ja["id"]]
+                    await c.send({"type": "offer", "sdp": "v=0\r\nnew"})
+                    assert (await a.recv_type("offer"))["sdp"] == "v=0\r\nnew"
+            assert srv.rooms == {}
+
+    run(main())
+
+
+def test_join_timeout_idle_and_too_many_errors():
+    async def main():
+        async with serve(join_timeout=0.3, idle_timeout=0.6, max_errors=5) as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as lurker:
+                err = await lurker.recv(3)
+                assert err["code"] == p.IDLE
+                assert (await lurker.recv(3))["code"] == 4000
+            async with Ws(s, srv.ws_url) as idle:
+                await idle.join("idle")
+                assert (await idle.recv(3))["code"] == p.IDLE
+            async with Ws(s, srv.ws_url) as noisy:
+                await noisy.join("noisy")
+                codes = []
+                for _ in range(10):
+                    await noisy.send("nope")
+                for _ in range(10):
+                    m = await noisy.recv(3)
+                    codes.append(m.get("code"))
+                    if m["type"] == "__closed__":
+                        break
+                assert p.TOO_MANY_ERRORS in codes and codes[-1] == 1008
+
+    run(main())
+
+
+def test_rate_limit():
+    async def main():
+        async with serve(rate=20, burst=20, max_errors=1000) as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url) as w:
+                for _ in range(60):
+                    await w.send({"type": "ping"})
+                kinds = [(await w.recv())["type"] for _ in range(60)]
+                assert kinds.count("pong") >= 20 and kinds.count("error") >= 20
+
+    run(main())
+
+
+def test_max_connections():
+    async def main():
+        async with serve(max_connections=2) as srv, aiohttp.ClientSession() as s:
+            async with Ws(s, srv.ws_url), Ws(s, srv.ws_url), Ws(s, srv.ws_url) as third:
+                m = await third.recv()
+                assert m["code"] == p.SERVER_FULL
+                assert (await third.recv())["code"] == 4002
+
+    run(main())
+
+
+def test_page_is_served_with_strict_csp_and_no_external_resources():
+    async def main():
+        async with serve(turn_uris=("turn:127.0.0.1:3478",), turn_secret="sec", stun_uris=("stun:127.0.0.1:3478",)) as srv, \
+                aiohttp.ClientSession() as s:
+            for path, ctype in (("", "text/html"), ("natkit.js", "text/javascript"), ("natkit.css", "text/css")):
+                async with s.get(srv.url + path) as r:
+                    assert r.status == 200 and r.headers["Content-Type"].startswith(ctype)
+                    csp = r.headers["Content-Security-Policy"]
+                    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe" not in csp
+                    body = await r.text()
+                    assert "http://" not in body.replace("http://' ", "") or path == "natkit.js"
+                    assert "https://" not in body
+                    if path == "":
+                        assert "<script>" not in body and " style=" not in body and " on" not in body.split("<body>")[1].split(">")[0]
+            async with s.get(srv.url + "config.json") as r:
+                cfg = await r.json()
+            turn = [x for x in cfg["iceServers"] if "username" in x][0]
+            from natkit.credentials import rest_password
+
+            assert turn["credential"] == rest_password("sec", turn["username"]) and cfg["relayOnly"] is True
+            async with s.get(srv.url + "nope") as r:
+                assert r.status == 404
+
+    run(main())
+
+
+def test_cli_server_process_stops_on_sigint():
+    from natkit.signaling.process import SignalProcess
+
+    with SignalProcess("--room-size", "3") as proc:
+        async def main():
+            async with SignalingClient(proc.ws_url, timeout=3) as a:
+                j = await a.join("x")
+                assert j.room_size == 3
+
+        run(main())
+    assert proc.proc.returncode == 0
+
+
+# --------------------------------------------------------------------------- bounded load
+
+
+async def load(ws_url: str, rooms: int, candidates: int = 8, sdp_bytes: int = 3000, limit: float = 60.0) -> dict:
+    """``rooms`` concurrent rooms of two peers each: join, offer, ``candidates`` trickled
+    candidates each way, answer, bye. Returns counts and latency figures (milliseconds).
+    Bounded: every connection is closed after ``limit`` seconds at the latest."""
+    sdp = "v=0\r\n" + "a=x\r\n" * (sdp_bytes // 5)
+    lat: list[float] = []
+    done = 0
+    conn = aiohttp.TCPConnector(limit=0)
+
+    async def room(i: int, s) -> None:
+        nonlocal done
+        name = f"load-{i}"
+        async with Ws(s, ws_url) as a, Ws(s, ws_url) as b:
+            await a.join(name)
+            await b.join(name)
+            t = time.monotonic()
+            await b.send({"type": "offer", "sdp": sdp})
+            for k in range(candidates):
+                await b.send({"type": "candidate", "candidate": {"candidate": f"candidate:{k} 1 udp 1 127.0.0.1 {k + 1} typ relay", "sdpMid": "0"}})
+            assert (await a.recv_type("offer", 30))["type"] == "offer"
+            lat.append((time.monotonic() - t) * 1000.0)
+            for _ in range(candidates):
+                await a.recv_type("candidate", 30)
+            await a.send({"type": "answer", "sdp": sdp})
+            for k in range(candidates):
+                await a.send({"type": "candidate", "candidate": {"candidate": f"candidate:{k} 1 udp 1 127.0.0.1 {k + 1} typ relay", "sdpMid": "0"}})
+            await b.recv_type("answer", 30)
+            for _ in range(candidates):
+                await b.recv_type("candidate", 30)
+            await b.send({"type": "bye"})
+            await a.recv_type("bye", 30)
+            done += 1
+
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession(connector=conn) as s:
+        results = await asyncio.wait_for(asyncio.gather(*(room(i, s) for i in range(rooms)), return_exceptions=True), limit)
+    elapsed = time.monotonic() - t0
+    errors = [r for r in results if isinstance(r, BaseException)]
+    lat.sort()
+    messages = rooms * (2 + 2 * candidates + 1)
+    return {"rooms": rooms, "completed": done, "errors": len(errors), "first_error": repr(errors[0]) if errors else None,
+            "seconds": elapsed, "relayed_messages": messages, "messages_per_s": messages / elapsed,
+            "offer_ms_p50": lat[len(lat) // 2] if lat else None, "offer_ms_p95": lat[int(len(lat) * 0.95)] if lat else None}
+
+
+def test_load_200_concurrent_rooms():
+    """200 rooms x 2 peers against a server process; hard cap 60 s (typically a few seconds)."""
+    from natkit.signaling.process import SignalProcess
+
+    with SignalProcess("--max-connections", "1000") as proc:
+        result = run(load(proc.ws_url, 200), limit=90)
+    print("load:", json.dumps(result))
+    assert result["errors"] == 0, result["first_error"]
+    assert result["completed"] == 200
+    assert result["seconds"] < 60
