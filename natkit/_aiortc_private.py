@@ -158,3 +158,26 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
 
     check_start._natkit = True
     ice.Connection.check_start = check_start
+
+
+def count_rtp_payload(receiver, callback) -> bool:
+    """Call ``callback(payload_bytes)`` for every RTP packet ``receiver`` (an
+    ``RTCRtpReceiver``) gets, before aiortc handles it.
+
+    aiortc's inbound RTP stats have no byte counter; this wraps the
+    receiver's ``_handle_rtp_packet`` (called by the DTLS transport's RTP
+    router). Returns False when that method does not exist (other aiortc).
+    """
+    original = getattr(receiver, "_handle_rtp_packet", None)
+    if original is None:
+        return False
+
+    async def counting(packet, arrival_time_ms):
+        try:
+            callback(len(packet.payload))
+        except Exception:  # measurement must never break media
+            pass
+        return await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = counting
+    return True

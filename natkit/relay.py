@@ -92,6 +92,7 @@ class RelayReport:
     selected_relay: bool  # both nominated pairs are relay/relay
     failures: tuple[str, ...]  # the assertions that did not hold
     duration_ms: float
+    media: object | None = None  # natkit.media.MediaReport with --media (what the answerer received), else None
 
 
 def _turn_error(exc, server: str) -> NatkitError:
@@ -227,6 +228,8 @@ async def relay_check_async(
     timeout: float = 10.0,
     verify_tls: bool = True,
     cafile: str | None = None,
+    media: bool = False,
+    media_seconds: float = 5.0,
 ) -> RelayReport:
     """See :func:`relay_check`."""
     uri = parse_turn_uri(turn_uri)
@@ -236,6 +239,8 @@ async def relay_check_async(
         raise UsageError(f"--payload must be 0..1e9 bytes, got {payload_bytes}")
     if timeout <= 0:
         raise UsageError("timeout must be positive")
+    if media and not 0.5 <= media_seconds <= 600:
+        raise UsageError(f"--media-seconds must be 0.5..600, got {media_seconds}")
     from .stun import resolve
 
     server = str(uri)
@@ -274,9 +279,17 @@ async def relay_check_async(
     echo_ok = True
     first_echo_ms = None
     throughput = None
+    media_tracks: list = []
+    media_receiver = None
+    media_report = None
     try:
         echo_channel = offerer.createDataChannel("natkit-echo")
         bulk_channel = offerer.createDataChannel("natkit-bulk")
+        if media:  # tracks must exist before the offer; the answerer counts what arrives
+            from .media import MediaReceiver, add_senders
+
+            media_tracks = add_senders(offerer)
+            media_receiver = MediaReceiver(answerer)
         if ctx is not None:
             private.set_turn_ssl_context(offerer, ctx)
 
@@ -372,6 +385,10 @@ async def relay_check_async(
             except asyncio.TimeoutError:
                 failures.append(f"bulk payload: only {received_bulk['n']}/{payload_bytes} bytes arrived before the deadline")
 
+        if media_receiver is not None:
+            media_report = await media_receiver.measure(media_seconds)
+            failures.extend(f"media: {f}" for f in media_report.failures)
+
         selected = {}
         for side, pc in (("offerer", offerer), ("answerer", answerer)):
             pair = private.selected_pair(pc)
@@ -383,6 +400,10 @@ async def relay_check_async(
             failures.append("the nominated pair is not relay/relay on both sides: " + ", ".join(
                 f"{k}={'none' if v is None else v.local_type + '/' + v.remote_type}" for k, v in selected.items()))
     finally:
+        for track in media_tracks:
+            track.stop()
+        if media_receiver is not None:
+            await media_receiver.close()
         try:  # bounded: closing aiortc peers with megabytes queued can stall
             await asyncio.wait_for(asyncio.gather(offerer.close(), answerer.close(), return_exceptions=True), 3.0)
         except asyncio.TimeoutError:
@@ -397,17 +418,22 @@ async def relay_check_async(
         messages_sent=messages, messages_echoed=echoed, echo_ok=echo_ok,
         payload_bytes=payload_bytes, throughput_mbps=throughput,
         candidates=tuple(candidates), all_relay=all_relay, selected=selected, selected_relay=selected_relay,
-        failures=tuple(failures), duration_ms=(time.monotonic() - started) * 1000.0,
+        failures=tuple(failures), duration_ms=(time.monotonic() - started) * 1000.0, media=media_report,
     )
 
 
 def relay_check(turn_uri: str, *, username: str, password: str, messages: int = 20, payload_bytes: int = 1_000_000,
-                timeout: float = 10.0, verify_tls: bool = True, cafile: str | None = None) -> RelayReport:
+                timeout: float = 10.0, verify_tls: bool = True, cafile: str | None = None,
+                media: bool = False, media_seconds: float = 5.0) -> RelayReport:
     """Prove that ``turn_uri`` relays: relay-only ICE between two aiortc peers.
 
     ``turn_uri``: ``turn:host[:port][?transport=udp|tcp]`` or ``turns:host[:port]``.
     ``messages``: data-channel echoes; ``payload_bytes``: one-way bulk payload
-    for throughput; ``timeout``: total budget in seconds.
+    for throughput; ``timeout``: total budget in seconds. ``media``: the
+    offerer also sends a synthetic video track and audio tone
+    (:mod:`natkit.media`) and the answerer measures them for
+    ``media_seconds`` after the data-channel checks (``report.media``; this
+    time comes on top of ``timeout``).
 
     Returns a :class:`RelayReport` (``ok`` False with ``failures`` when an
     assertion did not hold). Raises :class:`InvalidURI`/:class:`UsageError`,
@@ -417,7 +443,8 @@ def relay_check(turn_uri: str, *, username: str, password: str, messages: int = 
     from ._async import run
 
     return run(relay_check_async(turn_uri, username=username, password=password, messages=messages,
-                                         payload_bytes=payload_bytes, timeout=timeout, verify_tls=verify_tls, cafile=cafile))
+                                         payload_bytes=payload_bytes, timeout=timeout, verify_tls=verify_tls, cafile=cafile,
+                                         media=media, media_seconds=media_seconds))
 
 
 def require_ok(report: RelayReport) -> RelayReport:

@@ -36,6 +36,8 @@ def relay_check_cmd(
     cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle to verify a turns: server"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify the turns: certificate"),
     json_out: bool = typer.Option(False, "--json"),
+    media: bool = typer.Option(False, "--media", help="also send synthetic video + audio through the relay and measure frames, bitrate, fps, freezes"),
+    media_seconds: float = typer.Option(5.0, "--media-seconds", help="media measurement window in seconds (with --media)"),
 ) -> None:
     """Prove that a TURN server relays: two aiortc peers, relay-only ICE, data-channel echo.
 
@@ -50,7 +52,7 @@ def relay_check_cmd(
         username, pw = credentials(secret, user, password)
         output.progress(f"relay-only ICE through {turn_uri}")
         report = relay_check(turn_uri, username=username, password=pw, messages=messages, payload_bytes=payload,
-                             timeout=timeout, verify_tls=not insecure, cafile=cafile)
+                             timeout=timeout, verify_tls=not insecure, cafile=cafile, media=media, media_seconds=media_seconds)
         if json_out:
             output.emit_json(report)
         else:
@@ -60,10 +62,11 @@ def relay_check_cmd(
     output.run(json_out, body)
 
 
-def render(report, con=None) -> None:
+def render(report, con=None, heading: str | None = None) -> None:
+    """The report as a table; ``heading`` replaces "relay-check SERVER (transport)" (natkit peer uses it)."""
     con = con or output.console()
     verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
-    con.print(f"{verdict} relay-check {report.server} ({report.transport}{', TLS' if report.tls else ''})")
+    con.print(f"{verdict} " + (heading or f"relay-check {report.server} ({report.transport}{', TLS' if report.tls else ''})"))
     rows = [
         ["allocation", output.fmt_ms(report.allocation_ms), f"relayed {report.relayed_address}, mapped {report.mapped_address}"],
         ["gathering", output.fmt_ms(report.gathering_ms), f"{len(report.candidates)} candidates, all relay: {'yes' if report.all_relay else 'NO'}"],
@@ -75,5 +78,22 @@ def render(report, con=None) -> None:
     for side, pair in report.selected.items():
         rows.append([f"{side} pair", "–" if pair is None else f"{pair.local_type}/{pair.remote_type}", "–" if pair is None else f"{pair.local} -> {pair.remote}"])
     con.print(output.table(None, ["step", "value", "detail"], rows))
+    if getattr(report, "media", None) is not None:
+        render_media(report.media, con)
     for f in report.failures:
         con.print(f"[red]✗[/red] {f}")
+
+
+def render_media(media, con) -> None:
+    """Rows for a :class:`natkit.media.MediaReport` (what the receiving side measured)."""
+    v, a = media.video, media.audio
+    rows = []
+    if v is not None:
+        rows.append(["video", f"{v.frames} frames, {v.fps:.1f} fps",
+                     f"{'–' if v.bitrate_kbps is None else f'{v.bitrate_kbps:.0f} kbit/s'}, {v.width}x{v.height}, "
+                     f"freezes {v.freeze_count} ({v.freeze_ms:.0f} ms), lost {'–' if v.frames_lost is None else v.frames_lost}"])
+    if a is not None:
+        rows.append(["audio", f"{a.seconds:.2f} s of samples",
+                     f"{'–' if a.bitrate_kbps is None else f'{a.bitrate_kbps:.0f} kbit/s'}, "
+                     f"level {'–' if a.level_dbfs is None else f'{a.level_dbfs:.1f} dBFS'}, tone {'–' if a.tone_hz is None else f'{a.tone_hz:.0f} Hz'}"])
+    con.print(output.table(f"media received over {media.window_s:.1f} s", ["track", "value", "detail"], rows))

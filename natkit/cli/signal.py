@@ -108,11 +108,18 @@ def peer_cmd(
             from .relay import credentials
 
             username, pw = credentials(secret, user, password)
+        if json_out:  # stdout holds exactly one JSON document: chat goes to stderr
+            def on_chat(line: str) -> None:
+                output.err(f"peer> {line}")
+        else:
+            def on_chat(line: str) -> None:
+                print(f"peer> {line}", flush=True)
+
         opts = PeerOptions(
             signal=signal, room=room, turn=tuple(turn), stun=tuple(stun), username=username, password=pw,
             relay_only=relay_only, token=token, messages=messages, payload_bytes=payload, send_file=send,
             receive_dir=receive, chat=chat, media=media, media_seconds=media_seconds, wait=wait, timeout=timeout,
-            verify_tls=not insecure, cafile=cafile,
+            verify_tls=not insecure, cafile=cafile, on_event=output.progress, on_progress=ProgressBar(), on_chat=on_chat,
         )
         report = peer(opts)
         if json_out:
@@ -132,9 +139,9 @@ def render_peer(report, con=None) -> None:
     from .relay import render
 
     con = con or output.console()
-    render(report, con, heading=f"peer {report.role} in room {report.room!r} via {report.signal} (TURN {report.server})")
+    render(report, con, heading=f"peer {report.role} in room {report.room!r} (TURN {report.server})")
     remote = report.remote_agent or "unknown agent"
-    con.print(f"  remote peer {report.remote_id} ({remote})" + (
+    con.print(f"  remote peer {report.remote_id} ({remote}) via {report.signal}" + (
         f", its verdict: {'PASS' if report.remote_report.get('ok') else 'FAIL'}" if report.remote_report else ""))
     if report.file is not None:
         f = report.file
@@ -142,10 +149,45 @@ def render_peer(report, con=None) -> None:
         speed = "" if f.throughput_mbps is None else f", {f.throughput_mbps:.2f} MB/s"
         con.print(f"  {mark} file {f.direction} {f.name}: {f.bytes} bytes{speed}, sha256 {f.sha256[:16]}…"
                   + (f" saved to {f.saved_to}" if f.saved_to else ""))
-    if report.media is not None:
-        from .relay import render_media
+    for note in report.notes:
+        con.print(f"  note: {note}")
 
-        render_media(report.media, con)
+
+class ProgressBar:
+    """File transfer progress on stderr: one updating line on a terminal, a line per 10% otherwise."""
+
+    def __init__(self) -> None:
+        import os
+        import sys
+
+        self.quiet = bool(os.environ.get("NATKIT_QUIET"))
+        self.tty = sys.stderr.isatty()
+        self.last_step: dict[str, int] = {}
+        self.last_draw = 0.0
+
+    def __call__(self, direction: str, done: int, total: int, seconds: float) -> None:
+        import sys
+        import time
+
+        if self.quiet:
+            return
+        frac = 1.0 if total <= 0 else min(1.0, done / total)
+        rate = done / seconds / 1e6 if seconds > 0 else 0.0
+        text = f"{direction} {done / 1e6:.1f}/{total / 1e6:.1f} MB {frac * 100:5.1f}% {rate:.2f} MB/s"
+        if self.tty:
+            now = time.monotonic()
+            if frac < 1.0 and now - self.last_draw < 0.1:
+                return
+            self.last_draw = now
+            width = 30
+            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+            sys.stderr.write(f"\r[{bar}] {text}" + ("\n" if frac >= 1.0 else ""))
+            sys.stderr.flush()
+        else:
+            step = int(frac * 10)
+            if self.last_step.get(direction) != step:
+                self.last_step[direction] = step
+                print(f"… {text}", file=sys.stderr, flush=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,932 @@
+"""``natkit peer``: meet another peer through the signaling server and check the path between them.
+
+:func:`peer` joins a room of a natkit signaling server
+(:mod:`natkit.signaling`), negotiates with whoever is there (the peer that
+joins second offers, see :mod:`natkit.signaling.protocol`), and runs the
+same checks as :func:`natkit.relay.relay_check`, but between two machines
+(or a machine and a browser):
+
+1. a pre-flight Allocate when a TURN server is given (same diagnosis and
+   exit codes as relay-check);
+2. offer/answer through the room; the remote side may trickle candidates
+   (browsers do), aiortc sends its candidates in the SDP;
+3. over the data channel ``natkit`` (JSON text, see :data:`PROTOCOL`) both
+   sides echo each other's ``ping``; each side measures its own round trips,
+   sends a bulk payload for a throughput figure, optionally a file
+   (``--send``, SHA-256 checked by the receiver), measures incoming media
+   (``--media`` on the other side), then reports ``done`` with its verdict;
+4. optionally a line chat (``--chat``) until end of input.
+
+The report (:class:`PeerReport`) has relay-check's fields (so the same
+renderer shows it) plus the room, roles, the remote verdict, the file
+transfer and the media measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import ssl
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import CheckFailed, NatkitError, NoRelayConnectivity, UsageError
+from .model import TransportAddress
+from .relay import CandidateInfo, SelectedPair, _parse_candidates, _percentile, preflight_allocate, tls_context
+
+SCHEMA = "natkit.peer/1"
+AGENT = "natkit-peer/1"
+CHANNEL = "natkit"
+CHUNK = 16 * 1024
+HIGH_WATER = 1024 * 1024  # bytes queued in the data channel before the sender waits
+
+PROTOCOL = """Data channel messages (JSON text; binary messages carry bulk or file bytes):
+hello {agent, role, chat, media}        ping {seq, data} -> pong {seq, data}
+bulk {bytes} + binary... -> bulk-ok {bytes}
+file {name, size, sha256} + binary... -> file-ok {name, bytes, sha256, match}
+chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}}"""
+
+
+class NoPeer(CheckFailed):
+    """Nobody joined the room (or offered) within the wait."""
+
+    kind = "no_peer"
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerOptions:
+    """What :func:`peer` does. Times in seconds, sizes in bytes.
+
+    ``signal``: ``ws://HOST:PORT``; ``turn``/``stun``: server URIs (the
+    first TURN URI gets the pre-flight Allocate); ``relay_only`` needs a TURN
+    server. ``wait``: how long to wait for another peer; ``timeout``: budget
+    for negotiation and the checks once a peer is there (a file transfer
+    instead fails only after ``timeout`` seconds without progress).
+    ``chat_input``: a file descriptor to read chat lines from (default stdin);
+    ``on_event(line)``, ``on_progress(direction, done, total, seconds)`` and
+    ``on_chat(line)`` are progress callbacks (the CLI prints them).
+    """
+
+    signal: str
+    room: str
+    turn: tuple[str, ...] = ()
+    stun: tuple[str, ...] = ()
+    username: str | None = None
+    password: str | None = None
+    relay_only: bool = False
+    token: str | None = None
+    messages: int = 20
+    payload_bytes: int = 1_000_000
+    send_file: str | None = None
+    receive_dir: str | None = None
+    chat: bool = False
+    media: bool = False
+    media_seconds: float = 5.0
+    wait: float = 120.0
+    timeout: float = 20.0
+    verify_tls: bool = True
+    cafile: str | None = None
+    chat_input: int | None = None
+    on_event: Callable[[str], None] | None = None
+    on_progress: Callable[[str, int, int, float], None] | None = None
+    on_chat: Callable[[str], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTransfer:
+    """One file over the data channel. ``direction`` sent/received; ``ok``: the receiver's
+    SHA-256 equals the sender's; ``throughput_mbps`` in MB/s (10^6 bytes/s)."""
+
+    direction: str
+    name: str
+    bytes: int
+    sha256: str
+    ok: bool
+    seconds: float
+    throughput_mbps: float | None
+    saved_to: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerReport:
+    """Result of :func:`peer`. relay-check's fields first (times in ms, throughput in MB/s),
+    then the peer's. ``candidates`` have side ``local`` or ``remote``; ``selected`` is
+    ``{"local": SelectedPair | None}`` (this side's nominated pair)."""
+
+    schema: str
+    server: str  # the TURN URI pre-flighted, or "none"
+    transport: str | None
+    tls: bool
+    username: str | None
+    ok: bool
+    allocation_ms: float | None
+    relayed_address: TransportAddress | None
+    mapped_address: TransportAddress | None
+    gathering_ms: float | None  # our createOffer/createAnswer + gathering
+    connected_ms: float | None  # remote description applied (offerer) / answer sent (answerer) -> data channel open
+    first_echo_ms: float | None
+    rtt_ms_p50: float | None
+    rtt_ms_p95: float | None
+    messages_sent: int
+    messages_echoed: int
+    echo_ok: bool
+    payload_bytes: int
+    throughput_mbps: float | None  # bulk payload: first byte sent -> receiver's acknowledgement
+    candidates: tuple[CandidateInfo, ...]
+    all_relay: bool  # every candidate of both sides is relay
+    selected: dict
+    selected_relay: bool  # our nominated pair is relay/relay
+    failures: tuple[str, ...]
+    duration_ms: float
+    signal: str
+    room: str
+    role: str  # offerer or answerer
+    peer_id: str
+    remote_id: str | None
+    remote_agent: str | None  # e.g. natkit-peer/1 or natkit-web/1
+    relay_only: bool
+    remote_report: dict | None  # the other side's verdict ("done" message)
+    pings_answered: int  # the other side's pings we echoed
+    file: FileTransfer | None
+    chat_sent: int
+    chat_received: int
+    media_sent: bool
+    media: object | None  # natkit.media.MediaReport of what we received, or None
+    notes: tuple[str, ...]  # what was ignored on the way (e.g. mDNS candidates), not failures
+
+
+# --------------------------------------------------------------------------- data channel session
+
+
+class _FileSink:
+    def __init__(self, name: str, size: int, sha256: str, receive_dir: str | None) -> None:
+        self.name = _safe_name(name)
+        self.size = size
+        self.expected = sha256
+        self.hash = hashlib.sha256()
+        self.got = 0
+        self.started = time.monotonic()
+        self.fh = None
+        self.path = None
+        if receive_dir:
+            self.path = _unique_path(Path(receive_dir), self.name)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.fh = os.fdopen(fd, "wb")
+
+    def feed(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.got += len(data)
+        if self.fh is not None:
+            self.fh.write(data)
+
+    def finish(self) -> FileTransfer:
+        if self.fh is not None:
+            self.fh.close()
+        digest = self.hash.hexdigest()
+        seconds = time.monotonic() - self.started
+        ok = digest == self.expected and self.got == self.size
+        if not ok and self.path is not None:
+            bad = self.path.with_name(self.path.name + ".bad")
+            self.path.rename(bad)
+            self.path = bad
+        return FileTransfer("received", self.name, self.got, digest, ok, seconds,
+                            self.got / seconds / 1e6 if seconds > 0 else None, str(self.path) if self.path else None)
+
+
+def _safe_name(name: str) -> str:
+    """A file name from a remote peer, made harmless: base name only, no leading dots, 1-128 safe characters."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .")[:128]
+    return base or "received.bin"
+
+
+def _unique_path(directory: Path, name: str) -> Path:
+    path = directory / name
+    n = 1
+    while path.exists():
+        path = directory / f"{name}.{n}"
+        n += 1
+    return path
+
+
+class _Channel:
+    """Our side of the data-channel protocol over one ``RTCDataChannel``."""
+
+    def __init__(self, dc, opts: PeerOptions, role: str) -> None:
+        self.dc = dc
+        self.opts = opts
+        self.role = role
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.pongs: dict[int, asyncio.Future] = {}
+        self.bulk_ok: asyncio.Future = loop.create_future()
+        self.file_ok: asyncio.Future = loop.create_future()
+        self.remote_done: asyncio.Future = loop.create_future()
+        self.remote_chat_end = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.last_activity = time.monotonic()
+        self.remote_hello: dict = {}
+        self.sink = None  # ("bulk", [remaining]) or ("file", _FileSink)
+        self.received_file: FileTransfer | None = None
+        self.pings_answered = 0
+        self.chat_received = 0
+        self.notes: list[str] = []
+        dc.on("message", self._on_message)
+        dc.on("close", self.closed.set)
+
+    def send(self, obj: dict) -> None:
+        if self.dc.readyState == "open":
+            self.dc.send(json.dumps(obj, separators=(",", ":")))
+
+    def _on_message(self, message) -> None:
+        self.last_activity = time.monotonic()
+        if isinstance(message, (bytes, bytearray)):
+            self._on_binary(bytes(message))
+            return
+        try:
+            m = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(m, dict):
+            return
+        t = m.get("t")
+        if t == "ping":
+            self.pings_answered += 1
+            self.send({"t": "pong", "seq": m.get("seq"), "data": m.get("data")})
+        elif t == "pong":
+            fut = self.pongs.pop(m.get("seq"), None) if isinstance(m.get("seq"), int) else None
+            if fut is not None and not fut.done():
+                fut.set_result(m.get("data"))
+        elif t == "hello":
+            self.remote_hello = m
+        elif t == "bulk":
+            n = int(m.get("bytes") or 0)
+            self.sink = ("bulk", [n])
+            if n <= 0:
+                self.sink = None
+                self.send({"t": "bulk-ok", "bytes": 0})
+        elif t == "bulk-ok":
+            if not self.bulk_ok.done():
+                self.bulk_ok.set_result(time.monotonic())
+        elif t == "file":
+            try:
+                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)
+            except (OSError, TypeError, ValueError) as exc:
+                self.notes.append(f"cannot receive file {m.get('name')!r}: {exc}")
+                return
+            self.sink = ("file", sink)
+            self._event(f"receiving file {sink.name} ({sink.size} bytes)")
+            if sink.size == 0:
+                self._finish_file()
+        elif t == "file-ok":
+            if not self.file_ok.done():
+                self.file_ok.set_result(m)
+        elif t == "chat":
+            self.chat_received += 1
+            if self.opts.on_chat is not None:
+                self.opts.on_chat(str(m.get("text"))[:10000])
+        elif t == "chat-end":
+            self.remote_chat_end.set()
+        elif t == "done":
+            if not self.remote_done.done():
+                self.remote_done.set_result(m.get("report") if isinstance(m.get("report"), dict) else {})
+
+    def _on_binary(self, data: bytes) -> None:
+        if self.sink is None:
+            return
+        kind, state = self.sink
+        if kind == "bulk":
+            state[0] -= len(data)
+            if state[0] <= 0:
+                self.sink = None
+                self.send({"t": "bulk-ok", "bytes": len(data)})
+        else:
+            state.feed(data)
+            if self.opts.on_progress is not None:
+                self.opts.on_progress("received", state.got, state.size, time.monotonic() - state.started)
+            if state.got >= state.size:
+                self._finish_file()
+
+    def _finish_file(self) -> None:
+        _, sink = self.sink
+        self.sink = None
+        self.received_file = sink.finish()
+        f = self.received_file
+        self.send({"t": "file-ok", "name": f.name, "bytes": f.bytes, "sha256": f.sha256, "match": f.ok})
+        self._event(f"file {f.name}: {f.bytes} bytes, sha256 {'matches' if f.ok else 'DOES NOT match'}")
+
+    def _event(self, line: str) -> None:
+        if self.opts.on_event is not None:
+            self.opts.on_event(line)
+
+    async def drain(self, limit: int = HIGH_WATER) -> None:
+        while self.dc.bufferedAmount > limit:
+            if self.dc.readyState != "open":
+                raise ConnectionError("the data channel closed")
+            await asyncio.sleep(0.002)
+
+    async def ping(self, seq: int, data: str, timeout: float) -> str | None:
+        fut = self.loop.create_future()
+        self.pongs[seq] = fut
+        self.send({"t": "ping", "seq": seq, "data": data})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self.pongs.pop(seq, None)
+            return None
+
+    async def send_bulk(self, n: int, timeout: float) -> float | None:
+        """Send ``n`` bytes; MB/s from the first byte to the receiver's ``bulk-ok``, or None on timeout."""
+        chunk = os.urandom(CHUNK)
+        self.send({"t": "bulk", "bytes": n})
+        t0 = time.monotonic()
+        sent = 0
+        while sent < n:
+            piece = chunk[: min(CHUNK, n - sent)]
+            self.dc.send(piece)
+            sent += len(piece)
+            await self.drain()
+        try:
+            t1 = await asyncio.wait_for(self.bulk_ok, timeout)
+        except asyncio.TimeoutError:
+            return None
+        return n / max(1e-9, t1 - t0) / 1e6
+
+    async def send_file(self, path: str, stall: float) -> FileTransfer:
+        """Send a file, then wait for the receiver's SHA-256. Fails after ``stall`` seconds without progress."""
+        p = Path(path)
+        size = p.stat().st_size
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        self.send({"t": "file", "name": p.name, "size": size, "sha256": digest})
+        t0 = time.monotonic()
+        sent = 0
+        last = time.monotonic()
+        with open(p, "rb") as f:
+            while True:
+                block = f.read(CHUNK)
+                if not block:
+                    break
+                self.dc.send(block)
+                sent += len(block)
+                before = self.dc.bufferedAmount
+                while self.dc.bufferedAmount > HIGH_WATER:
+                    if self.dc.readyState != "open":
+                        raise CheckFailed("the data channel closed during the file transfer", step="send")
+                    if self.dc.bufferedAmount < before:
+                        before, last = self.dc.bufferedAmount, time.monotonic()
+                    elif time.monotonic() - last > stall:
+                        raise CheckFailed(f"file transfer stalled for {stall:g}s", step="send")
+                    await asyncio.sleep(0.002)
+                last = time.monotonic()
+                if self.opts.on_progress is not None:
+                    self.opts.on_progress("sent", max(0, sent - self.dc.bufferedAmount), size, time.monotonic() - t0)
+        # wait for the receiver's hash: it needs the rest of the queue, then hashes
+        while not self.file_ok.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.file_ok), 0.2)
+            except asyncio.TimeoutError:
+                if self.dc.readyState != "open":
+                    break
+                if self.opts.on_progress is not None:
+                    self.opts.on_progress("sent", max(0, size - self.dc.bufferedAmount), size, time.monotonic() - t0)
+                if time.monotonic() - max(last, self.last_activity) > stall and self.dc.bufferedAmount == 0:
+                    break
+                if self.dc.bufferedAmount:
+                    last = time.monotonic()
+        seconds = time.monotonic() - t0
+        if not self.file_ok.done():
+            return FileTransfer("sent", p.name, size, digest, False, seconds, None, None)
+        ack = self.file_ok.result()
+        ok = ack.get("sha256") == digest and ack.get("bytes") == size
+        if self.opts.on_progress is not None:
+            self.opts.on_progress("sent", size, size, seconds)
+        return FileTransfer("sent", p.name, size, digest, ok, seconds, size / max(1e-9, seconds) / 1e6, None)
+
+
+# --------------------------------------------------------------------------- signaling glue
+
+
+class _Signals:
+    """Reads the signaling connection in the background: offer/answer futures, trickled candidates."""
+
+    def __init__(self, sig, role: str, remote_id: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.sig = sig
+        self.role = role
+        self.remote_id = remote_id
+        self.remote_meta: dict = {}
+        self.offer: asyncio.Future = loop.create_future()
+        self.answer: asyncio.Future = loop.create_future()
+        self.gone: asyncio.Future = loop.create_future()  # the remote left: result is the reason
+        self.pc = None
+        self.ready = False  # remote description applied
+        self.pending: list = []
+        self.remote_candidates: list[CandidateInfo] = []
+        self.notes: list[str] = []
+        self.task = loop.create_task(self._run())
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for fut in (self.offer, self.answer, self.gone):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: not every future is awaited
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                m = await self.sig.recv(None)
+                t = m["type"]
+                frm = m.get("from")
+                if t == "peer-joined":
+                    if self.remote_id is None:
+                        self.remote_meta = m.get("meta") or {}
+                elif t == "offer" and self.role == "answerer" and not self.offer.done():
+                    if self.remote_id is None or frm == self.remote_id:
+                        self.remote_id = frm
+                        self.offer.set_result(m)
+                elif t == "answer" and self.role == "offerer" and frm == self.remote_id and not self.answer.done():
+                    self.answer.set_result(m)
+                elif t == "candidate" and (self.remote_id is None or frm == self.remote_id):
+                    await self._candidate(m.get("candidate"))
+                elif t in ("bye", "peer-left") and (frm or m.get("id")) == self.remote_id and self.remote_id is not None:
+                    if not self.gone.done():
+                        self.gone.set_result(m.get("reason") or t)
+                    for fut in (self.offer, self.answer):
+                        if not fut.done():
+                            fut.set_exception(CheckFailed(f"peer {self.remote_id} left during negotiation ({m.get('reason') or t})",
+                                                          step="negotiation"))
+                            fut.exception()
+        except asyncio.CancelledError:
+            raise
+        except NatkitError as exc:
+            self._fail_all(exc)
+        except Exception as exc:  # pragma: no cover - defensive
+            self._fail_all(NatkitError(f"signaling: {exc.__class__.__name__}: {exc}", step="signaling"))
+
+    async def _candidate(self, c) -> None:
+        if c is not None:
+            line = str(c.get("candidate") or "")
+            if line.startswith("a="):
+                line = line[2:]
+            if not line.strip():
+                return  # an empty candidate: end of a generation
+            try:
+                info = _parse_candidates("a=" + (line if line.startswith("candidate:") else "candidate:" + line), "remote")
+            except Exception:
+                self.notes.append(f"unparsable remote candidate {line[:80]!r}")
+                return
+            self.remote_candidates.extend(info)
+        if not self.ready:
+            self.pending.append(c)
+        else:
+            await _add_candidate(self.pc, c, self.notes)
+
+    async def flush(self) -> None:
+        self.ready = True
+        pending, self.pending = self.pending, []
+        for c in pending:
+            await _add_candidate(self.pc, c, self.notes)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.wait([self.task], timeout=1.0)
+
+
+async def _add_candidate(pc, c, notes: list[str]) -> None:
+    import ipaddress
+
+    from aiortc.sdp import candidate_from_sdp
+
+    if c is None:
+        await pc.addIceCandidate(None)
+        return
+    line = str(c.get("candidate") or "")
+    if line.startswith("a="):
+        line = line[2:]
+    if line.startswith("candidate:"):
+        line = line[len("candidate:"):]
+    try:
+        cand = candidate_from_sdp(line)
+        ipaddress.ip_address(cand.ip)
+    except (AssertionError, ValueError, IndexError):
+        notes.append(f"ignored remote candidate {line[:60]!r} (not an IP candidate: mDNS names cannot be resolved here)")
+        return
+    cand.sdpMid = c.get("sdpMid")
+    cand.sdpMLineIndex = c.get("sdpMLineIndex")
+    if cand.sdpMid is None and cand.sdpMLineIndex is None:
+        cand.sdpMLineIndex = 0
+    try:
+        await pc.addIceCandidate(cand)
+    except Exception as exc:
+        notes.append(f"remote candidate refused: {exc}")
+
+
+# --------------------------------------------------------------------------- the operation
+
+
+def _validate(o: PeerOptions) -> None:
+    if not 1 <= o.messages <= 100_000:
+        raise UsageError(f"--messages must be 1..100000, got {o.messages}")
+    if not 0 <= o.payload_bytes <= 1_000_000_000:
+        raise UsageError(f"--payload must be 0..1e9 bytes, got {o.payload_bytes}")
+    if o.timeout <= 0 or o.wait <= 0:
+        raise UsageError("--timeout and --wait must be positive")
+    if not 0.5 <= o.media_seconds <= 600:
+        raise UsageError(f"--media-seconds must be 0.5..600, got {o.media_seconds}")
+    if o.relay_only and not o.turn:
+        raise UsageError("--relay-only needs a --turn server")
+    if o.turn and not (o.username and o.password):
+        raise UsageError("--turn needs credentials: --secret S, or --user U --password P")
+    if o.send_file is not None:
+        p = Path(o.send_file)
+        if not p.is_file() or not os.access(p, os.R_OK):
+            raise UsageError(f"--send {o.send_file}: not a readable file")
+    if o.receive_dir is not None and not Path(o.receive_dir).is_dir():
+        raise UsageError(f"--receive {o.receive_dir}: not a directory")
+
+
+async def _ice_servers(o: PeerOptions, timeout: float):
+    from aiortc import RTCIceServer
+
+    from .stun import resolve
+    from .uri import parse_server, parse_turn_uri
+
+    servers = []
+    for text in o.turn:
+        uri = parse_turn_uri(text)
+        addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=timeout)
+        host = f"[{addr.host}]" if addr.family == 6 else addr.host
+        ice = f"{uri.scheme}:{host}:{addr.port}" + ("" if uri.secure else f"?transport={uri.transport}")
+        servers.append(RTCIceServer(urls=[ice], username=o.username, credential=o.password))
+    for text in o.stun:
+        uri = parse_server(text)
+        addr = await resolve(uri.host, uri.port, timeout=timeout)
+        host = f"[{addr.host}]" if addr.family == 6 else addr.host
+        servers.append(RTCIceServer(urls=[f"stun:{host}:{addr.port}"]))
+    return servers
+
+
+async def peer_async(o: PeerOptions) -> PeerReport:
+    """See :func:`peer`."""
+    _validate(o)
+    from .signaling.client import SignalingClient
+
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    event = o.on_event or (lambda line: None)
+    server = "none"
+    transport = None
+    tls = False
+    allocation_ms = relayed = mapped = None
+    ctx: ssl.SSLContext | None = None
+    if o.turn:
+        from .stun import resolve
+        from .uri import parse_turn_uri
+
+        uri = parse_turn_uri(o.turn[0])
+        server, transport, tls = str(uri), uri.transport, uri.secure
+        addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=o.timeout)
+        ctx = tls_context(uri, verify=o.verify_tls, cafile=o.cafile)
+        allocation_ms, relayed, mapped = await preflight_allocate(uri, addr, o.username, o.password, timeout=o.timeout, ssl_context=ctx)
+        event(f"TURN {server}: allocation in {allocation_ms:.1f} ms, relayed address {relayed}")
+    ice_servers = await _ice_servers(o, o.timeout)
+
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+    from . import _aiortc_private as private
+    from .media import MediaReceiver, add_receivers, add_senders
+
+    config = RTCConfiguration(iceServers=ice_servers,
+                              iceTransportPolicy=RTCIceTransportPolicy.RELAY if o.relay_only else RTCIceTransportPolicy.ALL)
+    rto = private.check_rto(min(0.5, max(0.05, 4 * allocation_ms / 1000.0))) if allocation_ms is not None else None
+    failures: list[str] = []
+    notes: list[str] = []
+    tracks: list = []
+    pc = None
+    signals = None
+    receiver = None
+    sig = SignalingClient(o.signal, timeout=min(10.0, o.timeout), ssl_context=None)
+    await sig.connect()
+    if rto is not None:
+        rto.__enter__()
+    try:
+        joined = await sig.join(o.room, token=o.token, meta={"agent": AGENT, "media": o.media, "chat": o.chat})
+        role = "offerer" if joined.peers else "answerer"
+        remote = joined.peers[0] if joined.peers else None
+        signals = _Signals(sig, role, remote["id"] if remote else None)
+        if remote:
+            signals.remote_meta = remote.get("meta") or {}
+            event(f"joined room {o.room!r} as {joined.id}; {remote['id']} is here: offering")
+        else:
+            event(f"joined room {o.room!r} as {joined.id}; waiting up to {o.wait:g}s for a peer")
+
+        pc = RTCPeerConnection(config)
+        receiver = MediaReceiver(pc)
+        channel_ready: asyncio.Future = loop.create_future()
+
+        @pc.on("datachannel")
+        def on_datachannel(dc) -> None:
+            if dc.label == CHANNEL and not channel_ready.done():
+                channel_ready.set_result(dc)
+
+        async def guarded(aw, seconds: float, what: str):
+            """Await ``aw`` for ``seconds``, failing early when the remote leaves."""
+            task = asyncio.ensure_future(aw)
+            done, _ = await asyncio.wait({task, signals.gone}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            task.cancel()
+            if signals.gone in done:
+                raise CheckFailed(f"peer {signals.remote_id} left during {what} ({signals.gone.result()})", step=what)
+            raise asyncio.TimeoutError
+
+        gathering_ms = connected_ms = None
+        if role == "offerer":
+            deadline = loop.time() + o.timeout
+            dc = pc.createDataChannel(CHANNEL)
+            if o.media:
+                tracks = add_senders(pc)
+            elif signals.remote_meta.get("media"):
+                add_receivers(pc)
+            if ctx is not None:
+                private.set_turn_ssl_context(pc, ctx)
+            g0 = time.monotonic()
+            await asyncio.wait_for(pc.setLocalDescription(await pc.createOffer()), o.timeout)
+            gathering_ms = (time.monotonic() - g0) * 1000.0
+            await sig.send({"type": "offer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
+            try:
+                answer = await guarded(signals.answer, max(0.05, deadline - loop.time()), "negotiation")
+            except asyncio.TimeoutError:
+                raise CheckFailed(f"no answer from peer {signals.remote_id} within {o.timeout:g}s", step="negotiation") from None
+            signals.pc = pc
+            c0 = time.monotonic()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            await signals.flush()
+            channel_ready.set_result(dc)
+        else:
+            try:
+                offer = await asyncio.wait_for(asyncio.shield(signals.offer), o.wait)
+            except asyncio.TimeoutError:
+                raise NoPeer(f"no peer offered in room {o.room!r} within {o.wait:g}s", step="wait",
+                             hint="start the other peer (or open the test page) with the same --room") from None
+            deadline = loop.time() + o.timeout
+            event(f"offer from {signals.remote_id}")
+            signals.pc = pc
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+            if ctx is not None:
+                private.set_turn_ssl_context(pc, ctx)
+            await signals.flush()
+            if o.media:
+                tracks = add_senders(pc)
+            g0 = time.monotonic()
+            await asyncio.wait_for(pc.setLocalDescription(await pc.createAnswer()), o.timeout)
+            gathering_ms = (time.monotonic() - g0) * 1000.0
+            await sig.send({"type": "answer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
+            c0 = time.monotonic()
+
+        def left() -> float:
+            return max(0.05, deadline - loop.time())
+
+        local_candidates = _parse_candidates(pc.localDescription.sdp, "local")
+        remote_sdp = pc.remoteDescription.sdp if pc.remoteDescription else ""
+        try:
+            dc = await guarded(channel_ready, left(), "connectivity")
+            if dc.readyState != "open":
+                opened = asyncio.Event()
+                dc.on("open", opened.set)
+                await guarded(opened.wait(), left(), "connectivity")
+        except asyncio.TimeoutError:
+            raise NoRelayConnectivity(
+                f"no candidate pair to peer {signals.remote_id} connected within {o.timeout:g}s (ICE state {pc.iceConnectionState})",
+                server=server if o.turn else None, step="connectivity",
+                hint="both peers need a TURN server they can reach; with --relay-only both sides must gather relay candidates",
+            ) from None
+        connected_ms = (time.monotonic() - c0) * 1000.0
+        channel = _Channel(dc, o, role)
+        channel.send({"t": "hello", "agent": AGENT, "role": role, "chat": o.chat, "media": o.media})
+        pair = private.selected_pair(pc)
+        event(f"data channel open in {connected_ms:.0f} ms" + (f", pair {pair[0].type}/{pair[1].type}" if pair else ""))
+
+        # echo round trips, one at a time
+        rtts: list[float] = []
+        echoed = 0
+        echo_ok = True
+        first_echo_ms = None
+        t_open = time.monotonic()
+        for i in range(o.messages):
+            data = os.urandom(24).hex()
+            s = time.monotonic()
+            reply = await channel.ping(i, data, left())
+            if reply is None:
+                failures.append(f"echo {i} not answered before the deadline")
+                break
+            now = time.monotonic()
+            if first_echo_ms is None:
+                first_echo_ms = (now - t_open) * 1000.0
+            rtts.append((now - s) * 1000.0)
+            echoed += 1
+            if reply != data:
+                echo_ok = False
+        if echoed < o.messages:
+            echo_ok = False
+        if not echo_ok:
+            failures.append(f"echo mismatch: {echoed}/{o.messages} messages came back intact")
+
+        throughput = None
+        if o.payload_bytes:
+            throughput = await channel.send_bulk(o.payload_bytes, left())
+            if throughput is None:
+                failures.append(f"bulk payload of {o.payload_bytes} bytes not acknowledged before the deadline")
+
+        sent_file = None
+        if o.send_file:
+            event(f"sending {o.send_file}")
+            sent_file = await channel.send_file(o.send_file, stall=o.timeout)
+            if not sent_file.ok:
+                failures.append(f"file {sent_file.name}: the receiver's SHA-256 does not match (or never came)")
+
+        media_report = None
+        if receiver.receiving or signals.remote_meta.get("media") or channel.remote_hello.get("media"):
+            event(f"measuring received media for {o.media_seconds:g}s")
+            media_report = await receiver.measure(o.media_seconds)
+            failures.extend(f"media: {f}" for f in media_report.failures)
+
+        pair = private.selected_pair(pc)
+        selected = {"local": None if pair is None else SelectedPair(
+            pair[0].type, TransportAddress(pair[0].host, pair[0].port), pair[1].type, TransportAddress(pair[1].host, pair[1].port))}
+        sel = selected["local"]
+        selected_relay = sel is not None and sel.local_type == "relay" and sel.remote_type == "relay"
+        if sel is None:
+            failures.append("no nominated candidate pair")
+        elif o.relay_only and sel.local_type != "relay":
+            failures.append(f"relay only, but the nominated local candidate is {sel.local_type}")
+        own_ok = not failures
+        channel.send({"t": "done", "report": {
+            "ok": own_ok, "agent": AGENT, "echoed": echoed, "sent": o.messages,
+            "selected": None if sel is None else {"local": {"type": sel.local_type}, "remote": {"type": sel.remote_type}}}})
+
+        # the other side's verdict: it may still be sending (a file), so wait while it makes progress
+        remote_report = None
+        while True:
+            try:
+                remote_report = await asyncio.wait_for(asyncio.shield(channel.remote_done), 0.25)
+                break
+            except asyncio.TimeoutError:
+                if channel.closed.is_set() or signals.gone.done():
+                    failures.append("the peer left before reporting its verdict")
+                    break
+                if time.monotonic() - channel.last_activity > o.timeout:
+                    failures.append(f"the peer sent no verdict within {o.timeout:g}s")
+                    break
+        if remote_report is not None and remote_report.get("ok") is False:
+            failures.append("the peer reported FAIL")
+        if channel.received_file is not None and not channel.received_file.ok:
+            failures.append(f"received file {channel.received_file.name}: SHA-256 does not match the sender's")
+        if channel.sink is not None and channel.sink[0] == "file":
+            failures.append(f"file {channel.sink[1].name} arrived incomplete ({channel.sink[1].got}/{channel.sink[1].size} bytes)")
+        notes.extend(channel.notes)
+
+        chat_sent = 0
+        if o.chat:
+            chat_sent = await _chat(channel, o, signals)
+
+        candidates = tuple(local_candidates + _parse_candidates(remote_sdp, "remote") + signals.remote_candidates)
+        all_relay = bool(candidates) and all(c.type == "relay" for c in candidates)
+        if o.relay_only and not all(c.type == "relay" for c in local_candidates):
+            failures.append("a non-relay local candidate was gathered")
+        return PeerReport(
+            schema=SCHEMA, server=server, transport=transport, tls=tls, username=o.username, ok=not failures,
+            allocation_ms=allocation_ms, relayed_address=relayed, mapped_address=mapped,
+            gathering_ms=gathering_ms, connected_ms=connected_ms, first_echo_ms=first_echo_ms,
+            rtt_ms_p50=statistics.median(rtts) if rtts else None, rtt_ms_p95=_percentile(rtts, 95),
+            messages_sent=o.messages, messages_echoed=echoed, echo_ok=echo_ok,
+            payload_bytes=o.payload_bytes, throughput_mbps=throughput, candidates=candidates, all_relay=all_relay,
+            selected=selected, selected_relay=selected_relay, failures=tuple(failures),
+            duration_ms=(time.monotonic() - started) * 1000.0,
+            signal=sig.url, room=o.room, role=role, peer_id=joined.id, remote_id=signals.remote_id,
+            remote_agent=channel.remote_hello.get("agent") or signals.remote_meta.get("agent"),
+            relay_only=o.relay_only, remote_report=remote_report, pings_answered=channel.pings_answered,
+            file=sent_file or channel.received_file, chat_sent=chat_sent, chat_received=channel.chat_received,
+            media_sent=bool(tracks), media=media_report, notes=tuple(notes + signals.notes),
+        )
+    finally:
+        for t in tracks:
+            t.stop()
+        if receiver is not None:
+            await receiver.close()
+        if signals is not None:
+            await signals.close()
+        if pc is not None:
+            try:  # bounded: closing aiortc peers with data queued can stall
+                await asyncio.wait_for(pc.close(), 3.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        await sig.close(bye=True)
+        if rto is not None:
+            rto.__exit__(None, None, None)
+
+
+async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
+    """Send lines read from ``o.chat_input`` (default stdin) until end of input; returns lines sent.
+
+    Ends at end of input once the other side ended its chat (or does not
+    chat), or when the other side leaves.
+    """
+    import sys
+
+    loop = asyncio.get_running_loop()
+    fd = o.chat_input if o.chat_input is not None else sys.stdin.fileno()
+    lines: asyncio.Queue = asyncio.Queue()
+    buf = bytearray()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            if buf:
+                lines.put_nowait(buf.decode("utf-8", "replace"))
+                buf.clear()
+            lines.put_nowait(None)
+            return
+        buf.extend(data)
+        while b"\n" in buf:
+            line, _, rest = bytes(buf).partition(b"\n")
+            buf[:] = rest
+            lines.put_nowait(line.decode("utf-8", "replace"))
+
+    try:
+        loop.add_reader(fd, readable)
+    except (PermissionError, ValueError, OSError):  # e.g. a regular file: read it at once
+        data = os.read(fd, 1 << 20)
+        for line in data.decode("utf-8", "replace").splitlines():
+            lines.put_nowait(line)
+        lines.put_nowait(None)
+        fd = None
+    sent = 0
+    if o.on_event:
+        o.on_event("chat: type a line and Enter to send, Ctrl-D to end")
+    closed = asyncio.ensure_future(channel.closed.wait())
+    try:
+        while True:
+            get = asyncio.ensure_future(lines.get())
+            done, _ = await asyncio.wait({get, signals.gone, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                break
+            line = get.result()
+            if line is None:
+                channel.send({"t": "chat-end"})
+                if channel.remote_hello.get("chat"):
+                    # let the other side finish typing
+                    waiters = {asyncio.ensure_future(channel.remote_chat_end.wait()), asyncio.ensure_future(channel.closed.wait())}
+                    await asyncio.wait(waiters | {signals.gone}, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waiters:
+                        w.cancel()
+                break
+            if channel.dc.readyState != "open":
+                break
+            channel.send({"t": "chat", "text": line})
+            sent += 1
+    finally:
+        closed.cancel()
+        if fd is not None:
+            try:
+                loop.remove_reader(fd)
+            except Exception:
+                pass
+    return sent
+
+
+def peer(opts: PeerOptions) -> PeerReport:
+    """Join ``opts.room`` on ``opts.signal``, connect to the peer there and check the path.
+
+    Returns a :class:`PeerReport` (``ok`` False with ``failures`` when a check
+    did not hold). Raises :class:`UsageError` (bad options),
+    :class:`natkit.signaling.client.SignalingUnreachable` (exit 4),
+    ``SignalingAuthRefused`` (5), ``RoomFull`` (6), TURN pre-flight errors as
+    :func:`natkit.relay.relay_check` (4/5/6), :class:`NoPeer` (1) when nobody
+    came within ``wait``, :class:`CheckFailed` when the peer left during
+    negotiation, :class:`NoRelayConnectivity` (7) when no pair connected.
+    """
+    from ._async import run
+
+    return run(peer_async(opts))
