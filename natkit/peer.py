@@ -503,6 +503,15 @@ class _Signals:
         await asyncio.wait([self.task], timeout=1.0)
 
 
+async def _apply(pc, description, remote_id) -> None:
+    """setRemoteDescription; an SDP aiortc cannot use is the peer's fault: :class:`CheckFailed`."""
+    try:
+        await pc.setRemoteDescription(description)
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+        raise CheckFailed(f"the {description.type} from peer {remote_id} was refused: {text}", step="negotiation") from None
+
+
 async def _add_candidate(pc, c, notes: list[str]) -> None:
     import ipaddress
 
@@ -674,7 +683,7 @@ async def peer_async(o: PeerOptions) -> PeerReport:
                 raise CheckFailed(f"no answer from peer {signals.remote_id} within {o.timeout:g}s", step="negotiation") from None
             signals.pc = pc
             c0 = time.monotonic()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            await _apply(pc, RTCSessionDescription(sdp=answer["sdp"], type="answer"), signals.remote_id)
             await signals.flush()
             channel_ready.set_result(dc)
         else:
@@ -686,7 +695,7 @@ async def peer_async(o: PeerOptions) -> PeerReport:
             deadline = loop.time() + o.timeout
             event(f"offer from {signals.remote_id}")
             signals.pc = pc
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+            await _apply(pc, RTCSessionDescription(sdp=offer["sdp"], type="offer"), signals.remote_id)
             if ctx is not None:
                 private.set_turn_ssl_context(pc, ctx)
             await signals.flush()

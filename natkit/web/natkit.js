@@ -72,16 +72,10 @@
     return c;
   }
 
-  function relayVia(priority, type) {
-    if (type !== 'relay') return '';
-    const pref = priority >>> 24; // RFC 8445 type preference; Chrome lowers it per TURN transport
-    return { 2: 'udp', 1: 'tcp', 0: 'tls' }[pref] || '';
-  }
-
   function addRow(ms, side, c, target) {
     const tr = document.createElement('tr');
     if (c.type === 'relay') tr.className = 'relay';
-    const cells = [`${ms.toFixed(0)} ms`, side, c.type, c.protocol, c.address, String(c.port), c.related || '', c.relayProtocol || relayVia(c.priority, c.type), String(c.priority)];
+    const cells = [`${ms.toFixed(0)} ms`, side, c.type, c.protocol, c.address, String(c.port), c.related || '', c.relayProtocol || '', String(c.priority)];
     for (const v of cells) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
     $('candidates').tBodies[0].appendChild(tr);
     if (target) target.push({ side, ms, type: c.type, protocol: c.protocol, address: c.address, port: c.port, related: c.related || null });
@@ -227,9 +221,11 @@
           break;
         case 'bye':
         case 'peer-left':
-          if ((m.from || m.id) === this.remoteId) {
+          if ((m.from || m.id) === this.remoteId && !this.remoteGone) {
+            this.remoteGone = true;
             log(`peer ${this.remoteId} left (${m.reason || m.type})`);
-            if (!this.finished) this.fail('the peer left before the check finished');
+            // after its verdict arrived, leaving is the normal end
+            if (!this.finished && !this.remoteDone) this.fail('the peer left before the check finished');
           }
           break;
         case 'error':
@@ -297,7 +293,7 @@
         enableChat(true);
         this.runChecks().catch((e) => this.fail(`checks: ${e.message || e}`));
       };
-      dc.onclose = () => { log('data channel closed'); enableChat(false); if (!this.finished) this.fail('the data channel closed before the check finished'); };
+      dc.onclose = () => { log('data channel closed'); enableChat(false); if (!this.finished && !this.remoteDone) this.fail('the data channel closed before the check finished'); };
       dc.onmessage = (e) => this.onData(e.data);
     }
 
@@ -507,6 +503,7 @@
   }
 
   document.addEventListener('DOMContentLoaded', async () => {
+    $('settings-form').addEventListener('submit', (e) => e.preventDefault());
     $('gather').addEventListener('click', () => { gather().catch((e) => log(`gathering failed: ${e.message || e}`)); });
     $('connect').addEventListener('click', connect);
     $('hangup').addEventListener('click', () => { if (natkit.session) natkit.session.close(); $('hangup').disabled = true; });

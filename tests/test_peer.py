@@ -1,0 +1,203 @@
+"""``natkit peer``: two real processes meet through ``natkit signal serve`` and connect relay-only through coturn.
+
+Everything on 127.0.0.1: the session's coturn (``turn_server`` fixture), a
+signaling server process per module, peer processes per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("aiohttp")
+
+from natkit.signaling.process import PeerProcess, SignalProcess  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def signal_server():
+    with SignalProcess("--token", "tok") as proc:
+        yield proc
+
+
+_rooms = iter(range(10_000))
+
+
+def room() -> str:
+    return f"peer-{os.getpid()}-{next(_rooms)}"
+
+
+def peer_args(turn_server, signal_server, name: str, *extra: str) -> list[str]:
+    return ["--signal", signal_server.ws_url, "--room", name, "--token", "tok", "--turn", turn_server.uri,
+            "--secret", turn_server.secret, "--relay-only", "--messages", "5", "--payload", "200000",
+            "--timeout", "15", "--wait", "30", *extra]
+
+
+def run_pair(turn_server, signal_server, a_extra=(), b_extra=(), stdin_a=None, stdin_b=None, timeout=60, env=None):
+    """Start A (waits, answers), then B (offers); return both (code, report, stderr)."""
+    name = room()
+    a = PeerProcess(*peer_args(turn_server, signal_server, name, *a_extra), stdin=stdin_a, env=env)
+    b = PeerProcess(*peer_args(turn_server, signal_server, name, *b_extra), stdin=stdin_b, env=env)
+    try:
+        a.start()
+        time.sleep(0.3)  # A joins first in practice; B first would swap the roles, not break anything
+        b.start()
+        ra = a.result(timeout)
+        rb = b.result(timeout)
+    finally:
+        a.stop()
+        b.stop()
+    return ra, rb
+
+
+def test_two_peers_relay_only_with_echo(turn_server, signal_server):
+    (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server)
+    assert ca == 0 and cb == 0, (ea, eb)
+    assert {a["role"], b["role"]} == {"offerer", "answerer"}
+    for rep, other in ((a, b), (b, a)):
+        assert rep["ok"] and rep["failures"] == []
+        sel = rep["selected"]["local"]
+        assert (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
+        assert rep["selected_relay"] and rep["all_relay"]
+        assert rep["messages_echoed"] == 5 and rep["echo_ok"]
+        assert rep["pings_answered"] == 5  # the other side's pings were echoed here
+        assert rep["throughput_mbps"] > 0
+        assert rep["remote_agent"] == "natkit-peer/1" and rep["remote_id"] == other["peer_id"]
+        assert rep["remote_report"]["ok"] is True
+        assert rep["relayed_address"].startswith("127.0.0.1:")
+        assert {c["side"] for c in rep["candidates"]} == {"local", "remote"}
+    # each side's nominated local candidate is the other's remote
+    assert a["selected"]["local"]["local"] == b["selected"]["local"]["remote"]
+
+
+def test_file_transfer_with_sha256(turn_server, signal_server, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    src = tmp_path / "payload.bin"
+    src.write_bytes(data)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server, a_extra=("--receive", str(inbox)),
+                                        b_extra=("--send", str(src)), env={"NATKIT_QUIET": ""})
+    assert ca == 0 and cb == 0, (ea, eb)
+    digest = hashlib.sha256(data).hexdigest()
+    sent, got = b["file"], a["file"]
+    assert sent["direction"] == "sent" and sent["ok"] and sent["sha256"] == digest and sent["bytes"] == len(data)
+    assert got["direction"] == "received" and got["ok"] and got["sha256"] == digest
+    assert (inbox / "payload.bin").read_bytes() == data and got["saved_to"] == str(inbox / "payload.bin")
+    assert "sent" in eb and "100.0%" in eb  # progress on stderr
+    assert "sha256 matches" in ea
+
+
+def test_chat_lines_cross(turn_server, signal_server):
+    ra, wa = os.pipe()
+    rb, wb = os.pipe()
+    os.write(wa, b"hello from a\n")
+    os.write(wb, b"hi from b\nsecond line\n")
+    os.close(wa)
+    os.close(wb)
+    try:
+        (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server, a_extra=("--chat",), b_extra=("--chat",),
+                                            stdin_a=ra, stdin_b=rb)
+    finally:
+        os.close(ra)
+        os.close(rb)
+    assert ca == 0 and cb == 0, (ea, eb)
+    assert a["chat_sent"] == 1 and b["chat_received"] == 1 and "peer> hello from a" in eb
+    assert b["chat_sent"] == 2 and a["chat_received"] == 2 and "peer> hi from b" in ea and "peer> second line" in ea
+
+
+def test_nobody_comes_is_exit_1_fast(turn_server, signal_server):
+    start = time.monotonic()
+    with PeerProcess(*peer_args(turn_server, signal_server, room(), "--wait", "1")) as p:
+        code, doc, err = p.result(30)
+    assert code == 1 and doc["error"]["kind"] == "no_peer", err
+    assert time.monotonic() - start < 15
+
+
+def test_errors_map_to_exit_codes(turn_server, signal_server):
+    from natkit.coturn.server import free_port
+
+    cases = [
+        # wrong signaling token: 5
+        (["--signal", signal_server.ws_url, "--room", room(), "--token", "nope", "--wait", "1"], 5, "signaling_auth_refused"),
+        # nothing listens: 4
+        (["--signal", f"ws://127.0.0.1:{free_port()}", "--room", room(), "--wait", "1"], 4, "signaling_unreachable"),
+        # wrong TURN password: 5, before any signaling
+        (["--signal", signal_server.ws_url, "--room", room(), "--token", "tok", "--turn", turn_server.uri,
+          "--user", "u", "--password", "wrong", "--wait", "1"], 5, "auth_refused"),
+        # bad input: 2
+        (["--signal", "ftp://x", "--room", room()], 2, "usage"),
+        (["--signal", signal_server.ws_url, "--room", "bad room!", "--token", "tok"], 2, "usage"),
+        (["--signal", signal_server.ws_url, "--room", room(), "--relay-only"], 2, "usage"),
+    ]
+    for args, code, kind in cases:
+        with PeerProcess(*args) as p:
+            got, doc, err = p.result(30)
+        assert got == code and doc["error"]["kind"] == kind, (args, got, err)
+
+
+def test_peer_leaving_mid_negotiation(turn_server, signal_server):
+    """A raw client waits in the room, takes natkit peer's offer and vanishes: exit 1, no hang."""
+    from natkit.signaling.client import SignalingClient
+
+    name = room()
+    got_offer = threading.Event()
+    joined = threading.Event()
+
+    async def fake() -> None:
+        async with SignalingClient(signal_server.ws_url, timeout=5) as c:
+            await c.join(name, token="tok", meta={"agent": "fake"})
+            joined.set()
+            while True:
+                m = await c.recv(20)
+                if m["type"] == "offer":
+                    got_offer.set()
+                    return  # leave without answering (connection closed)
+
+    t = threading.Thread(target=lambda: asyncio.run(fake()), daemon=True)
+    t.start()
+    assert joined.wait(10)
+    start = time.monotonic()
+    with PeerProcess(*peer_args(turn_server, signal_server, name)) as p:
+        code, doc, err = p.result(30)
+    t.join(5)
+    assert got_offer.is_set()
+    assert code == 1 and "left during negotiation" in doc["error"]["message"], err
+    assert time.monotonic() - start < 10
+
+
+def test_sigint_while_waiting_exits_130(turn_server, signal_server):
+    p = PeerProcess(*peer_args(turn_server, signal_server, room(), "--wait", "60")).start()
+    try:
+        time.sleep(2.5)  # past start-up, waiting in the room
+        p.proc.send_signal(signal.SIGINT)
+        code, doc, err = p.result(10)
+    finally:
+        p.stop()
+    assert code == 130, err
+    assert doc is None or doc.get("ok") is False
+
+
+def test_peer_report_renders_as_text(turn_server, signal_server):
+    """Without --json the report is relay-check's table plus the peer lines."""
+    name = room()
+    a = subprocess.Popen([*__import__("natkit.signaling.process", fromlist=["x"]).natkit_command(
+        "peer", *peer_args(turn_server, signal_server, name))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        with PeerProcess(*peer_args(turn_server, signal_server, name)) as b:
+            cb, _, eb = b.result(60)
+        out, err = a.communicate(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 0 and cb == 0, (err, eb)
+    assert "PASS peer" in out and "relay/relay" in out and "natkit-peer/1" in out
