@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -469,58 +470,15 @@ def test_cli_server_process_stops_on_sigint():
 # --------------------------------------------------------------------------- bounded load
 
 
-async def load(ws_url: str, rooms: int, candidates: int = 8, sdp_bytes: int = 3000, limit: float = 60.0) -> dict:
-    """``rooms`` concurrent rooms of two peers each: join, offer, ``candidates`` trickled
-    candidates each way, answer, bye. Returns counts and latency figures (milliseconds).
-    Bounded: every connection is closed after ``limit`` seconds at the latest."""
-    sdp = "v=0\r\n" + "a=x\r\n" * (sdp_bytes // 5)
-    lat: list[float] = []
-    done = 0
-    conn = aiohttp.TCPConnector(limit=0)
-
-    async def room(i: int, s) -> None:
-        nonlocal done
-        name = f"load-{i}"
-        async with Ws(s, ws_url) as a, Ws(s, ws_url) as b:
-            await a.join(name)
-            await b.join(name)
-            t = time.monotonic()
-            await b.send({"type": "offer", "sdp": sdp})
-            for k in range(candidates):
-                await b.send({"type": "candidate", "candidate": {"candidate": f"candidate:{k} 1 udp 1 127.0.0.1 {k + 1} typ relay", "sdpMid": "0"}})
-            assert (await a.recv_type("offer", 30))["type"] == "offer"
-            lat.append((time.monotonic() - t) * 1000.0)
-            for _ in range(candidates):
-                await a.recv_type("candidate", 30)
-            await a.send({"type": "answer", "sdp": sdp})
-            for k in range(candidates):
-                await a.send({"type": "candidate", "candidate": {"candidate": f"candidate:{k} 1 udp 1 127.0.0.1 {k + 1} typ relay", "sdpMid": "0"}})
-            await b.recv_type("answer", 30)
-            for _ in range(candidates):
-                await b.recv_type("candidate", 30)
-            await b.send({"type": "bye"})
-            await a.recv_type("bye", 30)
-            done += 1
-
-    t0 = time.monotonic()
-    async with aiohttp.ClientSession(connector=conn) as s:
-        results = await asyncio.wait_for(asyncio.gather(*(room(i, s) for i in range(rooms)), return_exceptions=True), limit)
-    elapsed = time.monotonic() - t0
-    errors = [r for r in results if isinstance(r, BaseException)]
-    lat.sort()
-    messages = rooms * (2 + 2 * candidates + 1)
-    return {"rooms": rooms, "completed": done, "errors": len(errors), "first_error": repr(errors[0]) if errors else None,
-            "seconds": elapsed, "relayed_messages": messages, "messages_per_s": messages / elapsed,
-            "offer_ms_p50": lat[len(lat) // 2] if lat else None, "offer_ms_p95": lat[int(len(lat) * 0.95)] if lat else None}
-
-
 def test_load_200_concurrent_rooms():
     """200 rooms x 2 peers against a server process; hard cap 60 s (typically a few seconds)."""
     from natkit.signaling.process import SignalProcess
 
+    from natkit.signaling.load import load
+
     with SignalProcess("--max-connections", "1000") as proc:
-        result = run(load(proc.ws_url, 200), limit=90)
-    print("load:", json.dumps(result))
-    assert result["errors"] == 0, result["first_error"]
-    assert result["completed"] == 200
-    assert result["seconds"] < 60
+        result = run(load(proc.ws_url, 200, limit=60.0), limit=90)
+    print("load:", json.dumps(dataclasses.asdict(result)))
+    assert result.errors == 0, result.first_error
+    assert result.completed == 200
+    assert result.seconds < 60
