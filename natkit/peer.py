@@ -51,7 +51,8 @@ PROTOCOL = """Data channel messages (JSON text; binary messages carry bulk or fi
 hello {agent, role, chat, media}        ping {seq, data} -> pong {seq, data}
 bulk {bytes} + binary... -> bulk-ok {bytes}
 file {name, size, sha256} + binary... -> file-ok {name, bytes, sha256, match}
-chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}}"""
+chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
+A side closes only after its "done" was acknowledged (or 3 s passed)."""
 
 
 class NoPeer(CheckFailed):
@@ -229,6 +230,7 @@ class _Channel:
         self.bulk_ok: asyncio.Future = loop.create_future()
         self.file_ok: asyncio.Future = loop.create_future()
         self.remote_done: asyncio.Future = loop.create_future()
+        self.done_acked = asyncio.Event()  # the other side got our "done"
         self.remote_chat_end = asyncio.Event()
         self.closed = asyncio.Event()
         self.last_activity = time.monotonic()
@@ -295,8 +297,11 @@ class _Channel:
         elif t == "chat-end":
             self.remote_chat_end.set()
         elif t == "done":
+            self.send({"t": "done-ack"})
             if not self.remote_done.done():
                 self.remote_done.set_result(m.get("report") if isinstance(m.get("report"), dict) else {})
+        elif t == "done-ack":
+            self.done_acked.set()
 
     def _on_binary(self, data: bytes) -> None:
         if self.sink is None:
@@ -647,10 +652,12 @@ async def peer_async(o: PeerOptions) -> PeerReport:
         receiver = MediaReceiver(pc)
         channel_ready: asyncio.Future = loop.create_future()
 
+        # the message handler must be in place before the first message can arrive:
+        # aiortc drops messages of a channel nobody listens to yet
         @pc.on("datachannel")
         def on_datachannel(dc) -> None:
             if dc.label == CHANNEL and not channel_ready.done():
-                channel_ready.set_result(dc)
+                channel_ready.set_result(_Channel(dc, o, role))
 
         async def guarded(aw, seconds: float, what: str):
             """Await ``aw`` for ``seconds``, failing early when the remote leaves."""
@@ -666,7 +673,7 @@ async def peer_async(o: PeerOptions) -> PeerReport:
         gathering_ms = connected_ms = None
         if role == "offerer":
             deadline = loop.time() + o.timeout
-            dc = pc.createDataChannel(CHANNEL)
+            own_channel = _Channel(pc.createDataChannel(CHANNEL), o, role)
             if o.media:
                 tracks = add_senders(pc)
             elif signals.remote_meta.get("media"):
@@ -685,7 +692,7 @@ async def peer_async(o: PeerOptions) -> PeerReport:
             c0 = time.monotonic()
             await _apply(pc, RTCSessionDescription(sdp=answer["sdp"], type="answer"), signals.remote_id)
             await signals.flush()
-            channel_ready.set_result(dc)
+            channel_ready.set_result(own_channel)
         else:
             try:
                 offer = await asyncio.wait_for(asyncio.shield(signals.offer), o.wait)
@@ -713,7 +720,8 @@ async def peer_async(o: PeerOptions) -> PeerReport:
         local_candidates = _parse_candidates(pc.localDescription.sdp, "local")
         remote_sdp = pc.remoteDescription.sdp if pc.remoteDescription else ""
         try:
-            dc = await guarded(channel_ready, left(), "connectivity")
+            channel = await guarded(channel_ready, left(), "connectivity")
+            dc = channel.dc
             if dc.readyState != "open":
                 opened = asyncio.Event()
                 dc.on("open", opened.set)
@@ -725,7 +733,6 @@ async def peer_async(o: PeerOptions) -> PeerReport:
                 hint="both peers need a TURN server they can reach; with --relay-only both sides must gather relay candidates",
             ) from None
         connected_ms = (time.monotonic() - c0) * 1000.0
-        channel = _Channel(dc, o, role)
         channel.send({"t": "hello", "agent": AGENT, "role": role, "chat": o.chat, "media": o.media})
         pair = private.selected_pair(pc)
         event(f"data channel open in {connected_ms:.0f} ms" + (f", pair {pair[0].type}/{pair[1].type}" if pair else ""))
@@ -803,6 +810,12 @@ async def peer_async(o: PeerOptions) -> PeerReport:
                     break
         if remote_report is not None and remote_report.get("ok") is False:
             failures.append("the peer reported FAIL")
+        if remote_report is not None and not o.chat:
+            # closing at once could drop our own "done" still queued in SCTP: wait for its ack
+            try:
+                await asyncio.wait_for(channel.done_acked.wait(), 3.0)
+            except asyncio.TimeoutError:
+                notes.append("the peer did not acknowledge our verdict within 3 s")
         if channel.received_file is not None and not channel.received_file.ok:
             failures.append(f"received file {channel.received_file.name}: SHA-256 does not match the sender's")
         if channel.sink is not None and channel.sink[0] == "file":

@@ -164,7 +164,7 @@ def test_browser_offers_to_waiting_peer(page, signal_server, turn_server):
         page.goto(page_url(signal_server, turn_server, name))
         r = wait_result(page)
         code, report, err = peer.result(40)
-    assert code == 0, err
+    assert code == 0, (err, report)
     assert r["role"] == "offerer" and report["role"] == "answerer"
     check_pair(r, report)
     assert report["notes"] == []  # every trickled candidate was usable
@@ -182,7 +182,7 @@ def test_peer_offers_to_waiting_browser(page, signal_server, turn_server):
     with PeerProcess(*peer_args(turn_server, signal_server, name)) as peer:
         r = wait_result(page)
         code, report, err = peer.result(40)
-    assert code == 0, err
+    assert code == 0, (err, report)
     assert r["role"] == "answerer" and report["role"] == "offerer"
     check_pair(r, report)
     assert page.inner_text("#verdict").startswith("PASS")

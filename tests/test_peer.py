@@ -59,7 +59,7 @@ def run_pair(turn_server, signal_server, a_extra=(), b_extra=(), stdin_a=None, s
 
 def test_two_peers_relay_only_with_echo(turn_server, signal_server):
     (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server)
-    assert ca == 0 and cb == 0, (ea, eb)
+    assert ca == 0 and cb == 0, (ea, eb, a, b)
     assert {a["role"], b["role"]} == {"offerer", "answerer"}
     for rep, other in ((a, b), (b, a)):
         assert rep["ok"] and rep["failures"] == []
@@ -85,7 +85,7 @@ def test_file_transfer_with_sha256(turn_server, signal_server, tmp_path):
     inbox.mkdir()
     (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server, a_extra=("--receive", str(inbox)),
                                         b_extra=("--send", str(src)), env={"NATKIT_QUIET": ""})
-    assert ca == 0 and cb == 0, (ea, eb)
+    assert ca == 0 and cb == 0, (ea, eb, a, b)
     digest = hashlib.sha256(data).hexdigest()
     sent, got = b["file"], a["file"]
     assert sent["direction"] == "sent" and sent["ok"] and sent["sha256"] == digest and sent["bytes"] == len(data)
@@ -108,7 +108,7 @@ def test_chat_lines_cross(turn_server, signal_server):
     finally:
         os.close(ra)
         os.close(rb)
-    assert ca == 0 and cb == 0, (ea, eb)
+    assert ca == 0 and cb == 0, (ea, eb, a, b)
     assert a["chat_sent"] == 1 and b["chat_received"] == 1 and "peer> hello from a" in eb
     assert b["chat_sent"] == 2 and a["chat_received"] == 2 and "peer> hi from b" in ea and "peer> second line" in ea
 

@@ -224,8 +224,9 @@
           if ((m.from || m.id) === this.remoteId && !this.remoteGone) {
             this.remoteGone = true;
             log(`peer ${this.remoteId} left (${m.reason || m.type})`);
-            // after its verdict arrived, leaving is the normal end
-            if (!this.finished && !this.remoteDone) this.fail('the peer left before the check finished');
+            // after its verdict arrived, leaving is the normal end; the verdict may still be in flight
+            // on the data channel when the signaling message overtakes it: allow a moment
+            setTimeout(() => { if (!this.finished && !this.remoteDone) this.fail('the peer left before the check finished'); }, 1500);
           }
           break;
         case 'error':
@@ -293,7 +294,11 @@
         enableChat(true);
         this.runChecks().catch((e) => this.fail(`checks: ${e.message || e}`));
       };
-      dc.onclose = () => { log('data channel closed'); enableChat(false); if (!this.finished && !this.remoteDone) this.fail('the data channel closed before the check finished'); };
+      dc.onclose = () => {
+        log('data channel closed');
+        enableChat(false);
+        if (!this.finished && !this.remoteDone) this.fail('the data channel closed before the check finished');
+      };
       dc.onmessage = (e) => this.onData(e.data);
     }
 
@@ -311,7 +316,7 @@
         case 'bulk': this.sink = { kind: 'bulk', size: Number(m.bytes) || 0, got: 0 }; if (!this.sink.size) this.dcSend({ t: 'bulk-ok', bytes: 0 }); break;
         case 'file': this.sink = { kind: 'file', name: String(m.name || 'file'), size: Number(m.size) || 0, sha256: m.sha256, got: 0, chunks: [] }; log(`receiving file ${this.sink.name} (${this.sink.size} bytes)`); if (!this.sink.size) this.fileDone(); break;
         case 'chat': this.r.chatReceived.push(String(m.text)); chatLine(`peer: ${m.text}`); break;
-        case 'done': this.remoteDone = m.report || {}; this.r.remoteReport = this.remoteDone; for (const w of this.remoteDoneWaiters) w(); break;
+        case 'done': this.dcSend({ t: 'done-ack' }); this.remoteDone = m.report || {}; this.r.remoteReport = this.remoteDone; for (const w of this.remoteDoneWaiters) w(); break;
         default: break;
       }
     }
