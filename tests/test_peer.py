@@ -201,3 +201,42 @@ def test_peer_report_renders_as_text(turn_server, signal_server):
             a.wait()
     assert a.returncode == 0 and cb == 0, (err, eb)
     assert "PASS peer" in out and "relay/relay" in out and "natkit-peer/1" in out
+
+
+@pytest.mark.parametrize("behaviours, expect", [
+    (("symmetric", "symmetric"), "relay"),
+    (("port_restricted", "port_restricted"), "direct"),
+])
+def test_peers_behind_real_nats(nat_lab, behaviours, expect):
+    """The cross-machine test in a lab: signaling server in the lab's server namespace, each
+    natkit peer behind its own NAT (nftables in namespaces; nothing leaves them), STUN + TURN
+    offered, no --relay-only: ICE itself must pick relay for symmetric x symmetric and a
+    direct srflx pair for port-restricted x port-restricted (NATLAB.md's matrix)."""
+    lab = nat_lab(*behaviours)
+    a_host, b_host = lab.hosts
+    with SignalProcess(host=lab.server_ips[0], popen=lambda argv, **kw: lab.popen("server", argv, **kw)) as sig:
+        common = ["--signal", sig.ws_url, "--room", "lab", "--stun", lab.stun_uri, "--turn", lab.turn_uri(),
+                  "--secret", lab.secret, "--messages", "5", "--payload", "100000", "--timeout", "15", "--wait", "30"]
+        a = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(a_host, argv, **kw))
+        b = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(b_host, argv, **kw))
+        try:
+            a.start()
+            time.sleep(0.5)
+            b.start()
+            ca, ra, ea = a.result(60)
+            cb, rb, eb = b.result(60)
+        finally:
+            a.stop()
+            b.stop()
+    assert ca == 0 and cb == 0, (ea, eb, ra, rb)
+    print(behaviours, [(r["selected"]["local"]["local_type"], r["selected"]["local"]["remote_type"], r["selected"]["local"]["remote"]) for r in (ra, rb)])
+    for rep in (ra, rb):
+        sel = rep["selected"]["local"]
+        assert rep["echo_ok"] and rep["remote_report"]["ok"]
+        types = {c["type"] for c in rep["candidates"] if c["side"] == "local"}
+        assert {"host", "srflx", "relay"} <= types, types
+        if expect == "relay":
+            assert "relay" in (sel["local_type"], sel["remote_type"]), sel
+        else:
+            assert "relay" not in (sel["local_type"], sel["remote_type"]), sel
+            assert not sel["remote"].startswith(lab.server_ips[0]), sel  # the path does not touch the server

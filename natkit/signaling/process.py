@@ -40,15 +40,19 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
 class SignalProcess:
     """A ``natkit signal serve --port 0`` child process; ``ws_url`` and ``url`` once started.
 
-    ``args`` are extra ``signal serve`` options. Raises
+    ``args`` are extra ``signal serve`` options; ``popen`` replaces
+    :class:`subprocess.Popen` (e.g. ``lambda argv, **kw: lab.popen("server", argv, **kw)``
+    to run it inside a lab namespace). Raises
     :class:`ServerStartFailed` (with its stderr) when no URL is printed
     within ``ready_timeout`` seconds.
     """
 
-    def __init__(self, *args: str, host: str = "127.0.0.1", ready_timeout: float = 15.0, env: dict | None = None) -> None:
+    def __init__(self, *args: str, host: str = "127.0.0.1", ready_timeout: float = 15.0, env: dict | None = None,
+                 popen=None) -> None:
         self.args = ["signal", "serve", "--host", host, "--port", "0", *args]
         self.ready_timeout = ready_timeout
         self.env = env
+        self.popen = popen or subprocess.Popen
         self.proc: subprocess.Popen | None = None
         self.ws_url: str | None = None
         self.url: str | None = None
@@ -56,8 +60,8 @@ class SignalProcess:
 
     def start(self) -> "SignalProcess":
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(natkit_command(*self.args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = self.popen(natkit_command(*self.args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env)
         found = threading.Event()
 
         def reader() -> None:
@@ -92,19 +96,20 @@ class SignalProcess:
 class PeerProcess:
     """A ``natkit peer ... --json`` child process; :meth:`result` waits and parses its report.
 
-    ``args`` are the ``natkit peer`` options (``--json`` is added).
+    ``args`` are the ``natkit peer`` options (``--json`` is added); ``popen`` as for :class:`SignalProcess`.
     """
 
-    def __init__(self, *args: str, env: dict | None = None, stdin: int | None = subprocess.DEVNULL) -> None:
+    def __init__(self, *args: str, env: dict | None = None, stdin: int | None = subprocess.DEVNULL, popen=None) -> None:
         self.args = ["peer", *args, "--json"]
         self.env = env
         self.stdin = stdin
+        self.popen = popen or subprocess.Popen
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "PeerProcess":
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(natkit_command(*self.args), stdin=self.stdin, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = self.popen(natkit_command(*self.args), stdin=self.stdin, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
         return self
 
     def result(self, timeout: float) -> tuple[int, dict | None, str]:
