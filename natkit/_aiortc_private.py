@@ -66,23 +66,29 @@ class check_rto:
     server (no permission yet), so connecting always costs one 500 ms timer.
     natkit sets the RTO from the RTT it measured to the TURN server instead
     (RFC 8489 §6.2.1 allows an RTO from a measured RTT) and restores it after.
+    Checks running concurrently share the smallest of their values.
     """
+
+    _active: list = []  # values of the checks running now (a fleet runs several at once)
+    _original = None
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._saved = None
 
     def __enter__(self):
         from aioice import stun
 
-        self._saved = stun.RETRY_RTO
-        stun.RETRY_RTO = self.seconds
+        if not check_rto._active:
+            check_rto._original = stun.RETRY_RTO
+        check_rto._active.append(self.seconds)
+        stun.RETRY_RTO = min(check_rto._active)
         return self
 
     def __exit__(self, *exc) -> None:
         from aioice import stun
 
-        stun.RETRY_RTO = self._saved
+        check_rto._active.remove(self.seconds)
+        stun.RETRY_RTO = min(check_rto._active) if check_rto._active else check_rto._original
 
 
 def keep_best_nomination() -> None:

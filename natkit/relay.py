@@ -452,3 +452,61 @@ def require_ok(report: RelayReport) -> RelayReport:
     if not report.ok:
         raise CheckFailed("; ".join(report.failures), server=report.server, step="relay-check")
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetEntry:
+    """One server of a fleet check: its :class:`RelayReport`, or the error that stopped it."""
+
+    server: str
+    ok: bool
+    report: RelayReport | None
+    error: dict | None  # NatkitError.to_dict() when the check could not complete
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetReport:
+    """Result of :func:`relay_check_fleet`: every server checked concurrently, one summary."""
+
+    schema: str
+    ok: bool  # every server relayed
+    passed: int
+    failed: int
+    servers: tuple[FleetEntry, ...]
+    exit_code: int  # the most specific exit code among failures (0 when all passed)
+    duration_ms: float
+
+
+def relay_check_fleet(turn_uris: list[str], *, credentials, **kwargs) -> FleetReport:
+    """:func:`relay_check` against several servers at once (a fleet sharing one REST secret).
+
+    ``credentials``: a callable returning ``(username, password)`` for a URI
+    (a fresh REST credential per server). Other keywords as :func:`relay_check`.
+    Errors of one server (unreachable, 401, ...) become that entry's ``error``;
+    bad input (a malformed URI) raises before anything is sent.
+    """
+    from ._async import run
+
+    for uri in turn_uris:
+        parse_turn_uri(uri)  # InvalidURI before any traffic
+    started = time.monotonic()
+
+    async def one(uri: str) -> FleetEntry:
+        username, password = credentials(uri)
+        try:
+            report = await relay_check_async(uri, username=username, password=password, **kwargs)
+            return FleetEntry(uri, report.ok, report, None)
+        except NatkitError as exc:
+            return FleetEntry(uri, False, None, exc.to_dict())
+
+    async def all_of() -> list[FleetEntry]:
+        return list(await asyncio.gather(*(one(u) for u in turn_uris)))
+
+    entries = run(all_of())
+    codes = [e.error["exit_code"] if e.error else (0 if e.ok else 1) for e in entries]
+    failed = sum(1 for e in entries if not e.ok)
+    return FleetReport(
+        schema="natkit.relay-fleet/1", ok=failed == 0, passed=len(entries) - failed, failed=failed,
+        servers=tuple(entries), exit_code=max(codes) if failed else 0,
+        duration_ms=(time.monotonic() - started) * 1000.0,
+    )

@@ -262,3 +262,12 @@ def test_probe_does_not_import_heavy_modules(turn_server):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+def test_relay_check_fleet_cli(turn_server):
+    proc = natkit("relay-check", turn_server.uri, turn_server.uri + "?transport=tcp", "--secret", turn_server.secret,
+                  "--payload", "0", "--messages", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "natkit.relay-fleet/1" and doc["passed"] == 2 and doc["ok"]
+    assert all(s["report"]["selected_relay"] for s in doc["servers"])

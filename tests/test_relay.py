@@ -125,3 +125,19 @@ def test_quota_reached_during_gathering_is_named():
         with pytest.raises(AllocationRefused) as exc:
             relay_check(f"turn:127.0.0.1:{port}", username=cred.username, password=cred.password, timeout=5)
         assert exc.value.error_code == 486
+
+
+def test_fleet_checked_concurrently_with_one_summary(turn_server):
+    """Two good servers (the session coturn over UDP and TCP) and one dead port: one report, exit 4."""
+    from natkit.coturn.server import free_port
+    from natkit.relay import relay_check_fleet
+
+    cred = turn_server.credentials()
+    dead = f"turn:127.0.0.1:{free_port()}"
+    uris = [turn_server.uri, turn_server.uri + "?transport=tcp", dead]
+    report = relay_check_fleet(uris, credentials=lambda _u: (cred.username, cred.password), messages=5, payload_bytes=0, timeout=5)
+    assert [e.server for e in report.servers] == uris
+    assert [e.ok for e in report.servers] == [True, True, False]
+    assert report.servers[0].report.selected_relay and report.servers[1].report.transport == "tcp"
+    assert report.servers[2].error["kind"] == "unreachable" and report.exit_code == 4
+    assert (report.passed, report.failed, report.ok) == (2, 1, False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -26,7 +26,7 @@ def credentials(secret: Optional[str], user: Optional[str], password: Optional[s
 
 
 def relay_check_cmd(
-    turn_uri: str = typer.Argument(..., metavar="TURN_URI", help="turn:host[:port][?transport=udp|tcp] or turns:host[:port]"),
+    turn_uris: List[str] = typer.Argument(..., metavar="TURN_URI...", help="turn:host[:port][?transport=udp|tcp] or turns:host[:port]; several: a fleet, checked concurrently"),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (a credential is minted)"),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="username (long-term credential), or the user part with --secret"),
     password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="password (long-term credential)"),
@@ -43,12 +43,16 @@ def relay_check_cmd(
 
     Exit codes: 0 relayed, 1 an assertion failed, 2 bad input, 4 unreachable,
     5 authentication refused (401/441), 6 allocation refused (486/508/403),
-    7 relay candidates but no connectivity.
+    7 relay candidates but no connectivity. With several servers: 0 when all
+    relayed, else the highest of their codes.
     """
 
     def body() -> int:
         from ..relay import relay_check
 
+        if len(turn_uris) > 1:
+            return fleet(turn_uris)
+        turn_uri = turn_uris[0]
         username, pw = credentials(secret, user, password)
         output.progress(f"relay-only ICE through {turn_uri}")
         report = relay_check(turn_uri, username=username, password=pw, messages=messages, payload_bytes=payload,
@@ -58,6 +62,31 @@ def relay_check_cmd(
         else:
             render(report)
         return 0 if report.ok else 1
+
+    def fleet(uris: list[str]) -> int:
+        from ..relay import relay_check_fleet
+
+        credentials(secret, user, password)  # usage errors first
+        output.progress(f"relay-only ICE through {len(uris)} servers at once")
+        report = relay_check_fleet(uris, credentials=lambda _uri: credentials(secret, user, password), messages=messages,
+                                   payload_bytes=payload, timeout=timeout, verify_tls=not insecure, cafile=cafile,
+                                   media=media, media_seconds=media_seconds)
+        if json_out:
+            output.emit_json(report)
+        else:
+            con = output.console()
+            for entry in report.servers:
+                if entry.report is not None:
+                    render(entry.report, con)
+                else:
+                    con.print(f"[red]FAIL[/red] relay-check {entry.server}: {entry.error['message']}")
+            rows = [[e.server, "pass" if e.ok else "FAIL",
+                     output.fmt_ms(e.report.connected_ms) if e.report else None,
+                     output.fmt_ms(e.report.rtt_ms_p50) if e.report else None,
+                     "; ".join(e.report.failures) if e.report else e.error["message"]] for e in report.servers]
+            con.print(output.table(f"fleet: {report.passed}/{len(report.servers)} relayed in {report.duration_ms / 1000:.2f} s",
+                                   ["server", "result", "connected", "echo rtt p50", "detail"], rows))
+        return report.exit_code
 
     output.run(json_out, body)
 
