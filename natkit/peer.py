@@ -594,7 +594,7 @@ async def _ice_servers(o: PeerOptions, timeout: float):
 async def peer_async(o: PeerOptions) -> PeerReport:
     """See :func:`peer`."""
     _validate(o)
-    from .signaling.client import SignalingClient
+    from .signaling.client import SignalingClient, check_url
 
     started = time.monotonic()
     loop = asyncio.get_running_loop()
@@ -633,7 +633,12 @@ async def peer_async(o: PeerOptions) -> PeerReport:
     pc = None
     signals = None
     receiver = None
-    sig = SignalingClient(o.signal, timeout=min(10.0, o.timeout), ssl_context=None)
+    sig_ctx = None
+    if check_url(o.signal).startswith("wss://"):
+        from .stun import client_ssl_context
+
+        sig_ctx = client_ssl_context(o.verify_tls, o.cafile)
+    sig = SignalingClient(o.signal, timeout=min(10.0, o.timeout), ssl_context=sig_ctx)
     await sig.connect()
     if rto is not None:
         rto.__enter__()

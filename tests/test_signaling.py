@@ -482,3 +482,31 @@ def test_load_200_concurrent_rooms():
     assert result.errors == 0, result.first_error
     assert result.completed == 200
     assert result.seconds < 60
+
+
+def test_tls_server_and_client(tmp_path):
+    """--cert/--key: https page and wss signaling; the client verifies against the given CA."""
+    import ssl
+
+    from natkit.errors import UsageError
+    from natkit.stun import client_ssl_context
+    from natkit.tls import self_signed, write_pair
+
+    cert, key = self_signed(["127.0.0.1"])
+    cert_path, key_path = write_pair(tmp_path, cert, key)
+
+    async def main():
+        async with serve(cert=str(cert_path), key=str(key_path)) as srv:
+            assert srv.url.startswith("https://") and srv.ws_url.startswith("wss://")
+            async with SignalingClient(srv.ws_url, timeout=3, ssl_context=client_ssl_context(True, str(cert_path))) as c:
+                assert (await c.join("tls")).peers == ()
+            with pytest.raises(SignalingUnreachable):  # not trusted without the CA
+                async with SignalingClient(srv.ws_url, timeout=3, ssl_context=client_ssl_context(True, None)):
+                    pass
+            ctx = ssl.create_default_context(cafile=str(cert_path))
+            async with aiohttp.ClientSession() as s, s.get(srv.url, ssl=ctx) as r:
+                assert r.status == 200 and "Content-Security-Policy" in r.headers
+
+    run(main())
+    with pytest.raises(UsageError):
+        SignalConfig(cert=str(cert_path)).validate()

@@ -26,6 +26,8 @@ def serve_cmd(
     turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST secret: the page gets fresh credentials"),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
+    cert: Optional[str] = typer.Option(None, "--cert", help="PEM certificate chain: serve https:// and wss://"),
+    key: Optional[str] = typer.Option(None, "--key", help="PEM private key of --cert"),
     no_page: bool = typer.Option(False, "--no-page", help="signaling only, no test page"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log joins and leaves to stderr"),
 ) -> None:
@@ -46,7 +48,7 @@ def serve_cmd(
         config = SignalConfig(
             host=host, port=port, token=token, room_size=room_size, max_message=max_message,
             idle_timeout=idle_timeout, max_connections=max_connections, turn_uris=tuple(turn),
-            turn_secret=secret, stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose,
+            turn_secret=secret, stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose, cert=cert, key=key,
         ).validate()
 
         def ready(server) -> None:
@@ -66,10 +68,10 @@ PEER_HELP = """Join a signaling room, connect to whoever is there, and check the
 
 The peer that joins second sends the offer. Over a data channel both sides
 echo each other's messages and measure their own round trips; the report is
-relay-check's (selected pair, candidate types, RTT, throughput). --send FILE transfers a file with a SHA-256 check on
-arrival; --chat then turns the channel into a line chat (Ctrl-D ends it);
---media sends a synthetic video track and an audio tone and the other side
-measures them.
+relay-check's (selected pair, candidate types, RTT, throughput).
+--send FILE transfers a file with a SHA-256 check on arrival; --chat then
+turns the channel into a line chat (Ctrl-D ends it); --media sends a
+synthetic video track and an audio tone and the other side measures them.
 
 Exit codes: 0 passed, 1 a check failed (or no peer came within --wait),
 2 bad input, 4 signaling or TURN server unreachable, 5 credentials or token

@@ -16,7 +16,7 @@ import time
 
 from ..errors import ServerStartFailed
 
-_URL_RE = re.compile(r"WebSocket (ws://\S+)")
+_URL_RE = re.compile(r"WebSocket (wss?://\S+)")
 
 
 def natkit_command(*args: str) -> list[str]:
@@ -70,7 +70,7 @@ class SignalProcess:
                 m = _URL_RE.search(line)
                 if m and not found.is_set():
                     self.ws_url = m.group(1)
-                    self.url = self.ws_url[: -len("ws")].replace("ws://", "http://", 1)
+                    self.url = self.ws_url[: -len("ws")].replace("ws", "http", 1)
                     found.set()
 
         threading.Thread(target=reader, daemon=True).start()

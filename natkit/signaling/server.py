@@ -83,6 +83,8 @@ class SignalConfig:
     stun_uris: tuple[str, ...] = ()
     credential_ttl: int = 3600
     verbose: bool = False
+    cert: str | None = None  # PEM certificate chain: serve https:// and wss:// (a secure context for the page)
+    key: str | None = None  # its PEM private key
 
     def validate(self) -> "SignalConfig":
         """Return self; raise :class:`natkit.errors.UsageError` for out-of-range values."""
@@ -98,6 +100,8 @@ class SignalConfig:
             raise UsageError("timeouts must be positive")
         if self.max_connections < 1:
             raise UsageError("--max-connections must be at least 1")
+        if bool(self.cert) != bool(self.key):
+            raise UsageError("--cert and --key go together")
         if self.turn_uris and not self.turn_secret:
             raise UsageError("--turn for the page needs --secret (credentials are minted per page load)")
         for uri in self.turn_uris:
@@ -160,6 +164,7 @@ class SignalingServer:
 
         if self.config.serve_page:
             self._page = load_page()
+        ssl_context = self._ssl_context()
         app = web.Application(client_max_size=4096)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._healthz)
@@ -175,7 +180,7 @@ class SignalingServer:
             family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
             sock = socket.create_server((self.config.host, self.config.port), family=family, backlog=512)
             sock.setblocking(False)
-            site = web.SockSite(self._runner, sock)
+            site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
@@ -186,6 +191,21 @@ class SignalingServer:
             ) from None
         self.port = sock.getsockname()[1]
         return self
+
+    def _ssl_context(self):
+        if not self.config.cert:
+            return None
+        import ssl
+
+        from ..errors import UsageError
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.config.cert, self.config.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load --cert/--key: {exc}") from None
+        return ctx
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and the listener; bounded to a few seconds."""
@@ -215,11 +235,12 @@ class SignalingServer:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.config.cert else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "ws"
+        return self.url.replace("http", "ws", 1) + "ws"
 
     # -- HTTP ------------------------------------------------------------
     async def _static(self, request):
