@@ -60,6 +60,9 @@ def _terminate(signum, frame) -> None:
     import os
     import signal
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background by a shell, which ignores SIGINT for it
+        raise KeyboardInterrupt
     os.kill(os.getpid(), signal.SIGINT)
 
 
