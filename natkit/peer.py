@@ -743,29 +743,15 @@ async def peer_async(o: PeerOptions) -> PeerReport:
         event(f"data channel open in {connected_ms:.0f} ms" + (f", pair {pair[0].type}/{pair[1].type}" if pair else ""))
 
         # echo round trips, one at a time
-        rtts: list[float] = []
-        echoed = 0
-        echo_ok = True
-        first_echo_ms = None
-        t_open = time.monotonic()
-        for i in range(o.messages):
+        from .relay import echo_series
+
+        async def exchange(i: int):
             data = os.urandom(24).hex()
-            s = time.monotonic()
-            reply = await channel.ping(i, data, left())
-            if reply is None:
-                failures.append(f"echo {i} not answered before the deadline")
-                break
-            now = time.monotonic()
-            if first_echo_ms is None:
-                first_echo_ms = (now - t_open) * 1000.0
-            rtts.append((now - s) * 1000.0)
-            echoed += 1
-            if reply != data:
-                echo_ok = False
-        if echoed < o.messages:
-            echo_ok = False
-        if not echo_ok:
-            failures.append(f"echo mismatch: {echoed}/{o.messages} messages came back intact")
+            return data, await channel.ping(i, data, left())
+
+        echo = await echo_series(o.messages, exchange)
+        rtts, echoed, echo_ok, first_echo_ms = echo.rtts_ms, echo.echoed, echo.ok, echo.first_echo_ms
+        failures += echo.failures
 
         throughput = None
         if o.payload_bytes:

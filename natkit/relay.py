@@ -188,6 +188,47 @@ async def preflight_allocate(
     return elapsed, TransportAddress.of(relayed), TransportAddress.of(mapped) if mapped else None
 
 
+@dataclasses.dataclass
+class EchoSeries:
+    """Round trips of a data-channel echo, one message at a time (so each is measured alone).
+
+    ``rtts_ms`` per echoed message; ``first_echo_ms`` from the start of the series;
+    ``failures`` the assertion messages (unanswered, mismatched).
+    """
+
+    sent: int
+    echoed: int = 0
+    ok: bool = True
+    first_echo_ms: float | None = None
+    rtts_ms: list = dataclasses.field(default_factory=list)
+    failures: list = dataclasses.field(default_factory=list)
+
+
+async def echo_series(count: int, exchange) -> EchoSeries:
+    """Run ``count`` echoes; ``exchange(i)`` sends message ``i`` and returns
+    ``(sent, reply)``, ``reply`` None when the deadline passed."""
+    series = EchoSeries(sent=count)
+    t_open = time.monotonic()
+    for i in range(count):
+        s = time.monotonic()
+        sent, reply = await exchange(i)
+        if reply is None:
+            series.failures.append(f"echo {i} not answered before the deadline")
+            break
+        now = time.monotonic()
+        if series.first_echo_ms is None:
+            series.first_echo_ms = (now - t_open) * 1000.0
+        series.rtts_ms.append((now - s) * 1000.0)
+        series.echoed += 1
+        if reply != sent:
+            series.ok = False
+    if series.echoed < count:
+        series.ok = False
+    if not series.ok:
+        series.failures.append(f"echo mismatch: {series.echoed}/{count} messages came back intact")
+    return series
+
+
 def _parse_candidates(sdp: str, side: str) -> list[CandidateInfo]:
     from aioice import Candidate
 
@@ -347,27 +388,18 @@ async def relay_check_async(
         # echo: one message at a time, so every round trip is measured alone
         replies: asyncio.Queue = asyncio.Queue()
         echo_channel.on("message", replies.put_nowait)
-        t_open = time.monotonic()
-        for i in range(messages):
+
+        async def exchange(i: int):
             payload = f"natkit-echo {i:06d} ".encode() + os.urandom(48)
-            s = time.monotonic()
             echo_channel.send(payload)
             try:
-                reply = await asyncio.wait_for(replies.get(), left())
+                return payload, await asyncio.wait_for(replies.get(), left())
             except asyncio.TimeoutError:
-                failures.append(f"echo {i} not answered before the deadline")
-                break
-            now = time.monotonic()
-            if first_echo_ms is None:
-                first_echo_ms = (now - t_open) * 1000.0
-            rtts.append((now - s) * 1000.0)
-            echoed += 1
-            if reply != payload:
-                echo_ok = False
-        if echoed < messages:
-            echo_ok = False
-        if not echo_ok:
-            failures.append(f"echo mismatch: {echoed}/{messages} messages came back intact")
+                return payload, None
+
+        echo = await echo_series(messages, exchange)
+        rtts, echoed, echo_ok, first_echo_ms = echo.rtts_ms, echo.echoed, echo.ok, echo.first_echo_ms
+        failures += echo.failures
 
         if payload_bytes:
             chunk = os.urandom(16384)
