@@ -50,12 +50,6 @@ def selected_pair(pc):
     return pair.local_candidate, pair.remote_candidate
 
 
-def local_candidates(pc):
-    """The aioice ``Candidate`` objects gathered for the data channel transport."""
-    conn = _ice_connection(pc)
-    return list(conn.local_candidates) if conn is not None else []
-
-
 class check_rto:
     """Context manager: aioice's initial STUN retransmission timeout, in seconds.
 

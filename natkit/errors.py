@@ -16,8 +16,11 @@ code  meaning
 5     authentication refused by the TURN server (401, 441)
 6     allocation refused by the TURN server (486 quota, 508 capacity, ...)
 7     relay candidates gathered, but ICE found no working pair
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C or SIGTERM)
 ====  =====================================================================
+
+Every feature's errors are defined here too (signaling, peer, lab), so the
+exit code of each is visible in one file.
 """
 
 from __future__ import annotations
@@ -185,3 +188,68 @@ class NoRelayConnectivity(CheckFailed):
 
     exit_code = EXIT_NO_CONNECTIVITY
     kind = "no_connectivity"
+
+
+# ---- signaling (natkit signal serve / natkit peer)
+
+
+class SignalingError(NatkitError):
+    """The signaling server answered with an error (``code`` is the protocol error code)."""
+
+    kind = "signaling"
+
+    def __init__(self, message: str, *, code: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.code = code
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["code"] = self.code
+        return d
+
+
+class SignalingUnreachable(ServerUnreachable):
+    """The signaling server cannot be reached, or closed the connection."""
+
+    kind = "signaling_unreachable"
+
+
+class SignalingAuthRefused(SignalingError):
+    """The signaling server refused the token (``bad-token``)."""
+
+    exit_code = EXIT_AUTH_REFUSED
+    kind = "signaling_auth_refused"
+
+
+class RoomFull(SignalingError):
+    """The room already holds its maximum number of peers (``room-full``)."""
+
+    exit_code = EXIT_ALLOCATION_REFUSED
+    kind = "room_full"
+
+
+class NoPeer(CheckFailed):
+    """Nobody joined the room (or offered) within the wait."""
+
+    kind = "no_peer"
+
+
+# ---- network-scenario lab
+
+
+class LabError(EnvironmentProblem):
+    """Building, verifying or running a lab failed (``details`` has command output)."""
+
+    kind = "lab"
+
+
+class LabVerificationFailed(LabError):
+    """A NAT box does not behave as its spec declares (``details`` lists how)."""
+
+    kind = "lab_verification_failed"
+
+
+class LabAgentError(NatkitError):
+    """An agent in a lab namespace failed or stopped answering."""
+
+    kind = "lab_agent"

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckFailed, NatkitError, NoRelayConnectivity, UsageError
+from .errors import CheckFailed, NatkitError, NoPeer, NoRelayConnectivity, UsageError  # noqa: F401
 from .model import TransportAddress
 from .relay import CandidateInfo, SelectedPair, _parse_candidates, _percentile, preflight_allocate, tls_context
 
@@ -53,12 +53,6 @@ bulk {bytes} + binary... -> bulk-ok {bytes}
 file {name, size, sha256} + binary... -> file-ok {name, bytes, sha256, match}
 chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
 A side closes only after its "done" was acknowledged (or 3 s passed)."""
-
-
-class NoPeer(CheckFailed):
-    """Nobody joined the room (or offered) within the wait."""
-
-    kind = "no_peer"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ import time
 from .errors import (
     AllocationRefused,
     AuthenticationRefused,
-    CheckFailed,
     NatkitError,
     NoRelayConnectivity,
     ServerUnreachable,
@@ -478,12 +477,6 @@ def relay_check(turn_uri: str, *, username: str, password: str, messages: int = 
                                          payload_bytes=payload_bytes, timeout=timeout, verify_tls=verify_tls, cafile=cafile,
                                          media=media, media_seconds=media_seconds))
 
-
-def require_ok(report: RelayReport) -> RelayReport:
-    """Raise :class:`CheckFailed` listing ``report.failures`` unless the report passed."""
-    if not report.ok:
-        raise CheckFailed("; ".join(report.failures), server=report.server, step="relay-check")
-    return report
 
 
 @dataclasses.dataclass(frozen=True)

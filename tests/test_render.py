@@ -159,8 +159,6 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _deployment(port: int, listen: str = "127.0.0.1") -> Deployment:
-    from natkit.coturn.server import free_port  # noqa: F401  (port chosen by the caller)
-
     cfg = build("recommended", secrets=("unused",), listening_ips=(listen,), port=port, min_port=40000, max_port=40999).config
     return Deployment(cfg)
 

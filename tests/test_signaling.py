@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import struct
-import time
 
 import pytest
 

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, NatkitError
+from ..errors import EXIT_INTERRUPTED, NatkitError
 
 DEBUG = bool(os.environ.get("NATKIT_DEBUG"))
 
@@ -94,10 +94,3 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
 
 def fmt_ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} ms"
-
-
-def usage_exit(message: str) -> None:
-    import typer
-
-    err(f"natkit: error: {message}")
-    raise typer.Exit(EXIT_USAGE)

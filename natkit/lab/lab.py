@@ -31,18 +31,12 @@ import weakref
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ServerStartFailed, UsageError
+from ..errors import LabVerificationFailed, ServerStartFailed, UsageError  # noqa: F401
 from . import netns
 from .netns import LabError
 from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan
 
 SCHEMA_CHECK = "natkit.lab.check/1"
-
-
-class LabVerificationFailed(LabError):
-    """A NAT box does not behave as its spec declares (``details`` lists how)."""
-
-    kind = "lab_verification_failed"
 
 
 @dataclasses.dataclass(frozen=True)

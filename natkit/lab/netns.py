@@ -25,16 +25,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import EnvironmentProblem, NatkitError, UsageError
+from ..errors import LabError, NatkitError, UsageError  # noqa: F401
 from .spec import NS_PREFIX, Plan
 
 NETNS_DIR = Path("/run/netns")
-
-
-class LabError(EnvironmentProblem):
-    """Building, verifying or running a lab failed (``details`` has command output)."""
-
-    kind = "lab"
 
 
 # ------------------------------------------------------------------ registry

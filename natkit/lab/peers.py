@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 
-from ..errors import NatkitError
+from ..errors import LabAgentError, NatkitError  # noqa: F401
 
 SCHEMA_PAIR = "natkit.lab.pair/1"
 
@@ -510,12 +510,6 @@ class AgentClient:
                 pass
         if self._log is not subprocess.DEVNULL:
             self._log.close()
-
-
-class LabAgentError(NatkitError):
-    """An agent in a lab namespace failed or stopped answering."""
-
-    kind = "lab_agent"
 
 
 ANSWER_DELAY = 0.2  # seconds between the answerer's answer and the offerer receiving it

@@ -15,45 +15,17 @@ import json
 import ssl
 from urllib.parse import urlsplit
 
-from ..errors import EXIT_ALLOCATION_REFUSED, EXIT_AUTH_REFUSED, NatkitError, ServerUnreachable, UsageError
+from ..errors import (  # noqa: F401  (SignalingError & co. are this module's public errors)
+    NatkitError,
+    RoomFull,
+    SignalingAuthRefused,
+    SignalingError,
+    SignalingUnreachable,
+    UsageError,
+)
 from . import protocol as p
 
 KEEPALIVE = 20.0  # seconds between pings while the connection is otherwise quiet
-
-
-class SignalingError(NatkitError):
-    """The signaling server answered with an error (``code`` is the protocol error code)."""
-
-    kind = "signaling"
-
-    def __init__(self, message: str, *, code: str | None = None, **kw) -> None:
-        super().__init__(message, **kw)
-        self.code = code
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["code"] = self.code
-        return d
-
-
-class SignalingUnreachable(ServerUnreachable):
-    """The signaling server cannot be reached, or closed the connection."""
-
-    kind = "signaling_unreachable"
-
-
-class SignalingAuthRefused(SignalingError):
-    """The signaling server refused the token (``bad-token``)."""
-
-    exit_code = EXIT_AUTH_REFUSED
-    kind = "signaling_auth_refused"
-
-
-class RoomFull(SignalingError):
-    """The room already holds its maximum number of peers (``room-full``)."""
-
-    exit_code = EXIT_ALLOCATION_REFUSED
-    kind = "room_full"
 
 
 def check_url(url: str) -> str:
