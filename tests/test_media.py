@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -91,22 +90,12 @@ def test_relay_check_cli_media_json(turn_server):
 def test_peer_media_through_the_relay(turn_server):
     """B sends video + audio (--media); A, which sends nothing, measures what arrives."""
     pytest.importorskip("aiohttp")
-    from natkit.signaling.process import PeerProcess, SignalProcess
+    from natkit.signaling.process import PeerProcess, SignalProcess, run_pair
 
     with SignalProcess() as sig:
         common = ["--signal", sig.ws_url, "--room", "media", "--turn", turn_server.uri, "--secret", turn_server.secret,
                   "--relay-only", "--messages", "3", "--payload", "0", "--media-seconds", "2", "--timeout", "15", "--wait", "30"]
-        a = PeerProcess(*common)
-        b = PeerProcess(*common, "--media")
-        try:
-            a.start()
-            time.sleep(0.3)
-            b.start()
-            ca, ra, ea = a.result(60)
-            cb, rb, eb = b.result(60)
-        finally:
-            a.stop()
-            b.stop()
+        (ca, ra, ea), (cb, rb, eb) = run_pair(PeerProcess(*common), PeerProcess(*common, "--media"))
     assert ca == 0 and cb == 0, (ea, eb)
     assert rb["media_sent"] and not ra["media_sent"]
     check_media(ra["media"], 2.0)

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("aiohttp")
 
 from natkit.signaling.process import PeerProcess, SignalProcess  # noqa: E402
+from natkit.signaling.process import run_pair as run_processes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,7 @@ def run_pair(turn_server, signal_server, a_extra=(), b_extra=(), stdin_a=None, s
     name = room()
     a = PeerProcess(*peer_args(turn_server, signal_server, name, *a_extra), stdin=stdin_a, env=env)
     b = PeerProcess(*peer_args(turn_server, signal_server, name, *b_extra), stdin=stdin_b, env=env)
-    try:
-        a.start()
-        time.sleep(0.3)  # A joins first in practice; B first would swap the roles, not break anything
-        b.start()
-        ra = a.result(timeout)
-        rb = b.result(timeout)
-    finally:
-        a.stop()
-        b.stop()
-    return ra, rb
+    return run_processes(a, b, timeout=timeout)
 
 
 def test_two_peers_relay_only_with_echo(turn_server, signal_server):
@@ -219,15 +211,7 @@ def test_peers_behind_real_nats(nat_lab, behaviours, expect):
                   "--secret", lab.secret, "--messages", "5", "--payload", "100000", "--timeout", "15", "--wait", "30"]
         a = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(a_host, argv, **kw))
         b = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(b_host, argv, **kw))
-        try:
-            a.start()
-            time.sleep(0.5)
-            b.start()
-            ca, ra, ea = a.result(60)
-            cb, rb, eb = b.result(60)
-        finally:
-            a.stop()
-            b.stop()
+        (ca, ra, ea), (cb, rb, eb) = run_processes(a, b, stagger=0.5)
     assert ca == 0 and cb == 0, (ea, eb, ra, rb)
     print(behaviours, [(r["selected"]["local"]["local_type"], r["selected"]["local"]["remote_type"], r["selected"]["local"]["remote"]) for r in (ra, rb)])
     for rep in (ra, rb):

@@ -137,3 +137,18 @@ class PeerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run_pair(a: PeerProcess, b: PeerProcess, *, stagger: float = 0.3, timeout: float = 60.0):
+    """Start ``a`` (it joins first and answers), then ``b`` after ``stagger`` seconds;
+    return both :meth:`PeerProcess.result` tuples. Both processes are stopped whatever happens."""
+    import time
+
+    try:
+        a.start()
+        time.sleep(stagger)  # B first would only swap the roles
+        b.start()
+        return a.result(timeout), b.result(timeout)
+    finally:
+        a.stop()
+        b.stop()
