@@ -325,8 +325,11 @@ def test_relay_is_proven_between_two_symmetric_nats(nat_lab):
 
 # ---------------------------------------------------------------- CLI
 
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a fresh machine's PATH: no venv on it
+
+
 def _cli(*args, timeout=90):
-    env = dict(os.environ, NATKIT_QUIET="1")
+    env = dict(os.environ, NATKIT_QUIET="1", PATH=CLEAN_PATH)
     return subprocess.run([PY, "-m", "natkit.cli.app", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -346,6 +349,11 @@ def test_cli_up_exec_list_down(tmp_path):
         assert r.returncode == 7
         r = _cli("lab", "exec", "alice", "--lab", name, "--", "natkit", "probe", "203.0.113.10:3478", "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["public_ip"] == "198.51.100.11"
+        # python and natkit are the running installation's, also inside a shell command
+        r = _cli("lab", "exec", "alice", "--lab", name, "--", "python", "-c", "import sys; print(sys.prefix)")
+        assert r.returncode == 0 and r.stdout.strip() == sys.prefix, r
+        r = _cli("lab", "exec", "alice", "--lab", name, "--", "sh", "-c", "natkit probe 203.0.113.10:3478 --json")
+        assert r.returncode == 0 and json.loads(r.stdout)["public_ip"] == "198.51.100.11", r
         r = _cli("lab", "list", "--json")
         assert any(x["lab"] == name and x["owner"].startswith("persistent") for x in json.loads(r.stdout)["labs"])
         r = _cli("lab", "down", name)

@@ -195,7 +195,7 @@ def exec_cmd(
             raise UsageError(f"{host!r} exists in several labs: {', '.join(candidates)}", hint="pick one with --lab")
         argv = netns.netns_argv(found[0], command)
         try:
-            os.execvp(argv[0], argv)
+            os.execvpe(argv[0], argv, netns.installation_env())
         except OSError as exc:
             raise UsageError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
         return 0

@@ -389,6 +389,7 @@ class NatLab:
     def popen(self, node: str, argv: Sequence[str], **kw) -> subprocess.Popen:
         """Start a process inside a node's namespace; it is stopped at teardown."""
         kw.setdefault("start_new_session", True)
+        kw["env"] = netns.installation_env(kw.get("env"))
         p = subprocess.Popen(netns.netns_argv(self.ns(node), list(argv)), **kw)
         self._procs.append(p)
         return p

@@ -348,16 +348,53 @@ def down(lab: str) -> list[str]:
 
 # ------------------------------------------------------------------ running things inside
 
+def installation_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``natkit``, ``python`` and ``python3`` resolved to the running
+    installation (this interpreter and the ``natkit`` script beside it), so a
+    command run in a lab namespace uses the same natkit whatever PATH says."""
+    import sys
+
+    argv = list(argv)
+    if not argv:
+        return argv
+    if argv[0] in ("python", "python3"):
+        return [sys.executable, *argv[1:]]
+    if argv[0] == "natkit":
+        script = Path(sys.executable).parent / "natkit"
+        if os.access(script, os.X_OK):
+            return [str(script), *argv[1:]]
+        return [sys.executable, "-m", "natkit.cli.app", *argv[1:]]
+    return argv
+
+
+def installation_env(env: dict | None = None) -> dict:
+    """A copy of ``env`` (default: this process's) with this interpreter's
+    ``bin`` directory first on PATH, so ``sh -c 'natkit …'`` finds it too."""
+    import sys
+
+    env = dict(os.environ if env is None else env)
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH") or os.defpath
+    if bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + path
+    return env
+
+
 def netns_argv(ns: str, argv: Sequence[str]) -> list[str]:
-    """``ip netns exec NS argv...`` (the process keeps its PID: ip execs into it)."""
+    """``ip netns exec NS argv...`` (the process keeps its PID: ip execs into it).
+
+    ``natkit`` and ``python`` in ``argv[0]`` mean the running installation
+    (:func:`installation_argv`).
+    """
     if not ns.startswith(NS_PREFIX):
         raise NatkitError(f"refusing to run in namespace {ns!r}: not a natkit lab namespace")
-    return ["ip", "netns", "exec", ns, *argv]
+    return ["ip", "netns", "exec", ns, *installation_argv(argv)]
 
 
 def run_in(ns: str, argv: Sequence[str], *, timeout: float = 30.0, check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
     """Run ``argv`` inside ``ns`` and capture its output."""
-    proc = subprocess.run(netns_argv(ns, argv), capture_output=True, text=True, timeout=timeout, input=input)
+    proc = subprocess.run(netns_argv(ns, argv), capture_output=True, text=True, timeout=timeout, input=input,
+                          env=installation_env())
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed in {ns} (exit {proc.returncode})",
                        details=(proc.stderr or proc.stdout).strip().splitlines()[:20])
