@@ -35,6 +35,20 @@ def turnserver_pids(state_dir) -> list[int]:
     return out
 
 
+def turnserver_zombies() -> set[int]:
+    """PIDs of exited turnserver processes nobody has reaped (their cmdline is empty)."""
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = open(f"/proc/{pid}/stat").read()
+            except OSError:
+                continue
+            if stat.split(" ", 2)[1] == "(turnserver)" and stat.rsplit(")", 1)[1].split()[0] == "Z":
+                out.add(int(pid))
+    return out
+
+
 def assert_one_line_error(proc, code):
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     lines = [l for l in proc.stderr.splitlines() if l.startswith("natkit: error")]
@@ -82,7 +96,7 @@ def test_turn_up_status_logs_creds_down(server, tmp_path):
     pid = json.loads(natkit("turn", "status", "--json").stdout)["servers"][0]["pid"]
     down = natkit("turn", "down", "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"] == ["default"]
-    time.sleep(0.1)
+    # no sleep: turn down returns only once the process has exited (gone, or a zombie of its former parent)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert natkit("turn", "status", "--json").returncode == 0
     nothing = natkit("turn", "down")
@@ -166,6 +180,7 @@ def test_relay_check_secret_exit_0(turn_server):
 def test_check_embedded_json_leaves_nothing(tmp_path):
     require_coturn()
     state = tmp_path / "state"
+    zombies = turnserver_zombies()
     proc = natkit("check", "--backend", "native", "--json", "--payload", "200000", env={"NATKIT_STATE_DIR": str(state)})
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -175,6 +190,9 @@ def test_check_embedded_json_leaves_nothing(tmp_path):
     assert doc["probe"]["results"][0]["ok"]
     assert turnserver_pids(state) == []
     assert not list((state / "servers").glob("*")) if (state / "servers").exists() else True
+    # natkit check reaped its own coturn: none exits later as an orphaned <defunct>
+    time.sleep(0.5)
+    assert turnserver_zombies() - zombies == set()
 
 
 def test_check_existing_server(turn_server):

@@ -124,3 +124,17 @@ def test_stop_all_reaps_every_server(native):
     assert sorted(stop_all()) == ["a", "b"]
     assert not _pid_alive(ia.pid) and not _pid_alive(ib.pid)
     assert list_servers() == []
+
+
+def test_stop_returns_only_when_the_process_is_reaped_and_its_ports_are_free(native):
+    """stop() waits for its own child (waitpid), not for /proc/PID/cmdline to empty:
+    right after it returns there is no process (not even a zombie) and the port binds."""
+    from natkit.coturn.server import port_in_use
+
+    for i in range(8):
+        port = free_port()
+        server = CoturnServer(CoturnConfig(listening_port=port, static_auth_secrets=("a",)), backend="native", name=f"s{i}")
+        pid = server.start().pid
+        server.stop()
+        assert not os.path.exists(f"/proc/{pid}"), f"run {i}: turnserver {pid} still exists after stop()"
+        assert port_in_use("127.0.0.1", port) is None, f"run {i}: port {port} still bound after stop()"

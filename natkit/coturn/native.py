@@ -96,8 +96,35 @@ def is_running(state: dict) -> bool:
     return str(state.get("config_path", "")) in _cmdline(pid)
 
 
+def _exited(pid: int) -> bool:
+    """True once ``pid`` has exited: reaped when it is our child, else gone or a
+    zombie (an exited process has closed its sockets). ``/proc/PID/cmdline``
+    empties while a process is still exiting, so it is no evidence."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+        return False  # our child, still running
+    except ChildProcessError:
+        return _is_zombie(pid)  # not our child: gone, or exited and waiting for its parent
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to exit (see :func:`_exited`)."""
+    end = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def stop(state: dict, timeout: float = 5.0) -> None:
-    """SIGTERM the server's process group, SIGKILL after ``timeout`` seconds."""
+    """SIGTERM the server's process group, SIGKILL after ``timeout`` seconds.
+
+    Returns once the process has exited (and, when it is this process's child,
+    has been reaped), so its ports are closed.
+    """
     pid = state.get("pid")
     if not pid or not is_running(state):
         if pid:
@@ -107,15 +134,12 @@ def stop(state: dict, timeout: float = 5.0) -> None:
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
+            wait_exited(pid, timeout)
             return
         except PermissionError:
             os.kill(pid, sig)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not is_running(state):
-                _reap(pid)
-                return
-            time.sleep(0.02)
+        if wait_exited(pid, timeout):
+            return
 
 
 def logs(state: dict, tail: int | None = None) -> list[str]:

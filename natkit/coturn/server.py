@@ -203,10 +203,27 @@ def server_logs(info: ServerInfo, tail: int | None = None) -> list[str]:
     return _backend_module(info.backend).logs(info.to_state(), tail)
 
 
+def _wait_ports_free(info: ServerInfo, timeout: float = 3.0) -> bool:
+    """Wait until none of the server's listening ports is bound any more."""
+    ports = [p for p in (info.port, info.tls_port) if p]
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            busy = [(ip, p) for ip in info.listen for p in ports if port_in_use(ip, p)]
+        except NatkitError:  # the address is gone from this host: nothing can be bound there
+            busy = []
+        if not busy:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
+
+
 def stop_server(info: ServerInfo) -> None:
-    """Stop the server and remove its state directory."""
+    """Stop the server, wait until its ports are free, and remove its state directory."""
     try:
         _backend_module(info.backend).stop(info.to_state())
+        _wait_ports_free(info)
     finally:
         shutil.rmtree(Path(info.config_path).parent, ignore_errors=True)
 
