@@ -146,9 +146,23 @@ class HostNotFound(ServerUnreachable):
 
 
 class StunTimeout(ServerUnreachable):
-    """No STUN response within the time budget (RFC 8489 §6.2.1 schedule)."""
+    """No STUN response within the time budget (RFC 8489 §6.2.1 schedule).
+
+    ``limit`` names the limit that fired: ``"rc"`` (Rc sends and the final
+    Rm x RTO wait exhausted), ``"ti"`` (the reliable-transport timeout Ti),
+    ``"budget"`` (the caller's total time budget), or None when unknown.
+    """
 
     kind = "timeout"
+
+    def __init__(self, message: str, *, limit: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["limit"] = self.limit
+        return d
 
 
 class TurnError(NatkitError):
@@ -181,6 +195,44 @@ class AllocationRefused(TurnError):
 
     exit_code = EXIT_ALLOCATION_REFUSED
     kind = "allocation_refused"
+
+
+class MalformedMessage(NatkitError, ValueError):
+    """A STUN/TURN message, ChannelData message or stream frame that does not parse.
+
+    Raised by :mod:`natkit.stun.codec` and :mod:`natkit.stun.framing` on
+    bytes from the network, and only there. ``attribute`` names the
+    attribute at fault (its RFC name, ``0xHHHH`` for an unknown type, None for
+    the header), ``offset`` its byte offset in the message, ``source`` who sent
+    it (set by the drivers: "malformed response from 127.0.0.1:3478: ...").
+    It is also a ``ValueError``, so callers written for other codecs keep
+    working. Receive paths never let it escape into the event loop: they count
+    it and report it on the transaction it answered.
+    """
+
+    kind = "malformed_response"
+
+    def __init__(self, detail: str, *, attribute: str | None = None, offset: int | None = None,
+                 source: str | None = None, **kw) -> None:
+        where = " ".join(p for p in (attribute, f"at byte {offset}" if offset is not None else None) if p)
+        text = f"{where}: {detail}" if where else detail
+        if source:
+            text = f"malformed response from {source}: {text}"
+            kw.setdefault("server", source)
+        super().__init__(text, **kw)
+        self.detail = detail
+        self.attribute = attribute
+        self.offset = offset
+        self.source = source
+
+    def from_source(self, source: str, **kw) -> MalformedMessage:
+        """A copy naming who sent the message (the original is left as it was)."""
+        return MalformedMessage(self.detail, attribute=self.attribute, offset=self.offset, source=source, **kw)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update(attribute=self.attribute, offset=self.offset, source=self.source)
+        return d
 
 
 class NoRelayConnectivity(CheckFailed):

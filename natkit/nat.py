@@ -223,7 +223,7 @@ class _Run:
             return Exchange(**base, failure=exc.message)
         except OSError as exc:
             return Exchange(**base, failure=f"send failed: {exc.strerror or exc}")
-        a = resp.message.attributes
+        a = resp.message
         error = None
         if resp.is_error:
             code, reason = resp.error or (0, "")
@@ -235,10 +235,10 @@ class _Run:
         software = a.get("SOFTWARE")
         return Exchange(
             **base, answered=True, source=resp.source,
-            xor_mapped=TransportAddress.of(a["XOR-MAPPED-ADDRESS"]) if "XOR-MAPPED-ADDRESS" in a else None,
-            mapped=TransportAddress.of(a["MAPPED-ADDRESS"]) if "MAPPED-ADDRESS" in a else None,
-            response_origin=TransportAddress.of(origin) if origin else None,
-            other_address=TransportAddress.of(other) if other else None,
+            xor_mapped=a.get("XOR-MAPPED-ADDRESS"),
+            mapped=a.get("MAPPED-ADDRESS"),
+            response_origin=origin,
+            other_address=other,
             other_attribute=other_attr if other else None,
             software=software.rstrip("\x00") if isinstance(software, str) else None,
             error=error, rtt_ms=resp.rtt_ms, sends=resp.sends,

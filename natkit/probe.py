@@ -101,8 +101,8 @@ def _result(server: str, uri: ServerURI, addr, *, resp=None, local=None, exc: Na
             rtt_ms=None, sends=0, response_origin=None, other_address=None, software=None,
             error=exc.one_line() if exc else "no response", error_kind=exc.kind if exc else None,
         )
-    attrs = resp.message.attributes
-    mapped = attrs.get("XOR-MAPPED-ADDRESS") or attrs.get("MAPPED-ADDRESS")
+    msg = resp.message
+    mapped = msg.get("XOR-MAPPED-ADDRESS") or msg.get("MAPPED-ADDRESS")
     error = None
     if resp.is_error:
         code, reason = resp.error or (0, "")
@@ -110,11 +110,11 @@ def _result(server: str, uri: ServerURI, addr, *, resp=None, local=None, exc: Na
     return BindingResult(
         server=server, uri=str(uri), transport=uri.transport, tls=uri.secure,
         server_address=addr, ok=not resp.is_error and mapped is not None,
-        mapped_address=TransportAddress.of(mapped) if mapped else None,
+        mapped_address=mapped,
         local_address=_local_for(resp.local, addr), rtt_ms=resp.rtt_ms, sends=resp.sends,
-        response_origin=TransportAddress.of(attrs["RESPONSE-ORIGIN"]) if "RESPONSE-ORIGIN" in attrs else None,
-        other_address=TransportAddress.of(attrs["OTHER-ADDRESS"]) if "OTHER-ADDRESS" in attrs else None,
-        software=attrs.get("SOFTWARE"),
+        response_origin=msg.get("RESPONSE-ORIGIN"),
+        other_address=msg.get("OTHER-ADDRESS"),
+        software=msg.get("SOFTWARE"),
         error=error or (None if mapped else "response without XOR-MAPPED-ADDRESS"),
         error_kind="error_response" if error else (None if mapped else "no_mapped_address"),
     )

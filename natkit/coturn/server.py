@@ -251,7 +251,7 @@ async def _stun_ready(addr: TransportAddress, timeout: float) -> bool:
             resp = await ep.request(binding_request(), addr, timeout=timeout, rto=timeout)
         except NatkitError:
             return False
-        return not resp.is_error and "XOR-MAPPED-ADDRESS" in resp.message.attributes
+        return not resp.is_error and "XOR-MAPPED-ADDRESS" in resp.message
 
 
 def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
