@@ -3,8 +3,18 @@
 :func:`run_matrix` builds (or uses) a lab with two hosts per behaviour,
 verifies every NAT, then runs each cell as one WebRTC attempt between a
 host of each behaviour (``X1`` offers to ``Y2``; ``X1`` to ``X2`` on the
-diagonal), several at a time, and compares the outcome with NATLAB.md's
-expected matrix (:func:`natkit.lab.spec.expected_outcome`).
+diagonal), several at a time, and compares the outcome with the expected
+matrix (:func:`natkit.lab.spec.expected_outcome`, what libwebrtc's own
+transport tests assert).
+
+The ICE agents (:data:`AGENTS`): ``aiortc`` (natkit's lab agent: aiortc with
+the adjustments of :mod:`natkit._aiortc_private`), ``stock`` (the same agent
+with aioice as released), ``chromium`` (Debian's Chromium in every host,
+:mod:`natkit.lab.browser`), ``mixed`` (Chromium offers, aiortc answers).
+Every agent gets the same signaling: complete SDP after gathering, carried
+by the controller, the answer delayed by
+:data:`natkit.lab.peers.ANSWER_DELAY`. :func:`run_comparison` runs several
+agents on one lab and lines them up cell by cell.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Self
 
 from .spec import (
     BEHAVIOURS,
@@ -27,7 +38,10 @@ from .spec import (
 )
 
 SCHEMA = "natkit.lab.matrix/1"
+SCHEMA_COMPARE = "natkit.lab.matrix-compare/1"
 MODES = ("stun", "stun+turn")
+AGENTS = ("aiortc", "stock", "chromium", "mixed")
+AGENT_LABELS = {"stock": "stock aioice", "aiortc": "natkit aiortc", "chromium": "Chromium", "mixed": "Chromium x aiortc"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +69,10 @@ class MatrixReport:
     checks: tuple  # natkit.lab.lab.HostCheck per host: the NAT verification
     deadline_s: float  # per attempt
     concurrency: int
-    timings: dict  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms
+    timings: dict  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms (+ browsers_ms, signal_ms)
     duration_ms: float
+    agent: str = "aiortc"  # one of AGENTS
+    agent_info: dict = dataclasses.field(default_factory=dict)  # browser version, per-host browser start_ms
 
     def cell(self, a: str, b: str, mode: str) -> MatrixCell:
         a, b = normalise_behaviour(a), normalise_behaviour(b)
@@ -77,23 +93,105 @@ def hosts_for(a: str, b: str) -> tuple[str, str]:
     return f"{SHORT[a]}1", f"{SHORT[b]}2"
 
 
+class AgentSet:
+    """The ICE agents of one matrix run, by host (a context manager that stops what it started).
+
+    ``aiortc``: the lab's own agents. ``stock``: separate aiortc agent
+    processes with ``NATKIT_LAB_STOCK=1``. ``chromium``: a
+    :class:`~natkit.lab.browser.BrowserSession` with a browser in every host
+    (``session``: an already running one to use). ``mixed``: browsers in the
+    offering hosts (``X1``), the lab's aiortc agents in the answering ones.
+    """
+
+    def __init__(self, lab, kind: str, hosts, *, session=None) -> None:
+        from ..errors import UsageError
+
+        if kind not in AGENTS:
+            raise UsageError(f"unknown agent {kind!r}", hint="one of " + ", ".join(AGENTS))
+        self.lab = lab
+        self.kind = kind
+        self.hosts = list(hosts)
+        self.session = session
+        self._own_session = False
+        self._stock: dict = {}
+        self.info: dict = {}
+
+    def browser_hosts(self) -> list[str]:
+        if self.kind == "chromium":
+            return self.hosts
+        if self.kind == "mixed":
+            return [h for h in self.hosts if h.endswith("1")]
+        return []
+
+    def __enter__(self) -> Self:
+        try:
+            if self.kind == "stock":
+                from .peers import AgentClient
+
+                for h in self.hosts:
+                    self._stock[h] = AgentClient(h, self.lab.ns(h), log_path=str(self.lab.dir / f"agent-stock-{h}.log"),
+                                                 env={**self.lab.agent_env, "NATKIT_LAB_STOCK": "1"})
+                for ag in self._stock.values():
+                    ag.wait_ready(30.0)
+            hosts = self.browser_hosts()
+            if hosts:
+                from .browser import BrowserSession
+
+                if self.session is None:
+                    self.session = BrowserSession(self.lab, hosts).__enter__()
+                    self._own_session = True
+                else:
+                    self.session.add(hosts)
+                first = self.session.agent(hosts[0])
+                self.info = {"browser": "chromium", "version": first.version,
+                             "start_ms": {h: self.session.start_ms.get(h) for h in hosts}, "page": self.session.page_url,
+                             **{k: v for k, v in self.session.timings.items()}}
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ag in self._stock.values():
+            ag.close_stdin()
+        for ag in self._stock.values():
+            ag.close(grace=0.5)
+        self._stock = {}
+        if self._own_session and self.session is not None:
+            self.session.stop()
+            self.session = None
+
+    def get(self, host: str):
+        if host in self._stock:
+            return self._stock[host]
+        if host in self.browser_hosts():
+            return self.session.agent(host)
+        return self.lab.agent(host)
+
+
 def run_matrix(
     lab=None,
     *,
+    agent: str = "aiortc",
     behaviours: Iterable[str] = MATRIX_BEHAVIOURS,
     modes: Iterable[str] = MODES,
     deadline: float = 10.0,
     concurrency: int = 4,
     progress=None,
+    session=None,
 ) -> MatrixReport:
-    """Run the matrix and return a :class:`MatrixReport`.
+    """Run the matrix with one kind of ICE agent and return a :class:`MatrixReport`.
 
     ``lab``: a running :class:`~natkit.lab.lab.NatLab` built from
     :meth:`LabSpec.matrix` (or a superset); None builds one for the run and
-    tears it down after. ``deadline``: seconds per attempt. ``concurrency``:
-    attempts in flight at once (cells that are expected to fail, and so take
-    the whole deadline, start first). ``progress``: called with each
-    finished :class:`MatrixCell`.
+    tears it down after. ``agent``: one of :data:`AGENTS`. ``deadline``:
+    seconds per attempt. ``concurrency``: attempts in flight at once (cells
+    that are expected to fail, and so take the whole deadline, start first).
+    ``progress``: called with each finished :class:`MatrixCell`.
+    ``session``: a running :class:`~natkit.lab.browser.BrowserSession` for
+    the browser agents (else one is started and stopped for this run).
+    Raises :class:`~natkit.errors.UsageError` for an unknown mode or agent,
+    :class:`~natkit.errors.EnvironmentProblem` when a browser cannot start.
     """
     from .lab import NatLab
 
@@ -110,44 +208,135 @@ def run_matrix(
         lab = NatLab(LabSpec.matrix(behaviours=bs)).up()
     try:
         jobs = [(a, b, m) for m in modes for (a, b) in pairs(bs)]
-        # long ones first: an expected failure lasts the whole deadline
-        jobs.sort(key=lambda j: expected_outcome(j[0], j[1], turn=j[2] == "stun+turn") != FAILED)
-
-        def run(job) -> MatrixCell:
-            a, b, mode = job
-            ha, hb = hosts_for(a, b)
-            result = lab.connect(ha, hb, turn=mode == "stun+turn", deadline=deadline)
-            want = expected_outcome(a, b, turn=mode == "stun+turn")
-            ok = outcome_matches(want, result.outcome)
-            if ok and want == RELAY:
-                ok = result.relay_proven
-            cell = MatrixCell(a, b, mode, want, result.outcome, ok, result)
-            if progress is not None:
-                progress(cell)
-            return cell
-
-        t = time.monotonic()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="natkit-matrix")
-        try:
-            done = list(pool.map(run, jobs))
-        finally:
-            # on Ctrl-C do not wait for attempts in flight: the teardown below stops
-            # the agents, which ends them at once
-            pool.shutdown(wait=False, cancel_futures=True)
-        matrix_ms = (time.monotonic() - t) * 1000.0
-        order = {(a, b, m): i for i, (a, b, m) in enumerate((a, b, m) for m in modes for (a, b) in pairs(bs))}
+        hosts = sorted({h for a, b, _ in jobs for h in hosts_for(a, b)})
+        with AgentSet(lab, agent, hosts, session=session) as agents:
+            done, matrix_ms = _run_cells(lab, agents, jobs, deadline, concurrency, progress)
+            info = dict(agents.info)
+        order = {(a, b, m): i for i, (a, b, m) in enumerate(jobs)}
         done.sort(key=lambda c: order[(c.a, c.b, c.mode)])
     finally:
         if own:
             lab.down()
     timings = dict(lab.timings)
+    for k in ("signal_ms", "driver_ms", "browsers_ms"):
+        if k in info:
+            timings[k] = info.pop(k)
     timings["matrix_ms"] = matrix_ms
     mismatches = sum(1 for c in done if not c.match)
     return MatrixReport(
         schema=SCHEMA, ok=mismatches == 0, behaviours=tuple(bs), cells=tuple(done), mismatches=mismatches,
         checks=lab.checks, deadline_s=deadline, concurrency=concurrency, timings=timings,
-        duration_ms=(time.monotonic() - started) * 1000.0,
+        duration_ms=(time.monotonic() - started) * 1000.0, agent=agent, agent_info=info,
     )
+
+
+def _run_cells(lab, agents: AgentSet, jobs, deadline: float, concurrency: int, progress) -> tuple[list, float]:
+    from .peers import connect_pair
+
+    # long ones first: an expected failure lasts the whole deadline
+    jobs = sorted(jobs, key=lambda j: expected_outcome(j[0], j[1], turn=j[2] == "stun+turn") != FAILED)
+
+    def run(job) -> MatrixCell:
+        a, b, mode = job
+        ha, hb = hosts_for(a, b)
+        result = connect_pair(lab, ha, hb, turn=mode == "stun+turn", deadline=deadline, agents=(agents.get(ha), agents.get(hb)))
+        want = expected_outcome(a, b, turn=mode == "stun+turn")
+        ok = outcome_matches(want, result.outcome)
+        if ok and want == RELAY:
+            ok = result.relay_proven
+        cell = MatrixCell(a, b, mode, want, result.outcome, ok, result)
+        if progress is not None:
+            progress(cell)
+        return cell
+
+    t = time.monotonic()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="natkit-matrix")
+    try:
+        done = list(pool.map(run, jobs))
+    finally:
+        # on Ctrl-C do not wait for attempts in flight: the teardown stops the agents, which ends them at once
+        pool.shutdown(wait=False, cancel_futures=True)
+    return done, (time.monotonic() - t) * 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixComparison:
+    """Several agents' matrices on one lab (JSON schema ``natkit.lab.matrix-compare/1``).
+
+    ``reports``: agent -> :class:`MatrixReport`; ``differences``: the cells
+    (``"a x b (mode)"``) where the agents' outcome kinds disagree.
+    """
+
+    schema: str
+    ok: bool  # every agent matched the expected matrix in every cell
+    agents: tuple[str, ...]
+    reports: dict
+    differences: tuple[str, ...]
+    duration_ms: float
+
+
+def outcome_kind(outcome: str) -> str:
+    """``direct host``/``direct srflx`` -> ``direct``; prflx, relay, failed, inconsistent unchanged."""
+    return "direct" if outcome in ("direct host", "direct srflx") else outcome
+
+
+def run_comparison(lab=None, *, agents: Iterable[str] = ("stock", "aiortc", "chromium"), behaviours: Iterable[str] = MATRIX_BEHAVIOURS,
+                   modes: Iterable[str] = MODES, deadline: float = 10.0, concurrency: int = 4, progress=None) -> MatrixComparison:
+    """:func:`run_matrix` for each of ``agents`` on one lab (built here when ``lab`` is None), one after the other."""
+    from .browser import BrowserSession
+    from .lab import NatLab
+
+    started = time.monotonic()
+    bs = [normalise_behaviour(b) for b in behaviours]
+    agents = tuple(agents)
+    own = lab is None
+    if own:
+        lab = NatLab(LabSpec.matrix(behaviours=bs)).up()
+    reports: dict = {}
+    try:
+        session = BrowserSession(lab) if any(a in ("chromium", "mixed") for a in agents) else None
+        if session is not None:
+            session.__enter__()
+        try:
+            for ag in agents:
+                reports[ag] = run_matrix(lab, agent=ag, behaviours=bs, modes=modes, deadline=deadline, concurrency=concurrency,
+                                         progress=progress, session=session)
+        finally:
+            if session is not None:
+                session.stop()
+    finally:
+        if own:
+            lab.down()
+    diffs = []
+    first = reports[agents[0]]
+    for c in first.cells:
+        kinds = {outcome_kind(reports[ag].cell(c.a, c.b, c.mode).outcome) for ag in agents}
+        if len(kinds) > 1:
+            diffs.append(f"{c.a} x {c.b} ({c.mode})")
+    return MatrixComparison(SCHEMA_COMPARE, all(r.ok for r in reports.values()), agents, reports, tuple(diffs),
+                            (time.monotonic() - started) * 1000.0)
+
+
+def render_comparison(cmp: MatrixComparison) -> str:
+    """One line per cell: expected, then each agent's outcome (✓/✗), then the selected pair types."""
+    agents = cmp.agents
+    first = cmp.reports[agents[0]]
+    w = 38
+    head = f"{'cell':<{w}}{'expected':<16}" + "".join(f"{AGENT_LABELS.get(a, a):<20}" for a in agents)
+    lines = [head, "-" * len(head)]
+    for c in first.cells:
+        row = f"{_label(c.a) + ' x ' + _label(c.b) + ' (' + c.mode + ')':<{w}}{c.expected:<16}"
+        for ag in agents:
+            x = cmp.reports[ag].cell(c.a, c.b, c.mode)
+            row += f"{x.outcome + (' ✓' if x.match else ' ✗'):<20}"
+        lines.append(row)
+    lines.append("")
+    for ag in agents:
+        r = cmp.reports[ag]
+        lines.append(f"{AGENT_LABELS.get(ag, ag)}: {len(r.cells) - r.mismatches}/{len(r.cells)} as expected, "
+                     f"matrix {r.timings.get('matrix_ms', 0) / 1000:.1f} s")
+    lines.append("cells where the agents differ: " + (", ".join(cmp.differences) or "none"))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ text rendering
@@ -165,9 +354,10 @@ def render_text(report: MatrixReport) -> str:
     width = max(16, *(len(_label(b)) for b in bs)) + 1
     cellw = 24
     lines: list[str] = []
+    agent = f" ({AGENT_LABELS.get(report.agent, report.agent)})" if report.agent != "aiortc" else ""
     for mode in dict.fromkeys(c.mode for c in report.cells):
         title = {"stun": "STUN only (host + srflx candidates)", "stun+turn": "STUN + TURN (host + srflx + relay candidates)"}[mode]
-        lines.append(f"== {title}: measured | expected (NATLAB.md)")
+        lines.append(f"== {title}: measured{agent} | expected")
         head = " " * width + "".join(f"{_label(b):<{cellw}}" for b in bs)
         lines.append(head + "  |  " + "".join(f"{_label(b):<{16}}" for b in bs))
         for i, a in enumerate(bs):
@@ -187,7 +377,7 @@ def render_text(report: MatrixReport) -> str:
     bad = [c for c in report.cells if not c.match]
     for c in bad:
         r = c.result
-        side = lambda s: "–" if s is None else f"{s.local_type}->{s.remote_type}"  # noqa: E731
+        side = lambda s: "–" if s is None else f"{s.local_type}->{s.remote_type}"
         lines.append(f"✗ {_label(c.a)} x {_label(c.b)} ({c.mode}): {c.outcome}, expected {c.expected}; "
                      f"pairs {r.a}: {side(r.offerer)}, {r.b}: {side(r.answerer)}" + (f"; {'; '.join(r.notes)}" if r.notes else ""))
     t = report.timings
@@ -198,6 +388,11 @@ def render_text(report: MatrixReport) -> str:
         f"({report.concurrency} at a time, {report.deadline_s:g} s deadline each), teardown {t.get('teardown_ms', 0):.0f} ms, "
         f"total {report.duration_ms / 1000:.1f} s"
     )
+    if report.agent_info.get("start_ms"):
+        starts = [v for v in report.agent_info["start_ms"].values() if v is not None]
+        lines.append(f"{len(starts)} Chromium {report.agent_info.get('version') or ''} browsers in the host namespaces, "
+                     f"page from {report.agent_info.get('page')}; start to loaded page: max {max(starts):.0f} ms, "
+                     f"all concurrently {t.get('browsers_ms', 0):.0f} ms")
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ with a 500 ms RTO. Lab round trips are well under a millisecond, so the
 agent uses ``$NATKIT_LAB_RTO`` (default 0.1 s; RFC 8489 §6.2.1 allows an
 RTO from the measured RTT): hole punching that needs one retransmission
 costs 100 ms instead of 500, and an ICE attempt that cannot succeed fails
-after ~6 s instead of ~30 s.
+after ~6 s instead of ~30 s. ``$NATKIT_LAB_STOCK=1`` turns every natkit
+adjustment of aioice off (RTO, nomination, relayed pairs last): the stock
+agent that ``natkit lab matrix --agent stock`` measures.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class SideResult:
     echo_ok: int  # messages that came back intact (offerer only)
     rtt_ms: float | None  # median echo round trip (offerer only)
     error: str | None
+    first_local_type: str | None = None  # browsers: the pair selected first, before the agent settled
+    first_remote_type: str | None = None
+    settle_ms: float | None = None  # browsers: time spent waiting for a better pair than a relayed one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,11 +374,12 @@ RELAY_GRACE = 1.5  # seconds a controlling agent lets better pairs try before ch
 async def _agent_main(host: str) -> None:
     from aioice import stun as aioice_stun
 
-    aioice_stun.RETRY_RTO = float(os.environ.get("NATKIT_LAB_RTO", "0.1"))
     from .. import _aiortc_private as private
 
-    private.keep_best_nomination()
-    private.check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
+    if os.environ.get("NATKIT_LAB_STOCK") != "1":  # "1": aiortc/aioice as released, for comparison
+        aioice_stun.RETRY_RTO = float(os.environ.get("NATKIT_LAB_RTO", "0.1"))
+        private.keep_best_nomination()
+        private.check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
     import logging
 
     for name in ("aioice", "aiortc"):
@@ -516,7 +522,7 @@ ANSWER_DELAY = 0.2  # seconds between the answerer's answer and the offerer rece
 
 
 def connect_pair(lab, a: str, b: str, *, turn: bool = True, deadline: float = 10.0, messages: int = 5,
-                 answer_delay: float = ANSWER_DELAY) -> PairResult:
+                 answer_delay: float = ANSWER_DELAY, agents: tuple | None = None) -> PairResult:
     """One attempt: host ``a`` offers (ICE controlling), host ``b`` answers.
 
     Both gather host and srflx candidates from the lab's STUN server, and
@@ -533,10 +539,13 @@ def connect_pair(lab, a: str, b: str, *, turn: bool = True, deadline: float = 10
     check succeeds wins. Without the delay a relay pair sometimes succeeds
     before a direct pair whose first check was dropped by a NAT that had not
     yet opened, and a cell that can connect directly is reported as relay.
+
+    ``agents``: the two agents to use instead of the lab's aiortc agents of
+    ``a`` and ``b`` (for example :class:`natkit.lab.browser.BrowserAgent`\ s).
     """
     started = time.monotonic()
     conn = uuid.uuid4().hex[:12]
-    ag_a, ag_b = lab.agent(a), lab.agent(b)
+    ag_a, ag_b = agents if agents is not None else (lab.agent(a), lab.agent(b))
     notes: list[str] = []
     off = ans = None
     slack = 10.0  # answers must arrive this much after the agent's own deadline

@@ -1,0 +1,400 @@
+"""Real browsers inside lab namespaces: Debian's Chromium driven by Playwright.
+
+A browser belongs to a lab host: it is started through a small launcher
+script (``exec ip netns exec NS /usr/bin/chromium "$@"``) given to Playwright
+as ``executable_path``, so Chromium and every process it forks (network
+service, renderers) live in the host's network namespace, behind the host's
+NAT, while Playwright keeps its ``--remote-debugging-pipe`` (file
+descriptors 3 and 4 survive ``ip netns exec``). No browser is downloaded.
+
+The browser runs headless with background networking, component updates,
+sync, QUIC, domain reliability and mDNS host candidates off
+(:func:`chromium_flags`); the host namespace has no default route, so there is
+nowhere to go but the lab. The page is served by natkit's signaling server
+running in the lab's server namespace (``http://203.0.113.10:PORT/``), so
+even the page load crosses the host's NAT.
+
+:class:`BrowserAgent` is a lab agent with the same operations as the aiortc
+agent of :mod:`natkit.lab.peers` (``offer``, ``answer``, ``accept``,
+``result``, ``close``, plus ``media``), implemented by ``natkit/web/lab-agent.js``
+inside the page, so :func:`natkit.lab.peers.connect_pair` pairs any two
+agents: Chromium x Chromium, Chromium x aiortc, aiortc x aiortc.
+:class:`BrowserSession` owns the signaling server, one Playwright driver
+thread and the browsers of a set of hosts, and stops all of them on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shlex
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Self
+
+from ..errors import EnvironmentProblem, LabAgentError
+
+CHROMIUM = "/usr/bin/chromium"
+
+#: Flags for a browser that has no business talking to anything but the lab.
+BASE_FLAGS = (
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--disable-default-apps", "--disable-extensions",
+    "--no-default-browser-check", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
+    "--metrics-recording-only", "--disable-breakpad", "--disable-dev-shm-usage", "--mute-audio",
+    # WebRtcHideLocalIpsWithMdns: host candidates carry real addresses, not .local names
+    "--disable-features=WebRtcHideLocalIpsWithMdns,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
+)
+#: Names resolve to nothing; only the lab's own address literals (and loopback) are left alone.
+RESOLVER_RULES = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost, EXCLUDE 203.0.113.*, EXCLUDE 198.51.100.*"
+#: Chromium's fake camera (a 30 fps test pattern) and microphone (a beep), permission prompts accepted.
+MEDIA_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
+def chromium_binary() -> str:
+    """``$NATKIT_CHROMIUM`` or ``/usr/bin/chromium``."""
+    return os.environ.get("NATKIT_CHROMIUM") or CHROMIUM
+
+
+def browser_available() -> tuple[bool, str]:
+    """``(True, "")`` when Chromium and the playwright package are both installed, else ``(False, reason)``."""
+    binary = chromium_binary()
+    if not (os.path.exists(binary) or shutil.which(binary)):
+        return False, f"{binary} is not installed (apt-get install chromium)"
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return False, "the playwright package is not installed (pip install playwright; no browser download needed)"
+    return True, ""
+
+
+def chromium_flags(*, secure_origins: Iterable[str] = (), media: bool = False) -> list[str]:
+    """Chromium's command-line flags for a lab host.
+
+    ``secure_origins``: origins (``http://203.0.113.10:8765``) treated as
+    secure contexts, so a page served over plain HTTP inside the lab may call
+    ``getUserMedia`` and ``crypto.subtle``. ``media``: the fake camera and
+    microphone (:data:`MEDIA_FLAGS`).
+    """
+    flags = [*BASE_FLAGS, RESOLVER_RULES]
+    origins = [o.rstrip("/") for o in secure_origins]
+    if origins:
+        flags.append("--unsafely-treat-insecure-origin-as-secure=" + ",".join(origins))
+    if media:
+        flags += MEDIA_FLAGS
+    return flags
+
+
+def write_launcher(ns: str, directory: Path, binary: str | None = None) -> Path:
+    """A launcher script that runs ``binary`` inside namespace ``ns`` (``ip netns exec`` keeps
+    PID and file descriptors: Playwright's pipe stays connected). Returns its path (mode 0700)."""
+    from .netns import netns_argv
+
+    argv = netns_argv(ns, [binary or chromium_binary()])  # refuses namespaces that are not natkit's
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"browser-{ns}.sh"
+    path.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n')
+    path.chmod(0o700)
+    return path
+
+
+def agent_script() -> str:
+    """The in-page agent (``natkit/web/lab-agent.js``)."""
+    from importlib import resources
+
+    return resources.files("natkit.web").joinpath("lab-agent.js").read_text()
+
+
+class BrowserDriver:
+    """One Playwright (async API) on an event loop in its own thread; thread-safe ``submit``.
+
+    Playwright objects are not thread-safe; everything that touches them runs
+    on this loop, and callers get :class:`concurrent.futures.Future` results.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="natkit-browser-driver", daemon=True)
+        self.pw = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> BrowserDriver:
+        from playwright.async_api import async_playwright
+
+        self._thread.start()
+
+        async def go():
+            return await async_playwright().start()
+
+        self.pw = self.run(go(), 60.0)
+        return self
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro, timeout: float):
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    def stop(self) -> None:
+        """Stop Playwright's driver process and the loop (idempotent, bounded)."""
+        if self.pw is not None:
+            pw, self.pw = self.pw, None
+            with contextlib.suppress(Exception):  # the browsers die with their namespaces anyway
+                self.run(pw.stop(), 10.0)
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)
+
+
+class BrowserAgent:
+    """A Chromium inside one lab host, with the lab agent operations of :mod:`natkit.lab.peers`.
+
+    ``page_url``: the page every connection runs in (the lab's signaling
+    server); ``media``: fake camera and microphone. ``start_ms`` is the
+    time from launch to a loaded page, ``launch_ms`` to a connected browser.
+    """
+
+    kind = "chromium"
+
+    def __init__(self, driver: BrowserDriver, host: str, ns: str, *, directory: Path, page_url: str | None = None,
+                 media: bool = False, secure_origins: Iterable[str] = (), grant: bool = True) -> None:
+        self.driver = driver
+        self.grant = grant
+        self.host = host
+        self.ns = ns
+        self.directory = Path(directory)
+        self.page_url = page_url
+        self.media = media
+        self.secure_origins = tuple(secure_origins)
+        self.browser = None
+        self.context = None
+        self.page = None
+        self.console: list[str] = []
+        self.launch_ms: float | None = None
+        self.start_ms: float | None = None
+        self.version: str | None = None
+
+    # ---- lifecycle (on the driver's loop) -------------------------------
+    async def launch(self) -> BrowserAgent:
+        t = time.monotonic()
+        launcher = write_launcher(self.ns, self.directory)
+        try:
+            self.browser = await self.driver.pw.chromium.launch(
+                executable_path=str(launcher), args=chromium_flags(secure_origins=self.secure_origins, media=self.media),
+                headless=True, timeout=30_000, handle_sigint=False, handle_sigterm=False, handle_sighup=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - Playwright's errors carry the browser's output
+            raise EnvironmentProblem(f"Chromium did not start in {self.ns}: {str(exc).splitlines()[0]}", step="browser",
+                                     details=str(exc).splitlines()[:20], hint="is Debian's chromium installed and runnable as this user?") from None
+        self.launch_ms = (time.monotonic() - t) * 1000.0
+        self.version = self.browser.version
+        self.page = await self.new_page(self.page_url)
+        self.start_ms = (time.monotonic() - t) * 1000.0
+        return self
+
+    async def new_page(self, url: str | None = None, *, init_scripts: Iterable[str] = ()):
+        """A fresh context and page with the agent script installed (and ``init_scripts``), at ``url``."""
+        context = await self.browser.new_context()
+        if self.grant and self.secure_origins:
+            # with camera/microphone permission Chromium enumerates every interface (host candidates
+            # with real addresses: mDNS is off); without it, only the default route's address, and a
+            # lab host has no default route
+            await context.grant_permissions(["camera", "microphone"], origin=self.secure_origins[0])
+        await context.add_init_script(script=agent_script())
+        for s in init_scripts:
+            await context.add_init_script(script=s)
+        page = await context.new_page()
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        if url:
+            await page.goto(url, timeout=15_000)
+        if self.context is None:
+            self.context = context
+        return page
+
+    async def aclose(self) -> None:
+        if self.browser is not None:
+            b, self.browser = self.browser, None
+            with contextlib.suppress(Exception):  # the namespace teardown kills what is left
+                await asyncio.wait_for(b.close(), 5.0)
+
+    def close(self, grace: float = 5.0) -> None:
+        with contextlib.suppress(Exception):
+            self.driver.run(self.aclose(), grace + 1.0)
+
+    # ---- agent operations -----------------------------------------------
+    async def _op(self, op: str, args: dict) -> dict:
+        fn = getattr(self, f"_op_{op}", None)
+        try:
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            return {"ok": True, "result": await fn(**args)}
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+            text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            return {"ok": False, "error": f"{exc.__class__.__name__}: {text}", "kind": exc.__class__.__name__}
+
+    async def _op_hello(self) -> dict:
+        return {"host": self.host, "agent": "chromium", "version": self.version}
+
+    async def _op_offer(self, conn: str, ice: list, media: dict | None = None) -> dict:
+        return await self.page.evaluate("([c, s, m]) => natkitLab.offer(c, {iceServers: s}, m)", [conn, ice, media])
+
+    async def _op_answer(self, conn: str, ice: list, sdp: str, media: dict | None = None) -> dict:
+        return await self.page.evaluate("([c, s, d, m]) => natkitLab.answer(c, {iceServers: s}, d, m)", [conn, ice, sdp, media])
+
+    async def _op_accept(self, conn: str, sdp: str) -> dict:
+        return await self.page.evaluate("([c, d]) => natkitLab.accept(c, d)", [conn, sdp])
+
+    async def _op_result(self, conn: str, timeout: float, messages: int = 5) -> dict:
+        r = await self.page.evaluate("([c, t, n]) => natkitLab.result(c, t, n)", [conn, timeout, messages])
+        r["host"] = self.host
+        return r
+
+    async def _op_media(self, conn: str, seconds: float = 5.0) -> dict:
+        return await self.page.evaluate("([c, s]) => natkitLab.media(c, s)", [conn, seconds])
+
+    async def _op_close(self, conn: str) -> dict:
+        return await self.page.evaluate("(c) => natkitLab.close(c)", conn)
+
+    def submit(self, op: str, **args) -> concurrent.futures.Future:
+        if self.browser is None:
+            raise LabAgentError(f"the browser on {self.host} is gone", step=op)
+        return self.driver.submit(self._op(op, args))
+
+    def _result(self, fut: concurrent.futures.Future, timeout: float, op: str) -> dict:
+        try:
+            msg = fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise LabAgentError(f"the browser on {self.host} did not answer {op!r} within {timeout:g}s", step=op) from None
+        if not msg.get("ok"):
+            raise LabAgentError(f"{op} in the browser on {self.host}: {msg.get('error')}", step=op)
+        return msg.get("result") or {}
+
+    def call(self, op: str, timeout: float = 30.0, **args) -> dict:
+        """Run ``op`` in the page and return its result; raises :class:`LabAgentError`."""
+        return self._result(self.submit(op, **args), timeout, op)
+
+
+class BrowserSession:
+    """Browsers in lab hosts plus natkit's signaling server in the lab's server namespace.
+
+    ``with BrowserSession(lab, ["sym1", "prc2"]) as s: s.agent("sym1")``.
+    ``hosts`` start concurrently; ``media`` gives them the fake camera and
+    microphone. On exit (and on errors while starting) every browser, the
+    Playwright driver and the signaling server are stopped; processes left
+    in the namespaces are killed by the lab's teardown in any case.
+    ``timings``: ``signal_ms``, ``driver_ms``, ``browsers_ms`` (all hosts),
+    and per host ``start_ms`` in :attr:`start_ms`.
+    """
+
+    def __init__(self, lab, hosts: Iterable[str] = (), *, media: bool = False, signaling: bool = True) -> None:
+        self.lab = lab
+        self.hosts = list(dict.fromkeys(hosts))
+        self.media = media
+        self.signaling = signaling
+        self.signal = None
+        self.driver: BrowserDriver | None = None
+        self.agents: dict[str, BrowserAgent] = {}
+        self.timings: dict[str, float] = {}
+        self.start_ms: dict[str, float] = {}
+
+    @property
+    def page_url(self) -> str | None:
+        return self.signal.url if self.signal is not None else None
+
+    @property
+    def origin(self) -> str | None:
+        return self.page_url.rstrip("/") if self.page_url else None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> BrowserSession:
+        ok, reason = browser_available()
+        if not ok:
+            raise EnvironmentProblem(reason, step="browser")
+        t = time.monotonic()
+        if self.signaling:
+            self.signal = start_signaling(self.lab)
+        self.timings["signal_ms"] = (time.monotonic() - t) * 1000.0
+        t = time.monotonic()
+        self.driver = BrowserDriver().start()
+        self.timings["driver_ms"] = (time.monotonic() - t) * 1000.0
+        self.add(self.hosts)
+        return self
+
+    def add(self, hosts: Iterable[str]) -> list[BrowserAgent]:
+        """Start browsers in ``hosts`` (concurrently) and return their agents."""
+        new = [BrowserAgent(self.driver, h, self.lab.ns(h), directory=self.lab.dir, page_url=self.page_url, media=self.media,
+                            secure_origins=[self.origin] if self.origin else []) for h in hosts if h not in self.agents]
+        if not new:
+            return []
+        t = time.monotonic()
+
+        async def launch_all():
+            return await asyncio.gather(*(a.launch() for a in new), return_exceptions=True)
+
+        results = self.driver.run(launch_all(), 90.0)
+        for a, r in zip(new, results):
+            self.agents[a.host] = a
+            if isinstance(r, BaseException):
+                raise r if isinstance(r, EnvironmentProblem) else EnvironmentProblem(f"browser on {a.host}: {r}", step="browser")
+            self.start_ms[a.host] = a.start_ms
+        self.timings["browsers_ms"] = self.timings.get("browsers_ms", 0.0) + (time.monotonic() - t) * 1000.0
+        return new
+
+    def agent(self, host: str) -> BrowserAgent:
+        if host not in self.agents:
+            self.add([host])
+        return self.agents[host]
+
+    def stop(self) -> None:
+        """Close every browser, stop Playwright and the signaling server (idempotent)."""
+        if self.driver is not None:
+            agents, self.agents = list(self.agents.values()), {}
+
+            async def close_all():
+                await asyncio.gather(*(a.aclose() for a in agents), return_exceptions=True)
+
+            with contextlib.suppress(Exception):  # the namespaces' teardown kills what is left
+                self.driver.run(close_all(), 10.0)
+            self.driver.stop()
+            self.driver = None
+        if self.signal is not None:
+            self.signal.stop()
+            self.signal = None
+
+
+def start_signaling(lab, *args: str):
+    """natkit's signaling server (and test page) inside the lab's server namespace on
+    203.0.113.10, a free port; returns a started :class:`natkit.signaling.process.SignalProcess`.
+    With the lab's coturn, ``/config.json`` hands the page fresh REST credentials."""
+    from ..signaling.process import SignalProcess
+    from .spec import SERVER_IPS
+
+    extra, env = list(args), {}
+    if lab.turn and "--turn" not in extra:
+        extra = ["--stun", lab.stun_uri, "--turn", lab.turn_uri(), *extra]
+        env["NATKIT_TURN_SECRET"] = lab.secret  # never in argv
+    proc = SignalProcess(*extra, host=SERVER_IPS[0], env=env, popen=lambda argv, **kw: lab.popen("server", argv, **kw))
+    return proc.start()
