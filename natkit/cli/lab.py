@@ -209,25 +209,41 @@ def matrix_cmd(
     concurrency: int = typer.Option(4, "--concurrency", "-j", help="attempts in flight at once"),
     behaviours: Optional[str] = typer.Option(None, "--behaviours", help="comma-separated subset (default: open,full_cone,restricted,port_restricted,symmetric)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="only 'stun' or only 'stun+turn' (default: both)"),
+    agent: str = typer.Option("aiortc", "--agent", help="ICE agent: aiortc (natkit's adjusted aiortc), stock (aiortc with aioice as released), chromium (Debian's Chromium in every host), mixed (Chromium offers, aiortc answers)"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="run several agents on one lab and compare cell by cell, e.g. stock,aiortc,chromium"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
-    """Connect aiortc peers behind every pair of NAT behaviours, STUN only and STUN+TURN,
-    and compare with the expected matrix (NATLAB.md).
+    """Connect peers behind every pair of NAT behaviours, STUN only and STUN+TURN,
+    and compare with the expected matrix (the one libwebrtc's transport tests assert).
 
-    Exit codes: 0 every cell as expected, 1 a mismatch, 3 no root/namespaces/coturn or a NAT that does not behave as declared.
+    Exit codes: 0 every cell as expected, 1 a mismatch, 2 bad option, 3 no root/namespaces/coturn/Chromium or a NAT that does not behave as declared.
     """
 
     def body() -> int:
-        from ..lab.matrix import MATRIX_BEHAVIOURS, MODES, render_checks, render_text, run_matrix
+        from ..errors import UsageError
+        from ..lab.matrix import AGENTS, MATRIX_BEHAVIOURS, MODES, render_checks, render_comparison, render_text, run_comparison, run_matrix
 
         bs = [b for b in behaviours.split(",") if b.strip()] if behaviours else list(MATRIX_BEHAVIOURS)
         modes = (mode,) if mode else MODES
+        agents = [a.strip() for a in compare.split(",") if a.strip()] if compare else [agent]
+        for a in agents:
+            if a not in AGENTS:
+                raise UsageError(f"unknown agent {a!r}", hint="one of " + ", ".join(AGENTS))
 
         def progress(cell) -> None:
             output.progress(f"{cell.a} x {cell.b} ({cell.mode}): {cell.outcome}{'' if cell.match else ' (expected ' + cell.expected + ')'}")
 
-        output.progress(f"building a lab with two hosts per behaviour ({', '.join(bs)})")
-        report = run_matrix(behaviours=bs, modes=modes, deadline=deadline, concurrency=concurrency, progress=progress)
+        output.progress(f"building a lab with two hosts per behaviour ({', '.join(bs)}); agents: {', '.join(agents)}")
+        if compare:
+            cmp = run_comparison(agents=agents, behaviours=bs, modes=modes, deadline=deadline, concurrency=concurrency, progress=progress)
+            if json_out:
+                output.emit_json(cmp)
+            else:
+                typer.echo(render_checks(cmp.reports[agents[0]].checks))
+                typer.echo("")
+                typer.echo(render_comparison(cmp))
+            return 0 if cmp.ok else 1
+        report = run_matrix(agent=agent, behaviours=bs, modes=modes, deadline=deadline, concurrency=concurrency, progress=progress)
         if json_out:
             output.emit_json(report)
         else:

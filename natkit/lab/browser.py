@@ -56,6 +56,10 @@ RESOLVER_RULES = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCL
 MEDIA_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
+#: Browsers launched at once: a launch is CPU-bound, more than the cores only makes each slower.
+LAUNCH_CONCURRENCY = max(1, min(4, os.cpu_count() or 2))
+
+
 def chromium_binary() -> str:
     """``$NATKIT_CHROMIUM`` or ``/usr/bin/chromium``."""
     return os.environ.get("NATKIT_CHROMIUM") or CHROMIUM
@@ -351,8 +355,14 @@ class BrowserSession:
             return []
         t = time.monotonic()
 
+        gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
+
+        async def one(a):
+            async with gate:
+                return await a.launch()
+
         async def launch_all():
-            return await asyncio.gather(*(a.launch() for a in new), return_exceptions=True)
+            return await asyncio.gather(*(one(a) for a in new), return_exceptions=True)
 
         results = self.driver.run(launch_all(), 90.0)
         for a, r in zip(new, results):

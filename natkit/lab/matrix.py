@@ -321,7 +321,7 @@ def render_comparison(cmp: MatrixComparison) -> str:
     """One line per cell: expected, then each agent's outcome (✓/✗), then the selected pair types."""
     agents = cmp.agents
     first = cmp.reports[agents[0]]
-    w = 38
+    w = 47
     head = f"{'cell':<{w}}{'expected':<16}" + "".join(f"{AGENT_LABELS.get(a, a):<20}" for a in agents)
     lines = [head, "-" * len(head)]
     for c in first.cells:
