@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import shlex
 import shutil
@@ -52,8 +53,8 @@ BASE_FLAGS = (
 )
 #: Names resolve to nothing; only the lab's own address literals (and loopback) are left alone.
 RESOLVER_RULES = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost, EXCLUDE 203.0.113.*, EXCLUDE 198.51.100.*"
-#: Chromium's fake camera (a 30 fps test pattern) and microphone (a beep), permission prompts accepted.
-MEDIA_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+#: Chromium's fake camera (a test pattern, 30 fps: its default is 20) and microphone (a beep), prompts accepted.
+MEDIA_FLAGS = ("--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream")
 
 
 #: Browsers launched at once: a launch is CPU-bound, more than the cores only makes each slower.
@@ -253,11 +254,15 @@ class BrowserAgent:
     async def _op_hello(self) -> dict:
         return {"host": self.host, "agent": "chromium", "version": self.version}
 
-    async def _op_offer(self, conn: str, ice: list, media: dict | None = None) -> dict:
-        return await self.page.evaluate("([c, s, m]) => natkitLab.offer(c, {iceServers: s}, m)", [conn, ice, media])
+    @staticmethod
+    def _config(ice: list, policy: str | None) -> dict:
+        return {"iceServers": ice, "iceTransportPolicy": policy or "all"}
 
-    async def _op_answer(self, conn: str, ice: list, sdp: str, media: dict | None = None) -> dict:
-        return await self.page.evaluate("([c, s, d, m]) => natkitLab.answer(c, {iceServers: s}, d, m)", [conn, ice, sdp, media])
+    async def _op_offer(self, conn: str, ice: list, media: dict | None = None, policy: str | None = None) -> dict:
+        return await self.page.evaluate("([c, s, m]) => natkitLab.offer(c, s, m)", [conn, self._config(ice, policy), media])
+
+    async def _op_answer(self, conn: str, ice: list, sdp: str, media: dict | None = None, policy: str | None = None) -> dict:
+        return await self.page.evaluate("([c, s, d, m]) => natkitLab.answer(c, s, d, m)", [conn, self._config(ice, policy), sdp, media])
 
     async def _op_accept(self, conn: str, sdp: str) -> dict:
         return await self.page.evaluate("([c, d]) => natkitLab.accept(c, d)", [conn, sdp])
@@ -408,3 +413,109 @@ def start_signaling(lab, *args: str):
         env["NATKIT_TURN_SECRET"] = lab.secret  # never in argv
     proc = SignalProcess(*extra, host=SERVER_IPS[0], env=env, popen=lambda argv, **kw: lab.popen("server", argv, **kw))
     return proc.start()
+
+
+# ------------------------------------------------------------------ media calls
+
+SCHEMA_CALL = "natkit.lab.call/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaSide:
+    """What one browser received during the measurement window (getStats ``inbound-rtp``).
+
+    Counts are deltas over the window, ``fps`` is frames decoded per second
+    over the window, ``jitter_ms`` the RFC 3550 interarrival jitter at its
+    end; ``packets_lost`` is the cumulative RTCP-style count (RFC 3550 §6.4.1)
+    at the end, ``loss_pct`` the share of packets lost during the window.
+    """
+
+    host: str
+    selected: tuple[str | None, str | None]  # (local, remote) candidate types of the selected pair
+    state: str  # RTCPeerConnection.connectionState at the end
+    frames_decoded: int
+    fps: float
+    frame_size: tuple[int | None, int | None]
+    video_packets: int
+    packets_lost: int
+    loss_pct: float
+    jitter_ms: float | None
+    audio_packets: int
+    audio_lost: int
+    freezes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaCall:
+    """A two-way browser call (fake camera and microphone on both sides), JSON schema ``natkit.lab.call/1``."""
+
+    schema: str
+    a: str  # offerer host
+    b: str
+    turn: bool
+    connection: object  # natkit.lab.peers.PairResult: the data channel of the same connection
+    window_s: float
+    sides: tuple[MediaSide, ...]
+    notes: tuple[str, ...] = ()
+
+
+def _media_side(host: str, m: dict) -> MediaSide:
+    v0, v1 = m["start"].get("video", {}), m["end"].get("video", {})
+    a0, a1 = m["start"].get("audio", {}), m["end"].get("audio", {})
+    d = lambda x, y, k: (y.get(k) or 0) - (x.get(k) or 0)  # noqa: E731
+    window = m.get("seconds") or 1.0
+    pk, lost = d(v0, v1, "packets"), d(v0, v1, "lost")
+    sel = m.get("selected") or {}
+    return MediaSide(
+        host=host, selected=((sel.get("local") or {}).get("type"), (sel.get("remote") or {}).get("type")), state=m.get("state", "?"),
+        frames_decoded=d(v0, v1, "frames_decoded"), fps=d(v0, v1, "frames_decoded") / window,
+        frame_size=(v1.get("width"), v1.get("height")), video_packets=pk, packets_lost=v1.get("lost") or 0,
+        loss_pct=100.0 * lost / (pk + lost) if pk + lost > 0 else 0.0, jitter_ms=v1.get("jitter_ms"),
+        audio_packets=d(a0, a1, "packets"), audio_lost=a1.get("lost") or 0, freezes=v1.get("freezes"),
+    )
+
+
+def media_call(lab, session: BrowserSession, a: str, b: str, *, seconds: float = 5.0, turn: bool = True, deadline: float = 15.0,
+               video: dict | None = None, warmup: float = 1.0, relay_only: bool = False) -> MediaCall:
+    """A call from the browser on ``a`` to the one on ``b``: both send Chromium's fake camera
+    (``video``: width/height/fps, default 640x480 at 30 fps) and microphone; after the data
+    channel echo and ``warmup`` seconds, both measure inbound RTP over ``seconds``.
+
+    ``relay_only``: ``iceTransportPolicy: "relay"`` on both sides (a relay/relay pair; otherwise
+    libwebrtc behind two symmetric NATs sends from one side's mapped address to the other's
+    relayed one). The session must have been started with ``media=True``. Raises
+    :class:`~natkit.errors.LabAgentError` when a browser fails an operation.
+    """
+    import uuid
+
+    from .peers import ANSWER_DELAY, PairResult, classify_pair, side_from_dict
+
+    media = {"video": video or {"width": 640, "height": 480, "fps": 30}, "audio": True}
+    policy = "relay" if relay_only else "all"
+    ag_a, ag_b = session.agent(a), session.agent(b)
+    conn = uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    notes: list[str] = []
+    try:
+        offer = ag_a.call("offer", timeout=deadline + 10, conn=conn, ice=lab.ice_servers(a, turn=turn), media=media, policy=policy)
+        answer = ag_b.call("answer", timeout=deadline + 10, conn=conn, ice=lab.ice_servers(b, turn=turn), sdp=offer["sdp"], media=media, policy=policy)
+        time.sleep(ANSWER_DELAY)
+        ag_a.call("accept", timeout=deadline + 10, conn=conn, sdp=answer["sdp"])
+        fa, fb = ag_a.submit("result", conn=conn, timeout=deadline), ag_b.submit("result", conn=conn, timeout=deadline)
+        off, ans = side_from_dict(ag_a._result(fa, deadline + 10, "result")), side_from_dict(ag_b._result(fb, deadline + 10, "result"))
+        outcome = classify_pair(off, ans)
+        pair = PairResult("natkit.lab.pair/1", a, b, turn, outcome, outcome not in ("failed", "inconsistent"), outcome == "relay",
+                          off, ans, deadline, (time.monotonic() - started) * 1000.0)
+        sides: tuple[MediaSide, ...] = ()
+        if pair.ok:
+            time.sleep(warmup)
+            ma, mb = ag_a.submit("media", conn=conn, seconds=seconds), ag_b.submit("media", conn=conn, seconds=seconds)
+            sides = (_media_side(a, ag_a._result(ma, seconds + 15, "media")), _media_side(b, ag_b._result(mb, seconds + 15, "media")))
+        else:
+            notes += [s.error for s in (off, ans) if s is not None and s.error]
+    finally:
+        for ag in (ag_a, ag_b):
+            with contextlib.suppress(Exception):
+                ag.call("close", timeout=5, conn=conn)
+    window = min((s_.frames_decoded / s_.fps for s_ in sides if s_.fps), default=seconds) if sides else 0.0
+    return MediaCall(SCHEMA_CALL, a, b, turn, pair, window, sides, tuple(notes))
