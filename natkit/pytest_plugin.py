@@ -253,3 +253,16 @@ def nat_pair(request):
         raise pytest.UsageError(f"nat marker: unknown options {sorted(unknown)}")
     lab = request.getfixturevalue("nat_matrix_lab")
     return NatPair(lab, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Real browsers behind the lab's NATs (Chromium in host namespaces). See docs/pytest-plugin.md.
+# ---------------------------------------------------------------------------
+
+
+def require_browser() -> None:
+    """Skip (fail under NATKIT_REQUIRE_BROWSER=1) without Debian's chromium and the playwright package."""
+    from natkit.lab.browser import browser_available
+
+    ok, reason = browser_available()
+    _require("NATKIT_REQUIRE_BROWSER", ok, reason)

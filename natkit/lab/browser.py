@@ -462,7 +462,7 @@ class MediaCall:
 def _media_side(host: str, m: dict) -> MediaSide:
     v0, v1 = m["start"].get("video", {}), m["end"].get("video", {})
     a0, a1 = m["start"].get("audio", {}), m["end"].get("audio", {})
-    d = lambda x, y, k: (y.get(k) or 0) - (x.get(k) or 0)  # noqa: E731
+    d = lambda x, y, k: (y.get(k) or 0) - (x.get(k) or 0)
     window = m.get("seconds") or 1.0
     pk, lost = d(v0, v1, "packets"), d(v0, v1, "lost")
     sel = m.get("selected") or {}
