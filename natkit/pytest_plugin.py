@@ -123,6 +123,7 @@ NAT_MARKER = (
 
 def pytest_configure(config):
     config.addinivalue_line("markers", NAT_MARKER)
+    config.addinivalue_line("markers", NAT_BROWSERS_MARKER)
 
 
 def require_lab(turn: bool = True) -> None:
@@ -266,3 +267,148 @@ def require_browser() -> None:
 
     ok, reason = browser_available()
     _require("NATKIT_REQUIRE_BROWSER", ok, reason)
+
+
+NAT_BROWSERS_MARKER = (
+    "nat_browsers(a, b, expect=None, turn=True): the test's nat_browsers fixture puts one Chromium behind NAT "
+    "behaviour a and one behind b; nat_browsers.check() asserts how the pages' own RTCPeerConnections connected "
+    "(direct | direct (prflx) | relay | failed; default: the expected matrix)"
+)
+
+
+def _lab_for(request, lab):
+    return lab if lab is not None else request.getfixturevalue("nat_matrix_lab")
+
+
+def _pick_host(lab, what: str, taken: set) -> str:
+    """A host of ``lab`` by name, or the first free one behind NAT behaviour ``what``."""
+    if what in lab.hosts:
+        return what
+    from natkit.lab.spec import normalise_behaviour
+
+    b = normalise_behaviour(what)
+    for h in lab.hosts:
+        if lab.spec.behaviour_of(h) == b and h not in taken:
+            return h
+    raise pytest.UsageError(f"no free host behind a {b} NAT in lab {lab.name} (hosts: {', '.join(lab.hosts)})")
+
+
+@pytest.fixture
+def nat_browser(request):
+    """A factory of Playwright ``Page``\\ s inside lab hosts: ``nat_browser("symmetric", url=None, lab=None, media=False)``.
+
+    The first argument is a NAT behaviour (the next free host behind one in the
+    session's matrix lab, or in ``lab``) or a host name. The page runs in a
+    Debian Chromium living in that host's network namespace; ``window.NATKIT``
+    and ``page.natkit`` hold the lab's ``iceServers`` (STUN, and TURN with fresh
+    REST credentials), ``stun_uri``, ``turn_uri``, ``username``, ``credential``.
+    ``url`` (e.g. from ``nat_server``) is opened and treated as a secure context.
+    Browsers are closed when the test ends.
+    """
+    require_browser()
+    from natkit.lab.browser import SyncBrowsers
+
+    sessions: dict = {}
+    taken: set = set()
+
+    def make(what: str, *, url: str | None = None, lab=None, media: bool = False, turn: bool = True):
+        the_lab = _lab_for(request, lab)
+        host = _pick_host(the_lab, what, taken)
+        taken.add(host)
+        key = (the_lab.name, media)
+        if key not in sessions:
+            sessions[key] = SyncBrowsers(the_lab, media=media).start()
+        return sessions[key].page(host, url, turn=turn)
+
+    try:
+        yield make
+    finally:
+        for s in sessions.values():
+            s.stop()
+
+
+@pytest.fixture
+def nat_server(request):
+    """A factory that runs your server in the lab's server namespace (203.0.113.10), stopped at test end.
+
+    ``nat_server(["python", "app.py", "--port", "{port}"])`` or ``nat_server(static="site/")``;
+    optional ``port``, ``lab``, ``env``. Returns a :class:`natkit.lab.browser.LabServer` (``url``,
+    ``host``, ``port``, ``log``). The process also gets ``$HOST``, ``$PORT``, ``$NATKIT_STUN_URI``,
+    ``$NATKIT_TURN_URI`` and ``$NATKIT_TURN_SECRET``.
+    """
+    from natkit.lab.browser import start_server
+
+    servers = []
+
+    def make(command=None, *, static=None, port=None, lab=None, env=None):
+        srv = start_server(_lab_for(request, lab), command, static=static, port=port, env=env)
+        servers.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+class NatBrowsers:
+    """Two Chromium pages behind the NATs of a ``nat_browsers`` marker: ``open(url)`` -> (a, b)."""
+
+    def __init__(self, factory, a: str, b: str, *, expect=None, turn: bool = True) -> None:
+        from natkit.lab.spec import expected_outcome, normalise_behaviour
+
+        self._factory = factory
+        self.behaviours = (normalise_behaviour(a), normalise_behaviour(b))
+        self.turn = turn
+        self.expect = _normalise_expect(expect) if expect else expected_outcome(*self.behaviours, turn=turn)
+        self.pages: tuple = ()
+
+    def open(self, url: str, *, stagger: float = 0.0):
+        """Open ``url`` in the page behind ``a``, then in the one behind ``b``; returns both pages."""
+        import time
+
+        a = self._factory(self.behaviours[0], url=url, turn=self.turn)
+        if stagger:
+            time.sleep(stagger)
+        b = self._factory(self.behaviours[1], url=url, turn=self.turn)
+        self.pages = (a, b)
+        return a, b
+
+    def outcome(self, timeout: float = 20.0) -> str:
+        """Wait (at most ``timeout`` s) until both pages have a connected RTCPeerConnection; the
+        outcome from their selected pairs (:func:`natkit.lab.browser.page_outcome`)."""
+        import time
+
+        from natkit.lab.browser import page_outcome, selected_pairs
+
+        deadline = time.monotonic() + timeout
+        while True:
+            got = page_outcome(selected_pairs(self.pages[0]), selected_pairs(self.pages[1]))
+            if got != "failed" or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+    def check(self, timeout: float = 20.0) -> str:
+        """:meth:`outcome`, asserted against ``expect``; returns it."""
+        from natkit.lab.spec import outcome_matches
+
+        got = self.outcome(timeout if self.expect != "failed" else min(timeout, 10.0))
+        if not outcome_matches(self.expect, got):
+            from natkit.lab.browser import selected_pairs
+
+            pytest.fail(f"{self.behaviours[0]} x {self.behaviours[1]} in the browser: expected {self.expect}, got {got} "
+                        f"(pairs {selected_pairs(self.pages[0])} / {selected_pairs(self.pages[1])})", pytrace=False)
+        return got
+
+
+@pytest.fixture
+def nat_browsers(request, nat_browser):
+    """Two pages behind the NATs of ``@pytest.mark.nat_browsers(a, b, expect=..., turn=True)`` (a :class:`NatBrowsers`)."""
+    marker = request.node.get_closest_marker("nat_browsers")
+    if marker is None or len(marker.args) != 2:
+        raise pytest.UsageError("nat_browsers needs @pytest.mark.nat_browsers(a, b, expect=...)")
+    unknown = set(marker.kwargs) - {"expect", "turn"}
+    if unknown:
+        raise pytest.UsageError(f"nat_browsers marker: unknown options {sorted(unknown)}")
+    return NatBrowsers(nat_browser, *marker.args, **marker.kwargs)

@@ -519,3 +519,230 @@ def media_call(lab, session: BrowserSession, a: str, b: str, *, seconds: float =
                 ag.call("close", timeout=5, conn=conn)
     window = min((s_.frames_decoded / s_.fps for s_ in sides if s_.fps), default=seconds) if sides else 0.0
     return MediaCall(SCHEMA_CALL, a, b, turn, pair, window, sides, tuple(notes))
+
+
+# ------------------------------------------------------------------ pages for the user's own tests (sync API)
+
+#: Recorded RTCPeerConnections (window.__natkitPeerConnections), so a test can read the selected
+#: pair of whatever connection the user's app makes, without the app's cooperation.
+PC_RECORDER = """(() => {
+  const Native = window.RTCPeerConnection;
+  if (!Native || Native.__natkit) return;
+  const pcs = [];
+  function RTCPeerConnection(...args) { const pc = new Native(...args); pcs.push(pc); return pc; }
+  RTCPeerConnection.prototype = Native.prototype;
+  Object.setPrototypeOf(RTCPeerConnection, Native);
+  RTCPeerConnection.__natkit = true;
+  window.RTCPeerConnection = RTCPeerConnection;
+  window.__natkitPeerConnections = pcs;
+})();"""
+
+#: The selected pair of every recorded connection: [{state, local, remote}] (candidate types from getStats).
+SELECTED_PAIRS_JS = """async () => {
+  const out = [];
+  for (const pc of window.__natkitPeerConnections || []) {
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+    const t = (id) => (stats.get(id) || {}).candidateType || null;
+    out.push({ state: pc.connectionState, local: pair ? t(pair.localCandidateId) : null, remote: pair ? t(pair.remoteCandidateId) : null });
+  }
+  return out;
+}"""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabPageInfo:
+    """What a page behind a lab NAT is given (also as ``window.NATKIT`` in the page).
+
+    ``ice_servers``: RTCIceServer dicts (the lab's STUN server and coturn with
+    fresh TURN REST credentials, RFC 8489 / draft-uberti-rtcweb-turn-rest);
+    ``stun_uri``, ``turn_uri``, ``username``, ``credential`` the same pieces.
+    """
+
+    host: str
+    behaviour: str
+    namespace: str
+    address: str | None
+    ice_servers: list
+    stun_uri: str
+    turn_uri: str | None
+    username: str | None
+    credential: str | None
+
+    def script(self) -> str:
+        import json
+
+        return "window.NATKIT = Object.freeze(" + json.dumps(dataclasses.asdict(self) | {"iceServers": self.ice_servers}) + ");"
+
+
+class SyncBrowsers:
+    """Chromium in lab hosts through Playwright's *sync* API (for the pytest fixtures:
+    the objects belong to the thread that made them). One browser per host, launched
+    on first use; :meth:`page` returns a fresh context's page. :meth:`stop` closes all."""
+
+    def __init__(self, lab, *, media: bool = False) -> None:
+        self.lab = lab
+        self.media = media
+        self._pw = None
+        self.browsers: dict[str, object] = {}
+        self.start_ms: dict[str, float] = {}
+        self.pages: list = []
+
+    def start(self) -> "SyncBrowsers":
+        from playwright.sync_api import sync_playwright
+
+        ok, reason = browser_available()
+        if not ok:
+            raise EnvironmentProblem(reason, step="browser")
+        self._pw = sync_playwright().start()
+        return self
+
+    def info(self, host: str, *, turn: bool = True) -> LabPageInfo:
+        servers = self.lab.ice_servers(host, turn=turn and self.lab.turn)
+        turn_srv = next((s for s in servers if "username" in s), None)
+        return LabPageInfo(host, self.lab.spec.behaviour_of(host), self.lab.ns(host), self.lab.ip(host), servers, self.lab.stun_uri,
+                           turn_srv["urls"][0] if turn_srv else None, turn_srv and turn_srv["username"], turn_srv and turn_srv["credential"])
+
+    def browser(self, host: str, secure_origins: Iterable[str] = ()):
+        if host not in self.browsers:
+            t = time.monotonic()
+            launcher = write_launcher(self.lab.ns(host), self.lab.dir)
+            try:
+                self.browsers[host] = self._pw.chromium.launch(
+                    executable_path=str(launcher), args=chromium_flags(secure_origins=secure_origins, media=self.media),
+                    headless=True, timeout=30_000, handle_sigint=False, handle_sigterm=False, handle_sighup=False)
+            except Exception as exc:  # noqa: BLE001
+                raise EnvironmentProblem(f"Chromium did not start in {self.lab.ns(host)}: {str(exc).splitlines()[0]}", step="browser") from None
+            self.start_ms[host] = (time.monotonic() - t) * 1000.0
+        return self.browsers[host]
+
+    def page(self, host: str, url: str | None = None, *, turn: bool = True):
+        """A page in ``host``'s browser with ``window.NATKIT`` (:class:`LabPageInfo`) and the
+        connection recorder installed, at ``url``; ``page.natkit`` is the same info."""
+        from urllib.parse import urlsplit
+
+        origin = None
+        if url:
+            u = urlsplit(url)
+            origin = f"{u.scheme}://{u.netloc}"
+        b = self.browser(host, [origin] if origin else [])
+        context = b.new_context()
+        if origin:
+            context.grant_permissions(["camera", "microphone"], origin=origin)
+        info = self.info(host, turn=turn)
+        context.add_init_script(script=info.script())
+        context.add_init_script(script=PC_RECORDER)
+        page = context.new_page()
+        page.natkit = info
+        page.console_lines = []
+        page.on("console", lambda m: page.console_lines.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+        self.pages.append(page)
+        if url:
+            page.goto(url, timeout=15_000)
+        return page
+
+    def stop(self) -> None:
+        for b in self.browsers.values():
+            with contextlib.suppress(Exception):
+                b.close()
+        self.browsers = {}
+        if self._pw is not None:
+            pw, self._pw = self._pw, None
+            with contextlib.suppress(Exception):
+                pw.stop()
+
+
+def selected_pairs(page) -> list[dict]:
+    """``[{state, local, remote}]`` for every RTCPeerConnection the page made (candidate types)."""
+    return page.evaluate(SELECTED_PAIRS_JS)
+
+
+def page_outcome(pairs_a: list[dict], pairs_b: list[dict]) -> str:
+    """The outcome of a two-page app from both pages' connected connections (pure):
+    ``relay``, ``direct prflx``, ``direct srflx``, ``direct host``, ``inconsistent`` or ``failed``."""
+    ca = [p for p in pairs_a if p.get("state") == "connected" and p.get("local")]
+    cb = [p for p in pairs_b if p.get("state") == "connected" and p.get("local")]
+    if not ca or not cb:
+        return "failed"
+    a, b = ca[-1], cb[-1]
+    ra, rb = "relay" in (a["local"], a["remote"]), "relay" in (b["local"], b["remote"])
+    if ra and rb:
+        return "relay"
+    if ra or rb:
+        return "inconsistent"
+    types = {a["remote"], b["remote"]}
+    return "direct prflx" if "prflx" in types else "direct srflx" if "srflx" in types else "direct host"
+
+
+# ------------------------------------------------------------------ the user's server in the server namespace
+
+@dataclasses.dataclass
+class LabServer:
+    """A process of the user's (static files, a dev server, a signaling server) in the lab's
+    server namespace, listening on ``host``:``port``; ``url`` is what pages behind the NATs open."""
+
+    host: str
+    port: int
+    url: str
+    proc: object
+    log: Path
+
+    @property
+    def origin(self) -> str:
+        return self.url.rstrip("/")
+
+    def stop(self) -> None:
+        from ..signaling.process import _stop
+
+        _stop(self.proc, 3.0)
+
+
+def start_server(lab, command=None, *, static: str | os.PathLike | None = None, port: int | None = None,
+                 ready_timeout: float = 15.0, env: dict | None = None) -> LabServer:
+    """Start the user's server inside the lab's server namespace on 203.0.113.10.
+
+    ``command``: argv whose items may contain ``{host}`` and ``{port}``
+    (also given as ``$HOST``/``$PORT``, and ``$NATKIT_STUN_URI``,
+    ``$NATKIT_TURN_URI``, ``$NATKIT_TURN_SECRET`` so it can mint TURN REST
+    credentials itself); or ``static``: a directory served by Python's
+    ``http.server``. Waits until the port listens (TCP) and raises
+    :class:`~natkit.errors.ServerStartFailed` with the server's output when
+    it exits or does not listen within ``ready_timeout`` seconds.
+    """
+    import random
+    import subprocess
+
+    from ..errors import ServerStartFailed, UsageError
+    from .lab import _hex_addr, _listening
+    from .spec import SERVER_IPS
+
+    if (command is None) == (static is None):
+        raise UsageError("start_server needs a command or a static directory, not both")
+    host = SERVER_IPS[0]
+    port = port or random.randint(20_000, 40_000)
+    if static is not None:
+        command = ["python", "-m", "http.server", "{port}", "--bind", "{host}", "--directory", str(static)]
+    argv = [str(a).format(host=host, port=port) for a in command]
+    log = lab.dir / f"server-{port}.log"
+    full_env = {**os.environ, "HOST": host, "PORT": str(port), "NATKIT_STUN_URI": lab.stun_uri, **(env or {})}
+    if lab.turn:
+        full_env.update({"NATKIT_TURN_URI": lab.turn_uri(), "NATKIT_TURN_SECRET": lab.secret})
+    with open(log, "wb") as out:
+        proc = lab.popen("server", argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    want = _hex_addr(host, port)
+    want_any = _hex_addr("0.0.0.0", port)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        tcp = _listening(proc.pid, "tcp")
+        if want in tcp or want_any in tcp:
+            return LabServer(host, port, f"http://{host}:{port}/", proc, log)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            from ..signaling.process import _stop
+
+            _stop(proc, 2.0)
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            what = f"exited with code {proc.returncode}" if proc.returncode is not None else f"did not listen on {host}:{port} within {ready_timeout:g}s"
+            raise ServerStartFailed(f"{argv[0]} {what} in the lab's server namespace", step="server", details=tail)
+        time.sleep(0.02)

@@ -541,7 +541,7 @@ def connect_pair(lab, a: str, b: str, *, turn: bool = True, deadline: float = 10
     yet opened, and a cell that can connect directly is reported as relay.
 
     ``agents``: the two agents to use instead of the lab's aiortc agents of
-    ``a`` and ``b`` (for example :class:`natkit.lab.browser.BrowserAgent`\ s).
+    ``a`` and ``b`` (for example browsers: :class:`natkit.lab.browser.BrowserAgent`).
     """
     started = time.monotonic()
     conn = uuid.uuid4().hex[:12]
