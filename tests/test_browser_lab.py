@@ -380,3 +380,38 @@ def _chromium_in(namespaces) -> bool:
             except OSError:
                 pass
     return False
+
+
+# ---------------------------------------------------------------- Firefox (WebDriver BiDi)
+
+
+def test_firefox_agent_behind_the_nats(pair_lab):
+    """Debian's Firefox ESR inside host namespaces over WebDriver BiDi: with itself, with Chromium, with aiortc."""
+    from natkit.lab.firefox import firefox_available
+    from natkit.lab.peers import AgentClient, connect_pair
+    from natkit.pytest_plugin import _require
+
+    ok, reason = firefox_available()
+    _require("NATKIT_REQUIRE_BROWSER", ok, reason)
+    lab, session = pair_lab
+    ff = {h: AgentClient(h, lab.ns(h), log_path=str(lab.dir / f"firefox-{h}.log"), module="natkit.lab.firefox",
+                         args=(session.page_url,)) for h in ("sym1", "fc1")}
+    try:
+        ready = {h: a._result(a.ready, 60, "start") for h, a in ff.items()}
+        assert all(r["browser"] == "firefox" and r["version"].split(".")[0].isdigit() for r in ready.values()), ready
+        r = connect_pair(lab, "fc1", "sym1", turn=True, deadline=10, agents=(ff["fc1"], ff["sym1"]))
+        assert r.outcome == "direct prflx", r
+        assert r.offerer.gathered.get("host", 0) >= 1  # real host addresses, no mDNS names
+        r = connect_pair(lab, "sym1", "prc1", turn=True, deadline=10, agents=(ff["sym1"], session.agent("prc1")))
+        assert r.outcome == "relay" and r.relay_proven, r  # Firefox offers, Chromium answers
+        r = connect_pair(lab, "prc1", "sym1", turn=True, deadline=10, agents=(lab.agent("prc1"), ff["sym1"]))
+        assert r.outcome == "relay" and r.relay_proven, r  # aiortc offers, Firefox answers
+        r = connect_pair(lab, "sym1", "prc1", turn=False, deadline=4, agents=(ff["sym1"], lab.agent("prc1")))
+        assert r.outcome == "failed"
+    finally:
+        for a in ff.values():
+            a.close(grace=5)
+    from natkit.lab.netns import namespace_pids
+
+    left = namespace_pids([lab.ns("fc1")])[lab.ns("fc1")]
+    assert not [p for p in left if os.path.exists(f"/proc/{p}/comm") and "firefox" in Path(f"/proc/{p}/comm").read_text()]

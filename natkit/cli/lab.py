@@ -209,8 +209,8 @@ def matrix_cmd(
     concurrency: int = typer.Option(4, "--concurrency", "-j", help="attempts in flight at once"),
     behaviours: Optional[str] = typer.Option(None, "--behaviours", help="comma-separated subset (default: open,full_cone,restricted,port_restricted,symmetric)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="only 'stun' or only 'stun+turn' (default: both)"),
-    agent: str = typer.Option("aiortc", "--agent", help="ICE agent: aiortc (natkit's adjusted aiortc), stock (aiortc with aioice as released), chromium (Debian's Chromium in every host), mixed (Chromium offers, aiortc answers)"),
-    compare: Optional[str] = typer.Option(None, "--compare", help="run several agents on one lab and compare cell by cell, e.g. stock,aiortc,chromium"),
+    agent: str = typer.Option("aiortc", "--agent", help="ICE agent: aiortc (natkit's adjusted aiortc), stock (aiortc with aioice as released), chromium (Debian's Chromium in every host), mixed (Chromium offers, aiortc answers), firefox (Debian's Firefox ESR over WebDriver BiDi)"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="run several agents on one lab and compare cell by cell, e.g. stock,aiortc,chromium,firefox"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Connect peers behind every pair of NAT behaviours, STUN only and STUN+TURN,

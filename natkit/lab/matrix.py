@@ -10,7 +10,8 @@ transport tests assert).
 The ICE agents (:data:`AGENTS`): ``aiortc`` (natkit's lab agent: aiortc with
 the adjustments of :mod:`natkit._aiortc_private`), ``stock`` (the same agent
 with aioice as released), ``chromium`` (Debian's Chromium in every host,
-:mod:`natkit.lab.browser`), ``mixed`` (Chromium offers, aiortc answers).
+:mod:`natkit.lab.browser`), ``mixed`` (Chromium offers, aiortc answers),
+``firefox`` (Debian's Firefox ESR over WebDriver BiDi, :mod:`natkit.lab.firefox`).
 Every agent gets the same signaling: complete SDP after gathering, carried
 by the controller, the answer delayed by
 :data:`natkit.lab.peers.ANSWER_DELAY`. :func:`run_comparison` runs several
@@ -40,8 +41,8 @@ from .spec import (
 SCHEMA = "natkit.lab.matrix/1"
 SCHEMA_COMPARE = "natkit.lab.matrix-compare/1"
 MODES = ("stun", "stun+turn")
-AGENTS = ("aiortc", "stock", "chromium", "mixed")
-AGENT_LABELS = {"stock": "stock aioice", "aiortc": "natkit aiortc", "chromium": "Chromium", "mixed": "Chromium x aiortc"}
+AGENTS = ("aiortc", "stock", "chromium", "mixed", "firefox")
+AGENT_LABELS = {"stock": "stock aioice", "aiortc": "natkit aiortc", "chromium": "Chromium", "mixed": "Chromium x aiortc", "firefox": "Firefox"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +126,8 @@ class AgentSet:
 
     def __enter__(self) -> Self:
         try:
-            if self.kind == "stock":
-                from .peers import AgentClient
-
-                for h in self.hosts:
-                    self._stock[h] = AgentClient(h, self.lab.ns(h), log_path=str(self.lab.dir / f"agent-stock-{h}.log"),
-                                                 env={**self.lab.agent_env, "NATKIT_LAB_STOCK": "1"})
-                for ag in self._stock.values():
-                    ag.wait_ready(30.0)
+            if self.kind in ("stock", "firefox"):
+                self._start_processes()
             hosts = self.browser_hosts()
             if hosts:
                 from .browser import BrowserSession
@@ -143,13 +138,50 @@ class AgentSet:
                 else:
                     self.session.add(hosts)
                 first = self.session.agent(hosts[0])
-                self.info = {"browser": "chromium", "version": first.version,
+                self.info = {**self.info, "browser": "chromium", "version": first.version,
                              "start_ms": {h: self.session.start_ms.get(h) for h in hosts}, "page": self.session.page_url,
                              **{k: v for k, v in self.session.timings.items()}}
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def _start_processes(self) -> None:
+        from .peers import AgentClient
+
+        args: tuple[str, ...] = ()
+        if self.kind == "firefox":
+            from ..errors import EnvironmentProblem
+            from .browser import BrowserSession
+            from .firefox import firefox_available
+
+            ok, reason = firefox_available()
+            if not ok:
+                raise EnvironmentProblem(reason, step="browser")
+            if self.session is None:  # only for its signaling server: the page Firefox opens
+                self.session = BrowserSession(self.lab).__enter__()
+                self._own_session = True
+            args = (self.session.page_url,)
+        t = time.monotonic()
+        pace = [] if self.kind != "firefox" else self.hosts  # a browser launch is CPU-bound: a few at a time
+        from .browser import LAUNCH_CONCURRENCY
+
+        for i, h in enumerate(self.hosts):
+            if h in pace and i >= LAUNCH_CONCURRENCY:
+                earlier = self._stock[self.hosts[i - LAUNCH_CONCURRENCY]]
+                earlier._result(earlier.ready, 60.0, "start")
+            self._stock[h] = AgentClient(
+                h, self.lab.ns(h), log_path=str(self.lab.dir / f"agent-{self.kind}-{h}.log"), args=args,
+                module="natkit.lab.firefox" if self.kind == "firefox" else "natkit.lab.peers",
+                env={**self.lab.agent_env, "NATKIT_LAB_STOCK": "1"} if self.kind == "stock" else self.lab.agent_env)
+        starts = {}
+        for h, ag in self._stock.items():
+            ready = ag._result(ag.ready, 60.0, "start")
+            starts[h] = ready.get("start_ms")
+            if ready.get("browser"):
+                self.info.update({"browser": ready["browser"], "version": ready.get("version"), "page": self.session.page_url})
+        if self.kind == "firefox":
+            self.info.update({"start_ms": starts, "browsers_ms": (time.monotonic() - t) * 1000.0})
 
     def __exit__(self, *exc) -> None:
         for ag in self._stock.values():
@@ -390,7 +422,7 @@ def render_text(report: MatrixReport) -> str:
     )
     if report.agent_info.get("start_ms"):
         starts = [v for v in report.agent_info["start_ms"].values() if v is not None]
-        lines.append(f"{len(starts)} Chromium {report.agent_info.get('version') or ''} browsers in the host namespaces, "
+        lines.append(f"{len(starts)} {report.agent_info.get('browser', '').capitalize()} {report.agent_info.get('version') or ''} browsers in the host namespaces, "
                      f"page from {report.agent_info.get('page')}; start to loaded page: max {max(starts):.0f} ms, "
                      f"all concurrently {t.get('browsers_ms', 0):.0f} ms")
     return "\n".join(lines)

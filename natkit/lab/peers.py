@@ -424,22 +424,28 @@ def agent_main(argv: list[str] | None = None) -> None:
 # ================================================================== controller side
 
 class AgentClient:
-    """The controller's handle on one agent process (thread-safe ``call``)."""
+    """The controller's handle on one agent process (thread-safe ``call``).
 
-    def __init__(self, host: str, ns: str, *, log_path: str | None = None, env: dict | None = None) -> None:
+    ``module``: the agent's module (``python -m MODULE HOST *args`` inside ``ns``):
+    this one's aiortc agent, or :mod:`natkit.lab.firefox`.
+    """
+
+    def __init__(self, host: str, ns: str, *, log_path: str | None = None, env: dict | None = None,
+                 module: str = "natkit.lab.peers", args: tuple[str, ...] = ()) -> None:
         from .netns import netns_argv
 
         self.host = host
         self.ns = ns
         self._ids = itertools.count(1)
         self._pending: dict[int, concurrent.futures.Future] = {0: concurrent.futures.Future()}
+        self.ready = self._pending[0]  # the agent's first line: {"pid", "host", "ready", ...}
         self._lock = threading.Lock()
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            netns_argv(ns, [sys.executable, "-m", "natkit.lab.peers", host]),
+            netns_argv(ns, [sys.executable, "-m", module, host, *args]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=full_env,
             start_new_session=True, close_fds=True,
         )
