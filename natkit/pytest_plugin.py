@@ -12,11 +12,16 @@ Fixtures:
 - ``nat_pair``: two peers behind the behaviours of ``@pytest.mark.nat(a, b,
   expect=...)`` (or indirect parametrisation); ``.connect()`` / ``.check()``.
   See docs/pytest-plugin.md.
+- ``nat_browser``: Playwright pages in a Debian Chromium inside lab hosts
+  (``nat_browser("symmetric")``), the lab's ICE servers as ``window.NATKIT``;
+  ``nat_server``: the user's server in the lab's server namespace;
+  ``nat_browsers`` + ``@pytest.mark.nat_browsers(a, b, expect=...)``: two
+  pages and an assertion on how their own connections connected.
 
 Environment switches: without root/namespaces/coturn/Docker the fixtures skip
 with the reason; with ``NATKIT_REQUIRE_NETNS=1`` (root, namespaces, coturn) or
-``NATKIT_REQUIRE_DOCKER=1`` (a Docker engine) they fail instead, so CI cannot
-pass by skipping.
+``NATKIT_REQUIRE_DOCKER=1`` (a Docker engine) or ``NATKIT_REQUIRE_BROWSER=1``
+(chromium and playwright) they fail instead, so CI cannot pass by skipping.
 """
 
 from __future__ import annotations

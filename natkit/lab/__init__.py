@@ -6,7 +6,11 @@
 - :mod:`natkit.lab.lab`: :class:`NatLab`, a running lab as a context manager;
 - :mod:`natkit.lab.peers`: agent processes inside the namespaces, WebRTC
   attempts between two hosts (:class:`PairResult`);
-- :mod:`natkit.lab.matrix`: the behaviour x behaviour outcome matrix.
+- :mod:`natkit.lab.matrix`: the behaviour x behaviour outcome matrix, for
+  several kinds of ICE agent (:func:`run_comparison`);
+- :mod:`natkit.lab.browser`: Chromium inside host namespaces (matrix agent,
+  media calls, pages for the pytest plugin); :mod:`natkit.lab.firefox`:
+  Firefox ESR over WebDriver BiDi.
 
 Imports are lazy: ``import natkit.lab`` costs nothing.
 """
@@ -33,6 +37,9 @@ _LAZY = {
     "connect_pair": "natkit.lab.peers",
     "run_matrix": "natkit.lab.matrix",
     "MatrixReport": "natkit.lab.matrix",
+    "run_comparison": "natkit.lab.matrix",
+    "BrowserSession": "natkit.lab.browser",
+    "media_call": "natkit.lab.browser",
 }
 
 

@@ -589,7 +589,7 @@ class SyncBrowsers:
         self.start_ms: dict[str, float] = {}
         self.pages: list = []
 
-    def start(self) -> "SyncBrowsers":
+    def start(self) -> SyncBrowsers:
         from playwright.sync_api import sync_playwright
 
         ok, reason = browser_available()

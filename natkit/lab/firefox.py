@@ -120,12 +120,7 @@ class FirefoxAgent:
         from .browser import agent_script
 
         t = time.monotonic()
-        with open(os.path.join(self.profile, "user.js"), "w") as f:
-            f.write(user_js())
-        self.proc = subprocess.Popen(
-            [firefox_binary(), "--headless", "--no-remote", "--profile", self.profile, "--remote-debugging-port=0", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        self._spawn()
         url = await asyncio.get_running_loop().run_in_executor(None, self._bidi_url)
         self._http = aiohttp.ClientSession()
         ws = await self._http.ws_connect(url + "/session", max_msg_size=64 * 1024 * 1024)
@@ -139,6 +134,14 @@ class FirefoxAgent:
             await self.bidi.cmd("browsingContext.navigate", {"context": self.context, "url": self.page_url, "wait": "complete"})
         return {"pid": os.getpid(), "host": self.host, "ready": True, "browser": "firefox", "version": self.version,
                 "start_ms": (time.monotonic() - t) * 1000.0}
+
+    def _spawn(self) -> None:
+        with open(os.path.join(self.profile, "user.js"), "w") as f:
+            f.write(user_js())
+        self.proc = subprocess.Popen(
+            [firefox_binary(), "--headless", "--no-remote", "--profile", self.profile, "--remote-debugging-port=0", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
 
     def _bidi_url(self) -> str:
         for line in self.proc.stderr:
@@ -163,7 +166,7 @@ class FirefoxAgent:
         return json.loads(r["result"]["value"])
 
     async def op(self, op: str, args: dict):
-        config = lambda: {"iceServers": args["ice"], "iceTransportPolicy": args.get("policy") or "all"}  # noqa: E731
+        config = lambda: {"iceServers": args["ice"], "iceTransportPolicy": args.get("policy") or "all"}
         if op == "hello":
             return {"host": self.host, "agent": "firefox", "version": self.version}
         if op == "offer":
