@@ -12,8 +12,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
+from ..errors import Failure, exit_code_for
 from .spec import (
     BEHAVIOURS,
     FAILED,
@@ -25,6 +26,10 @@ from .spec import (
     normalise_behaviour,
     outcome_matches,
 )
+
+if TYPE_CHECKING:
+    from .lab import HostCheck
+    from .peers import PairResult
 
 SCHEMA = "natkit.lab.matrix/1"
 MODES = ("stun", "stun+turn")
@@ -40,7 +45,7 @@ class MatrixCell:
     expected: str  # direct | direct (prflx) | relay | failed
     outcome: str  # direct host | direct srflx | direct prflx | relay | failed | inconsistent
     match: bool
-    result: object  # natkit.lab.peers.PairResult
+    result: PairResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +57,22 @@ class MatrixReport:
     behaviours: tuple[str, ...]
     cells: tuple[MatrixCell, ...]
     mismatches: int
-    checks: tuple  # natkit.lab.lab.HostCheck per host: the NAT verification
+    checks: tuple[HostCheck, ...]  # per host: the NAT verification
     deadline_s: float  # per attempt
     concurrency: int
-    timings: dict  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms
+    timings: dict[str, float]  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms
     duration_ms: float
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        """One failed assertion per cell whose outcome differs from the expected matrix."""
+        return tuple(Failure.check("matrix", f"{c.a} x {c.b} ({c.mode}): expected {c.expected}, measured {c.outcome}")
+                     for c in self.cells if not c.match)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every cell matched, else 1."""
+        return exit_code_for(self.failures)
 
     def cell(self, a: str, b: str, mode: str) -> MatrixCell:
         a, b = normalise_behaviour(a), normalise_behaviour(b)
