@@ -113,3 +113,17 @@ def test_nat_status_codes_come_from_the_error_tree():
 
     assert EXIT_BY_STATUS == {"determined": 0, "inconclusive": 1, "udp_blocked": 3, "no_usable_server": 3}
     assert all(exit_code_of(kind) == EXIT_BY_STATUS[status] for status, kind in STATUS_KINDS.items())
+
+
+def test_bind_failure_is_environmental():
+    """--local with an address this host does not have: nothing is sent, exit 3 (it was 4, 'unreachable')."""
+    import json
+    import subprocess
+
+    from natkit.signaling.process import natkit_command
+
+    proc = subprocess.run(natkit_command("probe", "--local", "203.0.113.77", "127.0.0.1:9", "--json"),
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)["results"][0]
+    assert result["error_kind"] == "bind_failed" and "cannot bind UDP 203.0.113.77" in result["error"]
