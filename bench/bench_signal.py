@@ -119,9 +119,10 @@ def bench_pairs(pairs: int, browser: bool) -> dict:
             wall, (ca, ra, ea), (cb, rb, eb) = pair(f"bench-{i}")
             if ca or cb:
                 raise SystemExit(f"peer pair failed: {ea} {eb}")
-            out["pairs"].append({"wall_s": wall, "connected_ms": rb["connected_ms"], "rtt_ms_p50": rb["rtt_ms_p50"],
-                                 "rtt_ms_p95": rb["rtt_ms_p95"], "throughput_mbps": rb["throughput_mbps"],
-                                 "pair": f"{rb['selected']['local']['local_type']}/{rb['selected']['local']['remote_type']}"})
+            path = rb["path"]
+            out["pairs"].append({"wall_s": wall, "connected_ms": path["connected_ms"], "rtt_ms_p50": path["rtt_ms_p50"],
+                                 "rtt_ms_p95": path["rtt_ms_p95"], "throughput_mbps": path["throughput_mbps"],
+                                 "pair": f"{path['selected']['local']['local_type']}/{path['selected']['local']['remote_type']}"})
             print(json.dumps(out["pairs"][-1]), file=sys.stderr, flush=True)
         with tempfile.NamedTemporaryFile(suffix=".bin") as f:
             f.write(os.urandom(20 * 1024 * 1024))

@@ -145,12 +145,13 @@ def check_pair(r: dict, peer: dict, n: int = 5) -> None:
     assert r["remoteAgent"] == "natkit-peer/1" and r["remoteReport"]["ok"] is True
     assert all(c["type"] == "relay" for c in r["candidates"])
     # natkit peer's view
-    assert peer["ok"], peer["failures"]
+    assert peer["ok"] and peer["exit_code"] == 0, peer["failures"]
     assert peer["remote_agent"] == "natkit-web/1"
-    sel = peer["selected"]["local"]
+    sel = peer["path"]["selected"]["local"]
     assert (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
-    assert peer["messages_echoed"] == 5 and peer["pings_answered"] == n
-    assert peer["remote_report"]["ok"] is True
+    assert peer["path"]["messages_echoed"] == 5 and peer["pings_answered"] == n
+    assert peer["remote_report"]["ok"] is True and peer["remote_report"]["agent"] == "natkit-web/1"
+    assert (peer["remote_report"]["local_type"], peer["remote_report"]["remote_type"]) == ("relay", "relay")
     # both agree on the pair
     assert sel["local"] == f"{r['selected']['remote']['address']}:{r['selected']['remote']['port']}"
 

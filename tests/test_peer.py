@@ -54,19 +54,21 @@ def test_two_peers_relay_only_with_echo(turn_server, signal_server):
     assert ca == 0 and cb == 0, (ea, eb, a, b)
     assert {a["role"], b["role"]} == {"offerer", "answerer"}
     for rep, other in ((a, b), (b, a)):
-        assert rep["ok"] and rep["failures"] == []
-        sel = rep["selected"]["local"]
-        assert (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
-        assert rep["selected_relay"] and rep["all_relay"]
-        assert rep["messages_echoed"] == 5 and rep["echo_ok"]
+        assert rep["schema"] == "natkit.peer/2" and rep["ok"] and rep["exit_code"] == 0 and rep["failures"] == []
+        path = rep["path"]
+        sel = path["selected"]["local"]
+        assert list(path["selected"]) == ["local"] and (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
+        assert path["selected_relay"] and path["all_relay"]
+        assert path["messages_sent"] == path["messages_echoed"] == path["messages_intact"] == 5 and path["echo_ok"]
         assert rep["pings_answered"] == 5  # the other side's pings were echoed here
-        assert rep["throughput_mbps"] > 0
+        assert path["payload_bytes"] == 200_000 and path["throughput_mbps"] > 0
         assert rep["remote_agent"] == "natkit-peer/1" and rep["remote_id"] == other["peer_id"]
-        assert rep["remote_report"]["ok"] is True
-        assert rep["relayed_address"].startswith("127.0.0.1:")
-        assert {c["side"] for c in rep["candidates"]} == {"local", "remote"}
+        assert rep["remote_report"] == {"ok": True, "agent": "natkit-peer/1", "echoed": 5, "sent": 5,
+                                        "local_type": "relay", "remote_type": "relay"}
+        assert rep["preflight"]["relayed_address"].startswith("127.0.0.1:")
+        assert {c["side"] for c in path["candidates"]} == {"local", "remote"}
     # each side's nominated local candidate is the other's remote
-    assert a["selected"]["local"]["local"] == b["selected"]["local"]["remote"]
+    assert a["path"]["selected"]["local"]["local"] == b["path"]["selected"]["local"]["remote"]
 
 
 def test_file_transfer_with_sha256(turn_server, signal_server, tmp_path):
@@ -213,11 +215,10 @@ def test_peers_behind_real_nats(nat_lab, behaviours, expect):
         b = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(b_host, argv, **kw))
         (ca, ra, ea), (cb, rb, eb) = run_processes(a, b, stagger=0.5)
     assert ca == 0 and cb == 0, (ea, eb, ra, rb)
-    print(behaviours, [(r["selected"]["local"]["local_type"], r["selected"]["local"]["remote_type"], r["selected"]["local"]["remote"]) for r in (ra, rb)])
     for rep in (ra, rb):
-        sel = rep["selected"]["local"]
-        assert rep["echo_ok"] and rep["remote_report"]["ok"]
-        types = {c["type"] for c in rep["candidates"] if c["side"] == "local"}
+        sel = rep["path"]["selected"]["local"]
+        assert rep["path"]["echo_ok"] and rep["remote_report"]["ok"]
+        types = {c["type"] for c in rep["path"]["candidates"] if c["side"] == "local"}
         assert {"host", "srflx", "relay"} <= types, types
         if expect == "relay":
             assert "relay" in (sel["local_type"], sel["remote_type"]), sel

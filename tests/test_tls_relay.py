@@ -49,7 +49,7 @@ def test_relay_over_tls_verified_with_ca(tls_server):
     report = relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password,
                          cafile=ca, messages=5, payload_bytes=100_000)
     assert report.ok and report.tls and report.transport == "tcp", report.failures
-    assert all(p.local_type == "relay" for p in report.selected.values())
+    assert set(report.path.selected) == {"offerer", "answerer"} and all(p.relayed for p in report.path.selected.values())
 
 
 def test_untrusted_certificate_is_refused_unless_insecure(tls_server):
