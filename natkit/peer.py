@@ -75,8 +75,8 @@ PROTOCOL = """Data channel messages (JSON text; binary messages carry bulk or fi
 hello {agent, role, chat, media}        ping {seq, data} -> pong {seq, data}
 bulk {bytes} + binary... -> bulk-ok {bytes}
 file {name, size, sha256} + binary... -> file-ok {name, bytes, sha256, match}
-chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
-A side closes only after its "done" was acknowledged (or 3 s passed)."""
+chat {text}   chat-end {} -> chat-end-ack {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
+A side closes only after its "done" (with --chat: its "chat-end") was acknowledged, or 3 s passed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +277,7 @@ class _Channel:
         self.remote_done: asyncio.Future = loop.create_future()
         self.done_acked = asyncio.Event()  # the other side got our "done"
         self.remote_chat_end = asyncio.Event()
+        self.chat_end_acked = asyncio.Event()  # the other side got our "chat-end" (so every chat line before it)
         self.closed = asyncio.Event()
         self.last_activity = time.monotonic()
         self.remote_hello: dict = {}
@@ -340,7 +341,10 @@ class _Channel:
             if self.opts.on_chat is not None:
                 self.opts.on_chat(str(m.get("text"))[:10000])
         elif t == "chat-end":
+            self.send({"t": "chat-end-ack"})
             self.remote_chat_end.set()
+        elif t == "chat-end-ack":
+            self.chat_end_acked.set()
         elif t == "done":
             self.send({"t": "done-ack"})
             if not self.remote_done.done():
@@ -959,12 +963,11 @@ async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
             line = get.result()
             if line is None:
                 channel.send({"t": "chat-end"})
-                if channel.remote_hello.get("chat"):
-                    # let the other side finish typing
-                    waiters = {asyncio.ensure_future(channel.remote_chat_end.wait()), asyncio.ensure_future(channel.closed.wait())}
-                    await asyncio.wait(waiters | {signals.gone}, return_when=asyncio.FIRST_COMPLETED)
-                    for w in waiters:
-                        w.cancel()
+                if channel.remote_hello.get("chat"):  # let the other side finish typing
+                    await _first_of([channel.remote_chat_end, channel.closed], signals.gone)
+                if channel.remote_hello.get("agent") == AGENT:
+                    # closing at once could drop our last lines still queued in SCTP: wait for the ack
+                    await _first_of([channel.chat_end_acked, channel.closed], signals.gone, timeout=3.0)
                 break
             if channel.dc.readyState != "open":
                 break
@@ -978,6 +981,16 @@ async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
             except (OSError, ValueError):  # already removed at end of input
                 pass
     return sent
+
+
+async def _first_of(events: list[asyncio.Event], gone: asyncio.Future, timeout: float | None = None) -> None:
+    """Wait until one of ``events`` is set, ``gone`` is done, or ``timeout`` seconds passed."""
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
+    try:
+        await asyncio.wait(waiters | {gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def peer(opts: PeerOptions) -> PeerReport:

@@ -5,7 +5,13 @@ import time
 import pytest
 
 from natkit.credentials import mint
-from natkit.errors import AuthenticationRefused, HostNotFound, InvalidURI, NoRelayConnectivity, ServerUnreachable
+from natkit.errors import (
+    AuthenticationRefused,
+    HostNotFound,
+    InvalidURI,
+    NoRelayConnectivity,
+    ServerUnreachable,
+)
 from natkit.relay import relay_check
 
 
