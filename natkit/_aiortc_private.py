@@ -192,7 +192,7 @@ class check_rto:
     """
 
     _active: ClassVar[list[float]] = []  # values of the checks running now (a fleet runs several at once)
-    _original = None
+    _original: ClassVar[float] = 0.5
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -242,8 +242,8 @@ def keep_best_nomination() -> None:
             if rank(before) > rank(after):
                 self._nominated[pair.component] = before
 
-    check_complete._natkit = True
-    ice.Connection.check_complete = check_complete
+    check_complete._natkit = True  # type: ignore[attr-defined]
+    ice.Connection.check_complete = check_complete  # type: ignore[method-assign]
 
 
 def check_relay_pairs_last(grace: float = 1.5) -> None:
@@ -286,8 +286,8 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
                 return
         await original(self, pair)
 
-    check_start._natkit = True
-    ice.Connection.check_start = check_start
+    check_start._natkit = True  # type: ignore[attr-defined]
+    ice.Connection.check_start = check_start  # type: ignore[method-assign]
 
 
 def count_rtp_payload(receiver, callback) -> bool:

@@ -147,7 +147,8 @@ class RemoteVerdict:
     @classmethod
     def of(cls, report: object) -> RemoteVerdict:
         d = report if isinstance(report, dict) else {}
-        sel = d.get("selected") if isinstance(d.get("selected"), dict) else {}
+        sel = d.get("selected")
+        sel = sel if isinstance(sel, dict) else {}
 
         def typed(v, t):
             return v if isinstance(v, t) and not (t is int and isinstance(v, bool)) else None
@@ -281,7 +282,8 @@ class _Channel:
         self.closed = asyncio.Event()
         self.last_activity = time.monotonic()
         self.remote_hello: dict = {}
-        self.sink = None  # ("bulk", [remaining]) or ("file", _FileSink)
+        self.bulk_left: int | None = None  # bytes of an announced bulk payload still to come
+        self.file_sink: _FileSink | None = None  # the file being received
         self.received_file: FileTransfer | None = None
         self.pings_answered = 0
         self.chat_received = 0
@@ -309,27 +311,28 @@ class _Channel:
             self.pings_answered += 1
             self.send({"t": "pong", "seq": m.get("seq"), "data": m.get("data")})
         elif t == "pong":
-            fut = self.pongs.pop(m.get("seq"), None) if isinstance(m.get("seq"), int) else None
+            seq = m.get("seq")
+            fut = self.pongs.pop(seq, None) if isinstance(seq, int) else None
             if fut is not None and not fut.done():
                 fut.set_result(m.get("data"))
         elif t == "hello":
             self.remote_hello = m
         elif t == "bulk":
-            n = int(m.get("bytes") or 0)
-            self.sink = ("bulk", [n])
+            n = m.get("bytes")
+            n = n if isinstance(n, int) and not isinstance(n, bool) else 0  # remote input
+            self.bulk_left, self.file_sink = (n if n > 0 else None), None
             if n <= 0:
-                self.sink = None
                 self.send({"t": "bulk-ok", "bytes": 0})
         elif t == "bulk-ok":
             if not self.bulk_ok.done():
                 self.bulk_ok.set_result(time.monotonic())
         elif t == "file":
             try:
-                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)
+                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError) as exc:
                 self.notes.append(f"cannot receive file {m.get('name')!r}: {exc}")
                 return
-            self.sink = ("file", sink)
+            self.file_sink, self.bulk_left = sink, None
             self._event(f"receiving file {sink.name} ({sink.size} bytes)")
             if sink.size == 0:
                 self._finish_file()
@@ -353,24 +356,23 @@ class _Channel:
             self.done_acked.set()
 
     def _on_binary(self, data: bytes) -> None:
-        if self.sink is None:
-            return
-        kind, state = self.sink
-        if kind == "bulk":
-            state[0] -= len(data)
-            if state[0] <= 0:
-                self.sink = None
+        if self.bulk_left is not None:
+            self.bulk_left -= len(data)
+            if self.bulk_left <= 0:
+                self.bulk_left = None
                 self.send({"t": "bulk-ok", "bytes": len(data)})
-        else:
-            state.feed(data)
+        elif self.file_sink is not None:
+            sink = self.file_sink
+            sink.feed(data)
             if self.opts.on_progress is not None:
-                self.opts.on_progress("received", state.got, state.size, time.monotonic() - state.started)
-            if state.got >= state.size:
+                self.opts.on_progress("received", sink.got, sink.size, time.monotonic() - sink.started)
+            if sink.got >= sink.size:
                 self._finish_file()
 
     def _finish_file(self) -> None:
-        _, sink = self.sink
-        self.sink = None
+        sink, self.file_sink = self.file_sink, None
+        if sink is None:
+            return
         self.received_file = sink.finish()
         f = self.received_file
         self.send({"t": "file-ok", "name": f.name, "bytes": f.bytes, "sha256": f.sha256, "match": f.ok})
@@ -636,6 +638,8 @@ class _Turn:
 async def _preflight(o: PeerOptions, event: Callable[[str], None]) -> _Turn:
     if not o.turn:
         return _Turn()
+    if o.username is None or o.password is None:  # _validate says so too
+        raise UsageError("--turn needs credentials: --secret S, or --user U --password P")
     from .stun import resolve
     from .uri import parse_turn_uri
 
@@ -805,8 +809,8 @@ def _file_failures(channel: _Channel, sent_file: FileTransfer | None) -> list[Fa
     got = channel.received_file
     if got is not None and not got.ok:
         out.append(Failure.check("file", f"received file {got.name}: SHA-256 does not match the sender's"))
-    if channel.sink is not None and channel.sink[0] == "file":
-        sink = channel.sink[1]
+    sink = channel.file_sink
+    if sink is not None:
         out.append(Failure.check("file", f"file {sink.name} arrived incomplete ({sink.got}/{sink.size} bytes)"))
     return out
 

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import IO, Any
 
 from ..errors import LabAgentError, NatkitError
 
@@ -119,7 +120,7 @@ def classify_pair(off: SideResult | None, ans: SideResult | None) -> str:
 def side_from_dict(d: dict | None) -> SideResult | None:
     if not d:
         return None
-    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})
+    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})  # type: ignore[arg-type]
 
 
 # ================================================================== agent (inside a namespace)
@@ -135,7 +136,7 @@ class _Conn:
         self.pc = pc
         self.host = host
         self.role = role
-        self.channel = None
+        self.channel: Any = None  # the RTCDataChannel, once created (offerer) or announced (answerer)
         self.opened = asyncio.Event()  # offerer: its channel is open; answerer: the offerer's channel arrived
         self.failed = asyncio.Event()  # ICE or the connection reported "failed"
         self.messages: asyncio.Queue = asyncio.Queue()
@@ -444,7 +445,7 @@ class AgentClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, concurrent.futures.Future] = {0: concurrent.futures.Future()}
         self._lock = threading.Lock()
-        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - held for the agent's life, closed in close()
+        self._log: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - held for the agent's life, closed in close()
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -454,11 +455,15 @@ class AgentClient:
             start_new_session=True, close_fds=True,
         )
         self.pid = self.proc.pid
+        if self.proc.stdin is None or self.proc.stdout is None:  # both were asked for as pipes
+            raise LabAgentError(f"no pipes to the agent of {host}", step="agent")
+        self._to_agent: IO[bytes] = self.proc.stdin
+        self._from_agent: IO[bytes] = self.proc.stdout
         self._reader = threading.Thread(target=self._read, name=f"natkit-agent-{host}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        for raw in self.proc.stdout:
+        for raw in self._from_agent:
             try:
                 msg = json.loads(raw)
             except ValueError:
@@ -486,8 +491,8 @@ class AgentClient:
         with self._lock:
             self._pending[rid] = fut
         try:
-            self.proc.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
-            self.proc.stdin.flush()
+            self._to_agent.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
+            self._to_agent.flush()
         except (BrokenPipeError, ValueError, OSError):
             with self._lock:
                 self._pending.pop(rid, None)
@@ -509,7 +514,7 @@ class AgentClient:
 
     def close_stdin(self) -> None:
         try:
-            self.proc.stdin.close()
+            self._to_agent.close()
         except OSError:
             pass
 
@@ -524,7 +529,7 @@ class AgentClient:
                 self.proc.wait(2.0)
             except subprocess.TimeoutExpired:
                 pass
-        if self._log is not subprocess.DEVNULL:
+        if not isinstance(self._log, int):
             self._log.close()
 
 

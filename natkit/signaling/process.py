@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Self
 
 from ..errors import ServerStartFailed
@@ -62,25 +61,24 @@ class SignalProcess:
 
     def start(self) -> Self:
         env = {**os.environ, **(self.env or {})}
-        self.proc = self.popen(natkit_command(*self.args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env)
-        found = threading.Event()
+        proc = self.proc = self.popen(natkit_command(*self.args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, env=env)
+        found = threading.Event()  # the URL line came, or the process ended its stderr
 
         def reader() -> None:
-            for line in self.proc.stderr:
+            for line in proc.stderr or ():
                 self.stderr_lines.append(line.rstrip("\n"))
                 m = _URL_RE.search(line)
                 if m and not found.is_set():
                     self.ws_url = m.group(1)
                     self.url = self.ws_url[: -len("ws")].replace("ws", "http", 1)
                     found.set()
+            found.set()
 
         threading.Thread(target=reader, daemon=True).start()
-        deadline = time.monotonic() + self.ready_timeout
-        while not found.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServerStartFailed("natkit signal serve did not start", step="signal serve", details=self.stderr_lines[-20:])
+        if not found.wait(self.ready_timeout) or self.ws_url is None:
+            self.stop()
+            raise ServerStartFailed("natkit signal serve did not start", step="signal serve", details=self.stderr_lines[-20:])
         return self
 
     def stop(self) -> None:
@@ -119,16 +117,16 @@ class PeerProcess:
 
     def start(self) -> Self:
         env = {**os.environ, **(self.env or {}), "NATKIT_QUIET": ""}
-        self.proc = self.popen(natkit_command(*self.args), stdin=self.stdin, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
-        self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
-                         threading.Thread(target=self._read_stdout, daemon=True)]
+        proc = self.proc = self.popen(natkit_command(*self.args), stdin=self.stdin, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env)
+        self._readers = [threading.Thread(target=self._read_stderr, args=(proc,), daemon=True),
+                         threading.Thread(target=self._read_stdout, args=(proc,), daemon=True)]
         for t in self._readers:
             t.start()
         return self
 
-    def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr or ():
             line = line.rstrip("\n")
             self.stderr_lines.append(line)
             if not self.joined.is_set() and _JOINED_RE.search(line):
@@ -136,8 +134,8 @@ class PeerProcess:
                 self.joined.set()
         self.joined.set()  # the process is gone: nobody waits for a join that cannot come
 
-    def _read_stdout(self) -> None:
-        self.stdout = self.proc.stdout.read()
+    def _read_stdout(self, proc: subprocess.Popen) -> None:
+        self.stdout = proc.stdout.read() if proc.stdout is not None else ""
 
     def wait_joined(self, timeout: float) -> bool:
         """Wait until the peer is in its room (True), or it exited / ``timeout`` seconds passed (False)."""
@@ -147,6 +145,8 @@ class PeerProcess:
         """``(exit code, JSON report or None, stderr)``; the process is killed after ``timeout`` seconds."""
         import json
 
+        if self.proc is None:
+            raise RuntimeError("PeerProcess.result() before start()")
         killed = ""
         try:
             self.proc.wait(timeout)

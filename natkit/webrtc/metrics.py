@@ -155,7 +155,8 @@ def parse_candidates(sdp: str, side: str) -> list[CandidateInfo]:
     for line in sdp.splitlines():
         if line.startswith("a=candidate:"):
             c = Candidate.from_sdp(line[len("a="):])
-            related = TransportAddress(c.related_address, c.related_port) if c.related_address else None
+            related = (TransportAddress(c.related_address, c.related_port)
+                       if c.related_address is not None and c.related_port is not None else None)
             out.append(CandidateInfo(side, c.type, c.transport.lower(), TransportAddress(c.host, c.port), related))
     return out
 
