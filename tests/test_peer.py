@@ -210,3 +210,37 @@ def test_peers_behind_real_nats(nat_lab, behaviours, expect):
         else:
             assert "relay" not in (sel["local_type"], sel["remote_type"]), sel
             assert not sel["remote"].startswith(lab.server_ips[0]), sel  # the path does not touch the server
+
+
+def test_remote_messages_are_parsed_defensively():
+    """The data-channel protocol handler never raises on what the other side sends (it runs inside
+    aiortc's callback): a non-integer bulk size, a list as seq, a verdict of the wrong shape."""
+    import json
+
+    from natkit.peer import PeerOptions, RemoteVerdict, _Channel
+
+    class DataChannel:  # the two methods and the state _Channel uses
+        readyState = "open"
+
+        def __init__(self) -> None:
+            self.handlers: dict = {}
+            self.sent: list = []
+
+        def on(self, event, handler) -> None:
+            self.handlers[event] = handler
+
+        def send(self, data) -> None:
+            self.sent.append(json.loads(data))
+
+    async def scenario() -> tuple[list, object]:
+        dc = DataChannel()
+        channel = _Channel(dc, PeerOptions(signal="ws://127.0.0.1:9", room="r"), "answerer")
+        for m in ({"t": "bulk", "bytes": "lots"}, {"t": "bulk", "bytes": True}, {"t": "pong", "seq": [1]},
+                  {"t": "file", "name": "x", "size": "big", "sha256": "0"}, {"t": "done", "report": {"ok": "yes", "selected": 7}}):
+            dc.handlers["message"](json.dumps(m))
+        dc.handlers["message"](b"\x00" * 10)  # binary with no transfer announced: ignored
+        return dc.sent, await channel.remote_done
+
+    sent, verdict = asyncio.run(scenario())
+    assert sent == [{"t": "bulk-ok", "bytes": 0}, {"t": "bulk-ok", "bytes": 0}, {"t": "done-ack"}]
+    assert RemoteVerdict.of(verdict) == RemoteVerdict(None, None, None, None, None, None)
