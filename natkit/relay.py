@@ -332,9 +332,9 @@ async def relay_check_async(
                 raise NoRelayConnectivity("no relay candidate was gathered although a pre-flight Allocate succeeded",
                                           server=server, step="gathering")
 
-            c0 = time.monotonic()
             from aiortc import RTCSessionDescription
 
+            c0 = time.monotonic()
             await offerer.setRemoteDescription(RTCSessionDescription(sdp=answerer.localDescription.sdp, type="answer"))
             try:
                 await asyncio.wait_for(channels.opened.wait(), left())
