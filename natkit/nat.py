@@ -30,7 +30,13 @@ import asyncio
 import dataclasses
 import time
 
-from .errors import NatkitError, ServerUnreachable, StunTimeout, UsageError, exit_code_of
+from .errors import (
+    NatkitError,
+    ServerUnreachable,
+    StunTimeout,
+    UsageError,
+    exit_code_of,
+)
 from .model import TransportAddress
 from .nat_classify import (  # re-exported: the public names of this operation
     CHANGE_IP,

@@ -14,7 +14,13 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, Interrupted, NatkitError
+from ..errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InternalError,
+    Interrupted,
+    NatkitError,
+)
 
 DEBUG = bool(os.environ.get("NATKIT_DEBUG"))
 

@@ -35,7 +35,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import ProtocolError  # noqa: F401 - raised here, part of natkit's error tree
+from ..errors import ProtocolError  # raised here; part of natkit's error tree
 
 VERSION = 1
 ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
