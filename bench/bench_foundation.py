@@ -129,9 +129,10 @@ def main() -> int:
                  f"{check['max_rss_mb']:.0f} MB | – | – | – | – |")
     lines.append("")
     if relay_doc:
-        lines.append(f"relay-check in process: allocation {relay_doc['allocation_ms']:.1f} ms, gathering {relay_doc['gathering_ms']:.1f} ms, "
-                     f"time to connected {relay_doc['connected_ms']:.1f} ms, echo RTT p50 {relay_doc['rtt_ms_p50']:.2f} ms / "
-                     f"p95 {relay_doc['rtt_ms_p95']:.2f} ms; turnutils_uclient average RTT {uclient_rtt} ms.")
+        pre, path = relay_doc["preflight"], relay_doc["path"]
+        lines.append(f"relay-check in process: allocation {pre['allocation_ms']:.1f} ms, gathering {path['gathering_ms']:.1f} ms, "
+                     f"time to connected {path['connected_ms']:.1f} ms, echo RTT p50 {path['rtt_ms_p50']:.2f} ms / "
+                     f"p95 {path['rtt_ms_p95']:.2f} ms; turnutils_uclient average RTT {uclient_rtt} ms.")
     lines.append(f"exit codes: probe {probe['codes']}, stunclient {stunclient['codes']}, relay-check {relay['codes']}, "
                  f"uclient {uclient['codes']}, check {check['codes']}; runs: {runs} (relay {relay_runs}, check {max(1, runs // 5)})")
     print("\n".join(lines))

@@ -104,7 +104,8 @@ def bench_pairs(pairs: int, browser: bool) -> dict:
 
         def pair(room: str, a_extra=(), b_extra=()):
             a = PeerProcess(*args(room, *a_extra), env=env).start()
-            time.sleep(1.0)  # A is in the room (its start-up is not what is measured)
+            if not a.wait_joined(30):  # A is in the room (its start-up is not what is measured)
+                raise SystemExit(f"the first peer did not join: {a.stderr_lines[-5:]}")
             t = time.perf_counter()
             b = PeerProcess(*args(room, *b_extra), env=env).start()
             try:
@@ -119,9 +120,10 @@ def bench_pairs(pairs: int, browser: bool) -> dict:
             wall, (ca, ra, ea), (cb, rb, eb) = pair(f"bench-{i}")
             if ca or cb:
                 raise SystemExit(f"peer pair failed: {ea} {eb}")
-            out["pairs"].append({"wall_s": wall, "connected_ms": rb["connected_ms"], "rtt_ms_p50": rb["rtt_ms_p50"],
-                                 "rtt_ms_p95": rb["rtt_ms_p95"], "throughput_mbps": rb["throughput_mbps"],
-                                 "pair": f"{rb['selected']['local']['local_type']}/{rb['selected']['local']['remote_type']}"})
+            path = rb["path"]
+            out["pairs"].append({"wall_s": wall, "connected_ms": path["connected_ms"], "rtt_ms_p50": path["rtt_ms_p50"],
+                                 "rtt_ms_p95": path["rtt_ms_p95"], "throughput_mbps": path["throughput_mbps"],
+                                 "pair": f"{path['selected']['local']['local_type']}/{path['selected']['local']['remote_type']}"})
             print(json.dumps(out["pairs"][-1]), file=sys.stderr, flush=True)
         with tempfile.NamedTemporaryFile(suffix=".bin") as f:
             f.write(os.urandom(20 * 1024 * 1024))
@@ -156,7 +158,8 @@ def bench_browser(sig, args, runs: int, env: dict) -> list[dict]:
                 page = ctx.new_page()
                 room = f"bench-web-{i}"
                 peer = PeerProcess(*args(room, "--messages", "10", "--payload", "100000"), env=env).start()
-                time.sleep(1.0)
+                if not peer.wait_joined(30):
+                    raise SystemExit(f"natkit peer did not join: {peer.stderr_lines[-5:]}")
                 t = time.perf_counter()
                 page.goto(sig.url + "?" + urlencode({"room": room, "auto": "connect", "messages": "10"}))
                 while not page.evaluate("() => !!(window.natkit.result && window.natkit.result.done)"):

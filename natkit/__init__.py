@@ -8,7 +8,9 @@ Public API (imported lazily, so ``import natkit`` stays cheap):
 - :func:`check` -> :class:`CheckReport` (probe + relay check, embedded coturn)
 - :class:`CoturnServer`, :class:`CoturnConfig` (coturn provisioning)
 - :func:`mint` (TURN REST credentials)
-- :class:`NatkitError` and its subclasses in :mod:`natkit.errors`
+- :class:`NatkitError` and its subclasses in :mod:`natkit.errors`; :class:`Failure`,
+  the structured failure every report lists (its ``exit_code`` follows one policy)
+- :class:`PathMetrics`: what relay-check and natkit peer measured on a WebRTC path
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _LAZY = {
     "audit": "natkit.audit",
     "AuditReport": "natkit.audit",
     "NatkitError": "natkit.errors",
+    "Failure": "natkit.errors",
+    "PathMetrics": "natkit.webrtc.metrics",
     "TransportAddress": "natkit.model",
 }
 

@@ -5,22 +5,148 @@ connection nor for a custom TLS context for ``turns:``; these helpers reach
 into ``RTCIceTransport._connection`` (the aioice ``Connection``) and its
 ``_nominated`` pairs. :class:`check_rto`, :func:`keep_best_nomination` and
 :func:`check_relay_pairs_last` adjust aioice's ICE agent where it departs
-from RFC 8445 in ways that distort measurements. Checked against aiortc 1.16 /
-aioice 0.13.
+from RFC 8445 in ways that distort measurements.
+
+These internals are what ``pyproject.toml`` pins aioice and aiortc for
+(:data:`TESTED`). :func:`check_compatible` verifies every name and shape
+used here before a check starts; when one is missing or changed, natkit
+raises :class:`~natkit.errors.IncompatibleDependency` (exit 70, an
+internal error) instead of reporting a verdict about the TURN server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import ssl
+from collections.abc import Callable
+from typing import ClassVar
+
+from .errors import IncompatibleDependency
+
+TESTED = {"aioice": "0.13", "aiortc": "1.16"}  # the release series natkit is tested with
+
+
+class Mismatch(Exception):
+    """One internal natkit relies on is missing or has another shape (see :data:`REQUIREMENTS`)."""
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in TESTED:
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} not installed")
+    return ", ".join(out)
+
+
+def _incompatible(what: str) -> IncompatibleDependency:
+    return IncompatibleDependency(
+        f"aioice/aiortc internals changed: {what}", step="setup",
+        hint=f"natkit is tested with aioice {TESTED['aioice']}.x and aiortc {TESTED['aiortc']}.x; installed: {_versions()}",
+    )
+
+
+def _params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def _check_stun() -> None:
+    from aioice import stun
+
+    if not isinstance(getattr(stun, "RETRY_RTO", None), float):
+        raise Mismatch("aioice.stun.RETRY_RTO is not a float")
+    if "RETRY_RTO" not in stun.Transaction.__init__.__code__.co_names:
+        raise Mismatch("aioice.stun.Transaction no longer reads RETRY_RTO")
+
+
+def _check_ice() -> None:
+    from aioice import ice
+
+    conn = ice.Connection
+    for name, params in (("check_complete", ["self", "pair"]), ("check_start", ["self", "pair"]),
+                         ("check_state", ["self", "pair", "state"])):
+        fn = getattr(conn, name, None)
+        if fn is None or _params(fn) != params:
+            raise Mismatch(f"aioice.ice.Connection.{name}{tuple(params[1:])} is missing or has another signature")
+    if not inspect.iscoroutinefunction(conn.check_start):
+        raise Mismatch("aioice.ice.Connection.check_start is no longer a coroutine function")
+    init_names = conn.__init__.__code__.co_names
+    for attr in ("_nominated", "_check_list", "_check_list_done", "turn_ssl", "ice_controlling"):
+        if attr not in init_names:
+            raise Mismatch(f"aioice.ice.Connection no longer sets {attr}")
+    if _params(ice.candidate_pair_priority) != ["local", "remote", "ice_controlling"]:
+        raise Mismatch("aioice.ice.candidate_pair_priority(local, remote, ice_controlling) changed")
+    states = {s.name for s in ice.CandidatePair.State}
+    if not {"FROZEN", "WAITING", "IN_PROGRESS", "SUCCEEDED", "FAILED"} <= states:
+        raise Mismatch(f"aioice.ice.CandidatePair.State has {sorted(states)}")
+    for attr in ("local_candidate", "component"):
+        if not isinstance(getattr(ice.CandidatePair, attr, None), property):
+            raise Mismatch(f"aioice.ice.CandidatePair.{attr} is no longer a property")
+    if not {"remote_candidate", "state", "task"} <= set(ice.CandidatePair.__init__.__code__.co_names):
+        raise Mismatch("aioice.ice.CandidatePair no longer sets remote_candidate, state and task")
+
+
+def _check_aiortc() -> None:
+    from aiortc import RTCPeerConnection, RTCRtpReceiver
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from aiortc.rtcicetransport import RTCIceTransport
+    from aiortc.rtcsctptransport import RTCSctpTransport
+
+    for cls, attr in ((RTCPeerConnection, "sctp"), (RTCSctpTransport, "transport"), (RTCDtlsTransport, "transport")):
+        if not isinstance(getattr(cls, attr, None), property):
+            raise Mismatch(f"aiortc {cls.__name__}.{attr} is no longer a property")
+    if "_connection" not in RTCIceTransport.__init__.__code__.co_names:
+        raise Mismatch("aiortc RTCIceTransport no longer holds the aioice Connection as _connection")
+    fn = getattr(RTCRtpReceiver, "_handle_rtp_packet", None)
+    if fn is None or not inspect.iscoroutinefunction(fn) or _params(fn) != ["self", "packet", "arrival_time_ms"]:
+        raise Mismatch("aiortc RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms) changed")
+
+
+# what natkit relies on, by area (the canary test runs each)
+REQUIREMENTS: dict[str, Callable[[], None]] = {"aioice.stun": _check_stun, "aioice.ice": _check_ice, "aiortc": _check_aiortc}
+
+
+@functools.cache
+def _problems() -> tuple[str, ...]:
+    out = []
+    for area, check in REQUIREMENTS.items():
+        try:
+            check()
+        except (Mismatch, AttributeError, ImportError, TypeError, ValueError) as exc:
+            out.append(f"{area}: {exc}")
+    return tuple(out)
+
+
+def check_compatible() -> None:
+    """Verify every aioice/aiortc internal used here (CPU only, cached after the first call).
+
+    Raises :class:`~natkit.errors.IncompatibleDependency` naming what is
+    missing or changed and the installed versions.
+    """
+    problems = _problems()
+    if problems:
+        raise _incompatible("; ".join(problems))
 
 
 def _ice_connection(pc):
-    """The aioice Connection behind a peer connection's data channel transport."""
+    """The aioice Connection behind a peer connection's data channel transport (None before it exists)."""
+    from aioice.ice import Connection
+
     sctp = pc.sctp
     if sctp is None:
         return None
-    return sctp.transport.transport._connection
+    try:
+        conn = sctp.transport.transport._connection
+    except AttributeError as exc:
+        raise _incompatible(f"RTCPeerConnection.sctp.transport.transport._connection: {exc}") from None
+    if not isinstance(conn, Connection):
+        raise _incompatible(f"the ICE transport holds a {type(conn).__name__}, not an aioice Connection")
+    return conn
 
 
 def set_turn_ssl_context(pc, context: ssl.SSLContext) -> bool:
@@ -31,7 +157,7 @@ def set_turn_ssl_context(pc, context: ssl.SSLContext) -> bool:
     Returns False when there was nothing to patch.
     """
     conn = _ice_connection(pc)
-    if conn is None or not conn.turn_ssl:
+    if conn is None or not getattr(conn, "turn_ssl", None):
         return False
     conn.turn_ssl = context
     return True
@@ -43,7 +169,9 @@ def selected_pair(pc):
     conn = _ice_connection(pc)
     if conn is None:
         return None
-    nominated = getattr(conn, "_nominated", {})
+    nominated = getattr(conn, "_nominated", None)
+    if not isinstance(nominated, dict):
+        raise _incompatible("aioice Connection._nominated is not a dict of pairs")
     pair = nominated.get(1) or next(iter(nominated.values()), None)
     if pair is None:
         return None
@@ -63,8 +191,8 @@ class check_rto:
     Checks running concurrently share the smallest of their values.
     """
 
-    _active: list = []  # values of the checks running now (a fleet runs several at once)
-    _original = None
+    _active: ClassVar[list[float]] = []  # values of the checks running now (a fleet runs several at once)
+    _original: ClassVar[float] = 0.5
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -100,6 +228,7 @@ def keep_best_nomination() -> None:
     """
     from aioice import ice
 
+    check_compatible()
     if getattr(ice.Connection.check_complete, "_natkit", False):
         return
     original = ice.Connection.check_complete
@@ -109,12 +238,12 @@ def keep_best_nomination() -> None:
         original(self, pair)
         after = self._nominated.get(pair.component)
         if before is not None and after is not None and after is not before:
-            rank = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
+            rank = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)
             if rank(before) > rank(after):
                 self._nominated[pair.component] = before
 
-    check_complete._natkit = True
-    ice.Connection.check_complete = check_complete
+    check_complete._natkit = True  # type: ignore[attr-defined]
+    ice.Connection.check_complete = check_complete  # type: ignore[method-assign]
 
 
 def check_relay_pairs_last(grace: float = 1.5) -> None:
@@ -135,6 +264,7 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
     """
     from aioice import ice
 
+    check_compatible()
     if getattr(ice.Connection.check_start, "_natkit", False):
         return
     original = ice.Connection.check_start
@@ -143,7 +273,7 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
     async def check_start(self, pair) -> None:
         relayed = "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
         if self.ice_controlling and relayed:
-            prio = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)  # noqa: E731
+            prio = lambda p: ice.candidate_pair_priority(p.local_candidate, p.remote_candidate, self.ice_controlling)
             mine = prio(pair)
             self.check_state(pair, ice.CandidatePair.State.IN_PROGRESS)  # not picked again by the pacer
             loop = asyncio.get_running_loop()
@@ -156,8 +286,8 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
                 return
         await original(self, pair)
 
-    check_start._natkit = True
-    ice.Connection.check_start = check_start
+    check_start._natkit = True  # type: ignore[attr-defined]
+    ice.Connection.check_start = check_start  # type: ignore[method-assign]
 
 
 def count_rtp_payload(receiver, callback) -> bool:
@@ -175,7 +305,7 @@ def count_rtp_payload(receiver, callback) -> bool:
     async def counting(packet, arrival_time_ms):
         try:
             callback(len(packet.payload))
-        except Exception:  # measurement must never break media
+        except Exception:  # noqa: BLE001, S110 - measurement must never break media
             pass
         return await original(packet, arrival_time_ms)
 

@@ -62,7 +62,7 @@ import time
 from typing import Any
 
 from ._aioice import Class, Message, Method, parse_message, stun as _stun
-from .errors import NatkitError, UsageError
+from .errors import Failure, NatkitError, ServerUnreachable, UsageError, exit_code_for
 from .uri import ServerURI, parse_turn_uri
 
 SCHEMA = "natkit.audit/1"
@@ -190,6 +190,13 @@ class AuditReport:
         """(server, finding) for every failed finding at or above ``at_least``."""
         floor = SEVERITIES.index(at_least)
         return [(s.server, f) for s in self.servers for f in s.findings if f.failed and SEVERITIES.index(f.severity) >= floor]
+
+    @property
+    def exit_code(self) -> int:
+        """0, else the most severe of: 4 a server could not be audited, 1 a failed finding at or above ``fail_on``."""
+        failed = [Failure.check(f.id, f.title, server) for server, f in self.failures(self.fail_on)]
+        failed += [Failure(ServerUnreachable.kind, "audit", s.error, s.server) for s in self.servers if s.error]
+        return exit_code_for(failed)
 
 
 def severity_at_least(severity: str, floor: str) -> bool:

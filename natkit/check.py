@@ -8,26 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .errors import NatkitError, UsageError
+from .errors import Failure, NatkitError, UsageError, exit_code_for
 
-SCHEMA = "natkit.check/1"
+if TYPE_CHECKING:
+    from .probe import ProbeReport
+    from .relay import RelayReport
+
+SCHEMA = "natkit.check/2"
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckReport:
-    """Result of :func:`check`: where the server came from, the probe and the relay check."""
+    """Result of :func:`check` (JSON schema ``natkit.check/2``): where the server came from, the probe
+    and one relay check per TURN URI.
+
+    ``failures`` has every failure of every URI (each with its ``server``):
+    failed STUN Bindings, errors that stopped a relay check (unreachable, 401,
+    486, ...) and failed relay assertions. ``exit_code`` is the most severe
+    failure's code (:func:`natkit.errors.exit_code_for`): a wrong secret gives
+    5 and a dead server 4 however many URIs were checked.
+    """
 
     schema: str
     ok: bool
+    exit_code: int
     embedded: bool  # natkit started (and stopped) the server itself
     backend: str | None  # docker or native for an embedded server
     server_ready_ms: float | None  # embedded server: start -> first STUN answer
     turn_uris: tuple[str, ...]
-    probe: object  # ProbeReport
-    relay: tuple  # RelayReport per TURN URI checked
-    failures: tuple[str, ...]
+    probe: ProbeReport
+    relay: tuple[RelayReport, ...]  # one per TURN URI whose check ran to the end
+    failures: tuple[Failure, ...]
     duration_ms: float
 
 
@@ -60,8 +74,10 @@ def check(
     and check it over UDP and TCP. Credentials: ``secret`` (REST, minted here)
     or ``username``/``password``. ``on_step`` receives progress lines.
 
-    Returns a :class:`CheckReport`. Raises the errors of probe/relay-check and,
-    for the embedded server, :class:`BackendUnavailable` / :class:`ServerStartFailed`.
+    Returns a :class:`CheckReport`: what went wrong with a server (unreachable,
+    credentials refused, no relay) is in its ``failures`` and ``exit_code``.
+    Raises :class:`UsageError` / :class:`InvalidURI` for bad input and, for
+    the embedded server, :class:`BackendUnavailable` / :class:`ServerStartFailed`.
     """
     from .credentials import mint
     from .probe import probe
@@ -98,7 +114,7 @@ def check(
         stun_targets = list(dict.fromkeys(_stun_from_turn(u) for u in uris))
         on_step("STUN Binding: " + ", ".join(stun_targets))
         probe_report = probe(stun_targets, timeout=min(3.0, timeout), verify_tls=verify_tls, cafile=cafile)
-        failures = [f"STUN: {r.uri}: {r.error}" for r in probe_report.results if not r.ok]
+        failures = list(probe_report.failures)
         relays = []
         for uri in uris:
             if secret:
@@ -110,19 +126,18 @@ def check(
             try:
                 report = relay_check(uri, username=user, password=pw, messages=messages, payload_bytes=payload_bytes,
                                      timeout=timeout, verify_tls=verify_tls, cafile=cafile)
-            except NatkitError as exc:
-                if len(uris) == 1:
-                    raise
-                failures.append(f"{uri}: {exc.one_line()}")
+            except NatkitError as exc:  # this URI's verdict; the others are still checked
+                failures.append(Failure.from_error(exc, server=uri))
                 continue
             relays.append(report)
-            failures += [f"{uri}: {f}" for f in report.failures]
+            failures += [dataclasses.replace(f, server=uri) for f in report.failures]
     finally:
         if server is not None:
             on_step("stopping the embedded coturn")
             server.stop()
     return CheckReport(
-        schema=SCHEMA, ok=not failures and bool(relays), embedded=server is not None, backend=backend_used,
+        schema=SCHEMA, ok=not failures and bool(relays), exit_code=exit_code_for(failures),
+        embedded=server is not None, backend=backend_used,
         server_ready_ms=ready_ms, turn_uris=tuple(uris), probe=probe_report, relay=tuple(relays),
         failures=tuple(failures), duration_ms=(time.monotonic() - started) * 1000.0,
     )

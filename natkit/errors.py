@@ -16,14 +16,29 @@ code  meaning
 5     authentication refused by the TURN server (401, 441)
 6     allocation refused by the TURN server (486 quota, 508 capacity, ...)
 7     relay candidates gathered, but ICE found no working pair
+70    internal error: a natkit bug, or an aioice/aiortc internal natkit relies
+      on is missing or changed (never a verdict about the server checked)
 130   interrupted (Ctrl-C or SIGTERM)
 ====  =====================================================================
 
 Every feature's errors are defined here too (signaling, peer, lab), so the
 exit code of each is visible in one file.
+
+**One verdict policy.** A report does not raise for what it found; it lists
+:class:`Failure` values (``kind``, ``step``, ``message``), and its
+``exit_code`` is :func:`exit_code_for` of them: the code of the *most
+severe* failure in :data:`SEVERITY` order. A failure that stopped a check
+early hides what the check would have found, so it outranks the verdicts
+after it: internal > usage > environment > unreachable > authentication >
+allocation > connectivity > a failed assertion. Two URIs of which one gets a
+401 and one fails an echo therefore exit 5, a dead server exits 4 whatever
+else failed, and 1 means only "everything was checked, an assertion failed".
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -33,7 +48,17 @@ EXIT_UNREACHABLE = 4
 EXIT_AUTH_REFUSED = 5
 EXIT_ALLOCATION_REFUSED = 6
 EXIT_NO_CONNECTIVITY = 7
+EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits(3)
 EXIT_INTERRUPTED = 130
+
+# exit codes, most severe first (see the module docstring)
+SEVERITY: tuple[int, ...] = (
+    EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_UNREACHABLE, EXIT_AUTH_REFUSED,
+    EXIT_ALLOCATION_REFUSED, EXIT_NO_CONNECTIVITY, EXIT_CHECK_FAILED, EXIT_OK,
+)
+
+# error kind -> exit code, filled in by every NatkitError subclass (see NatkitError.__init_subclass__)
+_EXIT_BY_KIND: dict[str, int] = {}
 
 
 class NatkitError(Exception):
@@ -46,6 +71,13 @@ class NatkitError(Exception):
 
     exit_code = EXIT_CHECK_FAILED
     kind = "error"
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        known = _EXIT_BY_KIND.get(cls.kind)
+        if known is not None and known != cls.exit_code:
+            raise TypeError(f"error kind {cls.kind!r} already has exit code {known}")
+        _EXIT_BY_KIND[cls.kind] = cls.exit_code
 
     def __init__(
         self,
@@ -88,10 +120,110 @@ class NatkitError(Exception):
         }
 
 
+_EXIT_BY_KIND[NatkitError.kind] = NatkitError.exit_code
+
+
+_RANK = {code: float(i) for i, code in enumerate(SEVERITY)}
+
+
+def most_severe(codes: Iterable[int]) -> int:
+    """The most severe of ``codes`` in :data:`SEVERITY` order (0 for none).
+
+    A code outside the table ranks just above :data:`EXIT_CHECK_FAILED`:
+    still a failure, never mistaken for success.
+    """
+    return min(codes, key=lambda c: _RANK.get(c, _RANK[EXIT_CHECK_FAILED] - 0.5), default=EXIT_OK)
+
+
+def exit_code_of(kind: str) -> int:
+    """The exit code of an error ``kind`` (``NatkitError.kind``). Raises :class:`ValueError` for an unknown kind."""
+    try:
+        return _EXIT_BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"unknown failure kind {kind!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One thing that did not hold, in a report (the structured form of a failed assertion or error).
+
+    ``kind`` is an error kind of this module (``"check_failed"`` for a failed
+    assertion, ``"auth_refused"``, ``"unreachable"``, ...); ``step`` says where
+    (``"echo"``, ``"bulk"``, ``"selected_pair"``, ``"stun"``, ``"allocate"``,
+    ...); ``server`` which server when a report covers several.
+    ``exit_code`` follows from ``kind``.
+    """
+
+    kind: str
+    step: str | None
+    message: str
+    server: str | None = None
+    exit_code: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exit_code", exit_code_of(self.kind))
+
+    @classmethod
+    def check(cls, step: str, message: str, server: str | None = None) -> Failure:
+        """A failed assertion (exit 1)."""
+        return cls(CheckFailed.kind, step, message, server)
+
+    @classmethod
+    def from_error(cls, exc: NatkitError, server: str | None = None) -> Failure:
+        """The failure an error stands for (same kind, step and exit code; message with its hint)."""
+        message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return cls(exc.kind, exc.step, message, server or exc.server)
+
+    def one_line(self) -> str:
+        """``step: server: message``, like :meth:`NatkitError.one_line`."""
+        return " ".join([*(f"{p}:" for p in (self.step, self.server) if p), self.message])
+
+
+def exit_code_for(failures: Iterable[Failure]) -> int:
+    """The exit code of a report: 0 without failures, else the most severe failure's code."""
+    return most_severe(f.exit_code for f in failures)
+
+
 class CheckFailed(NatkitError):
     """A check ran to the end and its verdict is negative."""
 
     kind = "check_failed"
+
+
+class StunErrorResponse(CheckFailed):
+    """A server answered a STUN request with an error response (ERROR-CODE, RFC 8489 §14.8) where success was expected."""
+
+    kind = "error_response"
+
+
+class NoMappedAddress(CheckFailed):
+    """A Binding success response without XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS): RFC 8489 §14.2 requires it."""
+
+    kind = "no_mapped_address"
+
+
+class InternalError(NatkitError):
+    """natkit itself failed (a bug): never a verdict about the server checked."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "internal"
+
+
+class IncompatibleDependency(InternalError):
+    """An aioice/aiortc internal that natkit reads or patches is missing or has changed.
+
+    natkit pins the aioice and aiortc versions it is tested with
+    (``pyproject.toml``); this error means another version is installed.
+    """
+
+    kind = "incompatible_dependency"
+
+
+class Interrupted(NatkitError):
+    """Ctrl-C, SIGTERM or SIGHUP: whatever natkit started has been stopped."""
+
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"
 
 
 class UsageError(NatkitError):
@@ -124,6 +256,24 @@ class ServerStartFailed(EnvironmentProblem):
     """A coturn managed by natkit did not become ready; ``details`` has its log."""
 
     kind = "server_start_failed"
+
+
+class UdpBlocked(EnvironmentProblem):
+    """No UDP answer from any server while other evidence says they are up: this network blocks UDP."""
+
+    kind = "udp_blocked"
+
+
+class NoUsableServer(EnvironmentProblem):
+    """No server given can answer RFC 5780's tests (OTHER-ADDRESS, CHANGE-REQUEST)."""
+
+    kind = "no_usable_server"
+
+
+class LocalBindFailed(EnvironmentProblem):
+    """A local socket could not be bound (address not on this host, port in use, no permission)."""
+
+    kind = "bind_failed"
 
 
 class NotRunning(EnvironmentProblem):
@@ -257,6 +407,31 @@ class SignalingError(NatkitError):
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["code"] = self.code
+        return d
+
+
+class ProtocolError(SignalingError, ValueError):
+    """A signaling message that breaks the protocol (:mod:`natkit.signaling.protocol`).
+
+    ``code`` is the protocol error code sent back (``bad-json``,
+    ``bad-field``, ...), ``ref`` the type of the offending message if known.
+    Malformed input: exit 2.
+    """
+
+    exit_code = EXIT_USAGE
+    kind = "signaling_protocol"
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message, code=code, step="signaling")
+        self.ref = ref
+
+    def to_message(self) -> dict:
+        """The protocol's ``error`` message sent back: ``{"type": "error", "code", "message", "ref"}``."""
+        return {"type": "error", "code": self.code, "message": self.message, "ref": self.ref}
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["ref"] = self.ref
         return d
 
 

@@ -30,7 +30,13 @@ import asyncio
 import dataclasses
 import time
 
-from .errors import NatkitError, ServerUnreachable, StunTimeout, UsageError
+from .errors import (
+    NatkitError,
+    ServerUnreachable,
+    StunTimeout,
+    UsageError,
+    exit_code_of,
+)
 from .model import TransportAddress
 from .nat_classify import (  # re-exported: the public names of this operation
     CHANGE_IP,
@@ -41,6 +47,7 @@ from .nat_classify import (  # re-exported: the public names of this operation
     FILTER_II,
     FILTER_III,
     SCHEMA,
+    STATUS_KINDS,
     TEST_I,
     TEST_II,
     TEST_III,
@@ -79,13 +86,13 @@ WINDOW_RTTS = 10  # the no-reply window lasts at least this many round trips
 LIFETIME_MAX = 600.0  # s, hard cap of the --lifetime search
 FIRST_CONTACT_GRACE = 1.0  # s, how long other servers may still answer Test I once one has
 
-# exit codes of ``natkit nat`` by report status (documented in the CLI help)
-EXIT_BY_STATUS = {"determined": 0, "inconclusive": 1, "udp_blocked": 3, "no_usable_server": 3}
+# exit codes of ``natkit nat`` by report status (documented in the CLI help), from the error tree
+EXIT_BY_STATUS = {"determined": 0, **{status: exit_code_of(kind) for status, kind in STATUS_KINDS.items()}}
 
 
 def exit_code(report: NatReport) -> int:
-    """0 determined, 1 inconclusive, 3 UDP blocked or no usable server."""
-    return EXIT_BY_STATUS.get(report.status, 1)
+    """0 determined, 1 inconclusive, 3 UDP blocked or no usable server (``report.exit_code``)."""
+    return report.exit_code
 
 
 def plan_timers(rtt_ms: float | None, timeout: float, window: float | None = None) -> tuple[float, float]:

@@ -45,6 +45,7 @@ import ipaddress
 import itertools
 from typing import Any, Iterable
 
+from .errors import exit_code_of
 from .model import TransportAddress
 
 SCHEMA = "natkit.nat/1"
@@ -268,6 +269,15 @@ class NatReport:
     @property
     def ok(self) -> bool:
         return self.status == "determined"
+
+    @property
+    def exit_code(self) -> int:
+        """0 determined, else the exit code of the status's error kind (:data:`STATUS_KINDS`)."""
+        return 0 if self.ok else exit_code_of(STATUS_KINDS.get(self.status, "check_failed"))
+
+
+# report status -> natkit.errors kind, whose exit code a report with that status has
+STATUS_KINDS = {"inconclusive": "check_failed", "udp_blocked": "udp_blocked", "no_usable_server": "no_usable_server"}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -28,20 +28,44 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
-import ssl
-import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from .errors import CheckFailed, NatkitError, NoPeer, NoRelayConnectivity, UsageError  # noqa: F401
-from .model import TransportAddress
-from .relay import CandidateInfo, SelectedPair, _parse_candidates, _percentile, preflight_allocate, tls_context
+from .errors import (
+    CheckFailed,
+    Failure,
+    InternalError,
+    NatkitError,
+    NoPeer,
+    NoRelayConnectivity,
+    UsageError,
+    exit_code_for,
+)
+from .relay import Preflight, preflight_allocate, tls_context
+from .webrtc.metrics import (
+    CandidateInfo,
+    PathMetrics,
+    parse_candidates,
+    with_candidates,
+)
+from .webrtc.session import (
+    PeerSetup,
+    measure,
+    resolve_ice_servers,
+    rto_from_rtt,
+    selected_pairs,
+)
 
-SCHEMA = "natkit.peer/1"
+if TYPE_CHECKING:
+    import ssl
+
+    from .media import MediaReport
+
+SCHEMA = "natkit.peer/2"
 AGENT = "natkit-peer/1"
 CHANNEL = "natkit"
 CHUNK = 16 * 1024
@@ -51,8 +75,8 @@ PROTOCOL = """Data channel messages (JSON text; binary messages carry bulk or fi
 hello {agent, role, chat, media}        ping {seq, data} -> pong {seq, data}
 bulk {bytes} + binary... -> bulk-ok {bytes}
 file {name, size, sha256} + binary... -> file-ok {name, bytes, sha256, match}
-chat {text}   chat-end {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
-A side closes only after its "done" was acknowledged (or 3 s passed)."""
+chat {text}   chat-end {} -> chat-end-ack {}   done {report: {ok, agent, selected, echoed, sent}} -> done-ack {}
+A side closes only after its "done" (with --chat: its "chat-end") was acknowledged, or 3 s passed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +134,44 @@ class FileTransfer:
 
 
 @dataclasses.dataclass(frozen=True)
+class RemoteVerdict:
+    """The other side's ``done`` message, read defensively (it is remote input): None where absent or mistyped."""
+
+    ok: bool | None
+    agent: str | None
+    echoed: int | None
+    sent: int | None
+    local_type: str | None  # the other side's nominated pair: its own candidate type
+    remote_type: str | None
+
+    @classmethod
+    def of(cls, report: object) -> RemoteVerdict:
+        d = report if isinstance(report, dict) else {}
+        sel = d.get("selected")
+        sel = sel if isinstance(sel, dict) else {}
+
+        def typed(v, t):
+            return v if isinstance(v, t) and not (t is int and isinstance(v, bool)) else None
+
+        def cand_type(side: str) -> str | None:
+            c = sel.get(side)
+            return typed(c.get("type"), str) if isinstance(c, dict) else None
+
+        agent = typed(d.get("agent"), str)
+        return cls(typed(d.get("ok"), bool), agent[:64] if agent else None, typed(d.get("echoed"), int), typed(d.get("sent"), int),
+                   cand_type("local"), cand_type("remote"))
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerReport:
-    """Result of :func:`peer`. relay-check's fields first (times in ms, throughput in MB/s),
-    then the peer's. ``candidates`` have side ``local`` or ``remote``; ``selected`` is
-    ``{"local": SelectedPair | None}`` (this side's nominated pair)."""
+    """Result of :func:`peer` (JSON schema ``natkit.peer/2``): relay-check's shape, then the peer's fields.
+
+    ``path`` is what this side measured (times in ms, throughput in MB/s):
+    ``path.candidates`` have side ``local`` or ``remote``, ``path.selected``
+    is ``{"local": SelectedPair | None}`` (this side's nominated pair).
+    ``preflight`` is None without a TURN server. ``exit_code``: 0 when
+    ``ok``, else the most severe failure's.
+    """
 
     schema: str
     server: str  # the TURN URI pre-flighted, or "none"
@@ -121,24 +179,10 @@ class PeerReport:
     tls: bool
     username: str | None
     ok: bool
-    allocation_ms: float | None
-    relayed_address: TransportAddress | None
-    mapped_address: TransportAddress | None
-    gathering_ms: float | None  # our createOffer/createAnswer + gathering
-    connected_ms: float | None  # remote description applied (offerer) / answer sent (answerer) -> data channel open
-    first_echo_ms: float | None
-    rtt_ms_p50: float | None
-    rtt_ms_p95: float | None
-    messages_sent: int
-    messages_echoed: int
-    echo_ok: bool
-    payload_bytes: int
-    throughput_mbps: float | None  # bulk payload: first byte sent -> receiver's acknowledgement
-    candidates: tuple[CandidateInfo, ...]
-    all_relay: bool  # every candidate of both sides is relay
-    selected: dict
-    selected_relay: bool  # our nominated pair is relay/relay
-    failures: tuple[str, ...]
+    exit_code: int
+    preflight: Preflight | None
+    path: PathMetrics
+    failures: tuple[Failure, ...]
     duration_ms: float
     signal: str
     room: str
@@ -147,13 +191,13 @@ class PeerReport:
     remote_id: str | None
     remote_agent: str | None  # e.g. natkit-peer/1 or natkit-web/1
     relay_only: bool
-    remote_report: dict | None  # the other side's verdict ("done" message)
+    remote_report: RemoteVerdict | None  # the other side's verdict ("done" message)
     pings_answered: int  # the other side's pings we echoed
     file: FileTransfer | None
     chat_sent: int
     chat_received: int
     media_sent: bool
-    media: object | None  # natkit.media.MediaReport of what we received, or None
+    media: MediaReport | None  # what we received, or None
     notes: tuple[str, ...]  # what was ignored on the way (e.g. mDNS candidates), not failures
 
 
@@ -195,6 +239,14 @@ class _FileSink:
                             self.got / seconds / 1e6 if seconds > 0 else None, str(self.path) if self.path else None)
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _safe_name(name: str) -> str:
     """A file name from a remote peer, made harmless: base name only, no leading dots, 1-128 safe characters."""
     base = re.split(r"[\\/]", str(name))[-1]
@@ -226,10 +278,12 @@ class _Channel:
         self.remote_done: asyncio.Future = loop.create_future()
         self.done_acked = asyncio.Event()  # the other side got our "done"
         self.remote_chat_end = asyncio.Event()
+        self.chat_end_acked = asyncio.Event()  # the other side got our "chat-end" (so every chat line before it)
         self.closed = asyncio.Event()
         self.last_activity = time.monotonic()
         self.remote_hello: dict = {}
-        self.sink = None  # ("bulk", [remaining]) or ("file", _FileSink)
+        self.bulk_left: int | None = None  # bytes of an announced bulk payload still to come
+        self.file_sink: _FileSink | None = None  # the file being received
         self.received_file: FileTransfer | None = None
         self.pings_answered = 0
         self.chat_received = 0
@@ -257,27 +311,28 @@ class _Channel:
             self.pings_answered += 1
             self.send({"t": "pong", "seq": m.get("seq"), "data": m.get("data")})
         elif t == "pong":
-            fut = self.pongs.pop(m.get("seq"), None) if isinstance(m.get("seq"), int) else None
+            seq = m.get("seq")
+            fut = self.pongs.pop(seq, None) if isinstance(seq, int) else None
             if fut is not None and not fut.done():
                 fut.set_result(m.get("data"))
         elif t == "hello":
             self.remote_hello = m
         elif t == "bulk":
-            n = int(m.get("bytes") or 0)
-            self.sink = ("bulk", [n])
+            n = m.get("bytes")
+            n = n if isinstance(n, int) and not isinstance(n, bool) else 0  # remote input
+            self.bulk_left, self.file_sink = (n if n > 0 else None), None
             if n <= 0:
-                self.sink = None
                 self.send({"t": "bulk-ok", "bytes": 0})
         elif t == "bulk-ok":
             if not self.bulk_ok.done():
                 self.bulk_ok.set_result(time.monotonic())
         elif t == "file":
             try:
-                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)
+                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError) as exc:
                 self.notes.append(f"cannot receive file {m.get('name')!r}: {exc}")
                 return
-            self.sink = ("file", sink)
+            self.file_sink, self.bulk_left = sink, None
             self._event(f"receiving file {sink.name} ({sink.size} bytes)")
             if sink.size == 0:
                 self._finish_file()
@@ -289,7 +344,10 @@ class _Channel:
             if self.opts.on_chat is not None:
                 self.opts.on_chat(str(m.get("text"))[:10000])
         elif t == "chat-end":
+            self.send({"t": "chat-end-ack"})
             self.remote_chat_end.set()
+        elif t == "chat-end-ack":
+            self.chat_end_acked.set()
         elif t == "done":
             self.send({"t": "done-ack"})
             if not self.remote_done.done():
@@ -298,24 +356,23 @@ class _Channel:
             self.done_acked.set()
 
     def _on_binary(self, data: bytes) -> None:
-        if self.sink is None:
-            return
-        kind, state = self.sink
-        if kind == "bulk":
-            state[0] -= len(data)
-            if state[0] <= 0:
-                self.sink = None
+        if self.bulk_left is not None:
+            self.bulk_left -= len(data)
+            if self.bulk_left <= 0:
+                self.bulk_left = None
                 self.send({"t": "bulk-ok", "bytes": len(data)})
-        else:
-            state.feed(data)
+        elif self.file_sink is not None:
+            sink = self.file_sink
+            sink.feed(data)
             if self.opts.on_progress is not None:
-                self.opts.on_progress("received", state.got, state.size, time.monotonic() - state.started)
-            if state.got >= state.size:
+                self.opts.on_progress("received", sink.got, sink.size, time.monotonic() - sink.started)
+            if sink.got >= sink.size:
                 self._finish_file()
 
     def _finish_file(self) -> None:
-        _, sink = self.sink
-        self.sink = None
+        sink, self.file_sink = self.file_sink, None
+        if sink is None:
+            return
         self.received_file = sink.finish()
         f = self.received_file
         self.send({"t": "file-ok", "name": f.name, "bytes": f.bytes, "sha256": f.sha256, "match": f.ok})
@@ -337,9 +394,19 @@ class _Channel:
         self.send({"t": "ping", "seq": seq, "data": data})
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.pongs.pop(seq, None)
             return None
+
+    async def echo(self, seq: int, timeout: float) -> tuple[str, str | None]:
+        """One ping/pong round trip (:class:`natkit.webrtc.PathChannel`)."""
+        data = os.urandom(24).hex()
+        return data, await self.ping(seq, data, timeout)
+
+    async def bulk(self, nbytes: int, timeout: float) -> tuple[float | None, str | None]:
+        """:meth:`send_bulk` as a :class:`natkit.webrtc.PathChannel`."""
+        mbps = await self.send_bulk(nbytes, timeout)
+        return mbps, None if mbps is not None else f"bulk payload of {nbytes} bytes not acknowledged before the deadline"
 
     async def send_bulk(self, n: int, timeout: float) -> float | None:
         """Send ``n`` bytes; MB/s from the first byte to the receiver's ``bulk-ok``, or None on timeout."""
@@ -354,7 +421,7 @@ class _Channel:
             await self.drain()
         try:
             t1 = await asyncio.wait_for(self.bulk_ok, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return n / max(1e-9, t1 - t0) / 1e6
 
@@ -362,16 +429,12 @@ class _Channel:
         """Send a file, then wait for the receiver's SHA-256. Fails after ``stall`` seconds without progress."""
         p = Path(path)
         size = p.stat().st_size
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+        digest = await asyncio.to_thread(_sha256_file, p)  # a large file would stall the data channel
         self.send({"t": "file", "name": p.name, "size": size, "sha256": digest})
         t0 = time.monotonic()
         sent = 0
         last = time.monotonic()
-        with open(p, "rb") as f:
+        with open(p, "rb") as f:  # noqa: ASYNC230 - 16 KiB reads between sends
             while True:
                 block = f.read(CHUNK)
                 if not block:
@@ -394,7 +457,7 @@ class _Channel:
         while not self.file_ok.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self.file_ok), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.dc.readyState != "open":
                     break
                 if self.opts.on_progress is not None:
@@ -470,19 +533,18 @@ class _Signals:
             raise
         except NatkitError as exc:
             self._fail_all(exc)
-        except Exception as exc:  # pragma: no cover - defensive
-            self._fail_all(NatkitError(f"signaling: {exc.__class__.__name__}: {exc}", step="signaling"))
+        except Exception as exc:  # noqa: BLE001 - a bug here must end the waits, not hang them
+            self._fail_all(InternalError(f"signaling: {exc.__class__.__name__}: {exc}", step="signaling"))
 
     async def _candidate(self, c) -> None:
         if c is not None:
             line = str(c.get("candidate") or "")
-            if line.startswith("a="):
-                line = line[2:]
+            line = line.removeprefix("a=")
             if not line.strip():
                 return  # an empty candidate: end of a generation
             try:
-                info = _parse_candidates("a=" + (line if line.startswith("candidate:") else "candidate:" + line), "remote")
-            except Exception:
+                info = parse_candidates("a=" + (line if line.startswith("candidate:") else "candidate:" + line), "remote")
+            except Exception:  # noqa: BLE001 - remote input: aioice's parser raises several kinds
                 self.notes.append(f"unparsable remote candidate {line[:80]!r}")
                 return
             self.remote_candidates.extend(info)
@@ -506,7 +568,7 @@ async def _apply(pc, description, remote_id) -> None:
     """setRemoteDescription; an SDP aiortc cannot use is the peer's fault: :class:`CheckFailed`."""
     try:
         await pc.setRemoteDescription(description)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - remote input: whatever aiortc raises, the SDP was refused
         text = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
         raise CheckFailed(f"the {description.type} from peer {remote_id} was refused: {text}", step="negotiation") from None
 
@@ -520,10 +582,8 @@ async def _add_candidate(pc, c, notes: list[str]) -> None:
         await pc.addIceCandidate(None)
         return
     line = str(c.get("candidate") or "")
-    if line.startswith("a="):
-        line = line[2:]
-    if line.startswith("candidate:"):
-        line = line[len("candidate:"):]
+    line = line.removeprefix("a=")
+    line = line.removeprefix("candidate:")
     try:
         cand = candidate_from_sdp(line)
         ipaddress.ip_address(cand.ip)
@@ -536,7 +596,7 @@ async def _add_candidate(pc, c, notes: list[str]) -> None:
         cand.sdpMLineIndex = 0
     try:
         await pc.addIceCandidate(cand)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - remote input: a refused candidate is a note
         notes.append(f"remote candidate refused: {exc}")
 
 
@@ -564,25 +624,195 @@ def _validate(o: PeerOptions) -> None:
         raise UsageError(f"--receive {o.receive_dir}: not a directory")
 
 
-async def _ice_servers(o: PeerOptions, timeout: float):
-    from aiortc import RTCIceServer
+@dataclasses.dataclass
+class _Turn:
+    """The TURN server of a peer run (the first --turn URI), after its pre-flight Allocate."""
 
+    server: str = "none"
+    transport: str | None = None
+    tls: bool = False
+    preflight: Preflight | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+
+async def _preflight(o: PeerOptions, event: Callable[[str], None]) -> _Turn:
+    if not o.turn:
+        return _Turn()
+    if o.username is None or o.password is None:  # _validate says so too
+        raise UsageError("--turn needs credentials: --secret S, or --user U --password P")
     from .stun import resolve
-    from .uri import parse_server, parse_turn_uri
+    from .uri import parse_turn_uri
 
-    servers = []
-    for text in o.turn:
-        uri = parse_turn_uri(text)
-        addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=timeout)
-        host = f"[{addr.host}]" if addr.family == 6 else addr.host
-        ice = f"{uri.scheme}:{host}:{addr.port}" + ("" if uri.secure else f"?transport={uri.transport}")
-        servers.append(RTCIceServer(urls=[ice], username=o.username, credential=o.password))
-    for text in o.stun:
-        uri = parse_server(text)
-        addr = await resolve(uri.host, uri.port, timeout=timeout)
-        host = f"[{addr.host}]" if addr.family == 6 else addr.host
-        servers.append(RTCIceServer(urls=[f"stun:{host}:{addr.port}"]))
-    return servers
+    uri = parse_turn_uri(o.turn[0])
+    addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=o.timeout)
+    ctx = tls_context(uri, verify=o.verify_tls, cafile=o.cafile)
+    ms, relayed, mapped = await preflight_allocate(uri, addr, o.username, o.password, timeout=o.timeout, ssl_context=ctx)
+    event(f"TURN {uri}: allocation in {ms:.1f} ms, relayed address {relayed}")
+    return _Turn(str(uri), uri.transport, uri.secure, Preflight(ms, relayed, mapped), ctx)
+
+
+class _Negotiation:
+    """One side of offer/answer through the room, and the wait for the data channel.
+
+    ``guarded`` awaits with a deadline and fails early when the remote leaves.
+    """
+
+    def __init__(self, o: PeerOptions, setup: PeerSetup, sig, signals: _Signals, role: str) -> None:
+        from .media import MediaReceiver
+
+        self.o, self.setup, self.sig, self.signals, self.role = o, setup, sig, signals, role
+        self.loop = asyncio.get_running_loop()
+        self.pc = setup.peer()
+        self.receiver = MediaReceiver(self.pc)
+        self.tracks: list = []
+        self.channel_ready: asyncio.Future = self.loop.create_future()
+        self.deadline = self.loop.time() + o.timeout
+        self.gathering_ms: float | None = None
+        self.c0 = 0.0
+
+        # the message handler must be in place before the first message can arrive:
+        # aiortc drops messages of a channel nobody listens to yet
+        @self.pc.on("datachannel")
+        def on_datachannel(dc) -> None:
+            if dc.label == CHANNEL and not self.channel_ready.done():
+                self.channel_ready.set_result(_Channel(dc, o, role))
+
+    def left(self) -> float:
+        return max(0.05, self.deadline - self.loop.time())
+
+    async def guarded(self, aw, seconds: float, what: str):
+        """Await ``aw`` for ``seconds``, failing early when the remote leaves."""
+        gone = self.signals.gone
+        task = asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task, gone}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        if gone in done:
+            raise CheckFailed(f"peer {self.signals.remote_id} left during {what} ({gone.result()})", step=what)
+        raise TimeoutError
+
+    async def gather(self, make) -> None:
+        g0 = time.monotonic()
+        await asyncio.wait_for(self.pc.setLocalDescription(await make()), self.o.timeout)
+        self.gathering_ms = (time.monotonic() - g0) * 1000.0
+
+    async def offer(self) -> None:
+        from aiortc import RTCSessionDescription
+
+        from .media import add_receivers, add_senders
+
+        o, pc, signals = self.o, self.pc, self.signals
+        own_channel = _Channel(pc.createDataChannel(CHANNEL), o, self.role)
+        if o.media:
+            self.tracks = add_senders(pc)
+        elif signals.remote_meta.get("media"):
+            add_receivers(pc)
+        self.setup.use_tls(pc)
+        await self.gather(pc.createOffer)
+        await self.sig.send({"type": "offer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
+        try:
+            answer = await self.guarded(signals.answer, self.left(), "negotiation")
+        except TimeoutError:
+            raise CheckFailed(f"no answer from peer {signals.remote_id} within {o.timeout:g}s", step="negotiation") from None
+        signals.pc = pc
+        self.c0 = time.monotonic()
+        await _apply(pc, RTCSessionDescription(sdp=answer["sdp"], type="answer"), signals.remote_id)
+        await signals.flush()
+        self.channel_ready.set_result(own_channel)
+
+    async def answer(self, event: Callable[[str], None]) -> None:
+        from aiortc import RTCSessionDescription
+
+        from .media import add_senders
+
+        o, pc, signals = self.o, self.pc, self.signals
+        try:
+            offer = await asyncio.wait_for(asyncio.shield(signals.offer), o.wait)
+        except TimeoutError:
+            raise NoPeer(f"no peer offered in room {o.room!r} within {o.wait:g}s", step="wait",
+                         hint="start the other peer (or open the test page) with the same --room") from None
+        self.deadline = self.loop.time() + o.timeout
+        event(f"offer from {signals.remote_id}")
+        signals.pc = pc
+        await _apply(pc, RTCSessionDescription(sdp=offer["sdp"], type="offer"), signals.remote_id)
+        self.setup.use_tls(pc)
+        await signals.flush()
+        if o.media:
+            self.tracks = add_senders(pc)
+        await self.gather(pc.createAnswer)
+        await self.sig.send({"type": "answer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
+        self.c0 = time.monotonic()
+
+    async def open_channel(self, server: str | None) -> tuple[_Channel, float]:
+        """Wait for the data channel to open: ``(channel, connected_ms)``; :class:`NoRelayConnectivity` at the deadline."""
+        try:
+            channel = await self.guarded(self.channel_ready, self.left(), "connectivity")
+            dc = channel.dc
+            if dc.readyState != "open":
+                opened = asyncio.Event()
+                dc.on("open", opened.set)
+                await self.guarded(opened.wait(), self.left(), "connectivity")
+        except TimeoutError:
+            raise NoRelayConnectivity(
+                f"no candidate pair to peer {self.signals.remote_id} connected within {self.o.timeout:g}s (ICE state {self.pc.iceConnectionState})",
+                server=server, step="connectivity",
+                hint="both peers need a TURN server they can reach; with --relay-only both sides must gather relay candidates",
+            ) from None
+        return channel, (time.monotonic() - self.c0) * 1000.0
+
+
+def _path_failures(path: PathMetrics, o: PeerOptions) -> list[Failure]:
+    """natkit peer's rules on the path: a nominated pair; with --relay-only, relay candidates and a relayed local candidate."""
+    pair = path.pair
+    out = []
+    if pair is None:
+        out.append(Failure.check("selected_pair", "no nominated candidate pair"))
+    elif o.relay_only and pair.local_type != "relay":
+        out.append(Failure.check("selected_pair", f"relay only, but the nominated local candidate is {pair.local_type}"))
+    return out
+
+
+async def _remote_verdict(channel: _Channel, signals: _Signals, o: PeerOptions,
+                          failures: list[Failure], notes: list[str]) -> RemoteVerdict | None:
+    """Wait for the other side's ``done`` while it makes progress (it may still be sending a file)."""
+    remote = None
+    while True:
+        try:
+            remote = await asyncio.wait_for(asyncio.shield(channel.remote_done), 0.25)
+            break
+        except TimeoutError:
+            if channel.closed.is_set() or signals.gone.done():
+                failures.append(Failure.check("verdict", "the peer left before reporting its verdict"))
+                break
+            if time.monotonic() - channel.last_activity > o.timeout:
+                failures.append(Failure.check("verdict", f"the peer sent no verdict within {o.timeout:g}s"))
+                break
+    if remote is None:
+        return None
+    verdict = RemoteVerdict.of(remote)
+    if verdict.ok is False:
+        failures.append(Failure.check("verdict", "the peer reported FAIL"))
+    if not o.chat:
+        # closing at once could drop our own "done" still queued in SCTP: wait for its ack
+        try:
+            await asyncio.wait_for(channel.done_acked.wait(), 3.0)
+        except TimeoutError:
+            notes.append("the peer did not acknowledge our verdict within 3 s")
+    return verdict
+
+
+def _file_failures(channel: _Channel, sent_file: FileTransfer | None) -> list[Failure]:
+    out = []
+    if sent_file is not None and not sent_file.ok:
+        out.append(Failure.check("file", f"file {sent_file.name}: the receiver's SHA-256 does not match (or never came)"))
+    got = channel.received_file
+    if got is not None and not got.ok:
+        out.append(Failure.check("file", f"received file {got.name}: SHA-256 does not match the sender's"))
+    sink = channel.file_sink
+    if sink is not None:
+        out.append(Failure.check("file", f"file {sink.name} arrived incomplete ({sink.got}/{sink.size} bytes)"))
+    return out
 
 
 async def peer_async(o: PeerOptions) -> PeerReport:
@@ -591,42 +821,10 @@ async def peer_async(o: PeerOptions) -> PeerReport:
     from .signaling.client import SignalingClient, check_url
 
     started = time.monotonic()
-    loop = asyncio.get_running_loop()
     event = o.on_event or (lambda line: None)
-    server = "none"
-    transport = None
-    tls = False
-    allocation_ms = relayed = mapped = None
-    ctx: ssl.SSLContext | None = None
-    if o.turn:
-        from .stun import resolve
-        from .uri import parse_turn_uri
-
-        uri = parse_turn_uri(o.turn[0])
-        server, transport, tls = str(uri), uri.transport, uri.secure
-        addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=o.timeout)
-        ctx = tls_context(uri, verify=o.verify_tls, cafile=o.cafile)
-        allocation_ms, relayed, mapped = await preflight_allocate(uri, addr, o.username, o.password, timeout=o.timeout, ssl_context=ctx)
-        event(f"TURN {server}: allocation in {allocation_ms:.1f} ms, relayed address {relayed}")
-    ice_servers = await _ice_servers(o, o.timeout)
-
-    for name in ("aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-
-    from . import _aiortc_private as private
-    from .media import MediaReceiver, add_receivers, add_senders
-
-    config = RTCConfiguration(iceServers=ice_servers,
-                              iceTransportPolicy=RTCIceTransportPolicy.RELAY if o.relay_only else RTCIceTransportPolicy.ALL)
-    rto = private.check_rto(min(0.5, max(0.05, 4 * allocation_ms / 1000.0))) if allocation_ms is not None else None
-    failures: list[str] = []
-    notes: list[str] = []
-    tracks: list = []
-    pc = None
-    signals = None
-    receiver = None
+    turn = await _preflight(o, event)
+    ice_servers = await resolve_ice_servers(o.turn, o.stun, username=o.username, password=o.password, timeout=o.timeout)
+    rto = rto_from_rtt(turn.preflight.allocation_ms) if turn.preflight is not None else None
     sig_ctx = None
     if check_url(o.signal).startswith("wss://"):
         from .stun import client_ssl_context
@@ -634,217 +832,84 @@ async def peer_async(o: PeerOptions) -> PeerReport:
         sig_ctx = client_ssl_context(o.verify_tls, o.cafile)
     sig = SignalingClient(o.signal, timeout=min(10.0, o.timeout), ssl_context=sig_ctx)
     await sig.connect()
-    if rto is not None:
-        rto.__enter__()
+    signals = neg = None
     try:
-        joined = await sig.join(o.room, token=o.token, meta={"agent": AGENT, "media": o.media, "chat": o.chat})
-        role = "offerer" if joined.peers else "answerer"
-        remote = joined.peers[0] if joined.peers else None
-        signals = _Signals(sig, role, remote["id"] if remote else None)
-        if remote:
-            signals.remote_meta = remote.get("meta") or {}
-            event(f"joined room {o.room!r} as {joined.id}; {remote['id']} is here: offering")
-        else:
-            event(f"joined room {o.room!r} as {joined.id}; waiting up to {o.wait:g}s for a peer")
-
-        pc = RTCPeerConnection(config)
-        receiver = MediaReceiver(pc)
-        channel_ready: asyncio.Future = loop.create_future()
-
-        # the message handler must be in place before the first message can arrive:
-        # aiortc drops messages of a channel nobody listens to yet
-        @pc.on("datachannel")
-        def on_datachannel(dc) -> None:
-            if dc.label == CHANNEL and not channel_ready.done():
-                channel_ready.set_result(_Channel(dc, o, role))
-
-        async def guarded(aw, seconds: float, what: str):
-            """Await ``aw`` for ``seconds``, failing early when the remote leaves."""
-            task = asyncio.ensure_future(aw)
-            done, _ = await asyncio.wait({task, signals.gone}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            task.cancel()
-            if signals.gone in done:
-                raise CheckFailed(f"peer {signals.remote_id} left during {what} ({signals.gone.result()})", step=what)
-            raise asyncio.TimeoutError
-
-        gathering_ms = connected_ms = None
-        if role == "offerer":
-            deadline = loop.time() + o.timeout
-            own_channel = _Channel(pc.createDataChannel(CHANNEL), o, role)
-            if o.media:
-                tracks = add_senders(pc)
-            elif signals.remote_meta.get("media"):
-                add_receivers(pc)
-            if ctx is not None:
-                private.set_turn_ssl_context(pc, ctx)
-            g0 = time.monotonic()
-            await asyncio.wait_for(pc.setLocalDescription(await pc.createOffer()), o.timeout)
-            gathering_ms = (time.monotonic() - g0) * 1000.0
-            await sig.send({"type": "offer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
+        async with PeerSetup(ice_servers, relay_only=o.relay_only, rto=rto, ssl_context=turn.ssl_context) as setup:
+            joined = await sig.join(o.room, token=o.token, meta={"agent": AGENT, "media": o.media, "chat": o.chat})
+            role = "offerer" if joined.peers else "answerer"
+            remote = joined.peers[0] if joined.peers else None
+            signals = _Signals(sig, role, remote["id"] if remote else None)
+            if remote:
+                signals.remote_meta = remote.get("meta") or {}
+                event(f"joined room {o.room!r} as {joined.id}; {remote['id']} is here: offering")
+            else:
+                event(f"joined room {o.room!r} as {joined.id}; waiting up to {o.wait:g}s for a peer")
+            neg = _Negotiation(o, setup, sig, signals, role)
             try:
-                answer = await guarded(signals.answer, max(0.05, deadline - loop.time()), "negotiation")
-            except asyncio.TimeoutError:
-                raise CheckFailed(f"no answer from peer {signals.remote_id} within {o.timeout:g}s", step="negotiation") from None
-            signals.pc = pc
-            c0 = time.monotonic()
-            await _apply(pc, RTCSessionDescription(sdp=answer["sdp"], type="answer"), signals.remote_id)
-            await signals.flush()
-            channel_ready.set_result(own_channel)
-        else:
-            try:
-                offer = await asyncio.wait_for(asyncio.shield(signals.offer), o.wait)
-            except asyncio.TimeoutError:
-                raise NoPeer(f"no peer offered in room {o.room!r} within {o.wait:g}s", step="wait",
-                             hint="start the other peer (or open the test page) with the same --room") from None
-            deadline = loop.time() + o.timeout
-            event(f"offer from {signals.remote_id}")
-            signals.pc = pc
-            await _apply(pc, RTCSessionDescription(sdp=offer["sdp"], type="offer"), signals.remote_id)
-            if ctx is not None:
-                private.set_turn_ssl_context(pc, ctx)
-            await signals.flush()
-            if o.media:
-                tracks = add_senders(pc)
-            g0 = time.monotonic()
-            await asyncio.wait_for(pc.setLocalDescription(await pc.createAnswer()), o.timeout)
-            gathering_ms = (time.monotonic() - g0) * 1000.0
-            await sig.send({"type": "answer", "sdp": pc.localDescription.sdp, "to": signals.remote_id})
-            c0 = time.monotonic()
-
-        def left() -> float:
-            return max(0.05, deadline - loop.time())
-
-        local_candidates = _parse_candidates(pc.localDescription.sdp, "local")
-        remote_sdp = pc.remoteDescription.sdp if pc.remoteDescription else ""
-        try:
-            channel = await guarded(channel_ready, left(), "connectivity")
-            dc = channel.dc
-            if dc.readyState != "open":
-                opened = asyncio.Event()
-                dc.on("open", opened.set)
-                await guarded(opened.wait(), left(), "connectivity")
-        except asyncio.TimeoutError:
-            raise NoRelayConnectivity(
-                f"no candidate pair to peer {signals.remote_id} connected within {o.timeout:g}s (ICE state {pc.iceConnectionState})",
-                server=server if o.turn else None, step="connectivity",
-                hint="both peers need a TURN server they can reach; with --relay-only both sides must gather relay candidates",
-            ) from None
-        connected_ms = (time.monotonic() - c0) * 1000.0
-        channel.send({"t": "hello", "agent": AGENT, "role": role, "chat": o.chat, "media": o.media})
-        pair = private.selected_pair(pc)
-        event(f"data channel open in {connected_ms:.0f} ms" + (f", pair {pair[0].type}/{pair[1].type}" if pair else ""))
-
-        # echo round trips, one at a time
-        from .relay import echo_series
-
-        async def exchange(i: int):
-            data = os.urandom(24).hex()
-            return data, await channel.ping(i, data, left())
-
-        echo = await echo_series(o.messages, exchange)
-        rtts, echoed, echo_ok, first_echo_ms = echo.rtts_ms, echo.echoed, echo.ok, echo.first_echo_ms
-        failures += echo.failures
-
-        throughput = None
-        if o.payload_bytes:
-            throughput = await channel.send_bulk(o.payload_bytes, left())
-            if throughput is None:
-                failures.append(f"bulk payload of {o.payload_bytes} bytes not acknowledged before the deadline")
-
-        sent_file = None
-        if o.send_file:
-            event(f"sending {o.send_file}")
-            sent_file = await channel.send_file(o.send_file, stall=o.timeout)
-            if not sent_file.ok:
-                failures.append(f"file {sent_file.name}: the receiver's SHA-256 does not match (or never came)")
-
-        media_report = None
-        if receiver.receiving or signals.remote_meta.get("media") or channel.remote_hello.get("media"):
-            event(f"measuring received media for {o.media_seconds:g}s")
-            media_report = await receiver.measure(o.media_seconds)
-            failures.extend(f"media: {f}" for f in media_report.failures)
-
-        pair = private.selected_pair(pc)
-        selected = {"local": None if pair is None else SelectedPair(
-            pair[0].type, TransportAddress(pair[0].host, pair[0].port), pair[1].type, TransportAddress(pair[1].host, pair[1].port))}
-        sel = selected["local"]
-        selected_relay = sel is not None and sel.local_type == "relay" and sel.remote_type == "relay"
-        if sel is None:
-            failures.append("no nominated candidate pair")
-        elif o.relay_only and sel.local_type != "relay":
-            failures.append(f"relay only, but the nominated local candidate is {sel.local_type}")
-        own_ok = not failures
-        channel.send({"t": "done", "report": {
-            "ok": own_ok, "agent": AGENT, "echoed": echoed, "sent": o.messages,
-            "selected": None if sel is None else {"local": {"type": sel.local_type}, "remote": {"type": sel.remote_type}}}})
-
-        # the other side's verdict: it may still be sending (a file), so wait while it makes progress
-        remote_report = None
-        while True:
-            try:
-                remote_report = await asyncio.wait_for(asyncio.shield(channel.remote_done), 0.25)
-                break
-            except asyncio.TimeoutError:
-                if channel.closed.is_set() or signals.gone.done():
-                    failures.append("the peer left before reporting its verdict")
-                    break
-                if time.monotonic() - channel.last_activity > o.timeout:
-                    failures.append(f"the peer sent no verdict within {o.timeout:g}s")
-                    break
-        if remote_report is not None and remote_report.get("ok") is False:
-            failures.append("the peer reported FAIL")
-        if remote_report is not None and not o.chat:
-            # closing at once could drop our own "done" still queued in SCTP: wait for its ack
-            try:
-                await asyncio.wait_for(channel.done_acked.wait(), 3.0)
-            except asyncio.TimeoutError:
-                notes.append("the peer did not acknowledge our verdict within 3 s")
-        if channel.received_file is not None and not channel.received_file.ok:
-            failures.append(f"received file {channel.received_file.name}: SHA-256 does not match the sender's")
-        if channel.sink is not None and channel.sink[0] == "file":
-            failures.append(f"file {channel.sink[1].name} arrived incomplete ({channel.sink[1].got}/{channel.sink[1].size} bytes)")
-        notes.extend(channel.notes)
-
-        chat_sent = 0
-        if o.chat:
-            chat_sent = await _chat(channel, o, signals)
-
-        candidates = tuple(local_candidates + _parse_candidates(remote_sdp, "remote") + signals.remote_candidates)
-        all_relay = bool(candidates) and all(c.type == "relay" for c in candidates)
-        if o.relay_only and not all(c.type == "relay" for c in local_candidates):
-            failures.append("a non-relay local candidate was gathered")
-        return PeerReport(
-            schema=SCHEMA, server=server, transport=transport, tls=tls, username=o.username, ok=not failures,
-            allocation_ms=allocation_ms, relayed_address=relayed, mapped_address=mapped,
-            gathering_ms=gathering_ms, connected_ms=connected_ms, first_echo_ms=first_echo_ms,
-            rtt_ms_p50=statistics.median(rtts) if rtts else None, rtt_ms_p95=_percentile(rtts, 95),
-            messages_sent=o.messages, messages_echoed=echoed, echo_ok=echo_ok,
-            payload_bytes=o.payload_bytes, throughput_mbps=throughput, candidates=candidates, all_relay=all_relay,
-            selected=selected, selected_relay=selected_relay, failures=tuple(failures),
-            duration_ms=(time.monotonic() - started) * 1000.0,
-            signal=sig.url, room=o.room, role=role, peer_id=joined.id, remote_id=signals.remote_id,
-            remote_agent=channel.remote_hello.get("agent") or signals.remote_meta.get("agent"),
-            relay_only=o.relay_only, remote_report=remote_report, pings_answered=channel.pings_answered,
-            file=sent_file or channel.received_file, chat_sent=chat_sent, chat_received=channel.chat_received,
-            media_sent=bool(tracks), media=media_report, notes=tuple(notes + signals.notes),
-        )
+                return await _session(o, neg, turn, joined.id, started, event)
+            finally:
+                for t in neg.tracks:
+                    t.stop()
+                await neg.receiver.close()
     finally:
-        for t in tracks:
-            t.stop()
-        if receiver is not None:
-            await receiver.close()
         if signals is not None:
             await signals.close()
-        if pc is not None:
-            try:  # bounded: closing aiortc peers with data queued can stall
-                await asyncio.wait_for(pc.close(), 3.0)
-            except (asyncio.TimeoutError, Exception):
-                pass
         await sig.close(bye=True)
-        if rto is not None:
-            rto.__exit__(None, None, None)
+
+
+async def _session(o: PeerOptions, neg: _Negotiation, turn: _Turn, peer_id: str, started: float,
+                   event: Callable[[str], None]) -> PeerReport:
+    """Negotiate, measure, exchange verdicts and chat; the report of this side."""
+    signals, pc = neg.signals, neg.pc
+    if neg.role == "offerer":
+        await neg.offer()
+    else:
+        await neg.answer(event)
+    local_candidates = parse_candidates(pc.localDescription.sdp, "local")
+    remote_sdp = pc.remoteDescription.sdp if pc.remoteDescription else ""
+    channel, connected_ms = await neg.open_channel(turn.server if o.turn else None)
+    channel.send({"t": "hello", "agent": AGENT, "role": neg.role, "chat": o.chat, "media": o.media})
+    pair = selected_pairs({"local": pc})["local"]
+    event(f"data channel open in {connected_ms:.0f} ms" + (f", pair {pair.describe()}" if pair else ""))
+
+    path, failures = await measure(channel, peers={"local": pc}, candidates=local_candidates, messages=o.messages,
+                                   payload_bytes=o.payload_bytes, deadline=neg.deadline, gathering_ms=neg.gathering_ms,
+                                   connected_ms=connected_ms)
+    sent_file = None
+    if o.send_file:
+        event(f"sending {o.send_file}")
+        sent_file = await channel.send_file(o.send_file, stall=o.timeout)
+    media_report = None
+    if neg.receiver.receiving or signals.remote_meta.get("media") or channel.remote_hello.get("media"):
+        event(f"measuring received media for {o.media_seconds:g}s")
+        media_report = await neg.receiver.measure(o.media_seconds)
+        failures += [Failure.check("media", f) for f in media_report.failures]
+    failures += _path_failures(path, o)
+    sel = path.pair
+    channel.send({"t": "done", "report": {
+        "ok": not failures and not (sent_file is not None and not sent_file.ok), "agent": AGENT,
+        "echoed": path.messages_echoed, "sent": o.messages,
+        "selected": None if sel is None else {"local": {"type": sel.local_type}, "remote": {"type": sel.remote_type}}}})
+
+    notes: list[str] = []
+    remote_report = await _remote_verdict(channel, signals, o, failures, notes)
+    failures += _file_failures(channel, sent_file)
+    notes.extend(channel.notes)
+    chat_sent = await _chat(channel, o, signals) if o.chat else 0
+
+    path = with_candidates(path, local_candidates + parse_candidates(remote_sdp, "remote") + signals.remote_candidates)
+    if o.relay_only and not all(c.type == "relay" for c in local_candidates):
+        failures.append(Failure.check("candidates", "a non-relay local candidate was gathered"))
+    return PeerReport(
+        schema=SCHEMA, server=turn.server, transport=turn.transport, tls=turn.tls, username=o.username,
+        ok=not failures, exit_code=exit_code_for(failures), preflight=turn.preflight, path=path,
+        failures=tuple(failures), duration_ms=(time.monotonic() - started) * 1000.0,
+        signal=neg.sig.url, room=o.room, role=neg.role, peer_id=peer_id, remote_id=signals.remote_id,
+        remote_agent=channel.remote_hello.get("agent") or signals.remote_meta.get("agent"),
+        relay_only=o.relay_only, remote_report=remote_report, pings_answered=channel.pings_answered,
+        file=sent_file or channel.received_file, chat_sent=chat_sent, chat_received=channel.chat_received,
+        media_sent=bool(neg.tracks), media=media_report, notes=tuple(notes + signals.notes),
+    )
 
 
 async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
@@ -902,12 +967,11 @@ async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
             line = get.result()
             if line is None:
                 channel.send({"t": "chat-end"})
-                if channel.remote_hello.get("chat"):
-                    # let the other side finish typing
-                    waiters = {asyncio.ensure_future(channel.remote_chat_end.wait()), asyncio.ensure_future(channel.closed.wait())}
-                    await asyncio.wait(waiters | {signals.gone}, return_when=asyncio.FIRST_COMPLETED)
-                    for w in waiters:
-                        w.cancel()
+                if channel.remote_hello.get("chat"):  # let the other side finish typing
+                    await _first_of([channel.remote_chat_end, channel.closed], signals.gone)
+                if channel.remote_hello.get("agent") == AGENT:
+                    # closing at once could drop our last lines still queued in SCTP: wait for the ack
+                    await _first_of([channel.chat_end_acked, channel.closed], signals.gone, timeout=3.0)
                 break
             if channel.dc.readyState != "open":
                 break
@@ -918,9 +982,19 @@ async def _chat(channel: _Channel, o: PeerOptions, signals: _Signals) -> int:
         if fd is not None:
             try:
                 loop.remove_reader(fd)
-            except Exception:
+            except (OSError, ValueError):  # already removed at end of input
                 pass
     return sent
+
+
+async def _first_of(events: list[asyncio.Event], gone: asyncio.Future, timeout: float | None = None) -> None:
+    """Wait until one of ``events`` is set, ``gone`` is done, or ``timeout`` seconds passed."""
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
+    try:
+        await asyncio.wait(waiters | {gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def peer(opts: PeerOptions) -> PeerReport:

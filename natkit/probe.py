@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import time
 
-from .errors import NatkitError, UsageError
+from .errors import Failure, NatkitError, UsageError, exit_code_for
 from .model import TransportAddress
 from .stun import (
     UdpStunEndpoint,
@@ -67,6 +67,17 @@ class ProbeReport:
     def ok(self) -> bool:
         """True when at least one server answered."""
         return any(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        """One :class:`~natkit.errors.Failure` per server that gave no usable answer."""
+        return tuple(Failure(r.error_kind or "unreachable", "binding", r.error or "no response", r.uri)
+                     for r in self.results if not r.ok)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when a server answered, else the most severe failure's (4 unreachable, 1 answered unusably)."""
+        return 0 if self.ok else exit_code_for(self.failures)
 
 
 def route_local_ip(addr: TransportAddress) -> str | None:

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from natkit.signaling.process import PeerProcess, SignalProcess  # noqa: E402
+from natkit.signaling.process import PeerProcess  # noqa: E402
 
 CHROMIUM = os.environ.get("NATKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -62,13 +62,6 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="module")
-def signal_server(turn_server):
-    # the page gets fresh REST credentials for this coturn from /config.json when the URL has none
-    with SignalProcess("--turn", turn_server.uri, "--secret", turn_server.secret) as proc:
-        yield proc
-
-
 @pytest.fixture
 def page(browser):
     context = browser.new_context()
@@ -80,13 +73,6 @@ def page(browser):
         yield pg
     finally:
         context.close()
-
-
-_rooms = iter(range(10_000))
-
-
-def room() -> str:
-    return f"web-{os.getpid()}-{next(_rooms)}"
 
 
 def page_url(signal_server, turn_server, name: str, auto: str = "connect", messages: int = 5, with_ice: bool = True) -> str:
@@ -115,24 +101,7 @@ def no_csp_violations(pg) -> None:
     assert not bad, bad
 
 
-def joins(signal_server) -> int:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(signal_server.url + "healthz", timeout=5) as r:
-        return json.load(r)["joins"]
-
-
-def wait_joins(signal_server, at_least: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while joins(signal_server) < at_least:
-        assert time.monotonic() < deadline, "natkit peer did not join the room"
-        time.sleep(0.05)
-
-
-def peer_args(turn_server, signal_server, name: str) -> list[str]:
-    return ["--signal", signal_server.ws_url, "--room", name, "--turn", turn_server.uri, "--secret", turn_server.secret,
-            "--relay-only", "--messages", "5", "--payload", "100000", "--timeout", "20", "--wait", "30"]
+BROWSER_PEER = ("--payload", "100000")  # what check_pair expects the page to receive
 
 
 def check_pair(r: dict, peer: dict, n: int = 5) -> None:
@@ -145,22 +114,22 @@ def check_pair(r: dict, peer: dict, n: int = 5) -> None:
     assert r["remoteAgent"] == "natkit-peer/1" and r["remoteReport"]["ok"] is True
     assert all(c["type"] == "relay" for c in r["candidates"])
     # natkit peer's view
-    assert peer["ok"], peer["failures"]
+    assert peer["ok"] and peer["exit_code"] == 0, peer["failures"]
     assert peer["remote_agent"] == "natkit-web/1"
-    sel = peer["selected"]["local"]
+    sel = peer["path"]["selected"]["local"]
     assert (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
-    assert peer["messages_echoed"] == 5 and peer["pings_answered"] == n
-    assert peer["remote_report"]["ok"] is True
+    assert peer["path"]["messages_echoed"] == 5 and peer["pings_answered"] == n
+    assert peer["remote_report"]["ok"] is True and peer["remote_report"]["agent"] == "natkit-web/1"
+    assert (peer["remote_report"]["local_type"], peer["remote_report"]["remote_type"]) == ("relay", "relay")
     # both agree on the pair
     assert sel["local"] == f"{r['selected']['remote']['address']}:{r['selected']['remote']['port']}"
 
 
-def test_browser_offers_to_waiting_peer(page, signal_server, turn_server):
+def test_browser_offers_to_waiting_peer(page, signal_server, turn_server, room, peer_args):
     """natkit peer waits; the page joins second, offers and trickles its candidates."""
     name = room()
-    before = joins(signal_server)
-    with PeerProcess(*peer_args(turn_server, signal_server, name)) as peer:
-        wait_joins(signal_server, before + 1)  # the peer is in the room first
+    with PeerProcess(*peer_args(name, *BROWSER_PEER)) as peer:
+        assert peer.wait_joined(20), peer.stderr_lines  # the peer is in the room first
         page.goto(page_url(signal_server, turn_server, name))
         r = wait_result(page)
         code, report, err = peer.result(40)
@@ -171,7 +140,7 @@ def test_browser_offers_to_waiting_peer(page, signal_server, turn_server):
     no_csp_violations(page)
 
 
-def test_peer_offers_to_waiting_browser(page, signal_server, turn_server):
+def test_peer_offers_to_waiting_browser(page, signal_server, turn_server, room, peer_args):
     """The page waits; natkit peer joins second and offers (candidates in its SDP)."""
     name = room()
     page.goto(page_url(signal_server, turn_server, name))
@@ -179,7 +148,7 @@ def test_peer_offers_to_waiting_browser(page, signal_server, turn_server):
     while page.evaluate("() => window.natkit.result && window.natkit.result.myId") is None:
         assert time.monotonic() < deadline, "the page did not join"
         time.sleep(0.05)
-    with PeerProcess(*peer_args(turn_server, signal_server, name)) as peer:
+    with PeerProcess(*peer_args(name, *BROWSER_PEER)) as peer:
         r = wait_result(page)
         code, report, err = peer.result(40)
     assert code == 0, (err, report)
@@ -189,7 +158,7 @@ def test_peer_offers_to_waiting_browser(page, signal_server, turn_server):
     no_csp_violations(page)
 
 
-def test_gathering_lists_relay_candidates(page, signal_server, turn_server):
+def test_gathering_lists_relay_candidates(page, signal_server, turn_server, room):
     page.goto(page_url(signal_server, turn_server, room(), auto="gather"))
     g = wait_result(page, "gather")
     assert g["candidates"] and all(c["type"] == "relay" and c["address"] == "127.0.0.1" for c in g["candidates"])
@@ -208,7 +177,7 @@ def test_gathering_shows_turn_errors(page, signal_server, turn_server):
     assert g["errors"] and g["errors"][0]["code"] in (401, 701), g["errors"]
 
 
-def test_two_tabs_with_server_credentials(browser, signal_server):
+def test_two_tabs_with_server_credentials(browser, signal_server, room):
     """Two tabs meet in a room; ICE servers and credentials come from the server's /config.json."""
     name = room()
     ctx = browser.new_context()

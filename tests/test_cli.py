@@ -92,7 +92,7 @@ def test_turn_up_status_logs_creds_down(server, tmp_path):
     rc = natkit("relay-check", entry["urls"][0], "--user", entry["username"], "--password", entry["credential"], "--json", "--payload", "100000")
     assert rc.returncode == 0, rc.stderr
     report = json.loads(rc.stdout)
-    assert report["ok"] and report["selected_relay"] and report["all_relay"]
+    assert report["ok"] and report["exit_code"] == 0 and report["path"]["selected_relay"] and report["path"]["all_relay"]
     pid = json.loads(natkit("turn", "status", "--json").stdout)["servers"][0]["pid"]
     down = natkit("turn", "down", "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"] == ["default"]
@@ -184,9 +184,9 @@ def test_check_embedded_json_leaves_nothing(tmp_path):
     proc = natkit("check", "--backend", "native", "--json", "--payload", "200000", env={"NATKIT_STATE_DIR": str(state)})
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["schema"] == "natkit.check/1" and doc["ok"] and doc["embedded"] and doc["backend"] == "native"
+    assert doc["schema"] == "natkit.check/2" and doc["ok"] and doc["exit_code"] == 0 and doc["embedded"] and doc["backend"] == "native"
     assert [r["transport"] for r in doc["relay"]] == ["udp", "tcp"]
-    assert all(r["selected_relay"] and r["echo_ok"] for r in doc["relay"])
+    assert all(r["path"]["selected_relay"] and r["path"]["echo_ok"] for r in doc["relay"])
     assert doc["probe"]["results"][0]["ok"]
     assert turnserver_pids(state) == []
     assert not list((state / "servers").glob("*")) if (state / "servers").exists() else True
@@ -287,5 +287,5 @@ def test_relay_check_fleet_cli(turn_server):
                   "--payload", "0", "--messages", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["schema"] == "natkit.relay-fleet/1" and doc["passed"] == 2 and doc["ok"]
-    assert all(s["report"]["selected_relay"] for s in doc["servers"])
+    assert doc["schema"] == "natkit.relay-fleet/2" and doc["passed"] == 2 and doc["ok"] and doc["exit_code"] == 0
+    assert all(s["report"]["path"]["selected_relay"] for s in doc["servers"])

@@ -162,9 +162,9 @@ def test_relay_check_through_the_container(engine, image):
             cred = mint("docker-secret", "pytest", 600)
             report = relay_check(uri, username=cred.username, password=cred.password, messages=5, payload_bytes=100_000, timeout=15)
             assert report.ok, report.failures
-            assert report.selected_relay and report.all_relay
-            assert report.relayed_address.host == "127.0.0.1"
-            assert report.messages_echoed == 5 and report.echo_ok
+            assert report.path.selected_relay and report.path.all_relay
+            assert report.preflight.relayed_address.host == "127.0.0.1"
+            assert report.path.messages_echoed == 5 and report.path.echo_ok
     assert _containers(engine, f"pytest-{port}") == []
 
 

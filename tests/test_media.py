@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from natkit.media import COUNTER_BITS, freezes, read_counter, write_counter
 
 
@@ -59,7 +57,7 @@ def test_relay_check_with_media(turn_server):
     report = relay_check(turn_server.uri, username=cred.username, password=cred.password, messages=5, payload_bytes=100_000,
                          media=True, media_seconds=2.0)
     assert report.ok, report.failures
-    assert report.selected_relay
+    assert report.path.selected_relay
     check_media(to_jsonable(report.media), 2.0)
 
 
@@ -76,27 +74,25 @@ def test_relay_check_cli_media_json(turn_server):
 
     proc = subprocess.run(natkit_command("relay-check", turn_server.uri, "--secret", turn_server.secret, "--messages", "3",
                                          "--payload", "0", "--media", "--media-seconds", "1.5", "--json"),
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert list(doc)[-1] == "media"  # the new field comes last
+    assert list(doc)[-1] == "media" and doc["ok"] and doc["exit_code"] == 0  # media comes last
     check_media(doc["media"], 1.5)
     text = subprocess.run(natkit_command("relay-check", turn_server.uri, "--secret", turn_server.secret, "--messages", "3",
                                          "--payload", "0", "--media", "--media-seconds", "1"),
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert text.returncode == 0 and "media received" in text.stdout and "fps" in text.stdout
 
 
-def test_peer_media_through_the_relay(turn_server):
+def test_peer_media_through_the_relay(room, peer_args):
     """B sends video + audio (--media); A, which sends nothing, measures what arrives."""
-    pytest.importorskip("aiohttp")
-    from natkit.signaling.process import PeerProcess, SignalProcess, run_pair
+    from natkit.signaling.process import PeerProcess, run_pair
 
-    with SignalProcess() as sig:
-        common = ["--signal", sig.ws_url, "--room", "media", "--turn", turn_server.uri, "--secret", turn_server.secret,
-                  "--relay-only", "--messages", "3", "--payload", "0", "--media-seconds", "2", "--timeout", "15", "--wait", "30"]
-        (ca, ra, ea), (cb, rb, eb) = run_pair(PeerProcess(*common), PeerProcess(*common, "--media"))
+    name = room()
+    common = ("--messages", "3", "--payload", "0", "--media-seconds", "2", "--timeout", "15")
+    (ca, ra, ea), (cb, rb, eb) = run_pair(PeerProcess(*peer_args(name, *common)), PeerProcess(*peer_args(name, *common, "--media")))
     assert ca == 0 and cb == 0, (ea, eb)
     assert rb["media_sent"] and not ra["media_sent"]
     check_media(ra["media"], 2.0)
-    assert ra["selected"]["local"]["local_type"] == "relay" and ra["selected"]["local"]["remote_type"] == "relay"
+    assert ra["path"]["selected"]["local"]["local_type"] == "relay" and ra["path"]["selected"]["local"]["remote_type"] == "relay"

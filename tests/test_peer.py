@@ -10,73 +10,65 @@ import asyncio
 import hashlib
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
 
-pytest.importorskip("aiohttp")
-
-from natkit.signaling.process import PeerProcess, SignalProcess  # noqa: E402
-from natkit.signaling.process import run_pair as run_processes  # noqa: E402
+from natkit.signaling.process import PeerProcess, SignalProcess
+from natkit.signaling.process import run_pair as run_processes
 
 
 @pytest.fixture(scope="module")
-def signal_server():
+def token_server():
+    """A signaling server that wants the token ``tok``."""
     with SignalProcess("--token", "tok") as proc:
         yield proc
 
 
-_rooms = iter(range(10_000))
+@pytest.fixture
+def pair(room, peer_args):
+    """``pair(a_extra=(), b_extra=(), ...)``: A (joins first, answers) and B (offers) in a fresh room,
+    B started once A is in the room; both ``(code, report, stderr)``."""
+
+    def run(a_extra=(), b_extra=(), stdin_a=None, stdin_b=None, timeout=60, env=None):
+        name = room()
+        a = PeerProcess(*peer_args(name, *a_extra), stdin=stdin_a, env=env)
+        b = PeerProcess(*peer_args(name, *b_extra), stdin=stdin_b, env=env)
+        return run_processes(a, b, timeout=timeout)
+
+    return run
 
 
-def room() -> str:
-    return f"peer-{os.getpid()}-{next(_rooms)}"
-
-
-def peer_args(turn_server, signal_server, name: str, *extra: str) -> list[str]:
-    return ["--signal", signal_server.ws_url, "--room", name, "--token", "tok", "--turn", turn_server.uri,
-            "--secret", turn_server.secret, "--relay-only", "--messages", "5", "--payload", "200000",
-            "--timeout", "15", "--wait", "30", *extra]
-
-
-def run_pair(turn_server, signal_server, a_extra=(), b_extra=(), stdin_a=None, stdin_b=None, timeout=60, env=None):
-    """Start A (waits, answers), then B (offers); return both (code, report, stderr)."""
-    name = room()
-    a = PeerProcess(*peer_args(turn_server, signal_server, name, *a_extra), stdin=stdin_a, env=env)
-    b = PeerProcess(*peer_args(turn_server, signal_server, name, *b_extra), stdin=stdin_b, env=env)
-    return run_processes(a, b, timeout=timeout)
-
-
-def test_two_peers_relay_only_with_echo(turn_server, signal_server):
-    (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server)
+def test_two_peers_relay_only_with_echo(pair):
+    (ca, a, ea), (cb, b, eb) = pair()
     assert ca == 0 and cb == 0, (ea, eb, a, b)
     assert {a["role"], b["role"]} == {"offerer", "answerer"}
     for rep, other in ((a, b), (b, a)):
-        assert rep["ok"] and rep["failures"] == []
-        sel = rep["selected"]["local"]
-        assert (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
-        assert rep["selected_relay"] and rep["all_relay"]
-        assert rep["messages_echoed"] == 5 and rep["echo_ok"]
+        assert rep["schema"] == "natkit.peer/2" and rep["ok"] and rep["exit_code"] == 0 and rep["failures"] == []
+        path = rep["path"]
+        sel = path["selected"]["local"]
+        assert list(path["selected"]) == ["local"] and (sel["local_type"], sel["remote_type"]) == ("relay", "relay")
+        assert path["selected_relay"] and path["all_relay"]
+        assert path["messages_sent"] == path["messages_echoed"] == path["messages_intact"] == 5 and path["echo_ok"]
         assert rep["pings_answered"] == 5  # the other side's pings were echoed here
-        assert rep["throughput_mbps"] > 0
+        assert path["payload_bytes"] == 200_000 and path["throughput_mbps"] > 0
         assert rep["remote_agent"] == "natkit-peer/1" and rep["remote_id"] == other["peer_id"]
-        assert rep["remote_report"]["ok"] is True
-        assert rep["relayed_address"].startswith("127.0.0.1:")
-        assert {c["side"] for c in rep["candidates"]} == {"local", "remote"}
+        assert rep["remote_report"] == {"ok": True, "agent": "natkit-peer/1", "echoed": 5, "sent": 5,
+                                        "local_type": "relay", "remote_type": "relay"}
+        assert rep["preflight"]["relayed_address"].startswith("127.0.0.1:")
+        assert {c["side"] for c in path["candidates"]} == {"local", "remote"}
     # each side's nominated local candidate is the other's remote
-    assert a["selected"]["local"]["local"] == b["selected"]["local"]["remote"]
+    assert a["path"]["selected"]["local"]["local"] == b["path"]["selected"]["local"]["remote"]
 
 
-def test_file_transfer_with_sha256(turn_server, signal_server, tmp_path):
+def test_file_transfer_with_sha256(pair, tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 123)
     src = tmp_path / "payload.bin"
     src.write_bytes(data)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server, a_extra=("--receive", str(inbox)),
-                                        b_extra=("--send", str(src)), env={"NATKIT_QUIET": ""})
+    (ca, a, ea), (cb, b, eb) = pair(a_extra=("--receive", str(inbox)), b_extra=("--send", str(src)))
     assert ca == 0 and cb == 0, (ea, eb, a, b)
     digest = hashlib.sha256(data).hexdigest()
     sent, got = b["file"], a["file"]
@@ -87,7 +79,7 @@ def test_file_transfer_with_sha256(turn_server, signal_server, tmp_path):
     assert "sha256 matches" in ea
 
 
-def test_chat_lines_cross(turn_server, signal_server):
+def test_chat_lines_cross(pair):
     ra, wa = os.pipe()
     rb, wb = os.pipe()
     os.write(wa, b"hello from a\n")
@@ -95,38 +87,37 @@ def test_chat_lines_cross(turn_server, signal_server):
     os.close(wa)
     os.close(wb)
     try:
-        (ca, a, ea), (cb, b, eb) = run_pair(turn_server, signal_server, a_extra=("--chat",), b_extra=("--chat",),
-                                            stdin_a=ra, stdin_b=rb)
+        (ca, a, ea), (cb, b, eb) = pair(a_extra=("--chat",), b_extra=("--chat",), stdin_a=ra, stdin_b=rb)
     finally:
         os.close(ra)
         os.close(rb)
     assert ca == 0 and cb == 0, (ea, eb, a, b)
-    assert a["chat_sent"] == 1 and b["chat_received"] == 1 and "peer> hello from a" in eb
-    assert b["chat_sent"] == 2 and a["chat_received"] == 2 and "peer> hi from b" in ea and "peer> second line" in ea
+    assert a["chat_sent"] == 1 and b["chat_received"] == 1 and "peer> hello from a" in eb, (ea, eb)
+    assert b["chat_sent"] == 2 and a["chat_received"] == 2 and "peer> hi from b" in ea and "peer> second line" in ea, (ea, eb)
 
 
-def test_nobody_comes_is_exit_1_fast(turn_server, signal_server):
+def test_nobody_comes_is_exit_1_fast(room, peer_args):
     start = time.monotonic()
-    with PeerProcess(*peer_args(turn_server, signal_server, room(), "--wait", "1")) as p:
+    with PeerProcess(*peer_args(room(), "--wait", "1")) as p:
         code, doc, err = p.result(30)
     assert code == 1 and doc["error"]["kind"] == "no_peer", err
     assert time.monotonic() - start < 15
 
 
-def test_errors_map_to_exit_codes(turn_server, signal_server):
+def test_errors_map_to_exit_codes(turn_server, signal_server, token_server, room):
     from natkit.coturn.server import free_port
 
     cases = [
         # wrong signaling token: 5
-        (["--signal", signal_server.ws_url, "--room", room(), "--token", "nope", "--wait", "1"], 5, "signaling_auth_refused"),
+        (["--signal", token_server.ws_url, "--room", room(), "--token", "nope", "--wait", "1"], 5, "signaling_auth_refused"),
         # nothing listens: 4
         (["--signal", f"ws://127.0.0.1:{free_port()}", "--room", room(), "--wait", "1"], 4, "signaling_unreachable"),
         # wrong TURN password: 5, before any signaling
-        (["--signal", signal_server.ws_url, "--room", room(), "--token", "tok", "--turn", turn_server.uri,
+        (["--signal", signal_server.ws_url, "--room", room(), "--turn", turn_server.uri,
           "--user", "u", "--password", "wrong", "--wait", "1"], 5, "auth_refused"),
         # bad input: 2
         (["--signal", "ftp://x", "--room", room()], 2, "usage"),
-        (["--signal", signal_server.ws_url, "--room", "bad room!", "--token", "tok"], 2, "usage"),
+        (["--signal", signal_server.ws_url, "--room", "bad room!"], 2, "usage"),
         (["--signal", signal_server.ws_url, "--room", room(), "--relay-only"], 2, "usage"),
     ]
     for args, code, kind in cases:
@@ -135,7 +126,7 @@ def test_errors_map_to_exit_codes(turn_server, signal_server):
         assert got == code and doc["error"]["kind"] == kind, (args, got, err)
 
 
-def test_peer_leaving_mid_negotiation(turn_server, signal_server):
+def test_peer_leaving_mid_negotiation(signal_server, room, peer_args):
     """A raw client waits in the room, takes natkit peer's offer and vanishes: exit 1, no hang."""
     from natkit.signaling.client import SignalingClient
 
@@ -145,7 +136,7 @@ def test_peer_leaving_mid_negotiation(turn_server, signal_server):
 
     async def fake() -> None:
         async with SignalingClient(signal_server.ws_url, timeout=5) as c:
-            await c.join(name, token="tok", meta={"agent": "fake"})
+            await c.join(name, meta={"agent": "fake"})
             joined.set()
             while True:
                 m = await c.recv(20)
@@ -157,7 +148,7 @@ def test_peer_leaving_mid_negotiation(turn_server, signal_server):
     t.start()
     assert joined.wait(10)
     start = time.monotonic()
-    with PeerProcess(*peer_args(turn_server, signal_server, name)) as p:
+    with PeerProcess(*peer_args(name)) as p:
         code, doc, err = p.result(30)
     t.join(5)
     assert got_offer.is_set()
@@ -165,34 +156,30 @@ def test_peer_leaving_mid_negotiation(turn_server, signal_server):
     assert time.monotonic() - start < 10
 
 
-def test_sigint_while_waiting_exits_130(turn_server, signal_server):
-    p = PeerProcess(*peer_args(turn_server, signal_server, room(), "--wait", "60")).start()
+def test_sigint_while_waiting_exits_130(room, peer_args):
+    p = PeerProcess(*peer_args(room(), "--wait", "60")).start()
     try:
-        time.sleep(2.5)  # past start-up, waiting in the room
+        assert p.wait_joined(30), p.stderr_lines  # past start-up: waiting in the room
         p.proc.send_signal(signal.SIGINT)
         code, doc, err = p.result(10)
     finally:
         p.stop()
     assert code == 130, err
-    assert doc is None or doc.get("ok") is False
+    # --json: exactly one document, the interrupted error
+    assert doc == {"ok": False, "error": {"kind": "interrupted", "exit_code": 130, "message": "interrupted", "server": None,
+                                          "step": None, "hint": None, "details": []}}
+    assert "natkit: interrupted" in err
 
 
-def test_peer_report_renders_as_text(turn_server, signal_server):
+def test_peer_report_renders_as_text(room, peer_args):
     """Without --json the report is relay-check's table plus the peer lines."""
     name = room()
-    a = subprocess.Popen([*__import__("natkit.signaling.process", fromlist=["x"]).natkit_command(
-        "peer", *peer_args(turn_server, signal_server, name))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.3)
-        with PeerProcess(*peer_args(turn_server, signal_server, name)) as b:
-            cb, _, eb = b.result(60)
-        out, err = a.communicate(timeout=60)
-    finally:
-        if a.poll() is None:
-            a.kill()
-            a.wait()
-    assert a.returncode == 0 and cb == 0, (err, eb)
-    assert "PASS peer" in out and "relay/relay" in out and "natkit-peer/1" in out
+    a = PeerProcess(*peer_args(name), json=False)
+    b = PeerProcess(*peer_args(name))
+    (code_a, _, err_a), (code_b, _, err_b) = run_processes(a, b)
+    assert code_a == 0 and code_b == 0, (err_a, err_b)
+    out = a.stdout
+    assert "PASS peer answerer" in out and "relay/relay" in out and "natkit-peer/1" in out
 
 
 @pytest.mark.parametrize("behaviours, expect", [
@@ -211,16 +198,49 @@ def test_peers_behind_real_nats(nat_lab, behaviours, expect):
                   "--secret", lab.secret, "--messages", "5", "--payload", "100000", "--timeout", "15", "--wait", "30"]
         a = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(a_host, argv, **kw))
         b = PeerProcess(*common, popen=lambda argv, **kw: lab.popen(b_host, argv, **kw))
-        (ca, ra, ea), (cb, rb, eb) = run_processes(a, b, stagger=0.5)
+        (ca, ra, ea), (cb, rb, eb) = run_processes(a, b)
     assert ca == 0 and cb == 0, (ea, eb, ra, rb)
-    print(behaviours, [(r["selected"]["local"]["local_type"], r["selected"]["local"]["remote_type"], r["selected"]["local"]["remote"]) for r in (ra, rb)])
     for rep in (ra, rb):
-        sel = rep["selected"]["local"]
-        assert rep["echo_ok"] and rep["remote_report"]["ok"]
-        types = {c["type"] for c in rep["candidates"] if c["side"] == "local"}
+        sel = rep["path"]["selected"]["local"]
+        assert rep["path"]["echo_ok"] and rep["remote_report"]["ok"]
+        types = {c["type"] for c in rep["path"]["candidates"] if c["side"] == "local"}
         assert {"host", "srflx", "relay"} <= types, types
         if expect == "relay":
             assert "relay" in (sel["local_type"], sel["remote_type"]), sel
         else:
             assert "relay" not in (sel["local_type"], sel["remote_type"]), sel
             assert not sel["remote"].startswith(lab.server_ips[0]), sel  # the path does not touch the server
+
+
+def test_remote_messages_are_parsed_defensively():
+    """The data-channel protocol handler never raises on what the other side sends (it runs inside
+    aiortc's callback): a non-integer bulk size, a list as seq, a verdict of the wrong shape."""
+    import json
+
+    from natkit.peer import PeerOptions, RemoteVerdict, _Channel
+
+    class DataChannel:  # the two methods and the state _Channel uses
+        readyState = "open"
+
+        def __init__(self) -> None:
+            self.handlers: dict = {}
+            self.sent: list = []
+
+        def on(self, event, handler) -> None:
+            self.handlers[event] = handler
+
+        def send(self, data) -> None:
+            self.sent.append(json.loads(data))
+
+    async def scenario() -> tuple[list, object]:
+        dc = DataChannel()
+        channel = _Channel(dc, PeerOptions(signal="ws://127.0.0.1:9", room="r"), "answerer")
+        for m in ({"t": "bulk", "bytes": "lots"}, {"t": "bulk", "bytes": True}, {"t": "pong", "seq": [1]},
+                  {"t": "file", "name": "x", "size": "big", "sha256": "0"}, {"t": "done", "report": {"ok": "yes", "selected": 7}}):
+            dc.handlers["message"](json.dumps(m))
+        dc.handlers["message"](b"\x00" * 10)  # binary with no transfer announced: ignored
+        return dc.sent, await channel.remote_done
+
+    sent, verdict = asyncio.run(scenario())
+    assert sent == [{"t": "bulk-ok", "bytes": 0}, {"t": "bulk-ok", "bytes": 0}, {"t": "done-ack"}]
+    assert RemoteVerdict.of(verdict) == RemoteVerdict(None, None, None, None, None, None)

@@ -5,7 +5,13 @@ import time
 import pytest
 
 from natkit.credentials import mint
-from natkit.errors import AuthenticationRefused, HostNotFound, InvalidURI, NoRelayConnectivity, ServerUnreachable
+from natkit.errors import (
+    AuthenticationRefused,
+    HostNotFound,
+    InvalidURI,
+    NoRelayConnectivity,
+    ServerUnreachable,
+)
 from natkit.relay import relay_check
 
 
@@ -13,17 +19,21 @@ from natkit.relay import relay_check
 def test_relay_only_ice_is_proven(turn_server, suffix):
     cred = turn_server.credentials()
     report = relay_check(turn_server.uri + suffix, username=cred.username, password=cred.password, messages=10, payload_bytes=200_000)
-    assert report.ok, report.failures
-    assert report.candidates and all(c.type == "relay" for c in report.candidates)
-    assert {c.side for c in report.candidates} == {"offerer", "answerer"}
-    for pair in report.selected.values():
+    assert report.ok and report.exit_code == 0 and report.failures == (), report.failures
+    path = report.path
+    assert path.candidates and all(c.type == "relay" for c in path.candidates)
+    assert {c.side for c in path.candidates} == {"offerer", "answerer"}
+    assert set(path.selected) == {"offerer", "answerer"}
+    for pair in path.selected.values():
         assert (pair.local_type, pair.remote_type) == ("relay", "relay")
     # each side's nominated local candidate is the other side's remote
-    assert report.selected["offerer"].local == report.selected["answerer"].remote
-    assert report.messages_echoed == 10 and report.echo_ok
-    assert report.throughput_mbps and report.throughput_mbps > 0
-    assert report.relayed_address.host == "127.0.0.1"
-    assert report.rtt_ms_p50 <= report.rtt_ms_p95
+    assert path.selected["offerer"].local == path.selected["answerer"].remote
+    assert path.messages_sent == path.messages_echoed == 10 and path.echo_ok
+    assert path.all_relay and path.selected_relay
+    assert path.payload_bytes == 200_000 and path.throughput_mbps and path.throughput_mbps > 0
+    assert report.preflight.relayed_address.host == "127.0.0.1" and report.preflight.allocation_ms > 0
+    assert path.rtt_ms_p50 <= path.rtt_ms_p95
+    assert 0 < path.gathering_ms and 0 < path.connected_ms and 0 < path.first_echo_ms
     assert report.transport == ("tcp" if suffix else "udp")
 
 
@@ -138,6 +148,8 @@ def test_fleet_checked_concurrently_with_one_summary(turn_server):
     report = relay_check_fleet(uris, credentials=lambda _u: (cred.username, cred.password), messages=5, payload_bytes=0, timeout=5)
     assert [e.server for e in report.servers] == uris
     assert [e.ok for e in report.servers] == [True, True, False]
-    assert report.servers[0].report.selected_relay and report.servers[1].report.transport == "tcp"
-    assert report.servers[2].error["kind"] == "unreachable" and report.exit_code == 4
+    assert [e.exit_code for e in report.servers] == [0, 0, 4]
+    assert report.servers[0].report.path.selected_relay and report.servers[1].report.transport == "tcp"
+    err = report.servers[2].error
+    assert (err.kind, err.exit_code, err.server) == ("unreachable", 4, dead) and report.exit_code == 4
     assert (report.passed, report.failed, report.ok) == (2, 1, False)

@@ -21,21 +21,20 @@ def self_signed() -> tuple[bytes, bytes]:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     require_coturn()
-    import os
-
-    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("tls-state"))
     cert, key = self_signed()
     ca = tmp_path_factory.mktemp("ca") / "ca.pem"
     ca.write_bytes(cert)
     port, tls_port = free_port(), free_port()
     cfg = CoturnConfig(listening_port=port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem",
                        static_auth_secrets=("tls-secret",), allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",))
-    server = CoturnServer(cfg, backend="native", name="tls", extra_files={"cert.pem": cert, "key.pem": key})
-    info = server.start()
-    try:
-        yield info, tls_port, str(ca)
-    finally:
-        server.stop()
+    with pytest.MonkeyPatch.context() as mp:  # this module's state directory, not the rest of the session's
+        mp.setenv("NATKIT_STATE_DIR", str(tmp_path_factory.mktemp("tls-state")))
+        server = CoturnServer(cfg, backend="native", name="tls", extra_files={"cert.pem": cert, "key.pem": key})
+        info = server.start()
+        try:
+            yield info, tls_port, str(ca)
+        finally:
+            server.stop()
 
 
 def test_turns_uri_is_advertised(tls_server):
@@ -49,7 +48,7 @@ def test_relay_over_tls_verified_with_ca(tls_server):
     report = relay_check(f"turns:127.0.0.1:{tls_port}", username=cred.username, password=cred.password,
                          cafile=ca, messages=5, payload_bytes=100_000)
     assert report.ok and report.tls and report.transport == "tcp", report.failures
-    assert all(p.local_type == "relay" for p in report.selected.values())
+    assert set(report.path.selected) == {"offerer", "answerer"} and all(p.relayed for p in report.path.selected.values())
 
 
 def test_untrusted_certificate_is_refused_unless_insecure(tls_server):
@@ -63,6 +62,6 @@ def test_untrusted_certificate_is_refused_unless_insecure(tls_server):
 
 
 def test_stuns_probe(tls_server):
-    _, tls_port, ca = tls_server
+    _, tls_port, _ = tls_server
     report = probe([f"stuns:127.0.0.1:{tls_port}"], verify_tls=False)
     assert report.ok and report.results[0].tls and report.results[0].mapped_address.host == "127.0.0.1"

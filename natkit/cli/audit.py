@@ -1,7 +1,7 @@
 """``natkit turn audit URI...``: prove a TURN server (or a fleet) is not an open relay.
 
 Exit codes: 0 no failed finding at or above ``--fail-on``; 1 some; 4 a
-server could not be reached (and nothing else failed); 2 bad options.
+server could not be reached (it outranks 1: that server's checks never ran); 2 bad options.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def audit_cmd(
 
     def body() -> int:
         from ..audit import SEVERITIES, audit, junit_xml
-        from ..errors import EXIT_UNREACHABLE, UsageError
+        from ..errors import UsageError
 
         targets = list(uris or [])
         sec = secret
@@ -61,11 +61,7 @@ def audit_cmd(
             output.emit_json(report)
         else:
             _print(report)
-        if not report.ok and report.failures(fail_on):
-            return 1
-        if any(s.error for s in report.servers):
-            return EXIT_UNREACHABLE
-        return 0
+        return report.exit_code
 
     output.run(json_out, body)
 

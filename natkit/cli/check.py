@@ -29,7 +29,9 @@ def check_cmd(
     With no --turn: start an embedded coturn on 127.0.0.1, check it over UDP and
     TCP, stop it. Exit codes: 0 pass, 1 check failed, 2 usage, 3 environment
     (no coturn / Docker, server would not start), 4 unreachable, 5 auth refused,
-    6 allocation refused, 7 no relay connectivity.
+    6 allocation refused, 7 no relay connectivity, 70 internal error. With
+    several URIs the most severe failure's code (4 before 5 before 6 before 7
+    before 1).
     """
 
     def body() -> int:
@@ -58,7 +60,7 @@ def check_cmd(
             output.emit_json(report)
         else:
             render(report)
-        return 0 if report.ok else 1
+        return report.exit_code
 
     output.run(json_out, body)
 
@@ -98,4 +100,4 @@ def render(report) -> None:
     verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
     con.print(f"{verdict} in {report.duration_ms / 1000:.2f} s")
     for f in report.failures:
-        con.print(f"[red]✗[/red] {f}")
+        con.print(f"[red]✗[/red] {f.one_line()}")

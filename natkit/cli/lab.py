@@ -250,6 +250,6 @@ def matrix_cmd(
             typer.echo(render_checks(report.checks))
             typer.echo("")
             typer.echo(render_text(report))
-        return 0 if report.ok else 1
+        return report.exit_code
 
     output.run(json_out, body)

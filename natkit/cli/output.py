@@ -14,7 +14,13 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from ..errors import EXIT_INTERRUPTED, NatkitError
+from ..errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InternalError,
+    Interrupted,
+    NatkitError,
+)
 
 DEBUG = bool(os.environ.get("NATKIT_DEBUG"))
 
@@ -78,6 +84,8 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
             err(f"  | {line}")
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
+        if json_mode:
+            emit_json({"ok": False, "error": Interrupted("interrupted").to_dict()})
         err("natkit: interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
     except (typer.Exit, typer.Abort, SystemExit):
@@ -86,9 +94,9 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         if DEBUG:
             traceback.print_exc()
         if json_mode:
-            emit_json({"ok": False, "error": {"kind": "internal", "message": f"{exc.__class__.__name__}: {exc}"}})
+            emit_json({"ok": False, "error": InternalError(f"{exc.__class__.__name__}: {exc}").to_dict()})
         err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(code)
 
 

@@ -20,11 +20,11 @@ def probe_cmd(
 ) -> None:
     """Discover the public address with STUN Binding requests (RFC 8489), all servers at once.
 
-    Exit codes: 0 at least one server answered, 2 bad input, 4 no server answered.
+    Exit codes: 0 at least one server answered, 1 servers answered but not with
+    a usable Binding response, 2 bad input, 4 no server answered.
     """
 
     def body() -> int:
-        from ..errors import EXIT_UNREACHABLE
         from ..probe import probe
 
         report = probe(servers, transport=transport, timeout=timeout, local_host=local, verify_tls=not insecure, cafile=cafile)
@@ -32,7 +32,7 @@ def probe_cmd(
             output.emit_json(report)
         else:
             render(report)
-        return 0 if report.ok else EXIT_UNREACHABLE
+        return report.exit_code
 
     output.run(json_out, body)
 

@@ -43,8 +43,9 @@ def relay_check_cmd(
 
     Exit codes: 0 relayed, 1 an assertion failed, 2 bad input, 4 unreachable,
     5 authentication refused (401/441), 6 allocation refused (486/508/403),
-    7 relay candidates but no connectivity. With several servers: 0 when all
-    relayed, else the highest of their codes.
+    7 relay candidates but no connectivity, 70 internal error. With several
+    servers: 0 when all relayed, else the most severe of their codes
+    (4 before 5 before 6 before 7 before 1).
     """
 
     def body() -> int:
@@ -61,7 +62,7 @@ def relay_check_cmd(
             output.emit_json(report)
         else:
             render(report)
-        return 0 if report.ok else 1
+        return report.exit_code
 
     def fleet(uris: list[str]) -> int:
         from ..relay import relay_check_fleet
@@ -79,11 +80,11 @@ def relay_check_cmd(
                 if entry.report is not None:
                     render(entry.report, con)
                 else:
-                    con.print(f"[red]FAIL[/red] relay-check {entry.server}: {entry.error['message']}")
+                    con.print(f"[red]FAIL[/red] relay-check {entry.server}: {entry.error.one_line()}")
             rows = [[e.server, "pass" if e.ok else "FAIL",
-                     output.fmt_ms(e.report.connected_ms) if e.report else None,
-                     output.fmt_ms(e.report.rtt_ms_p50) if e.report else None,
-                     "; ".join(e.report.failures) if e.report else e.error["message"]] for e in report.servers]
+                     output.fmt_ms(e.report.path.connected_ms) if e.report else None,
+                     output.fmt_ms(e.report.path.rtt_ms_p50) if e.report else None,
+                     "; ".join(f.message for f in e.report.failures) if e.report else e.error.message] for e in report.servers]
             con.print(output.table(f"fleet: {report.passed}/{len(report.servers)} relayed in {report.duration_ms / 1000:.2f} s",
                                    ["server", "result", "connected", "echo rtt p50", "detail"], rows))
         return report.exit_code
@@ -96,21 +97,24 @@ def render(report, con=None, heading: str | None = None) -> None:
     con = con or output.console()
     verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
     con.print(f"{verdict} " + (heading or f"relay-check {report.server} ({report.transport}{', TLS' if report.tls else ''})"))
-    rows = [
-        ["allocation", output.fmt_ms(report.allocation_ms), f"relayed {report.relayed_address}, mapped {report.mapped_address}"],
-        ["gathering", output.fmt_ms(report.gathering_ms), f"{len(report.candidates)} candidates, all relay: {'yes' if report.all_relay else 'NO'}"],
-        ["connected", output.fmt_ms(report.connected_ms), "ICE + DTLS + SCTP, answer to data channel open"],
-        ["first echo", output.fmt_ms(report.first_echo_ms), f"{report.messages_echoed}/{report.messages_sent} echoed, intact: {'yes' if report.echo_ok else 'NO'}"],
-        ["echo rtt", f"p50 {output.fmt_ms(report.rtt_ms_p50)}", f"p95 {output.fmt_ms(report.rtt_ms_p95)}"],
-        ["throughput", "–" if report.throughput_mbps is None else f"{report.throughput_mbps:.2f} MB/s", f"{report.payload_bytes} bytes one way"],
+    pre, path = report.preflight, report.path
+    rows = []
+    if pre is not None:
+        rows.append(["allocation", output.fmt_ms(pre.allocation_ms), f"relayed {pre.relayed_address}, mapped {pre.mapped_address}"])
+    rows += [
+        ["gathering", output.fmt_ms(path.gathering_ms), f"{len(path.candidates)} candidates, all relay: {'yes' if path.all_relay else 'NO'}"],
+        ["connected", output.fmt_ms(path.connected_ms), "ICE + DTLS + SCTP, answer to data channel open"],
+        ["first echo", output.fmt_ms(path.first_echo_ms), f"{path.messages_echoed}/{path.messages_sent} echoed, intact: {'yes' if path.echo_ok else 'NO'}"],
+        ["echo rtt", f"p50 {output.fmt_ms(path.rtt_ms_p50)}", f"p95 {output.fmt_ms(path.rtt_ms_p95)}"],
+        ["throughput", "–" if path.throughput_mbps is None else f"{path.throughput_mbps:.2f} MB/s", f"{path.payload_bytes} bytes one way"],
     ]
-    for side, pair in report.selected.items():
-        rows.append([f"{side} pair", "–" if pair is None else f"{pair.local_type}/{pair.remote_type}", "–" if pair is None else f"{pair.local} -> {pair.remote}"])
+    for side, pair in path.selected.items():
+        rows.append([f"{side} pair", "–" if pair is None else pair.describe(), "–" if pair is None else f"{pair.local} -> {pair.remote}"])
     con.print(output.table(None, ["step", "value", "detail"], rows))
-    if getattr(report, "media", None) is not None:
+    if report.media is not None:
         render_media(report.media, con)
     for f in report.failures:
-        con.print(f"[red]✗[/red] {f}")
+        con.print(f"[red]✗[/red] {f.one_line()}")
 
 
 def render_media(media, con) -> None:

@@ -100,7 +100,7 @@ def peer_cmd(
     timeout: float = typer.Option(20.0, "--timeout", help="seconds for negotiation and the checks once a peer is there"),
     cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle for turns: / wss:"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify turns: / wss: certificates"),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON document (schema natkit.peer/1)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document (schema natkit.peer/2)"),
 ) -> None:
     def body() -> int:
         from ..peer import PeerOptions, peer
@@ -128,7 +128,7 @@ def peer_cmd(
             output.emit_json(report)
         else:
             render_peer(report)
-        return 0 if report.ok else 1
+        return report.exit_code
 
     output.run(json_out, body)
 
@@ -144,7 +144,7 @@ def render_peer(report, con=None) -> None:
     render(report, con, heading=f"peer {report.role} in room {report.room!r} (TURN {report.server})")
     remote = report.remote_agent or "unknown agent"
     con.print(f"  remote peer {report.remote_id} ({remote}) via {report.signal}" + (
-        f", its verdict: {'PASS' if report.remote_report.get('ok') else 'FAIL'}" if report.remote_report else ""))
+        f", its verdict: {'PASS' if report.remote_report.ok else 'FAIL'}" if report.remote_report else ""))
     if report.file is not None:
         f = report.file
         mark = "[green]✓[/green]" if f.ok else "[red]✗[/red]"

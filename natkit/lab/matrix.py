@@ -24,8 +24,9 @@ import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Iterable
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
+from ..errors import Failure, exit_code_for
 from .spec import (
     BEHAVIOURS,
     FAILED,
@@ -37,6 +38,10 @@ from .spec import (
     normalise_behaviour,
     outcome_matches,
 )
+
+if TYPE_CHECKING:
+    from .lab import HostCheck
+    from .peers import PairResult
 
 SCHEMA = "natkit.lab.matrix/1"
 SCHEMA_COMPARE = "natkit.lab.matrix-compare/1"
@@ -55,7 +60,7 @@ class MatrixCell:
     expected: str  # direct | direct (prflx) | relay | failed
     outcome: str  # direct host | direct srflx | direct prflx | relay | failed | inconsistent
     match: bool
-    result: object  # natkit.lab.peers.PairResult
+    result: PairResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +72,24 @@ class MatrixReport:
     behaviours: tuple[str, ...]
     cells: tuple[MatrixCell, ...]
     mismatches: int
-    checks: tuple  # natkit.lab.lab.HostCheck per host: the NAT verification
+    checks: tuple[HostCheck, ...]  # per host: the NAT verification
     deadline_s: float  # per attempt
     concurrency: int
-    timings: dict  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms (+ browsers_ms, signal_ms)
+    timings: dict[str, float]  # build_ms, coturn_ms, agents_ms, verify_ms, matrix_ms, teardown_ms (+ browsers_ms, signal_ms)
     duration_ms: float
     agent: str = "aiortc"  # one of AGENTS
     agent_info: dict = dataclasses.field(default_factory=dict)  # browser version, per-host browser start_ms
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        """One failed assertion per cell whose outcome differs from the expected matrix."""
+        return tuple(Failure.check("matrix", f"{c.a} x {c.b} ({c.mode}): expected {c.expected}, measured {c.outcome}")
+                     for c in self.cells if not c.match)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every cell matched, else 1."""
+        return exit_code_for(self.failures)
 
     def cell(self, a: str, b: str, mode: str) -> MatrixCell:
         a, b = normalise_behaviour(a), normalise_behaviour(b)

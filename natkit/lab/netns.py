@@ -387,7 +387,7 @@ def netns_argv(ns: str, argv: Sequence[str]) -> list[str]:
     (:func:`installation_argv`).
     """
     if not ns.startswith(NS_PREFIX):
-        raise NatkitError(f"refusing to run in namespace {ns!r}: not a natkit lab namespace")
+        raise UsageError(f"refusing to run in namespace {ns!r}: not a natkit lab namespace")
     return ["ip", "netns", "exec", ns, *installation_argv(argv)]
 
 

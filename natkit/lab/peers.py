@@ -38,8 +38,9 @@ import sys
 import threading
 import time
 import uuid
+from typing import IO, Any
 
-from ..errors import LabAgentError, NatkitError  # noqa: F401
+from ..errors import LabAgentError, NatkitError
 
 SCHEMA_PAIR = "natkit.lab.pair/1"
 
@@ -124,20 +125,15 @@ def classify_pair(off: SideResult | None, ans: SideResult | None) -> str:
 def side_from_dict(d: dict | None) -> SideResult | None:
     if not d:
         return None
-    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})
+    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})  # type: ignore[arg-type]
 
 
 # ================================================================== agent (inside a namespace)
 
-def _candidate_counts(sdp: str) -> dict:
-    counts: dict[str, int] = {}
-    for line in sdp.splitlines():
-        if line.startswith("a=candidate:"):
-            parts = line.split()
-            if "typ" in parts:
-                t = parts[parts.index("typ") + 1]
-                counts[t] = counts.get(t, 0) + 1
-    return counts
+def _candidate_counts(sdp: str) -> dict[str, int]:
+    from ..webrtc.metrics import candidate_counts, parse_candidates
+
+    return candidate_counts(parse_candidates(sdp, "local"))
 
 
 class _Conn:
@@ -145,13 +141,50 @@ class _Conn:
         self.pc = pc
         self.host = host
         self.role = role
-        self.channel = None
-        self.opened = asyncio.Event()
+        self.channel: Any = None  # the RTCDataChannel, once created (offerer) or announced (answerer)
+        self.opened = asyncio.Event()  # offerer: its channel is open; answerer: the offerer's channel arrived
+        self.failed = asyncio.Event()  # ICE or the connection reported "failed"
         self.messages: asyncio.Queue = asyncio.Queue()
         self.gathering_ms: float | None = None
-        self.gathered: dict = {}
+        self.gathered: dict[str, int] = {}
         self.t_remote: float | None = None
         self.echoed = 0
+        self.echo_target: int | None = None
+        self.echo_done = asyncio.Event()  # answerer: echo_target messages echoed
+
+        def on_state() -> None:
+            if "failed" in (pc.iceConnectionState, pc.connectionState):
+                self.failed.set()
+
+        pc.on("iceconnectionstatechange", on_state)
+        pc.on("connectionstatechange", on_state)
+
+    def count_echo(self) -> None:
+        self.echoed += 1
+        if self.echo_target is not None and self.echoed >= self.echo_target:
+            self.echo_done.set()
+
+    async def echo(self, seq: int, timeout: float) -> tuple[str, str | None]:
+        """The offerer's side of one echo (:class:`natkit.webrtc.PathChannel`)."""
+        payload = f"natkit-lab {seq:04d} {uuid.uuid4().hex}"
+        self.channel.send(payload)
+        try:
+            return payload, await asyncio.wait_for(self.messages.get(), timeout)
+        except TimeoutError:
+            return payload, None
+
+    async def bulk(self, nbytes: int, timeout: float) -> tuple[float | None, str | None]:
+        return None, "lab agents measure no bulk payload"
+
+
+async def _first(events: list[asyncio.Event], timeout: float) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 class Agent:
@@ -196,19 +229,20 @@ class Agent:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.sendto(payload.encode(), (target, port))
-            return {"local": "%s:%d" % s.getsockname()}
+            host, port_ = s.getsockname()[:2]
+            return {"local": f"{host}:{port_}"}
         finally:
             s.close()
 
     # ---- WebRTC ---------------------------------------------------------
     def _pc(self, conn: str, ice: list[dict], role: str) -> _Conn:
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+        from aiortc import RTCPeerConnection
+
+        from ..webrtc.session import IceServer, rtc_configuration
 
         if conn in self.conns:
             raise ValueError(f"connection {conn!r} exists")
-        servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in ice]
-        # an explicit (possibly empty) list: aiortc's default would be a public Google STUN server
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        pc = RTCPeerConnection(rtc_configuration([IceServer.of(s) for s in ice]))
         c = _Conn(pc, self.host, role)
         self.conns[conn] = c
         return c
@@ -236,7 +270,7 @@ class Agent:
 
             def echo(m) -> None:
                 channel.send(m)
-                c.echoed += 1
+                c.count_echo()
 
             channel.on("message", echo)
             c.opened.set()
@@ -259,67 +293,53 @@ class Agent:
         return {}
 
     async def op_result(self, conn: str, timeout: float, messages: int = 5) -> dict:
-        """Wait (at most ``timeout`` s) for the data channel, echo, and report the nominated pair."""
-        import statistics
+        """Wait (at most ``timeout`` s) for the data channel, echo, and report the nominated pair.
 
-        from .. import _aiortc_private as private
+        The offerer measures the path (:func:`natkit.webrtc.session.measure`);
+        the answerer reports once it has echoed the offerer's messages, so both
+        sides read their nominated pair at about the same time.
+        """
+        from ..webrtc.metrics import parse_candidates
+        from ..webrtc.session import measure, selected_pairs
 
         c = self.conns[conn]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        error = None
-        while not c.opened.is_set():
-            if c.pc.iceConnectionState == "failed" or c.pc.connectionState == "failed":
-                error = "ICE failed: no candidate pair worked"
-                break
-            if loop.time() >= deadline:
-                error = f"not connected within the {timeout:g}s deadline (ICE state {c.pc.iceConnectionState})"
-                break
-            await asyncio.sleep(0.01)
+        await _first([c.opened, c.failed], deadline - loop.time())
         connected = c.opened.is_set()
+        error = None
+        if not connected:
+            error = ("ICE failed: no candidate pair worked" if c.failed.is_set()
+                     else f"not connected within the {timeout:g}s deadline (ICE state {c.pc.iceConnectionState})")
         connected_ms = (time.monotonic() - c.t_remote) * 1000.0 if connected and c.t_remote else None
         sent = ok = 0
-        rtts: list[float] = []
+        rtt = None
+        pair = None
         if connected and c.role == "offerer":
-            # a data channel created by the offerer may still be "connecting" for a moment
-            while c.channel.readyState != "open" and loop.time() < deadline:
-                await asyncio.sleep(0.005)
-            for i in range(messages):
-                payload = f"natkit-lab {i:04d} {uuid.uuid4().hex}"
-                t = time.monotonic()
-                c.channel.send(payload)
-                sent += 1
-                try:
-                    reply = await asyncio.wait_for(c.messages.get(), max(0.05, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    error = f"echo {i} did not come back before the deadline"
-                    break
-                rtts.append((time.monotonic() - t) * 1000.0)
-                if reply == payload:
-                    ok += 1
-                else:
-                    error = f"echo {i} came back altered"
+            path, failures = await measure(c, peers={"local": c.pc}, candidates=parse_candidates(c.pc.localDescription.sdp, "local"),
+                                           messages=messages, payload_bytes=0, deadline=deadline)
+            sent, ok, rtt, pair = path.messages_sent, path.messages_intact, path.rtt_ms_p50, path.pair
+            error = "; ".join(f.message for f in failures) or None
         elif connected:
-            # the answerer reports once it has echoed the offerer's messages (both
-            # sides then read their nominated pair at about the same time)
-            while (c.echoed < messages or private.selected_pair(c.pc) is None) and loop.time() < deadline:
-                await asyncio.sleep(0.005)
-        pair = private.selected_pair(c.pc) if connected else None
+            c.echo_target = messages
+            if c.echoed >= messages:
+                c.echo_done.set()
+            await _first([c.echo_done, c.failed], deadline - loop.time())
+            pair = selected_pairs({"local": c.pc})["local"]
         return {
             "host": self.host, "role": c.role, "connected": connected, "ice_state": c.pc.iceConnectionState,
-            "local_type": pair[0].type if pair else None, "local": f"{pair[0].host}:{pair[0].port}" if pair else None,
-            "remote_type": pair[1].type if pair else None, "remote": f"{pair[1].host}:{pair[1].port}" if pair else None,
+            "local_type": pair.local_type if pair else None, "local": str(pair.local) if pair else None,
+            "remote_type": pair.remote_type if pair else None, "remote": str(pair.remote) if pair else None,
             "gathered": c.gathered, "gathering_ms": c.gathering_ms, "connected_ms": connected_ms,
-            "echo_sent": sent, "echo_ok": ok, "rtt_ms": statistics.median(rtts) if rtts else None, "error": error,
+            "echo_sent": sent, "echo_ok": ok, "rtt_ms": rtt, "error": error,
         }
 
     async def op_close(self, conn: str) -> dict:
+        from ..webrtc.session import close_peers
+
         c = self.conns.pop(conn, None)
         if c is not None:
-            try:
-                await asyncio.wait_for(c.pc.close(), 5)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing is best effort
-                pass
+            await close_peers([c.pc], timeout=5.0)
         return {}
 
     async def close_all(self) -> None:
@@ -339,7 +359,7 @@ async def measure_nat(server: str, port: int, *, timeout: float = 2.0, window: f
     from ..nat import discover_nat_async
 
     rep = await discover_nat_async([f"{server}:{port}"], timeout=timeout, window=window, hairpin=True)
-    val = lambda f: None if f is None or f.value is None else getattr(f.value, "value", f.value)  # noqa: E731
+    val = lambda f: None if f is None or f.value is None else getattr(f.value, "value", f.value)
     udp_blocked = val(rep.udp_blocked)
     out = {
         "method": "natkit.nat",
@@ -372,18 +392,15 @@ RELAY_GRACE = 1.5  # seconds a controlling agent lets better pairs try before ch
 
 
 async def _agent_main(host: str) -> None:
-    from aioice import stun as aioice_stun
-
     from .. import _aiortc_private as private
+    from ..webrtc.session import quiet_logging
 
+    private.check_compatible()
     if os.environ.get("NATKIT_LAB_STOCK") != "1":  # "1": aiortc/aioice as released, for comparison
-        aioice_stun.RETRY_RTO = float(os.environ.get("NATKIT_LAB_RTO", "0.1"))
+        private.check_rto(float(os.environ.get("NATKIT_LAB_RTO", "0.1"))).__enter__()  # for the agent's whole life
         private.keep_best_nomination()
         private.check_relay_pairs_last(float(os.environ.get("NATKIT_LAB_RELAY_GRACE", RELAY_GRACE)))
-    import logging
-
-    for name in ("aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    quiet_logging()
     # the protocol owns the real stdout; stray prints go to stderr
     proto_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -440,7 +457,7 @@ class AgentClient:
         self._pending: dict[int, concurrent.futures.Future] = {0: concurrent.futures.Future()}
         self.ready = self._pending[0]  # the agent's first line: {"pid", "host", "ready", ...}
         self._lock = threading.Lock()
-        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self._log: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - held for the agent's life, closed in close()
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -450,11 +467,15 @@ class AgentClient:
             start_new_session=True, close_fds=True,
         )
         self.pid = self.proc.pid
+        if self.proc.stdin is None or self.proc.stdout is None:  # both were asked for as pipes
+            raise LabAgentError(f"no pipes to the agent of {host}", step="agent")
+        self._to_agent: IO[bytes] = self.proc.stdin
+        self._from_agent: IO[bytes] = self.proc.stdout
         self._reader = threading.Thread(target=self._read, name=f"natkit-agent-{host}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        for raw in self.proc.stdout:
+        for raw in self._from_agent:
             try:
                 msg = json.loads(raw)
             except ValueError:
@@ -482,8 +503,8 @@ class AgentClient:
         with self._lock:
             self._pending[rid] = fut
         try:
-            self.proc.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
-            self.proc.stdin.flush()
+            self._to_agent.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
+            self._to_agent.flush()
         except (BrokenPipeError, ValueError, OSError):
             with self._lock:
                 self._pending.pop(rid, None)
@@ -505,7 +526,7 @@ class AgentClient:
 
     def close_stdin(self) -> None:
         try:
-            self.proc.stdin.close()
+            self._to_agent.close()
         except OSError:
             pass
 
@@ -520,7 +541,7 @@ class AgentClient:
                 self.proc.wait(2.0)
             except subprocess.TimeoutExpired:
                 pass
-        if self._log is not subprocess.DEVNULL:
+        if not isinstance(self._log, int):
             self._log.close()
 
 

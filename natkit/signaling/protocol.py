@@ -35,6 +35,8 @@ import json
 import re
 from typing import Any
 
+from ..errors import ProtocolError  # raised here; part of natkit's error tree
+
 VERSION = 1
 ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 PEER_ID_RE = re.compile(r"^[0-9a-f]{8,32}$")
@@ -60,21 +62,6 @@ RATE_LIMITED = "rate-limited"
 SERVER_FULL = "server-full"
 TOO_MANY_ERRORS = "too-many-errors"
 IDLE = "idle-timeout"
-
-
-class ProtocolError(ValueError):
-    """A client message that breaks the protocol: ``code`` (see the module constants),
-    a one-line ``message`` and ``ref``, the type of the offending message if known."""
-
-    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.ref = ref
-
-    def to_message(self) -> dict:
-        """The ``error`` message sent back to the client."""
-        return error_message(self.code, self.message, self.ref)
 
 
 def error_message(code: str, message: str, ref: str | None = None) -> dict:

@@ -212,9 +212,11 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
 
         With ``remote`` the socket is connected to that one server, so an ICMP
         "port unreachable" fails pending requests at once (:class:`ServerUnreachable`).
-        Raises :class:`~natkit.errors.EnvironmentProblem` when the socket cannot be bound.
+        Raises :class:`~natkit.errors.LocalBindFailed` (an environment problem,
+        exit 3) when the socket cannot be bound, :class:`ServerUnreachable` when
+        there is no route to ``remote``.
         """
-        from ..errors import EnvironmentProblem
+        from ..errors import LocalBindFailed
 
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
@@ -224,7 +226,9 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
                 remote_addr=(remote.host, remote.port) if remote else None,
             )
         except OSError as exc:
-            raise EnvironmentProblem(f"cannot bind UDP {local_host}:{local_port}: {exc.strerror or exc}", step="bind") from None
+            if remote is not None and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise ServerUnreachable(f"no route to {remote}: {exc.strerror}", server=str(remote), step="connect") from None
+            raise LocalBindFailed(f"cannot bind UDP {local_host}:{local_port}: {exc.strerror or exc}", step="bind") from None
         protocol.remote = remote
         return protocol
 
