@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def check_cmd(
@@ -17,11 +17,11 @@ def check_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="check the natkit-managed coturn with this name (from natkit turn up)"),
     backend: str = typer.Option("auto", "--backend", "-b", help="embedded server: auto, docker or native"),
     image: Optional[str] = typer.Option(None, "--image", help="embedded server, docker backend: image"),
-    timeout: float = typer.Option(10.0, "--timeout", help="time budget in seconds per relay check"),
-    messages: int = typer.Option(20, "--messages", "-n"),
-    payload: int = typer.Option(1_000_000, "--payload", help="bytes for the throughput figure"),
-    cafile: Optional[str] = typer.Option(None, "--ca"),
-    insecure: bool = typer.Option(False, "--insecure"),
+    timeout: float = options.seconds(10.0, "--timeout", help="time budget in seconds per relay check"),
+    messages: int = options.integer(20, "--messages", "-n", help="data-channel messages to echo", low=1, high=100_000),
+    payload: int = options.integer(1_000_000, "--payload", help="bytes for the throughput figure (0: skip)", low=0, high=1 << 32),
+    cafile: Optional[str] = options.ca_option("CA bundle to verify a turns: server"),
+    insecure: bool = options.insecure_option("do not verify the turns: certificate"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check a TURN server end to end: STUN probe, then relay-only ICE with data echo.

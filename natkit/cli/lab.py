@@ -6,16 +6,13 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 lab_app = typer.Typer(
     help="Real NATs in Linux network namespaces (root): build a lab, run commands in it, run the NAT x NAT outcome matrix.",
     no_args_is_help=True,
 )
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(lab_app, name="lab")
 
 
 def _spec_from(arg: str):
@@ -205,8 +202,8 @@ def exec_cmd(
 
 @lab_app.command("matrix")
 def matrix_cmd(
-    deadline: float = typer.Option(10.0, "--deadline", help="seconds per connection attempt"),
-    concurrency: int = typer.Option(4, "--concurrency", "-j", help="attempts in flight at once"),
+    deadline: float = options.seconds(10.0, "--deadline", help="seconds per connection attempt", high=600),
+    concurrency: int = options.integer(4, "--concurrency", "-j", help="attempts in flight at once", low=1, high=64),
     behaviours: Optional[str] = typer.Option(None, "--behaviours", help="comma-separated subset (default: open,full_cone,restricted,port_restricted,symmetric)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="only 'stun' or only 'stun+turn' (default: both)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),

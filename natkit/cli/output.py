@@ -45,7 +45,12 @@ def emit_json(document: Any) -> None:
 def console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 here; natkit's rule is "stop quietly, exit 141" (see run)
+            raise BrokenPipeError
+
+    return _Console(highlight=False, soft_wrap=False)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]):
@@ -80,6 +85,12 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         err("natkit: interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (natkit ... | head -1): stop quietly, as a SIGPIPE'd tool would
+        from .app import EXIT_BROKEN_PIPE, _silence_stdout
+
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE)
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # a bug: still one line, traceback with --debug

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def credentials(secret: Optional[str], user: Optional[str], password: Optional[str]) -> tuple[str, str]:
@@ -30,14 +30,14 @@ def relay_check_cmd(
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (a credential is minted)"),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="username (long-term credential), or the user part with --secret"),
     password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="password (long-term credential)"),
-    messages: int = typer.Option(20, "--messages", "-n", help="data-channel messages to echo"),
-    payload: int = typer.Option(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)"),
-    timeout: float = typer.Option(10.0, "--timeout", help="total time budget in seconds"),
-    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle to verify a turns: server"),
+    messages: int = options.integer(20, "--messages", "-n", help="data-channel messages to echo", low=1, high=100_000),
+    payload: int = options.integer(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)", low=0, high=1 << 32),
+    timeout: float = options.seconds(10.0, "--timeout", help="total time budget in seconds"),
+    cafile: Optional[str] = options.ca_option("CA bundle to verify a turns: server"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify the turns: certificate"),
     json_out: bool = typer.Option(False, "--json"),
     media: bool = typer.Option(False, "--media", help="also send synthetic video + audio through the relay and measure frames, bitrate, fps, freezes"),
-    media_seconds: float = typer.Option(5.0, "--media-seconds", help="media measurement window in seconds (with --media)"),
+    media_seconds: float = options.seconds(5.0, "--media-seconds", help="media measurement window in seconds (with --media)", high=600),
 ) -> None:
     """Prove that a TURN server relays: two aiortc peers, relay-only ICE, data-channel echo.
 

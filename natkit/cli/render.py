@@ -6,12 +6,12 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def render_cmd(
     target: str = typer.Option(..., "--target", "-t", help="compose, kubernetes or systemd"),
-    output_dir: Optional[str] = typer.Option(None, "--output", "-o", help="write the files into DIR (default: print them)"),
+    output_dir: Optional[str] = options.output_dir(None, "--output", "-o", help="write the files into DIR (default: print them)"),
     profile: str = typer.Option("recommended", "--profile", help="recommended or strict"),
     listen: List[str] = typer.Option(["0.0.0.0"], "--listen", "-l", help="listening IP (compose/systemd; Kubernetes uses each node's address)"),
     port: int = typer.Option(3478, "--port", "-p", help="listening port (UDP and TCP)"),
@@ -63,8 +63,3 @@ def render_cmd(
 
     output.run(False, body)
 
-
-def register(app) -> None:
-    from .turn import turn_app
-
-    turn_app.command("render")(render_cmd)
