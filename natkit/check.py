@@ -10,7 +10,7 @@ import dataclasses
 import time
 from typing import Callable
 
-from .errors import NatkitError, UsageError
+from .errors import NatkitError, ServerUnreachable, StunTimeout, UsageError
 
 SCHEMA = "natkit.check/1"
 
@@ -29,6 +29,16 @@ class CheckReport:
     relay: tuple  # RelayReport per TURN URI checked
     failures: tuple[str, ...]
     duration_ms: float
+
+
+_SILENT = ("timeout", "unreachable")  # probe error kinds that mean "nothing answers on that port"
+
+
+def _is_plain_udp(uri: str) -> bool:
+    from .uri import parse_turn_uri
+
+    u = parse_turn_uri(uri)
+    return u.transport == "udp" and not u.secure
 
 
 def _stun_from_turn(uri: str) -> str:
@@ -99,10 +109,20 @@ def check(
         on_step("STUN Binding: " + ", ".join(stun_targets))
         probe_report = probe(stun_targets, timeout=min(3.0, timeout), verify_tls=verify_tls, cafile=cafile)
         failures = [f"STUN: {r.uri}: {r.error}" for r in probe_report.results if not r.ok]
+        silent = {r.uri: (r.error_kind, r.error) for r in probe_report.results if not r.ok and r.error_kind in _SILENT}
         relays = []
-        for uri in uris:
+        for n, uri in enumerate(uris, 1):
+            if _is_plain_udp(uri) and _stun_from_turn(uri) in silent:
+                # the server did not answer a Binding on this very port: relay-check would only wait out --timeout again
+                if len(uris) == 1:
+                    kind, error = silent[_stun_from_turn(uri)]
+                    raise (StunTimeout if kind == "timeout" else ServerUnreachable)(f"{error}; relay check skipped", step="binding")
+                failures.append(f"{uri}: relay check skipped: the STUN Binding to this port was not answered")
+                continue
             if secret:
-                cred = mint(secret, "natkit-check", 600)
+                # one user part per URI: each leg's allocations count against its own user-quota
+                # (coturn frees the previous leg's allocations only after its Refresh(0) arrives)
+                cred = mint(secret, f"natkit-check-{n}", 600)
                 user, pw = cred.username, cred.password
             else:
                 user, pw = username, password

@@ -33,7 +33,7 @@ from .errors import (
     TurnError,
     UsageError,
 )
-from .model import TransportAddress
+from .model import TransportAddress, format_duration
 from .uri import ServerURI, parse_turn_uri
 
 SCHEMA = "natkit.relay/1"
@@ -176,7 +176,7 @@ async def preflight_allocate(
             timeout,
         )
     except asyncio.TimeoutError:
-        raise StunTimeout(f"no Allocate answer within {timeout:g}s", server=server, step="allocate") from None
+        raise StunTimeout(f"no Allocate answer within {format_duration(timeout)}", server=server, step="allocate") from None
     except Exception as exc:  # aioice raises its own and OS errors
         raise _turn_error(exc, server) from None
     elapsed = (time.monotonic() - started) * 1000.0
@@ -378,7 +378,7 @@ async def relay_check_async(
             await asyncio.wait_for(open_event.wait(), left())
         except asyncio.TimeoutError:
             raise NoRelayConnectivity(
-                f"relay candidates were gathered but no candidate pair connected within {timeout:g}s (ICE state {offerer.iceConnectionState})",
+                f"relay candidates were gathered but no candidate pair connected within {format_duration(timeout)} (ICE state {offerer.iceConnectionState})",
                 server=server, step="connectivity",
                 hint="the server may refuse to relay to its own relayed addresses (denied-peer-ip, allow-loopback-peers) or a firewall drops the relay ports",
             ) from None

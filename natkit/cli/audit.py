@@ -41,18 +41,19 @@ def audit_cmd(
         from ..audit import SEVERITIES, audit, junit_xml
         from ..errors import EXIT_UNREACHABLE, UsageError
 
-        targets = list(uris or [])
-        sec = secret
-        if not targets:
-            from ..coturn.server import get_server
+        from ..credentials import resolve
 
-            info = get_server(name)
-            targets = [u for u in info.uris if "?transport=tcp" not in u]
-            sec = sec or info.secret
+        targets = list(uris or [])
+        # no URI: the managed server's own; URIs of a managed server get its secret; other URIs without
+        # credentials get the unauthenticated checks only
+        creds = resolve(secret=secret, user=user, password=password, uris=targets, name=name, required=False)
+        if not targets:
+            targets = [u for u in creds.uris if "?transport=tcp" not in u]
+        sec = creds.secret
         if fail_on not in SEVERITIES:
             raise UsageError(f"unknown severity {fail_on!r}", hint="use " + ", ".join(SEVERITIES))
         output.progress(f"auditing {', '.join(targets)}")
-        report = audit(targets, secret=sec if not user else None, username=user, password=password, checks=checks or None,
+        report = audit(targets, secret=sec, username=creds.username, password=creds.password, checks=checks or None,
                        fail_on=fail_on, timeout=timeout, flood_max=flood_max, flood_seconds=flood_seconds, cafile=ca)
         if junit:
             with open(junit, "w") as f:

@@ -30,6 +30,7 @@ def serve_cmd(
     key: Optional[str] = options.input_file(None, "--key", help="PEM private key of --cert"),
     no_page: bool = typer.Option(False, "--no-page", help="signaling only, no test page"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log joins and leaves to stderr"),
+    json_out: bool = options.json_flag("once listening, print {ok, ws_url, page_url, ...} as one JSON document (errors too)"),
 ) -> None:
     """Run the signaling server until Ctrl-C.
 
@@ -38,7 +39,7 @@ def serve_cmd(
     http://HOST:PORT/ (add ?turn=...&username=...&credential=...&room=... or
     start with --turn/--secret so the page gets credentials from the server).
 
-    Exit codes: 0 stopped, 2 bad option, 3 cannot listen, 130 interrupted.
+    Exit codes: 2 bad option, 3 cannot listen, 130 stopped by Ctrl-C, SIGTERM or SIGHUP.
     """
 
     def body() -> int:
@@ -52,16 +53,18 @@ def serve_cmd(
         ).validate()
 
         def ready(server) -> None:
+            if json_out:
+                output.emit_json({"ok": True, "ws_url": server.ws_url, "page_url": server.url if config.serve_page else None,
+                                  "host": config.host, "port": server.port,
+                                  "room_size": config.room_size, "token": "***" if config.token else None,
+                                  "turn": list(config.turn_uris), "stun": list(config.stun_uris)})
             output.err(f"natkit signal: WebSocket {server.ws_url}" + (f"  test page {server.url}" if config.serve_page else ""))
             output.err("natkit signal: Ctrl-C to stop")
 
-        try:
-            run(serve_forever(config, ready=ready))
-        except KeyboardInterrupt:
-            output.err("natkit signal: stopped")
+        run(serve_forever(config, ready=ready))  # returns only on an interrupt (output.run: exit 130)
         return 0
 
-    output.run(False, body)
+    output.run(json_out, body)
 
 
 PEER_HELP = """Join a signaling room, connect to whoever is there, and check the path.
@@ -105,11 +108,17 @@ def peer_cmd(
     def body() -> int:
         from ..peer import PeerOptions, peer
 
+        if signal.lower().startswith(("http://", "https://")):
+            from ..errors import UsageError
+            from ..signaling.client import check_url
+
+            raise UsageError(f"--signal takes the WebSocket URL (ws:// or wss://), not the page's {signal.split('://')[0]}:// URL",
+                             hint=f"use --signal {check_url(signal)}")
         username = pw = None
         if turn:
-            from .relay import credentials
+            from ..credentials import resolve
 
-            username, pw = credentials(secret, user, password)
+            username, pw = resolve(secret=secret, user=user, password=password, uris=turn).pair()
         if json_out:  # stdout holds exactly one JSON document: chat goes to stderr
             def on_chat(line: str) -> None:
                 output.err(f"peer> {line}")
