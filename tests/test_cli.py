@@ -184,6 +184,19 @@ def test_bad_input_with_json_gives_one_json_error_document(args, code):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("natkit: error")
 
 
+def test_a_bug_is_an_internal_error_exit_70_not_a_verdict(monkeypatch):
+    import natkit.probe
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(natkit.probe, "probe", broken)
+    result = cli("probe", "127.0.0.1", "--json")
+    assert result.exit_code == 70
+    assert json.loads(result.stdout)["error"] == {"kind": "internal", "exit_code": 70, "message": "RuntimeError: boom"}
+    assert result.stderr.startswith("natkit: internal error: RuntimeError: boom") and len(result.stderr.splitlines()) == 1
+
+
 def test_usage_error_names_the_command_and_its_help():
     result = cli("turn", "up", "--port", "x")
     assert result.exit_code == 2

@@ -18,8 +18,7 @@ import os
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130  # natkit.errors.EXIT_INTERRUPTED, without importing it this early
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED  # a module without imports: cheap this early
 
 
 def _terminate(signum, frame) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import MutableMapping
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import typer
 import typer.main
@@ -47,6 +47,7 @@ def load(name: str, target: str):
     """The click command for one row of :data:`COMMANDS` (imports its module)."""
     module_name, attr = target.split(":")
     obj = getattr(importlib.import_module(module_name), attr)
+    command: Any
     if isinstance(obj, typer.Typer):
         command = typer.main.get_group(obj)
     else:
@@ -98,23 +99,24 @@ class NatkitGroup(TyperGroup):
         lazy = _LazyCommands(COMMANDS)
         for name, command in self.commands.items():
             lazy[name] = command
-        self.commands = lazy
+        self.commands = self._lazy = lazy
 
     _listing = False  # formatting this group's --help: summaries suffice, no command module is imported
 
     def get_command(self, ctx, cmd_name: str):
         if cmd_name not in self.commands:
             return None
-        if self._listing and cmd_name in COMMANDS and not self.commands.loaded(cmd_name):
+        if self._listing and cmd_name in COMMANDS and not self._lazy.loaded(cmd_name):
             return TyperCommand(name=cmd_name, help=COMMANDS[cmd_name][1])
         return self.commands[cmd_name]
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         """click's entry point: in standalone mode (the console script, ``CliRunner``) errors are natkit's one line."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        args = sys.argv[1:] if args is None else list(args)
-        sys.exit(_run_group(self, args, prog_name or "natkit", **extra))
+        argv = sys.argv[1:] if args is None else list(args)
+        sys.exit(_run_group(self, argv, prog_name or "natkit", **extra))
 
     def format_help(self, ctx, formatter) -> None:
         self._listing = True

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from ..errors import EXIT_INTERRUPTED, NatkitError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, NatkitError
 
 DEBUG = bool(os.environ.get("NATKIT_DEBUG"))
 
@@ -87,7 +87,7 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         raise typer.Exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # the reader went away (natkit ... | head -1): stop quietly, as a SIGPIPE'd tool would
-        from .app import EXIT_BROKEN_PIPE, _silence_stdout
+        from .app import _silence_stdout
 
         _silence_stdout()
         raise typer.Exit(EXIT_BROKEN_PIPE)
@@ -97,9 +97,9 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         if DEBUG:
             traceback.print_exc()
         if json_mode:
-            emit_json({"ok": False, "error": {"kind": "internal", "message": f"{exc.__class__.__name__}: {exc}"}})
-        err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
-        raise typer.Exit(1)
+            emit_json({"ok": False, "error": {"kind": "internal", "exit_code": EXIT_INTERNAL, "message": f"{exc.__class__.__name__}: {exc}"}})
+        err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (a natkit bug; rerun with --debug for the traceback)")
+        raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(code)
 
 

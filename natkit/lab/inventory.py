@@ -89,8 +89,8 @@ def namespace_for(host: str, lab: str | None = None) -> str:
     if lab is not None:
         candidates = [lab]
     else:
-        candidates = sorted({netns.lab_of_namespace(ns) for ns in present
-                             if ns.endswith(f"-{host}") and netns.lab_of_namespace(ns)})
+        candidates = sorted({lab_name for ns in present if ns.endswith(f"-{host}")
+                             for lab_name in [netns.lab_of_namespace(ns)] if lab_name})
     found = [namespace_name(c, host) for c in candidates if namespace_name(c, host) in present]
     if not found:
         raise UsageError(f"no lab namespace for {host!r}" + (f" in lab {lab!r}" if lab else ""), hint="natkit lab list shows the labs")
