@@ -453,7 +453,7 @@ def test_check_embedded_json_leaves_nothing(tmp_path):
     # natkit check returned only after reaping its coturn: nothing runs, nothing waits to be reaped
     assert turnserver_pids(state) == []
     assert turnserver_zombies() - zombies == set()
-    assert not (state / "servers").exists() or not list((state / "servers").glob("*"))
+    assert list((state / "servers").iterdir()) == []  # its state was removed with it
 
 
 def test_check_existing_server(turn_server):
@@ -489,9 +489,13 @@ def test_check_never_lends_a_managed_secret_to_another_server(server):
         other.sock.settimeout(0.05)
         with pytest.raises(socket.timeout):
             other.sock.recv(2048)  # not even a Binding went there
-    # the managed server's own URI gets its secret without asking
+    assert_one_line_error(natkit("relay-check", f"turn:127.0.0.1:{other.port}"), 2)
+    # the managed server's own URIs get its secret without asking, in every command
     own = natkit("check", "--turn", f"turn:127.0.0.1:{port}", "--json", "--payload", "0", "--messages", "2")
     assert own.returncode == 0, own.stderr
+    relay = natkit("relay-check", f"turn:127.0.0.1:{port}?transport=tcp", "--json", "--payload", "0", "--messages", "2")
+    assert relay.returncode == 0, relay.stderr
+    assert json.loads(relay.stdout)["username"].endswith(":natkit")
 
 
 def test_check_port_unreachable_exits_4_at_once():

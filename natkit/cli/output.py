@@ -8,10 +8,8 @@ stderr and its exit code; ``--debug`` (or ``NATKIT_DEBUG=1``) adds the traceback
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 from typing import Any, Callable
 
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, NatkitError
@@ -36,6 +34,8 @@ def progress(line: str) -> None:
 
 
 def emit_json(document: Any) -> None:
+    import json
+
     from ..model import to_jsonable
 
     sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
@@ -75,6 +75,8 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         code = body() or 0
     except NatkitError as exc:
         if DEBUG:
+            import traceback
+
             traceback.print_exc()
         if json_mode:
             emit_json({"ok": False, "error": exc.to_dict()})
@@ -95,6 +97,8 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         raise
     except Exception as exc:  # a bug: still one line, traceback with --debug
         if DEBUG:
+            import traceback
+
             traceback.print_exc()
         if json_mode:
             emit_json({"ok": False, "error": {"kind": "internal", "exit_code": EXIT_INTERNAL, "message": f"{exc.__class__.__name__}: {exc}"}})

@@ -28,7 +28,7 @@ def render_cmd(
     image: Optional[str] = typer.Option(None, "--image", help="container image (default: the official coturn image, pinned)"),
     name: str = typer.Option("natkit-coturn", "--name", help="name prefix of the rendered objects"),
     namespace: str = typer.Option("natkit", "--namespace", help="Kubernetes namespace"),
-    json_out: bool = options.json_flag("print {ok, target, files: {name: text}} (with -o: {ok, target, written: [paths]})"),
+    json_out: bool = options.json_flag("print {ok, target, files: {name: text}} (with -o: {ok, target, written}, the paths)"),
 ) -> None:
     """Render a complete coturn deployment from natkit's hardened profile.
 
