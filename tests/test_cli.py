@@ -410,7 +410,7 @@ def test_silent_server_probe_within_budget_and_readable_duration():
     assert proc.returncode == 4
     result = json.loads(proc.stdout)["results"][0]
     assert result["error_kind"] == "timeout"
-    assert re.search(r"within 1 s \(\d sends\)", result["error"]), result["error"]  # not "within 0.99998s"
+    assert re.search(r"within the 1 s budget \(\d sends\)", result["error"]), result["error"]  # not "within 0.99998s"
     assert 1.0 <= elapsed < 3.5
 
 
