@@ -149,9 +149,11 @@ def wants_json(args: list[str]) -> bool:
 
 
 def _click_exceptions():
-    from typer import _click  # typer >= 0.25 vendors click
-
-    return _click.exceptions
+    try:
+        from typer._click import exceptions  # recent typer vendors click
+    except ImportError:  # older typer: click itself
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
 
 
 def usage_error(exc, json_mode: bool) -> int:
