@@ -660,6 +660,15 @@ def test_turn_up_tls_then_check_by_name(tmp_path):
 HEAVY = ("aiortc", "av", "docker", "rich", "pydantic", "cryptography")
 
 
+def test_top_level_help_imports_no_command_module():
+    code = ("import sys\nfrom natkit.cli.app import main\nsys.argv = ['natkit', '--help']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('CLI', sorted(m for m in sys.modules if m.startswith('natkit.') and m != 'natkit.errors'), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "CLI ['natkit.cli', 'natkit.cli.app', 'natkit.cli.commands', 'natkit.cli.output']" in proc.stderr, proc.stderr
+    assert all(name in proc.stdout for name in COMMANDS)
+
+
 def test_probe_does_not_import_heavy_modules_or_other_commands(turn_server):
     code = (
         "import sys, runpy\n"

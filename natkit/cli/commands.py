@@ -103,6 +103,9 @@ class NatkitGroup(TyperGroup):
 
     _listing = False  # formatting this group's --help: summaries suffice, no command module is imported
 
+    def list_commands(self, ctx) -> list[str]:
+        return list(self.commands)  # the names only: TyperGroup's items() would import every command
+
     def get_command(self, ctx, cmd_name: str):
         if cmd_name not in self.commands:
             return None
