@@ -613,7 +613,7 @@ def test_signal_during_start_up_is_interrupted_not_a_traceback(sig):
     assert err.strip() == "natkit: interrupted"
 
 
-@pytest.mark.parametrize("args", [["turn", "config"], ["creds", "--secret", "s", "--json"], ["turn", "status"]])
+@pytest.mark.parametrize("args", [["turn", "config"], ["creds", "--secret", "s", "--json"], ["turn", "status"], ["--help"], ["turn", "up", "--help"]])
 def test_closed_stdout_is_quiet(args):
     """natkit ... | head -1: the reader went away; no traceback, no "internal error", exit 141 as for SIGPIPE."""
     proc = subprocess.Popen([*NATKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

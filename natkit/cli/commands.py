@@ -23,6 +23,7 @@ import typer
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
+from ..errors import EXIT_BROKEN_PIPE
 from . import output
 
 # name -> ("module:attribute" of a command function or a typer.Typer sub-app, the one-line summary --help shows).
@@ -188,7 +189,21 @@ def _run_group(command, args: list[str], prog_name: str, **extra) -> int:
     except typer.Abort:
         output.err("natkit: interrupted")
         return 130
+    except SystemExit as exc:
+        # typer's help (rich) and typer's own EPIPE handler exit 1 after pointing stdout at /dev/null
+        if exc.code == 1 and _stdout_is_devnull():
+            return EXIT_BROKEN_PIPE
+        raise
     return code if isinstance(code, int) else 0
+
+
+def _stdout_is_devnull() -> bool:
+    import os
+
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
 
 
 def invoke(args: list[str]) -> int:
