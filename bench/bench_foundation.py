@@ -9,9 +9,13 @@ then times, as whole processes:
 * ``natkit relay-check`` vs ``turnutils_uclient -y`` (two allocations relaying
   to each other, 20 messages);
 * ``natkit check`` (embedded server) for peak RSS;
+* start-up: ``natkit --help``, ``natkit probe`` against the same server and
+  the floors under them (``python -c pass``, ``python -c "import typer"``),
+  plus the ten slowest imports of ``natkit probe`` (``python -X importtime``).
 
 and reports medians, peak RSS (ru_maxrss of each child, via wait4) and the
-ratios. Loopback only; every loop is bounded by --runs.
+ratios. ``--startup`` runs only the start-up part (seconds, not minutes).
+Loopback only; every loop is bounded by --runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -82,10 +87,63 @@ def series(cmd: list[str], runs: int, env=None) -> dict:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_rss_mb": max(rss), "codes": sorted(set(codes)), "last": last}
 
 
+def slowest_imports(cmd: list[str], env, top: int = 10) -> list[tuple[str, float]]:
+    """The ``top`` imports with the largest self time (ms) in one run of ``python -X importtime`` + cmd."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True, text=True, env=env, timeout=60)
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
+        if m:
+            rows.append((m.group(4), int(m.group(1)) / 1000.0))
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def interleaved(cmds: dict[str, list[str]], runs: int, env) -> dict[str, dict]:
+    """:func:`series` for several commands, one run of each per round, so load drift hits them alike."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    rss: dict[str, list[float]] = {k: [] for k in cmds}
+    codes: dict[str, set[int]] = {k: set() for k in cmds}
+    for _ in range(runs):
+        for key, cmd in cmds.items():
+            t, r, c, _out = timed(cmd, env)
+            times[key].append(t * 1000)
+            rss[key].append(r / 1024)
+            codes[key].add(c)
+    return {k: {"median_ms": statistics.median(times[k]), "min_ms": min(times[k]), "max_rss_mb": max(rss[k]),
+                "codes": sorted(codes[k])} for k in cmds}
+
+
+def startup(nk: list[str], port: int, runs: int, env, baseline: list[str] | None = None) -> list[str]:
+    """Start-up lines: medians of whole processes, side by side with turnutils_stunclient (and ``baseline``, another natkit)."""
+    cmds = {
+        "`python -c pass`": [sys.executable, "-c", "pass"],
+        '`python -c "import typer"`': [sys.executable, "-c", "import typer"],
+        "`natkit --help`": [*nk, "--help"],
+        "`natkit probe 127.0.0.1:PORT`": [*nk, "probe", f"127.0.0.1:{port}"],
+        "`turnutils_stunclient -p PORT 127.0.0.1`": ["turnutils_stunclient", "-p", str(port), "127.0.0.1"],
+    }
+    if baseline:
+        cmds["baseline `natkit --help`"] = [*baseline, "--help"]
+        cmds["baseline `natkit probe 127.0.0.1:PORT`"] = [*baseline, "probe", f"127.0.0.1:{port}"]
+    r = interleaved(cmds, runs, env)
+    lines = ["| start-up, whole process | median | min | peak RSS | exit codes |", "|---|---|---|---|---|"]
+    for label, v in r.items():
+        lines.append(f"| {label} | {v['median_ms']:.0f} ms | {v['min_ms']:.0f} ms | {v['max_rss_mb']:.0f} MB | {v['codes']} |")
+    probe, stun, floor = r["`natkit probe 127.0.0.1:PORT`"], r["`turnutils_stunclient -p PORT 127.0.0.1`"], r["`python -c pass`"]
+    lines.append("")
+    lines.append(f"natkit probe / turnutils_stunclient: {probe['median_ms'] / stun['median_ms']:.1f}x; natkit probe above the "
+                 f"bare interpreter: {probe['median_ms'] - floor['median_ms']:.0f} ms; runs: {runs}, interleaved")
+    slow = slowest_imports(["-m", "natkit.cli.app", "probe", f"127.0.0.1:{port}"], env)
+    lines.append("slowest imports of natkit probe (self time, one run): " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in slow))
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--startup", action="store_true", help="only the start-up measurements")
+    ap.add_argument("--baseline", help="another natkit command line to time side by side (e.g. an older checkout's venv/bin/natkit)")
     args = ap.parse_args()
     runs = max(1, min(args.runs, 100))
 
@@ -103,6 +161,11 @@ def main() -> int:
     nk = natkit_cmd()
     rows = []
     with CoturnServer(config, backend="native", name="bench"):
+        start_lines = startup(nk, port, max(runs, 21), env, shlex.split(args.baseline) if args.baseline else None)
+        if args.startup:
+            print("\n".join(start_lines))
+            shutil.rmtree(state, ignore_errors=True)
+            return 0
         probe = series([*nk, "probe", f"127.0.0.1:{port}", "--json"], runs, env)
         stunclient = series(["turnutils_stunclient", "-p", str(port), "127.0.0.1"], runs, env)
         rows.append(("STUN Binding, whole process", "natkit probe", probe, "turnutils_stunclient", stunclient))
@@ -135,6 +198,7 @@ def main() -> int:
                      f"p95 {path['rtt_ms_p95']:.2f} ms; turnutils_uclient average RTT {uclient_rtt} ms.")
     lines.append(f"exit codes: probe {probe['codes']}, stunclient {stunclient['codes']}, relay-check {relay['codes']}, "
                  f"uclient {uclient['codes']}, check {check['codes']}; runs: {runs} (relay {relay_runs}, check {max(1, runs // 5)})")
+    lines += ["", *start_lines]
     print("\n".join(lines))
     return 0
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import Failure, NatkitError, UsageError, exit_code_for
+from .errors import Failure, NatkitError, ServerUnreachable, StunTimeout, UsageError, exit_code_for
 
 if TYPE_CHECKING:
     from .probe import ProbeReport
@@ -43,6 +43,16 @@ class CheckReport:
     relay: tuple[RelayReport, ...]  # one per TURN URI whose check ran to the end
     failures: tuple[Failure, ...]
     duration_ms: float
+
+
+_SILENT = ("timeout", "unreachable")  # probe error kinds that mean "nothing answers on that port"
+
+
+def _is_plain_udp(uri: str) -> bool:
+    from .uri import parse_turn_uri
+
+    u = parse_turn_uri(uri)
+    return u.transport == "udp" and not u.secure
 
 
 def _stun_from_turn(uri: str) -> str:
@@ -115,10 +125,21 @@ def check(
         on_step("STUN Binding: " + ", ".join(stun_targets))
         probe_report = probe(stun_targets, timeout=min(3.0, timeout), verify_tls=verify_tls, cafile=cafile)
         failures = list(probe_report.failures)
+        silent = {r.uri: (r.error_kind, r.error) for r in probe_report.results if not r.ok and r.error_kind in _SILENT}
         relays = []
-        for uri in uris:
+        for n, uri in enumerate(uris, 1):
+            if _is_plain_udp(uri) and _stun_from_turn(uri) in silent:
+                # the server did not answer a Binding on this very port: relay-check would only wait out --timeout again
+                if len(uris) == 1:
+                    kind, error = silent[_stun_from_turn(uri)]
+                    raise (StunTimeout if kind == "timeout" else ServerUnreachable)(f"{error}; relay check skipped", step="binding")
+                failures.append(Failure(silent[_stun_from_turn(uri)][0], "relay",
+                                        "relay check skipped: the STUN Binding to this port was not answered", uri))
+                continue
             if secret:
-                cred = mint(secret, "natkit-check", 600)
+                # one user part per URI: each leg's allocations count against its own user-quota
+                # (coturn frees the previous leg's allocations only after its Refresh(0) arrives)
+                cred = mint(secret, f"natkit-check-{n}", 600)
                 user, pw = cred.username, cred.password
             else:
                 user, pw = username, password

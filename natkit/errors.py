@@ -16,9 +16,11 @@ code  meaning
 5     authentication refused by the TURN server (401, 441)
 6     allocation refused by the TURN server (486 quota, 508 capacity, ...)
 7     relay candidates gathered, but ICE found no working pair
-70    internal error: a natkit bug, or an aioice/aiortc internal natkit relies
-      on is missing or changed (never a verdict about the server checked)
-130   interrupted (Ctrl-C or SIGTERM)
+70    internal error: a bug in natkit, or an aioice/aiortc internal natkit
+      relies on is missing or changed (never a verdict about the server
+      checked; ``--debug`` shows the traceback)
+130   interrupted (Ctrl-C, SIGTERM or SIGHUP); what natkit started is stopped
+141   stdout closed early (``natkit ... | head -1``): stopped quietly, as for SIGPIPE
 ====  =====================================================================
 
 Every feature's errors are defined here too (signaling, peer, lab), so the
@@ -48,12 +50,13 @@ EXIT_UNREACHABLE = 4
 EXIT_AUTH_REFUSED = 5
 EXIT_ALLOCATION_REFUSED = 6
 EXIT_NO_CONNECTIVITY = 7
-EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits(3)
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: never confused with a verdict about a server
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # exit codes, most severe first (see the module docstring)
 SEVERITY: tuple[int, ...] = (
-    EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_UNREACHABLE, EXIT_AUTH_REFUSED,
+    EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_UNREACHABLE, EXIT_AUTH_REFUSED,
     EXIT_ALLOCATION_REFUSED, EXIT_NO_CONNECTIVITY, EXIT_CHECK_FAILED, EXIT_OK,
 )
 

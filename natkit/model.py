@@ -54,3 +54,19 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 3)
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: ``"50 ms"``, ``"2.5 s"``, ``"10 s"``, ``"120 s"``.
+
+    Below one second in whole milliseconds; below a minute rounded to 0.1 s
+    (``9.99995`` is ``"10 s"``, never ``"9.99995s"``); whole seconds above.
+    """
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return f"{seconds} s"
+    if abs(seconds) < 0.9995:
+        return f"{seconds * 1000:.0f} ms"
+    if abs(seconds) < 59.95:
+        text = f"{seconds:.1f}"
+        return (text[:-2] if text.endswith(".0") else text) + " s"
+    return f"{seconds:.0f} s"

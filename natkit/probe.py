@@ -181,11 +181,12 @@ async def probe_async(
     deadline = loop.time() + timeout
     opening: dict[int, asyncio.Task] = {}
 
-    async def endpoint(family: int) -> UdpStunEndpoint:
-        # one socket per address family, opened once even when servers race for it
+    async def endpoint(family: int, addr: TransportAddress) -> UdpStunEndpoint:
+        # one socket per address family, opened once even when servers race for it; a single server
+        # gets a connected socket, so an ICMP port-unreachable fails the probe at once
         if family not in opening:
             host = local_host or ("::" if family == 6 else "0.0.0.0")
-            opening[family] = asyncio.ensure_future(UdpStunEndpoint.open(host))
+            opening[family] = asyncio.ensure_future(UdpStunEndpoint.open(host, remote=addr if len(uris) == 1 else None))
         return await opening[family]
 
     async def one(server: str, uri: ServerURI) -> BindingResult:
@@ -193,7 +194,7 @@ async def probe_async(
         try:
             addr = await resolve(uri.host, uri.port, transport=uri.transport, timeout=max(0.05, deadline - loop.time()))
             if uri.transport == "udp":
-                ep = await endpoint(addr.family)
+                ep = await endpoint(addr.family, addr)
                 resp = await ep.request(binding_request(), addr, timeout=max(0.05, deadline - loop.time()))
             else:
                 ctx = client_ssl_context(verify_tls, cafile) if uri.secure else None

@@ -37,7 +37,7 @@ from .errors import (
     exit_code_for,
     most_severe,
 )
-from .model import TransportAddress
+from .model import TransportAddress, format_duration
 from .uri import ServerURI, parse_turn_uri
 from .webrtc.metrics import CandidateInfo, PathMetrics, SelectedPair, parse_candidates  # noqa: F401 - CandidateInfo, SelectedPair: public here too
 from .webrtc.session import IceServer, PeerSetup, ice_url, measure, rto_from_rtt
@@ -165,7 +165,7 @@ async def preflight_allocate(
             timeout,
         )
     except TimeoutError:
-        raise StunTimeout(f"no Allocate answer within {timeout:g}s", server=server, step="allocate") from None
+        raise StunTimeout(f"no Allocate answer within {format_duration(timeout)}", server=server, step="allocate") from None
     except Exception as exc:  # noqa: BLE001 - aioice raises its own and OS errors: each gets its diagnosis
         raise _turn_error(exc, server) from None
     elapsed = (time.monotonic() - started) * 1000.0
@@ -252,7 +252,7 @@ def _no_pair_connected(server: str, timeout: float, ice_state: str) -> NoRelayCo
     post-mortem of the relay (what the server did with the checks) belongs here.
     """
     return NoRelayConnectivity(
-        f"relay candidates were gathered but no candidate pair connected within {timeout:g}s (ICE state {ice_state})",
+        f"relay candidates were gathered but no candidate pair connected within {format_duration(timeout)} (ICE state {ice_state})",
         server=server, step="connectivity",
         hint="the server may refuse to relay to its own relayed addresses (denied-peer-ip, allow-loopback-peers) or a firewall drops the relay ports",
     )

@@ -127,3 +127,14 @@ def parse_turn_uri(text: str) -> ServerURI:
     if not uri.is_turn:
         raise InvalidURI(f"{text!r} is a STUN URI; a TURN URI starts with turn: or turns:")
     return uri
+
+
+def parse_ice_url(text: str) -> ServerURI:
+    """Parse one ``urls`` entry of a WebRTC ``RTCIceServer``: a ``stun:``, ``stuns:``,
+    ``turn:`` or ``turns:`` URI (RFC 7064, RFC 7065) with its scheme written out.
+
+    Raises :class:`InvalidURI`.
+    """
+    if not isinstance(text, str) or not re.match(r"^(stuns?|turns?):", text.strip(), re.IGNORECASE):
+        raise InvalidURI(f"{text!r} is not a STUN/TURN URI", hint="write it as turn:HOST[:PORT][?transport=tcp], turns:HOST[:PORT] or stun:HOST[:PORT]")
+    return parse_server(text)

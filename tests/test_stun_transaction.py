@@ -50,7 +50,7 @@ def test_budget_cuts_the_schedule_and_says_so():
     assert sends == [0.0, 0.5, 1.5]
     assert action is Action.TIMEOUT and tx.limit is Limit.BUDGET
     assert tx.timeout_error().limit == "budget"
-    assert "3s budget (3 sends)" in tx.describe_timeout()
+    assert "within the 3 s budget (3 sends)" in tx.describe_timeout()
 
 
 def test_rc_before_budget():

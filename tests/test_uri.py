@@ -54,3 +54,29 @@ def test_turn_uri_rejects_stun():
 def test_str_roundtrip():
     for text in ["turn:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=tcp", "turns:h:5349", "stun:[::1]:3478"]:
         assert str(parse_server(text)) == text
+
+
+@pytest.mark.parametrize("text", ["turn:[::1", "turn:[::1]:", "stun:", "turn:h:3478?transport="])
+def test_parse_invalid_more(text):
+    with pytest.raises(InvalidURI):
+        parse_server(text)
+
+
+def test_ice_url_needs_its_scheme():
+    from natkit.uri import parse_ice_url
+
+    assert str(parse_ice_url("turn:[::1]:3478")) == "turn:[::1]:3478"
+    assert parse_ice_url("stuns:h").scheme == "stuns"
+    for bad in ["h:3478", "https://h", "turn:[::1"]:
+        with pytest.raises(InvalidURI):
+            parse_ice_url(bad)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.05, "50 ms"), (0.9994, "999 ms"), (0.99998, "1 s"), (2.5, "2.5 s"), (2.99978, "3 s"), (9.99995, "10 s"),
+    (59.96, "60 s"), (120.4, "120 s"),
+])
+def test_format_duration(seconds, text):
+    from natkit.model import format_duration
+
+    assert format_duration(seconds) == text

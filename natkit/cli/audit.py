@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 _SEV_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
 
@@ -23,11 +23,11 @@ def audit_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="audit a natkit-managed coturn (its URIs and secret) when no URI is given"),
     fail_on: str = typer.Option("high", "--fail-on", help="exit 1 when a finding at or above this severity fails: info, low, medium, high, critical"),
     checks: List[str] = typer.Option([], "--check", help="run only these checks (repeatable)"),
-    junit: Optional[str] = typer.Option(None, "--junit", help="also write JUnit XML to FILE"),
-    ca: Optional[str] = typer.Option(None, "--ca", help="CA bundle for the TLS chain check"),
-    timeout: float = typer.Option(2.0, "--timeout", help="seconds per STUN/TURN transaction"),
-    flood_max: int = typer.Option(64, "--flood-max", help="at most this many allocations in the quota flood"),
-    flood_seconds: float = typer.Option(10.0, "--flood-seconds", help="at most this long for the quota flood"),
+    junit: Optional[str] = options.output_file(None, "--junit", help="also write JUnit XML to FILE (checked before the audit starts)"),
+    ca: Optional[str] = options.ca_option("CA bundle for the TLS chain check"),
+    timeout: float = options.seconds(2.0, "--timeout", help="seconds per STUN/TURN transaction", high=60),
+    flood_max: int = options.integer(64, "--flood-max", help="at most this many allocations in the quota flood", low=1, high=10_000),
+    flood_seconds: float = options.seconds(10.0, "--flood-seconds", help="at most this long for the quota flood", high=600),
     json_out: bool = typer.Option(False, "--json", help="print the report as one JSON document"),
 ) -> None:
     """Audit TURN servers: open relay, peer ACL (403 toward forbidden ranges), TCP relay, TLS, credentials, quota, SOFTWARE, amplification, admin ports.
@@ -41,18 +41,19 @@ def audit_cmd(
         from ..audit import SEVERITIES, audit, junit_xml
         from ..errors import UsageError
 
-        targets = list(uris or [])
-        sec = secret
-        if not targets:
-            from ..coturn.server import get_server
+        from ..credentials import resolve
 
-            info = get_server(name)
-            targets = [u for u in info.uris if "?transport=tcp" not in u]
-            sec = sec or info.secret
+        targets = list(uris or [])
+        # no URI: the managed server's own; URIs of a managed server get its secret; other URIs without
+        # credentials get the unauthenticated checks only
+        creds = resolve(secret=secret, user=user, password=password, uris=targets, name=name, required=False)
+        if not targets:
+            targets = [u for u in creds.uris if "?transport=tcp" not in u]
+        sec = creds.secret
         if fail_on not in SEVERITIES:
             raise UsageError(f"unknown severity {fail_on!r}", hint="use " + ", ".join(SEVERITIES))
         output.progress(f"auditing {', '.join(targets)}")
-        report = audit(targets, secret=sec if not user else None, username=user, password=password, checks=checks or None,
+        report = audit(targets, secret=sec, username=creds.username, password=creds.password, checks=checks or None,
                        fail_on=fail_on, timeout=timeout, flood_max=flood_max, flood_seconds=flood_seconds, cafile=ca)
         if junit:
             with open(junit, "w") as f:
@@ -88,8 +89,3 @@ def _print(report) -> None:
     verdict = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
     con.print(f"{verdict}  {len(report.servers)} server(s), {counts} (fail on {report.fail_on} and above), {report.duration_ms / 1000:.1f} s")
 
-
-def register(app) -> None:
-    from .turn import turn_app
-
-    turn_app.command("audit")(audit_cmd)

@@ -6,22 +6,22 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def check_cmd(
     turn: Optional[List[str]] = typer.Option(None, "--turn", help="TURN URI of an existing server (repeatable); default: an embedded local coturn"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret of that server"),
-    user: Optional[str] = typer.Option(None, "--user", "-u"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret of that server (default: a natkit-managed coturn's, for its own URIs)"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="long-term username (with --password)"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="long-term password"),
     name: Optional[str] = typer.Option(None, "--name", help="check the natkit-managed coturn with this name (from natkit turn up)"),
     backend: str = typer.Option("auto", "--backend", "-b", help="embedded server: auto, docker or native"),
     image: Optional[str] = typer.Option(None, "--image", help="embedded server, docker backend: image"),
-    timeout: float = typer.Option(10.0, "--timeout", help="time budget in seconds per relay check"),
-    messages: int = typer.Option(20, "--messages", "-n"),
-    payload: int = typer.Option(1_000_000, "--payload", help="bytes for the throughput figure"),
-    cafile: Optional[str] = typer.Option(None, "--ca"),
-    insecure: bool = typer.Option(False, "--insecure"),
+    timeout: float = options.seconds(10.0, "--timeout", help="time budget in seconds per relay check"),
+    messages: int = options.integer(20, "--messages", "-n", help="data-channel messages to echo", low=1, high=100_000),
+    payload: int = options.integer(1_000_000, "--payload", help="bytes for the throughput figure (0: skip)", low=0, high=1 << 32),
+    cafile: Optional[str] = options.ca_option("CA bundle to verify a turns: server"),
+    insecure: bool = options.insecure_option("do not verify the turns: certificate"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check a TURN server end to end: STUN probe, then relay-only ICE with data echo.
@@ -37,23 +37,16 @@ def check_cmd(
     def body() -> int:
         from ..check import check
 
-        turn_uris, the_secret, ca = list(turn or []), secret, cafile
-        if name or (turn_uris and not secret and not password):
-            from ..coturn.server import get_server
+        turn_uris, the_secret, the_user, the_password, ca = list(turn or []), None, None, None, cafile
+        if turn_uris or name:  # an existing server; without either, check starts its own (and mints its own secret)
+            from ..credentials import resolve
 
-            try:
-                info = get_server(name)
-            except Exception:
-                if name:
-                    raise
-                info = None
-            if info is not None:
-                turn_uris = turn_uris or list(info.uris)
-                the_secret = the_secret or info.secret
-                if cafile is None:
-                    ca = _own_self_signed_cert(info)
-        the_user = user if not the_secret else None
-        report = check(turn_uris, secret=the_secret, username=the_user, password=password, backend=backend, image=image,
+            creds = resolve(secret=secret, user=user, password=password, uris=turn_uris, name=name)
+            turn_uris = list(creds.uris)
+            the_secret, the_user, the_password = creds.secret, creds.username, creds.password
+            if creds.server is not None and cafile is None:
+                ca = _own_self_signed_cert(creds.server)
+        report = check(turn_uris, secret=the_secret, username=the_user, password=the_password, backend=backend, image=image,
                        timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=ca,
                        on_step=output.progress)
         if json_out:

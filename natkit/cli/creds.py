@@ -6,41 +6,36 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from ..credentials import MAX_TTL
+from . import options, output
 
 
 def creds_cmd(
-    secret: Optional[str] = typer.Option(None, "--secret", "-s", envvar="NATKIT_TURN_SECRET", help="shared secret (coturn static-auth-secret); default: the running natkit coturn's"),
-    user: str = typer.Option("natkit", "--user", "-u", help="user part of the username"),
-    ttl: int = typer.Option(86400, "--ttl", help="lifetime in seconds (negative: already expired, for tests)"),
-    urls: Optional[List[str]] = typer.Option(None, "--url", help="TURN URI(s) for the ICE server entry (default: the running natkit coturn's)"),
+    secret: Optional[str] = typer.Option(None, "--secret", "-s", envvar="NATKIT_TURN_SECRET", help="shared secret (coturn static-auth-secret); default: a natkit-managed coturn's"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="user part of the username (default natkit; '' for a bare expiry)"),
+    ttl: int = options.integer(86400, "--ttl", help="lifetime in seconds (negative: already expired, for tests)", low=-MAX_TTL, high=MAX_TTL),
+    urls: Optional[List[str]] = typer.Option(None, "--url", help="TURN/STUN URI(s) for the ICE server entry (default: the managed coturn's)"),
     name: Optional[str] = typer.Option(None, "--name", help="which natkit coturn to take the secret and URIs from"),
     json_out: bool = typer.Option(False, "--json", help="print a WebRTC RTCIceServer entry as JSON"),
 ) -> None:
     """Mint a time-limited TURN credential: username "<expiry>:<user>", password base64(HMAC-SHA1(secret, username)).
 
-    Exit codes: 0 minted, 2 bad input, 3 no secret given and no natkit coturn running.
+    Without --secret: the secret of the natkit-managed coturn named by --name, or of the one whose
+    own URIs the --url values are, or of the only one running (a URI that is not a managed server's
+    own never gets its secret). Exit codes: 0 minted, 2 bad input, 3 no secret given and no natkit
+    coturn running.
     """
 
     def body() -> int:
-        from ..credentials import mint
+        from ..credentials import mint, resolve
+        from ..uri import parse_ice_url
 
-        the_secret, the_urls = secret, list(urls or [])
-        if not the_secret or not the_urls:
-            try:
-                from ..coturn.server import get_server
-
-                info = get_server(name)
-                the_secret = the_secret or info.secret
-                the_urls = the_urls or list(info.uris)
-            except Exception:
-                if not the_secret:
-                    raise
-        if not the_secret:
-            from ..errors import UsageError
-
-            raise UsageError("no secret: pass --secret", hint="or start a server with natkit turn up")
-        cred = mint(the_secret, user, ttl)
+        the_urls = list(urls or [])
+        for url in the_urls:
+            parse_ice_url(url)
+        creds = resolve(secret=secret, user=user, uris=the_urls, name=name)
+        cred = mint(creds.secret or "", creds.user, ttl)
+        the_urls = list(creds.uris)
         if json_out:
             output.emit_json(cred.ice_server(the_urls))
         else:

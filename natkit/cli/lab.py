@@ -6,16 +6,13 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 lab_app = typer.Typer(
     help="Real NATs in Linux network namespaces (root): build a lab, run commands in it, run the NAT x NAT outcome matrix.",
     no_args_is_help=True,
 )
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(lab_app, name="lab")
 
 
 def _spec_from(arg: str):
@@ -34,26 +31,6 @@ def _spec_from(arg: str):
     return LabSpec.peers(*[b for b in arg.split(",") if b.strip()])
 
 
-def _summary(lab) -> dict:
-    hosts = {}
-    for h in lab.hosts:
-        chain = lab.spec.chain(h)
-        check = next((c for c in lab.checks if c.host == h), None)
-        hosts[h] = {
-            "namespace": lab.ns(h), "address": lab.ip(h), "behind": [n.name for n in chain],
-            "declared": lab.spec.behaviour_of(h), "measured": check.measured_label if check else None,
-            "public": check.measured.get("public") if check else None,
-        }
-    return {
-        "ok": True, "lab": lab.name, "namespaces": list(lab.plan.namespaces), "hosts": hosts,
-        "nats": {n.name: {"namespace": lab.ns(n.name), "wan": lab.ip(n.name), "behaviour": n.behaviour, "behind": n.behind}
-                 for n in lab.spec.nats},
-        "server": {"namespace": lab.ns("server"), "addresses": list(lab.server_ips), "stun": lab.stun_uri,
-                   "turn": lab.turn_uri() if lab.turn else None, "secret": lab.secret if lab.turn else None},
-        "checks": lab.checks, "timings": lab.timings,
-    }
-
-
 @lab_app.command("up")
 def up_cmd(
     spec: str = typer.Argument(..., metavar="SPEC", help="a lab spec file (.toml/.json), 'matrix', or behaviours separated by commas (symmetric,port_restricted)"),
@@ -68,6 +45,7 @@ def up_cmd(
     """
 
     def body() -> int:
+        from ..lab.inventory import summary
         from ..lab.lab import NatLab
         from ..lab.matrix import render_checks
 
@@ -75,16 +53,16 @@ def up_cmd(
         lab = NatLab(lab_spec, name=name, turn=turn, verify=verify and turn, persistent=True, agents=False)
         output.progress(f"building lab {lab.name}: {len(lab.plan.namespaces)} namespaces")
         lab.up()
-        info = _summary(lab)
+        info = summary(lab)
         if json_out:
             output.emit_json(info)
             return 0
         w = typer.echo
         w(f"lab {lab.name} is up ({lab.timings.get('build_ms', 0):.0f} ms to build)")
-        for h, d in info["hosts"].items():
-            w(f"  host {h:<10} {d['address']:<16} behind {' -> '.join(d['behind']) or 'nothing (open)':<24} namespace {d['namespace']}")
+        for h, d in info.hosts.items():
+            w(f"  host {h:<10} {d.address:<16} behind {' -> '.join(d.behind) or 'nothing (open)':<24} namespace {d.namespace}")
         if lab.turn:
-            w(f"  server {', '.join(lab.server_ips)}: {lab.stun_uri}, {lab.turn_uri()} (REST secret in {lab.dir}/state.json)")
+            w(f"  server {', '.join(info.server.addresses)}: {info.server.stun}, {info.server.turn} (REST secret in {info.server.state_file})")
         if lab.checks:
             w(render_checks(lab.checks))
         w(f"run a command on a host:  natkit lab exec {lab.hosts[0] if lab.hosts else 'HOST'} --lab {lab.name} -- ip addr")
@@ -107,7 +85,6 @@ def down_cmd(
     """
 
     def body() -> int:
-        from ..errors import UsageError
         from ..lab import netns
 
         if all_:
@@ -119,14 +96,9 @@ def down_cmd(
                 for lab in res["kept"]:
                     typer.echo(f"kept lab {lab}: its owner process is still running (--force removes it)")
             return 0
-        lab = name
-        if lab is None:
-            labs = [lab for lab in netns.registered_labs() if (netns.read_state(lab) or {}).get("persistent")]
-            if not labs:
-                raise UsageError("no lab left up by natkit lab up", hint="natkit lab list shows every lab; --all removes leftovers")
-            if len(labs) > 1:
-                raise UsageError(f"several labs are up: {', '.join(labs)}", hint="name one, or use --all")
-            lab = labs[0]
+        from ..lab.inventory import default_lab
+
+        lab = name or default_lab()
         removed = netns.down(lab)
         if json_out:
             output.emit_json({"ok": True, "lab": lab, "removed": removed})
@@ -142,24 +114,18 @@ def list_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
     """List labs and natkit namespaces on this machine."""
 
     def body() -> int:
-        from ..lab import netns
+        from ..lab.inventory import labs
 
-        namespaces = netns.list_namespaces()
-        labs = sorted(set(netns.registered_labs()) | {netns.lab_of_namespace(ns) for ns in namespaces if netns.lab_of_namespace(ns)})
-        rows = []
-        for lab in labs:
-            st = netns.read_state(lab) or {}
-            owner = "persistent (lab up)" if st.get("persistent") else (
-                f"pid {st.get('owner_pid')} ({'running' if netns.owner_alive(st) else 'gone: leftover'})" if st else "unknown: leftover")
-            rows.append({"lab": lab, "namespaces": [ns for ns in namespaces if netns.lab_of_namespace(ns) == lab],
-                         "hosts": sorted(st.get("hosts", {})), "owner": owner})
+        entries = labs()
         if json_out:
-            output.emit_json({"ok": True, "labs": rows})
-        elif not rows:
+            output.emit_json({"ok": True, "labs": [{"lab": e.lab, "namespaces": list(e.namespaces), "hosts": list(e.hosts),
+                                                    "owner": e.owner_text, "state": e.owner, "owner_pid": e.owner_pid}
+                                                   for e in entries]})
+        elif not entries:
             typer.echo("no labs")
         else:
-            for r in rows:
-                typer.echo(f"{r['lab']:<12} {len(r['namespaces']):>3} namespaces  hosts {', '.join(r['hosts']) or '–'}  owner {r['owner']}")
+            for e in entries:
+                typer.echo(f"{e.lab:<12} {len(e.namespaces):>3} namespaces  hosts {', '.join(e.hosts) or '–'}  owner {e.owner_text}")
         return 0
 
     output.run(json_out, body)
@@ -174,6 +140,10 @@ def exec_cmd(
     """Run a command inside a lab namespace (replaces this process; its exit code is the command's).
 
     Example: natkit lab exec sym1 -- natkit probe 203.0.113.10:3478
+
+    No --json: natkit execs CMD in its place, so stdout, stderr and the exit code are CMD's own
+    (give CMD its own --json). Errors before the exec (no such host or lab, CMD not found) are
+    one line on stderr, exit 2; no namespaces or root: exit 3.
     """
 
     def body() -> int:
@@ -181,19 +151,9 @@ def exec_cmd(
 
         from ..errors import UsageError
         from ..lab import netns
-        from ..lab.spec import namespace_name
+        from ..lab.inventory import namespace_for
 
-        present = set(netns.list_namespaces())
-        if lab is not None:
-            candidates = [lab]
-        else:
-            candidates = sorted({netns.lab_of_namespace(ns) for ns in present if ns.endswith(f"-{host}") and netns.lab_of_namespace(ns)})
-        found = [namespace_name(c, host) for c in candidates if namespace_name(c, host) in present]
-        if not found:
-            raise UsageError(f"no lab namespace for {host!r}" + (f" in lab {lab!r}" if lab else ""), hint="natkit lab list shows the labs")
-        if len(found) > 1:
-            raise UsageError(f"{host!r} exists in several labs: {', '.join(candidates)}", hint="pick one with --lab")
-        argv = netns.netns_argv(found[0], command)
+        argv = netns.netns_argv(namespace_for(host, lab), command)
         try:
             os.execvpe(argv[0], argv, netns.installation_env())
         except OSError as exc:
@@ -205,8 +165,8 @@ def exec_cmd(
 
 @lab_app.command("matrix")
 def matrix_cmd(
-    deadline: float = typer.Option(10.0, "--deadline", help="seconds per connection attempt"),
-    concurrency: int = typer.Option(4, "--concurrency", "-j", help="attempts in flight at once"),
+    deadline: float = options.seconds(10.0, "--deadline", help="seconds per connection attempt", high=600),
+    concurrency: int = options.integer(4, "--concurrency", "-j", help="attempts in flight at once", low=1, high=64),
     behaviours: Optional[str] = typer.Option(None, "--behaviours", help="comma-separated subset (default: open,full_cone,restricted,port_restricted,symmetric)"),
     mode: Optional[str] = typer.Option(None, "--mode", help="only 'stun' or only 'stun+turn' (default: both)"),
     agent: str = typer.Option("aiortc", "--agent", help="ICE agent: aiortc (natkit's adjusted aiortc), stock (aiortc with aioice as released), chromium (Debian's Chromium in every host), mixed (Chromium offers, aiortc answers), firefox (Debian's Firefox ESR over WebDriver BiDi)"),

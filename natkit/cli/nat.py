@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 HELP = """Discover how the NAT between you and the STUN servers behaves (RFC 5780).
 
@@ -30,11 +30,11 @@ Exit codes: 0 mapping and filtering determined, 1 inconclusive,
 
 def nat_cmd(
     servers: List[str] = typer.Argument(..., metavar="SERVER...", help="host, host:port or stun:host[:port] (UDP)"),
-    timeout: float = typer.Option(3.0, "--timeout", help="seconds to wait for each server's first answer; also caps the no-reply window"),
-    window: Optional[float] = typer.Option(None, "--window", help="fixed no-reply window in seconds (default: from the measured RTT)"),
+    timeout: float = options.seconds(3.0, "--timeout", help="seconds to wait for each server's first answer; also caps the no-reply window", high=60),
+    window: Optional[float] = options.seconds(None, "--window", help="fixed no-reply window in seconds (default: from the measured RTT)", high=60),
     hairpin: bool = typer.Option(False, "--hairpin", help="also test hairpinning (RFC 5780 §4.5)"),
     lifetime: bool = typer.Option(False, "--lifetime", help="also measure the mapping lifetime (RFC 5780 §4.6; takes up to --lifetime-max)"),
-    lifetime_max: float = typer.Option(120.0, "--lifetime-max", help="upper bound of the lifetime search in seconds (at most 600)"),
+    lifetime_max: float = options.seconds(120.0, "--lifetime-max", help="upper bound of the lifetime search in seconds (at most 600)", high=600),
     local: Optional[str] = typer.Option(None, "--local", help="local IP to send from (default: any)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document (schema natkit.nat/1)"),
 ) -> None:
@@ -56,10 +56,6 @@ def nat_cmd(
 
 nat_cmd.__doc__ = HELP
 
-
-def register(app: typer.Typer) -> None:
-    """Add ``natkit nat`` to the typer app (called by :mod:`natkit.cli.app`)."""
-    app.command("nat", help=HELP)(nat_cmd)
 
 
 def _value(value) -> str:

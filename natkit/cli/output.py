@@ -8,13 +8,12 @@ stderr and its exit code; ``--debug`` (or ``NATKIT_DEBUG=1``) adds the traceback
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 from typing import Any, Callable
 
 from ..errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     InternalError,
@@ -42,6 +41,8 @@ def progress(line: str) -> None:
 
 
 def emit_json(document: Any) -> None:
+    import json
+
     from ..model import to_jsonable
 
     sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
@@ -51,7 +52,12 @@ def emit_json(document: Any) -> None:
 def console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 here; natkit's rule is "stop quietly, exit 141" (see run)
+            raise BrokenPipeError
+
+    return _Console(highlight=False, soft_wrap=False)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]):
@@ -76,6 +82,8 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         code = body() or 0
     except NatkitError as exc:
         if DEBUG:
+            import traceback
+
             traceback.print_exc()
         if json_mode:
             emit_json({"ok": False, "error": exc.to_dict()})
@@ -88,14 +96,22 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
             emit_json({"ok": False, "error": Interrupted("interrupted").to_dict()})
         err("natkit: interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (natkit ... | head -1): stop quietly, as a SIGPIPE'd tool would
+        from .app import _silence_stdout
+
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE)
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # a bug: still one line, traceback with --debug
         if DEBUG:
+            import traceback
+
             traceback.print_exc()
         if json_mode:
             emit_json({"ok": False, "error": InternalError(f"{exc.__class__.__name__}: {exc}").to_dict()})
-        err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (a natkit bug; rerun with --debug for the traceback)")
         raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(code)
 

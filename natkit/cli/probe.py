@@ -6,16 +6,16 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def probe_cmd(
     servers: List[str] = typer.Argument(..., metavar="SERVER...", help="host, host:port, stun:host[:port] or stuns:host[:port]"),
     transport: str = typer.Option("udp", "--transport", "-t", help="udp or tcp (stuns: is always TLS over TCP)"),
-    timeout: float = typer.Option(3.0, "--timeout", help="total time budget in seconds"),
+    timeout: float = options.seconds(3.0, "--timeout", help="total time budget in seconds"),
     local: Optional[str] = typer.Option(None, "--local", help="local IP to send from (default: any)"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify TLS certificates of stuns: servers"),
-    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle to verify stuns: servers"),
+    cafile: Optional[str] = options.ca_option("CA bundle to verify stuns: servers"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Discover the public address with STUN Binding requests (RFC 8489), all servers at once.

@@ -6,38 +6,22 @@ from typing import List, Optional
 
 import typer
 
-from . import output
-
-
-def credentials(secret: Optional[str], user: Optional[str], password: Optional[str]) -> tuple[str, str]:
-    """(username, password) from --secret (REST, minted now) or --user/--password."""
-    from ..errors import UsageError
-
-    if secret and (password or (user and password)):
-        raise UsageError("give either --secret or --user/--password, not both")
-    if secret:
-        from ..credentials import mint
-
-        cred = mint(secret, user or "natkit", 600)
-        return cred.username, cred.password
-    if user and password:
-        return user, password
-    raise UsageError("credentials needed: --secret S, or --user U --password P")
+from . import options, output
 
 
 def relay_check_cmd(
     turn_uris: List[str] = typer.Argument(..., metavar="TURN_URI...", help="turn:host[:port][?transport=udp|tcp] or turns:host[:port]; several: a fleet, checked concurrently"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (a credential is minted)"),
-    user: Optional[str] = typer.Option(None, "--user", "-u", help="username (long-term credential), or the user part with --secret"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (a credential is minted; default: a natkit-managed coturn's, for its own URIs)"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="username (long-term credential), or the user part with --secret (default natkit; '' for none)"),
     password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="password (long-term credential)"),
-    messages: int = typer.Option(20, "--messages", "-n", help="data-channel messages to echo"),
-    payload: int = typer.Option(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)"),
-    timeout: float = typer.Option(10.0, "--timeout", help="total time budget in seconds"),
-    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle to verify a turns: server"),
+    messages: int = options.integer(20, "--messages", "-n", help="data-channel messages to echo", low=1, high=100_000),
+    payload: int = options.integer(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)", low=0, high=1 << 32),
+    timeout: float = options.seconds(10.0, "--timeout", help="total time budget in seconds"),
+    cafile: Optional[str] = options.ca_option("CA bundle to verify a turns: server"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify the turns: certificate"),
     json_out: bool = typer.Option(False, "--json"),
     media: bool = typer.Option(False, "--media", help="also send synthetic video + audio through the relay and measure frames, bitrate, fps, freezes"),
-    media_seconds: float = typer.Option(5.0, "--media-seconds", help="media measurement window in seconds (with --media)"),
+    media_seconds: float = options.seconds(5.0, "--media-seconds", help="media measurement window in seconds (with --media)", high=600),
 ) -> None:
     """Prove that a TURN server relays: two aiortc peers, relay-only ICE, data-channel echo.
 
@@ -49,12 +33,14 @@ def relay_check_cmd(
     """
 
     def body() -> int:
+        from ..credentials import resolve
         from ..relay import relay_check
 
+        creds = resolve(secret=secret, user=user, password=password, uris=turn_uris)
         if len(turn_uris) > 1:
-            return fleet(turn_uris)
+            return fleet(turn_uris, creds)
         turn_uri = turn_uris[0]
-        username, pw = credentials(secret, user, password)
+        username, pw = creds.pair()
         output.progress(f"relay-only ICE through {turn_uri}")
         report = relay_check(turn_uri, username=username, password=pw, messages=messages, payload_bytes=payload,
                              timeout=timeout, verify_tls=not insecure, cafile=cafile, media=media, media_seconds=media_seconds)
@@ -64,12 +50,11 @@ def relay_check_cmd(
             render(report)
         return report.exit_code
 
-    def fleet(uris: list[str]) -> int:
+    def fleet(uris: list[str], creds) -> int:
         from ..relay import relay_check_fleet
 
-        credentials(secret, user, password)  # usage errors first
         output.progress(f"relay-only ICE through {len(uris)} servers at once")
-        report = relay_check_fleet(uris, credentials=lambda _uri: credentials(secret, user, password), messages=messages,
+        report = relay_check_fleet(uris, credentials=lambda _uri: creds.pair(), messages=messages,
                                    payload_bytes=payload, timeout=timeout, verify_tls=not insecure, cafile=cafile,
                                    media=media, media_seconds=media_seconds)
         if json_out:

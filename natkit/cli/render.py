@@ -6,12 +6,12 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 
 def render_cmd(
     target: str = typer.Option(..., "--target", "-t", help="compose, kubernetes or systemd"),
-    output_dir: Optional[str] = typer.Option(None, "--output", "-o", help="write the files into DIR (default: print them)"),
+    output_dir: Optional[str] = options.output_dir(None, "--output", "-o", help="write the files into DIR (default: print them)"),
     profile: str = typer.Option("recommended", "--profile", help="recommended or strict"),
     listen: List[str] = typer.Option(["0.0.0.0"], "--listen", "-l", help="listening IP (compose/systemd; Kubernetes uses each node's address)"),
     port: int = typer.Option(3478, "--port", "-p", help="listening port (UDP and TCP)"),
@@ -28,6 +28,7 @@ def render_cmd(
     image: Optional[str] = typer.Option(None, "--image", help="container image (default: the official coturn image, pinned)"),
     name: str = typer.Option("natkit-coturn", "--name", help="name prefix of the rendered objects"),
     namespace: str = typer.Option("natkit", "--namespace", help="Kubernetes namespace"),
+    json_out: bool = options.json_flag("print {ok, target, files: {name: text}} (with -o: {ok, target, written}, the paths)"),
 ) -> None:
     """Render a complete coturn deployment from natkit's hardened profile.
 
@@ -53,18 +54,19 @@ def render_cmd(
             if "self-signed" not in w:
                 output.err(f"natkit: warning: {w}")
         if output_dir:
-            for p in write(files, output_dir):
-                print(p)
+            written = [str(p) for p in write(files, output_dir)]
+            if json_out:
+                output.emit_json({"ok": True, "target": target, "written": written})
+            else:
+                for p in written:
+                    print(p)
+        elif json_out:
+            output.emit_json({"ok": True, "target": target, "files": dict(files)})
         else:
             for fname, text in files.items():
                 print(f"# ---- {fname}")
                 print(text, end="")
         return 0
 
-    output.run(False, body)
+    output.run(json_out, body)
 
-
-def register(app) -> None:
-    from .turn import turn_app
-
-    turn_app.command("render")(render_cmd)

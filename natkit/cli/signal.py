@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 signal_app = typer.Typer(help="WebSocket signaling server with rooms, and the browser test page.", no_args_is_help=True)
 
@@ -21,15 +21,16 @@ def serve_cmd(
     token: Optional[str] = typer.Option(None, "--token", envvar="NATKIT_SIGNAL_TOKEN", help="shared token every join must carry"),
     room_size: int = typer.Option(2, "--room-size", help="peers per room (2..64)"),
     max_message: int = typer.Option(64 * 1024, "--max-message", help="largest accepted message in bytes (bigger: error reply)"),
-    idle_timeout: float = typer.Option(300.0, "--idle-timeout", help="close a connection silent for this many seconds"),
+    idle_timeout: float = options.seconds(300.0, "--idle-timeout", help="close a connection silent for this many seconds", high=86_400),
     max_connections: int = typer.Option(2000, "--max-connections", help="connections at once"),
     turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST secret: the page gets fresh credentials"),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
-    cert: Optional[str] = typer.Option(None, "--cert", help="PEM certificate chain: serve https:// and wss://"),
-    key: Optional[str] = typer.Option(None, "--key", help="PEM private key of --cert"),
+    cert: Optional[str] = options.input_file(None, "--cert", help="PEM certificate chain: serve https:// and wss://"),
+    key: Optional[str] = options.input_file(None, "--key", help="PEM private key of --cert"),
     no_page: bool = typer.Option(False, "--no-page", help="signaling only, no test page"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log joins and leaves to stderr"),
+    json_out: bool = options.json_flag("once listening, print {ok, ws_url, page_url, ...} as one JSON document (errors too)"),
 ) -> None:
     """Run the signaling server until Ctrl-C.
 
@@ -38,7 +39,7 @@ def serve_cmd(
     http://HOST:PORT/ (add ?turn=...&username=...&credential=...&room=... or
     start with --turn/--secret so the page gets credentials from the server).
 
-    Exit codes: 0 stopped, 2 bad option, 3 cannot listen, 130 interrupted.
+    Exit codes: 2 bad option, 3 cannot listen, 130 stopped by Ctrl-C, SIGTERM or SIGHUP.
     """
 
     def body() -> int:
@@ -52,16 +53,18 @@ def serve_cmd(
         ).validate()
 
         def ready(server) -> None:
+            if json_out:
+                output.emit_json({"ok": True, "ws_url": server.ws_url, "page_url": server.url if config.serve_page else None,
+                                  "host": config.host, "port": server.port,
+                                  "room_size": config.room_size, "token": "***" if config.token else None,
+                                  "turn": list(config.turn_uris), "stun": list(config.stun_uris)})
             output.err(f"natkit signal: WebSocket {server.ws_url}" + (f"  test page {server.url}" if config.serve_page else ""))
             output.err("natkit signal: Ctrl-C to stop")
 
-        try:
-            run(serve_forever(config, ready=ready))
-        except KeyboardInterrupt:
-            output.err("natkit signal: stopped")
+        run(serve_forever(config, ready=ready))  # returns only on an interrupt (output.run: exit 130)
         return 0
 
-    output.run(False, body)
+    output.run(json_out, body)
 
 
 PEER_HELP = """Join a signaling room, connect to whoever is there, and check the path.
@@ -89,27 +92,33 @@ def peer_cmd(
     user: Optional[str] = typer.Option(None, "--user", "-u", help="TURN username, or the user part with --secret"),
     password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="TURN password"),
     token: Optional[str] = typer.Option(None, "--token", envvar="NATKIT_SIGNAL_TOKEN", help="the signaling server's token"),
-    messages: int = typer.Option(20, "--messages", "-n", help="echo round trips to measure"),
-    payload: int = typer.Option(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)"),
-    send: Optional[str] = typer.Option(None, "--send", help="send this file (progress on stderr, SHA-256 checked by the receiver)"),
-    receive: Optional[str] = typer.Option(None, "--receive", help="save files the other peer sends into this directory (default: verify only)"),
+    messages: int = options.integer(20, "--messages", "-n", help="echo round trips to measure", low=1, high=100_000),
+    payload: int = options.integer(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)", low=0, high=1 << 32),
+    send: Optional[str] = options.input_file(None, "--send", help="send this file (progress on stderr, SHA-256 checked by the receiver)"),
+    receive: Optional[str] = options.output_dir(None, "--receive", help="save files the other peer sends into this directory (default: verify only)"),
     chat: bool = typer.Option(False, "--chat", help="after the checks, a line chat over the data channel (stdin/stdout)"),
     media: bool = typer.Option(False, "--media", help="send a synthetic video track and audio tone"),
-    media_seconds: float = typer.Option(5.0, "--media-seconds", help="media measurement window in seconds"),
-    wait: float = typer.Option(120.0, "--wait", help="seconds to wait for another peer to join"),
-    timeout: float = typer.Option(20.0, "--timeout", help="seconds for negotiation and the checks once a peer is there"),
-    cafile: Optional[str] = typer.Option(None, "--ca", help="CA bundle for turns: / wss:"),
+    media_seconds: float = options.seconds(5.0, "--media-seconds", help="media measurement window in seconds", high=600),
+    wait: float = options.seconds(120.0, "--wait", help="seconds to wait for another peer to join", high=86_400),
+    timeout: float = options.seconds(20.0, "--timeout", help="seconds for negotiation and the checks once a peer is there"),
+    cafile: Optional[str] = options.ca_option("CA bundle for turns: / wss:"),
     insecure: bool = typer.Option(False, "--insecure", help="do not verify turns: / wss: certificates"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document (schema natkit.peer/2)"),
 ) -> None:
     def body() -> int:
         from ..peer import PeerOptions, peer
 
+        if signal.lower().startswith(("http://", "https://")):
+            from ..errors import UsageError
+            from ..signaling.client import check_url
+
+            raise UsageError(f"--signal takes the WebSocket URL (ws:// or wss://), not the page's {signal.split('://')[0]}:// URL",
+                             hint=f"use --signal {check_url(signal)}")
         username = pw = None
         if turn:
-            from .relay import credentials
+            from ..credentials import resolve
 
-            username, pw = credentials(secret, user, password)
+            username, pw = resolve(secret=secret, user=user, password=password, uris=turn).pair()
         if json_out:  # stdout holds exactly one JSON document: chat goes to stderr
             def on_chat(line: str) -> None:
                 output.err(f"peer> {line}")
@@ -191,7 +200,3 @@ class ProgressBar:
                 self.last_step[direction] = step
                 print(f"… {text}", file=sys.stderr, flush=True)
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(signal_app, name="signal")
-    app.command("peer", help=PEER_HELP)(peer_cmd)

@@ -2,80 +2,106 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import time
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
-from . import output
+from . import options, output
 
 turn_app = typer.Typer(help="Provision coturn (Docker or the native turnserver) with a hardened configuration.", no_args_is_help=True)
 
 
-def build_profile(profile: str, listen: List[str], port: int, secrets: List[str], realm: str, external_ip: Optional[str],
-                  min_port: int, max_port: int, allow_loopback: Optional[bool], users: List[str], tls: bool, tls_port: int,
-                  cert: Optional[str], key: Optional[str], tcp_relay: bool, nat_discovery: bool):
-    """The hardened :class:`~natkit.coturn.profiles.Profile` the options describe.
-
-    A fresh REST secret when none is given; on loopback, exactly the loopback
-    listening addresses stay relayable (self-tests), everything else of the
-    deny list stays denied. ``--lt-user`` swaps REST for long-term credentials.
-    """
-    import dataclasses
-
-    from ..coturn.profiles import build
-    from ..credentials import new_secret
+def parse_users(users: List[str]) -> tuple[tuple[str, str], ...]:
+    """``--lt-user NAME:PASSWORD`` values as pairs; raises :class:`UsageError` (never echoing a password)."""
     from ..errors import UsageError
 
-    loopback = [ip for ip in listen if ip.startswith("127.") or ip == "::1"]
-    if allow_loopback is None:
-        allow_loopback = bool(loopback) and len(loopback) == len(listen)
-    files: dict[str, bytes] = {}
-    if cert or key:
-        if not (cert and key):
-            raise UsageError("--cert and --key go together")
-        try:
-            with open(cert, "rb") as c, open(key, "rb") as k:
-                files = {"turn_server_cert.pem": c.read(), "turn_server_pkey.pem": k.read()}
-        except OSError as exc:
-            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    built = build(
-        profile, secrets=tuple(secrets) or (new_secret(),), listening_ips=tuple(listen), port=port,
-        tls_port=tls_port if (tls or cert) else None, realm=realm, external_ip=external_ip,
-        min_port=min_port, max_port=max_port,
-        cert="turn_server_cert.pem" if files else None, pkey="turn_server_pkey.pem" if files else None,
-        tcp_relay=tcp_relay, nat_discovery=nat_discovery,
-        allowed_peers=tuple(loopback) if allow_loopback else (), allow_loopback_peers=allow_loopback,
-    )
-    if files:
-        built = dataclasses.replace(built, files={**built.files, **files})
-    if users:
-        parsed = []
-        for u in users:
-            if ":" not in u:
-                raise UsageError(f"--lt-user takes NAME:PASSWORD, got {u!r}")
-            parsed.append(tuple(u.split(":", 1)))
-        built = dataclasses.replace(built, config=dataclasses.replace(
-            built.config, auth="long-term", users=tuple(parsed), static_auth_secrets=()))
-    return built
+    parsed = []
+    for u in users:
+        name, sep, password = u.partition(":")
+        if not sep or not name or not password:
+            raise UsageError(f"--lt-user takes NAME:PASSWORD, got {name!r}" + ("" if sep else " with no ':'"))
+        parsed.append((name, password))
+    return tuple(parsed)
 
 
-_profile_opt = typer.Option("recommended", "--profile", help="hardening profile: recommended or strict")
-_listen_opt = typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")
-_port_opt = typer.Option(3478, "--port", "-p", help="listening port (UDP and TCP)")
-_secret_opt = typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: a fresh random one)")
-_realm_opt = typer.Option("natkit", "--realm", help="realm")
-_ext_opt = typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")
-_min_opt = typer.Option(49152, "--min-port", help="lowest relay port")
-_max_opt = typer.Option(65535, "--max-port", help="highest relay port")
-_loop_opt = typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers", help="allow relaying to the loopback listening address (default: only when listening on loopback only)")
-_users_opt = typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")
-_tls_opt = typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only")
-_tls_port_opt = typer.Option(5349, "--tls-port", help="TLS listening port")
-_cert_opt = typer.Option(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one")
-_key_opt = typer.Option(None, "--key", help="PEM private key for --cert")
-_tcp_relay_opt = typer.Option(False, "--tcp-relay", help="allow RFC 6062 TCP allocations (recommended profile only)")
-_nat_opt = typer.Option(False, "--nat-discovery", help="answer RFC 5780 NAT discovery (needs two listening IPs of one family)")
+# The options that describe a hardened coturn, shared by `turn up` and `turn config`:
+# one definition; a command decorated with @profile_options gets them all, as one
+# ProfileOptions argument named `opts`.
+PROFILE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("profile", str, typer.Option("recommended", "--profile", help="hardening profile: recommended or strict")),
+    ("listen", List[str], typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")),
+    ("port", int, options.integer(3478, "--port", "-p", help="listening port (UDP and TCP)", low=1, high=65535)),
+    ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: a fresh random one)")),
+    ("realm", str, typer.Option("natkit", "--realm", help="realm")),
+    ("external_ip", Optional[str], typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")),
+    ("min_port", int, options.integer(49152, "--min-port", help="lowest relay port", low=1, high=65535)),
+    ("max_port", int, options.integer(65535, "--max-port", help="highest relay port", low=1, high=65535)),
+    ("allow_loopback", Optional[bool], typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers",
+                                                    help="allow relaying to the loopback listening address (default: only when listening on loopback only)")),
+    ("users", List[str], typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")),
+    ("tls", bool, typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only")),
+    ("tls_port", int, options.integer(5349, "--tls-port", help="TLS listening port", low=1, high=65535)),
+    ("cert", Optional[str], options.input_file(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one")),
+    ("key", Optional[str], options.input_file(None, "--key", help="PEM private key for --cert")),
+    ("tcp_relay", bool, typer.Option(False, "--tcp-relay", help="allow RFC 6062 TCP allocations (recommended profile only)")),
+    ("nat_discovery", bool, typer.Option(False, "--nat-discovery", help="answer RFC 5780 NAT discovery (needs two listening IPs of one family)")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileOptions:
+    """The values of :data:`PROFILE_OPTIONS` as one object."""
+
+    profile: str
+    listen: List[str]
+    port: int
+    secrets: List[str]
+    realm: str
+    external_ip: Optional[str]
+    min_port: int
+    max_port: int
+    allow_loopback: Optional[bool]
+    users: List[str]
+    tls: bool
+    tls_port: int
+    cert: Optional[str]
+    key: Optional[str]
+    tcp_relay: bool
+    nat_discovery: bool
+
+    def build(self):
+        """The :class:`~natkit.coturn.profiles.Profile` these options describe (``coturn.profiles.from_options``)."""
+        from ..coturn.profiles import from_options
+
+        return from_options(
+            self.profile, listen=tuple(self.listen), port=self.port, secrets=tuple(self.secrets), realm=self.realm,
+            external_ip=self.external_ip, min_port=self.min_port, max_port=self.max_port,
+            allow_loopback=self.allow_loopback, users=parse_users(self.users), tls=self.tls, tls_port=self.tls_port,
+            cert_file=self.cert, key_file=self.key, tcp_relay=self.tcp_relay, nat_discovery=self.nat_discovery,
+        )
+
+
+def profile_options(func: Callable) -> Callable:
+    """Give a command the :data:`PROFILE_OPTIONS` (listed first in --help), passed to it as ``opts``."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(func).parameters.items() if name != "opts"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, annotation, default in PROFILE_OPTIONS]
+    names = [name for name, _, _ in PROFILE_OPTIONS]
+
+    @functools.wraps(func)
+    def command(**kwargs):
+        opts = ProfileOptions(**{name: kwargs.pop(name) for name in names})
+        return func(opts=opts, **kwargs)
+
+    signature = inspect.Signature([*shared, *own])
+    command.__signature__ = signature  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    del command.__wrapped__  # typer must see the new signature, not func's
+    return command
 
 
 def _print_started(info, ready_seconds: float, name: str) -> None:
@@ -91,48 +117,34 @@ def _print_started(info, ready_seconds: float, name: str) -> None:
 
 
 @turn_app.command("up")
+@profile_options
 def up_cmd(
+    opts: ProfileOptions,
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, docker or native"),
     image: Optional[str] = typer.Option(None, "--image", help="Docker image; never pulled: it must be present locally (default: the official coturn image, pinned; natkit turn image build makes one offline)"),
-    profile: str = _profile_opt,
-    listen: List[str] = _listen_opt,
-    port: int = _port_opt,
-    secret: List[str] = _secret_opt,
-    realm: str = _realm_opt,
-    external_ip: Optional[str] = _ext_opt,
-    min_port: int = _min_opt,
-    max_port: int = _max_opt,
-    allow_loopback: Optional[bool] = _loop_opt,
-    users: List[str] = _users_opt,
-    tls: bool = _tls_opt,
-    tls_port: int = _tls_port_opt,
-    cert: Optional[str] = _cert_opt,
-    key: Optional[str] = _key_opt,
-    tcp_relay: bool = _tcp_relay_opt,
-    nat_discovery: bool = _nat_opt,
     name: str = typer.Option("default", "--name", help="name of this server in natkit's state"),
     foreground: bool = typer.Option(False, "--foreground", help="stay attached until Ctrl-C, then stop the server"),
-    ready_timeout: float = typer.Option(20.0, "--ready-timeout", help="seconds to wait for the first STUN answer"),
-    json_out: bool = typer.Option(False, "--json"),
+    ready_timeout: float = options.seconds(20.0, "--ready-timeout", help="seconds to wait for the first STUN answer", high=600),
+    json_out: bool = options.json_flag(),
 ) -> None:
     """Start a hardened coturn in the background; return once it answers a STUN Binding.
 
-    Exit codes: 0 running, 2 bad option, 3 no backend / port in use / server failed to start.
+    Exit codes: 0 running, 1 (--foreground) the server exited on its own, 2 bad option,
+    3 no backend / port in use / server failed to start, 130 interrupted (the server is stopped).
     """
 
     def body() -> int:
         from ..coturn.server import CoturnServer
 
-        built = build_profile(profile, listen, port, secret, realm, external_ip, min_port, max_port, allow_loopback,
-                              users, tls, tls_port, cert, key, tcp_relay, nat_discovery)
+        built = opts.build()
         for warning in built.warnings:
             output.err(f"natkit: warning: {warning}")
         server = CoturnServer(built.config, backend=backend, image=image, name=name, ready_timeout=ready_timeout, extra_files=built.files)
-        output.progress(f"starting coturn ({backend}, profile {profile}) on {', '.join(listen)} port {port}")
+        output.progress(f"starting coturn ({backend}, profile {opts.profile}) on {', '.join(opts.listen)} port {opts.port}")
         info = server.start()
         try:
             if json_out:
-                output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "profile": profile,
+                output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "profile": opts.profile,
                                   "warnings": list(built.warnings), "server": info.public()})
             else:
                 _print_started(info, server.ready_seconds, name)
@@ -202,50 +214,55 @@ def status_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
 @turn_app.command("logs")
 def logs_cmd(
     name: Optional[str] = typer.Option(None, "--name"),
-    tail: Optional[int] = typer.Option(None, "--tail", "-n", help="only the last N lines"),
+    tail: Optional[int] = options.integer(None, "--tail", "-n", help="only the last N lines", low=1),
+    json_out: bool = options.json_flag("print {ok, name, lines: [...]} as one JSON document"),
 ) -> None:
-    """Print the server's own log."""
+    """Print the server's own log. Exit 3 when no such server is managed by natkit."""
 
     def body() -> int:
         from ..coturn.server import get_server, server_logs
 
-        for line in server_logs(get_server(name), tail):
-            print(line)
+        info = get_server(name)
+        lines = server_logs(info, tail)
+        if json_out:
+            output.emit_json({"ok": True, "name": info.name, "lines": list(lines)})
+        else:
+            for line in lines:
+                print(line)
         return 0
 
-    output.run(False, body)
+    output.run(json_out, body)
 
 
 @turn_app.command("config")
+@profile_options
 def config_cmd(
-    profile: str = _profile_opt,
-    listen: List[str] = _listen_opt,
-    port: int = _port_opt,
-    secret: List[str] = _secret_opt,
-    realm: str = _realm_opt,
-    external_ip: Optional[str] = _ext_opt,
-    min_port: int = _min_opt,
-    max_port: int = _max_opt,
-    allow_loopback: Optional[bool] = _loop_opt,
-    users: List[str] = _users_opt,
-    tls: bool = _tls_opt,
-    tls_port: int = _tls_port_opt,
-    cert: Optional[str] = _cert_opt,
-    key: Optional[str] = _key_opt,
-    tcp_relay: bool = _tcp_relay_opt,
-    nat_discovery: bool = _nat_opt,
+    opts: ProfileOptions,
+    json_out: bool = options.json_flag("print {ok, profile, config, warnings, files} (the REST secret masked) as one JSON document"),
 ) -> None:
-    """Print the turnserver.conf natkit would run with these options (warnings on stderr)."""
+    """Print the turnserver.conf natkit would run with these options (warnings on stderr).
+
+    The text form is the file itself, secret included (it is what you would deploy);
+    ``--json`` masks the secret. Exit codes: 0 printed, 2 bad option.
+    """
 
     def body() -> int:
-        built = build_profile(profile, listen, port, secret, realm, external_ip, min_port, max_port, allow_loopback,
-                              users, tls, tls_port, cert, key, tcp_relay, nat_discovery)
+        built = opts.build()
         for warning in built.warnings:
             output.err(f"natkit: warning: {warning}")
-        print(built.config.render(), end="")
+        text = built.config.render()
+        if json_out:
+            for secret in built.config.static_auth_secrets:
+                text = text.replace(secret, "***")
+            for _, password in built.config.users:
+                text = text.replace(password, "***")
+            output.emit_json({"ok": True, "profile": built.name, "config": text.splitlines(),
+                              "warnings": list(built.warnings), "files": sorted(built.files)})
+        else:
+            print(text, end="")
         return 0
 
-    output.run(False, body)
+    output.run(json_out, body)
 
 
 image_app = typer.Typer(help="coturn images for the docker backend.", no_args_is_help=True)
@@ -256,7 +273,7 @@ turn_app.add_typer(image_app, name="image")
 def image_build_cmd(
     tag: str = typer.Option("natkit/coturn:local", "--tag", "-t", help="image reference to create (replaced if it exists)"),
     turnserver: Optional[str] = typer.Option(None, "--turnserver", help="binary to pack (default: the installed turnserver)"),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = options.json_flag(),
 ) -> None:
     """Build a coturn image offline from this host's turnserver (no registry needed). Exit 3 without Docker or turnserver."""
 
@@ -272,3 +289,15 @@ def image_build_cmd(
         return 0
 
     output.run(json_out, body)
+
+
+def _register_subcommands() -> None:
+    # turn audit and turn render live in their own modules; cheap to import (their work is imported when they run)
+    from .audit import audit_cmd
+    from .render import render_cmd
+
+    turn_app.command("audit")(audit_cmd)
+    turn_app.command("render")(render_cmd)
+
+
+_register_subcommands()

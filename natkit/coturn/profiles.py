@@ -242,6 +242,68 @@ def build(
     return Profile(profile, config, files, tuple(warnings))
 
 
+def from_options(
+    profile: str = "recommended",
+    *,
+    listen: tuple[str, ...] | list[str] = ("127.0.0.1",),
+    port: int = 3478,
+    secrets: tuple[str, ...] | list[str] = (),
+    realm: str = "natkit",
+    external_ip: str | None = None,
+    min_port: int = 49152,
+    max_port: int = 65535,
+    allow_loopback: bool | None = None,
+    users: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    tls: bool = False,
+    tls_port: int = 5349,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    tcp_relay: bool = False,
+    nat_discovery: bool = False,
+) -> Profile:
+    """The profile ``natkit turn up`` / ``natkit turn config`` run with (their options, one to one).
+
+    No ``secrets``: a fresh random REST secret. ``allow_loopback`` None: loopback
+    peers are allowed exactly when every listening address is loopback, and
+    then only those addresses become relayable (self-tests); the rest of the
+    deny list stays. ``users`` (``(name, password)`` pairs) swaps REST for
+    long-term credentials. ``cert_file``/``key_file`` (PEM, read here) imply TLS
+    on ``tls_port``; ``tls`` without them generates a self-signed pair.
+
+    Raises :class:`UsageError` for options that do not fit together or a
+    certificate/key that cannot be read.
+    """
+    from ..credentials import new_secret
+
+    listen = tuple(listen)
+    loopback = tuple(ip for ip in listen if ip.startswith("127.") or ip == "::1")
+    if allow_loopback is None:
+        allow_loopback = bool(loopback) and len(loopback) == len(listen)
+    files: dict[str, bytes] = {}
+    if cert_file or key_file:
+        if not (cert_file and key_file):
+            raise UsageError("--cert and --key go together")
+        try:
+            with open(cert_file, "rb") as c, open(key_file, "rb") as k:
+                files = {"turn_server_cert.pem": c.read(), "turn_server_pkey.pem": k.read()}
+        except OSError as exc:
+            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    built = build(
+        profile, secrets=tuple(secrets) or (new_secret(),), listening_ips=listen, port=port,
+        tls_port=tls_port if (tls or files) else None, realm=realm, external_ip=external_ip,
+        min_port=min_port, max_port=max_port,
+        cert="turn_server_cert.pem" if files else None, pkey="turn_server_pkey.pem" if files else None,
+        tcp_relay=tcp_relay, nat_discovery=nat_discovery,
+        allowed_peers=loopback if allow_loopback else (), allow_loopback_peers=allow_loopback,
+    )
+    if files:
+        built = dataclasses.replace(built, files={**built.files, **files})
+    if users:
+        config = dataclasses.replace(built.config, auth="long-term", users=tuple(tuple(u) for u in users), static_auth_secrets=())
+        built = dataclasses.replace(built, config=config)
+    return built
+
+
 def lab_profile(secrets: tuple[str, ...] | list[str], *, lab_ranges: tuple[str, ...] = LAB_RANGES, **kw) -> Profile:
     """The lab's own coturn: ``recommended`` with exceptions for exactly ``lab_ranges``."""
     return build("lab", secrets=secrets, allowed_peers=lab_ranges, **kw)

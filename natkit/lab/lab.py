@@ -182,10 +182,12 @@ class NatLab:
         else:
             self._stop_agents()
 
-    def _state(self) -> dict:
-        owner = None if self.persistent else os.getpid()
+    def _state(self, *, complete: bool = False) -> dict:
+        # a persistent lab has no owner once it is up; while it is being built, the builder owns it
+        # (so a builder killed half-way leaves a lab that `lab list` calls a leftover and `lab down --all` removes)
+        owner = None if (self.persistent and complete) else os.getpid()
         return {
-            "lab": self.name, "namespaces": list(self.plan.namespaces), "persistent": self.persistent,
+            "lab": self.name, "namespaces": list(self.plan.namespaces), "persistent": self.persistent, "complete": complete,
             "owner_pid": owner, "owner_start": netns.process_start_time(owner) if owner else None,
             "created": time.time(), "spec": self.spec.to_dict(), "secret": self.secret,
             "server_ips": list(SERVER_IPS), "port": self.spec.server.port,
@@ -228,6 +230,7 @@ class NatLab:
                     )
             if not self.keep_agents:
                 self._stop_agents()
+            netns.write_state(self.name, self._state(complete=True))
         except BaseException:
             self.down()
             raise

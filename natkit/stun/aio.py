@@ -39,7 +39,7 @@ from ..errors import (
     StunTimeout,
     UsageError,
 )
-from ..model import TransportAddress
+from ..model import TransportAddress, format_duration
 from .codec import (
     HEADER_LENGTH,
     PROTO_TCP,
@@ -119,7 +119,7 @@ async def resolve(host: str, port: int, *, family: int = 0, transport: str = "ud
     except (socket.gaierror, UnicodeError) as exc:
         raise HostNotFound(f"cannot resolve host {host!r}: {getattr(exc, 'strerror', None) or exc}", server=host) from None
     except TimeoutError:
-        raise HostNotFound(f"resolving {host!r} took longer than {timeout:g}s", server=host) from None
+        raise HostNotFound(f"resolving {host!r} took longer than {format_duration(timeout)}", server=host) from None
     infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
     if not infos:
         raise HostNotFound(f"no address for {host!r}", server=host)
@@ -336,7 +336,7 @@ def _connect_error(exc: BaseException, server: str, timeout: float) -> NatkitErr
     import ssl as ssl_module
 
     if isinstance(exc, asyncio.TimeoutError):
-        return StunTimeout(f"TCP connect did not complete within {timeout:g}s", server=server, step="connect", limit="budget")
+        return StunTimeout(f"TCP connect did not complete within {format_duration(timeout)}", server=server, step="connect", limit="budget")
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return ServerUnreachable(f"TLS certificate not trusted: {exc.verify_message}", server=server, step="tls",
                                  hint="pass --ca FILE, or --insecure for a test server")
@@ -591,7 +591,7 @@ class TurnClient:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise StunTimeout(f"no final answer within the {budget:g}s budget", server=str(self.server),
+                raise StunTimeout(f"no final answer within the {format_duration(budget)} budget", server=str(self.server),
                                   step=step or _step(pending), limit="budget")
             try:
                 msg, _, _, _ = await self.conn.transact(pending.data, pending.transaction_id, None, self._policy(left))
@@ -698,7 +698,7 @@ async def _read_one(reader: asyncio.StreamReader, timeout: float, server: str) -
         header = await asyncio.wait_for(reader.readexactly(HEADER_LENGTH), max(0.001, timeout))
         body = await asyncio.wait_for(reader.readexactly(int.from_bytes(header[2:4], "big")), max(0.001, timeout))
     except TimeoutError:
-        raise StunTimeout(f"no ConnectionBind answer within {timeout:g}s", server=server, step="connectionbind", limit="budget") from None
+        raise StunTimeout(f"no ConnectionBind answer within {format_duration(timeout)}", server=server, step="connectionbind", limit="budget") from None
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise ServerUnreachable(f"connection closed before the ConnectionBind answer ({exc.__class__.__name__})", server=server) from None
     try:

@@ -29,7 +29,7 @@ from ..errors import (
     StunTimeout,
     UsageError,
 )
-from ..model import TransportAddress
+from ..model import TransportAddress, format_duration
 from .codec import PROTO_UDP, Class, Message, Method, decode, peek_transaction_id
 from .framing import StreamFramer
 from .transaction import Action, ClientTransaction, Retransmission
@@ -289,7 +289,7 @@ class SyncTurnClient:
         while True:
             left = deadline - self.clock()
             if left <= 0:
-                raise StunTimeout(f"no final answer within the {budget:g}s budget", server=str(self.server), limit="budget")
+                raise StunTimeout(f"no final answer within the {format_duration(budget)} budget", server=str(self.server), limit="budget")
             msg, _, _ = self.conn.transact(pending.data, pending.transaction_id, Retransmission(rto=self.rto, budget=left))
             outcome = self.session.handle(pending, msg, self.clock())
             if isinstance(outcome, Pending):

@@ -27,6 +27,7 @@ import dataclasses
 import enum
 
 from ..errors import StunTimeout, UsageError
+from ..model import format_duration
 
 DEFAULT_RTO = 0.5  # s, RFC 8489 §6.2.1
 DEFAULT_RC = 7
@@ -160,10 +161,10 @@ class ClientTransaction:
         """One line: what was sent and which limit fired."""
         p, sends = self.policy, f"{self.sends} send{'s' if self.sends != 1 else ''}"
         if self.limit is Limit.BUDGET:
-            return f"no response within the {p.budget:g}s budget ({sends})"
+            return f"no response within the {format_duration(p.budget)} budget ({sends})"
         if self.limit is Limit.TI:
-            return f"no response within Ti={p.ti:g}s over a reliable transport ({sends})"
-        return f"no response after Rc={p.rc} sends and the final Rm x RTO={p.rm * p.rto:g}s wait ({sends})"
+            return f"no response within Ti={format_duration(p.ti)} over a reliable transport ({sends})"
+        return f"no response after Rc={p.rc} sends and the final Rm x RTO={format_duration(p.rm * p.rto)} wait ({sends})"
 
     def timeout_error(self, server: str | None = None, *, step: str | None = None, hint: str | None = None) -> StunTimeout:
         """The :class:`~natkit.errors.StunTimeout` for this timeout (``limit`` set)."""
