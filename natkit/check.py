@@ -133,7 +133,7 @@ def check(
                 if len(uris) == 1:
                     kind, error = silent[_stun_from_turn(uri)]
                     raise (StunTimeout if kind == "timeout" else ServerUnreachable)(f"{error}; relay check skipped", step="binding")
-                failures.append(Failure(silent[_stun_from_turn(uri)][0], "relay",
+                failures.append(Failure(silent[_stun_from_turn(uri)][0], "binding",
                                         "relay check skipped: the STUN Binding to this port was not answered", uri))
                 continue
             if secret:

@@ -193,7 +193,8 @@ def test_a_bug_is_an_internal_error_exit_70_not_a_verdict(monkeypatch):
     monkeypatch.setattr(natkit.probe, "probe", broken)
     result = cli("probe", "127.0.0.1", "--json")
     assert result.exit_code == 70
-    assert json.loads(result.stdout)["error"] == {"kind": "internal", "exit_code": 70, "message": "RuntimeError: boom"}
+    error = json.loads(result.stdout)["error"]
+    assert {k: error[k] for k in ("kind", "exit_code", "message")} == {"kind": "internal", "exit_code": 70, "message": "RuntimeError: boom"}
     assert result.stderr.startswith("natkit: internal error: RuntimeError: boom") and len(result.stderr.splitlines()) == 1
 
 

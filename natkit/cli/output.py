@@ -40,8 +40,15 @@ def progress(line: str) -> None:
         print(f"… {line}", file=sys.stderr, flush=True)
 
 
+_EMITTED = False  # a JSON document is already on stdout (a server's "listening" document, say)
+
+
 def emit_json(document: Any) -> None:
+    """Print one JSON document on stdout (``--json`` prints exactly one per run)."""
     import json
+
+    global _EMITTED
+    _EMITTED = True
 
     from ..model import to_jsonable
 
@@ -92,7 +99,7 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
             err(f"  | {line}")
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
-        if json_mode:
+        if json_mode and not _EMITTED:  # a server that printed its document ends normally with Ctrl-C
             emit_json({"ok": False, "error": Interrupted("interrupted").to_dict()})
         err("natkit: interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
