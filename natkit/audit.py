@@ -298,6 +298,7 @@ class _Msg:
     txid: bytes
     attrs: dict
     size: int
+    raw: bytes = b""
 
     @property
     def is_success(self) -> bool:
@@ -336,7 +337,7 @@ def _parse(data: bytes) -> _Msg:
         attrs = dict(m.attributes)
         if "ERROR-CODE" in attrs:
             attrs["ERROR-CODE"] = (attrs["ERROR-CODE"][0], attrs["ERROR-CODE"][1].rstrip("\x00 "))
-        return _Msg(int(m.message_method), int(m.message_class), m.transaction_id, attrs, len(data))
+        return _Msg(int(m.message_method), int(m.message_class), m.transaction_id, attrs, len(data), data)
     except struct.error as exc:  # aioice unpacks short attributes with struct
         raise ValueError(f"an attribute is too short for its type ({exc})") from None
     except ValueError:
@@ -366,7 +367,7 @@ def _parse(data: bytes) -> _Msg:
         elif atype == 0x0008:
             attrs["MESSAGE-INTEGRITY"] = value
         pos += 4 + alen + (-alen % 4)
-    return _Msg(mtype & 0x3EEF, mtype & 0x0110, txid, attrs, len(data))
+    return _Msg(mtype & 0x3EEF, mtype & 0x0110, txid, attrs, len(data), data)
 
 
 class _Conn:
