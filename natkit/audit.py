@@ -41,6 +41,14 @@ Checks (ids):
     coturn's telnet CLI (TCP 5766) and Prometheus exporter (TCP 9641) must not
     answer on the server's address.
 
+Verdicts hold for any RFC 8656 server, not only coturn (tests run coturn's
+profiles and pion/turn): ``peer-acl`` judges each REQUESTED-ADDRESS-FAMILY
+on its own and reports the family of the relay the server handed out; a
+check stopped by the per-request timeout (``timeout``), its budget
+(``check_timeout``), malformed answers or refused credentials is
+"not_checked" with that reason, and never lets the report pass
+(:func:`exit_code_of`). The STUN/TURN client is :mod:`natkit.stun`'s.
+
 Safety: the ``peer-acl`` and ``tcp-relay`` checks ask the server to relay
 toward forbidden destinations. CreatePermission and ChannelBind send nothing
 to the peer; a server that accepts a TCP CONNECT does open a connection.
@@ -56,22 +64,22 @@ import ipaddress
 import math
 import os
 import re
-import socket
 import ssl as ssl_module
-import struct
 import time
-from typing import Any
 
-from ._aioice import Class, Message, Method, parse_message
-from ._aioice import stun as _stun
 from .errors import (
     AuthenticationRefused,
     Failure,
+    MalformedMessage,
     NatkitError,
     StunTimeout,
     UsageError,
     exit_code_for,
 )
+from .model import TransportAddress
+from .stun.aio import TurnClient, UdpStunEndpoint, binding_request
+from .stun.codec import FAMILY_IPV6, PROTO_TCP, PROTO_UDP
+from .stun.turn import Pending, Reply, TurnSession
 from .uri import ServerURI, parse_turn_uri
 
 SCHEMA = "natkit.audit/1"
@@ -80,15 +88,6 @@ STATUSES = ("pass", "fail", "not_checked")
 # why a finding is "not_checked": only "not-applicable" (the input did not ask
 # for it: no turns: URI, no credentials) may leave the report ok
 REASONS = ("not-applicable", "timeout", "budget", "malformed", "credentials-refused", "refused", "error")
-
-# STUN/TURN numbers aioice has no names for
-METHOD_CONNECT = 0x000A  # RFC 6062 §6.1
-ATTR_CONNECTION_ID = 0x002A  # RFC 6062 §6.2.1
-TRANSPORT_UDP = 17 << 24  # REQUESTED-TRANSPORT value (RFC 8656 §18.7)
-TRANSPORT_TCP = 6 << 24  # RFC 6062 §6.1
-CHANNEL_MIN = 0x4000  # RFC 8656 §12
-FAMILY_IPV6 = 0x02  # REQUESTED-ADDRESS-FAMILY value (RFC 8656 §18.13)
-
 
 
 # Forbidden peers: (address, label). Ports only matter for ChannelBind/CONNECT.
@@ -272,363 +271,114 @@ def _not_applicable(id: str, title: str, why: str, started: float) -> Finding:
 
 
 # ---------------------------------------------------------------------------
-# a small TURN client (aioice.stun messages; sockets and timers here)
+# the audit's view of natkit.stun's TURN client (no codec, framer or request loop of its own)
 
 
-class _RequestTimeout(StunTimeout):
-    """A request went unanswered within the per-request timeout (``--timeout``)."""
+class _Turn:
+    """One TURN client of the audit: a :class:`natkit.stun.aio.TurnClient` plus the audit's reading of it.
 
-
-class _MalformedResponse(NatkitError):
-    """An answer to one of the audit's requests does not parse (``size``: its length in bytes)."""
-
-    size = 0
-
-
-class _CredentialsRefused(AuthenticationRefused):
-    """The given credentials were refused, or probably refused (unsigned 400 or silence after the challenge)."""
-
-
-@dataclasses.dataclass
-class _Msg:
-    """A parsed STUN message, also for methods aioice does not know (CONNECT)."""
-
-    method: int
-    cls: int
-    txid: bytes
-    attrs: dict
-    size: int
-    raw: bytes = b""
-
-    @property
-    def is_success(self) -> bool:
-        return self.cls == int(Class.RESPONSE)
-
-    @property
-    def signed(self) -> bool:
-        return "MESSAGE-INTEGRITY" in self.attrs
-
-    @property
-    def code(self) -> int | None:
-        ec = self.attrs.get("ERROR-CODE")
-        return ec[0] if ec else None
-
-    def describe(self) -> str:
-        if self.is_success:
-            return "success"
-        ec = self.attrs.get("ERROR-CODE")
-        if not ec:
-            return "error without ERROR-CODE"
-        return f"{ec[0]} {ec[1]}".rstrip()
-
-
-_METHOD_NAMES = {0x001: "Binding", 0x003: "Allocate", 0x004: "Refresh", 0x008: "CreatePermission", 0x009: "ChannelBind", 0x00A: "Connect"}
-
-
-def _parse(data: bytes) -> _Msg:
-    """Parse one STUN message. Raises ``ValueError`` (never ``struct.error``) for anything malformed."""
-    if len(data) < 20 or data[0] & 0xC0:
-        raise ValueError(f"not a STUN message ({len(data)} bytes)")
-    mtype, length, _cookie, txid = struct.unpack("!HHI12s", data[:20])
-    if len(data) != 20 + length:
-        raise ValueError(f"STUN length {length} does not match the {len(data) - 20} bytes after the header")
-    try:
-        m = parse_message(data)
-        attrs = dict(m.attributes)
-        if "ERROR-CODE" in attrs:
-            attrs["ERROR-CODE"] = (attrs["ERROR-CODE"][0], attrs["ERROR-CODE"][1].rstrip("\x00 "))
-        return _Msg(int(m.message_method), int(m.message_class), m.transaction_id, attrs, len(data), data)
-    except struct.error as exc:  # aioice unpacks short attributes with struct
-        raise ValueError(f"an attribute is too short for its type ({exc})") from None
-    except ValueError:
-        if (mtype & 0x3EEF) in _METHOD_NAMES and (mtype & 0x3EEF) != METHOD_CONNECT:
-            raise
-    # a method aioice does not know (CONNECT): read the few attributes the audit needs
-    attrs: dict[str, Any] = {}
-    pos = 20
-    while pos + 4 <= len(data):
-        atype, alen = struct.unpack("!HH", data[pos:pos + 4])
-        value = data[pos + 4:pos + 4 + alen]
-        if len(value) != alen:
-            raise ValueError(f"attribute 0x{atype:04x} at offset {pos} runs past the end of the message")
-        if atype == 0x0009:
-            if alen < 4:
-                raise ValueError(f"ERROR-CODE at offset {pos} is {alen} bytes, needs at least 4")
-            code, reason = _stun.unpack_error_code(value)
-            attrs["ERROR-CODE"] = (code, reason.rstrip("\x00"))
-        elif atype == 0x8022:
-            attrs["SOFTWARE"] = value.decode("utf-8", "replace")
-        elif atype == ATTR_CONNECTION_ID and alen == 4:
-            attrs["CONNECTION-ID"] = struct.unpack("!I", value)[0]
-        elif atype == 0x0015:
-            attrs["NONCE"] = value
-        elif atype == 0x0014:
-            attrs["REALM"] = value.decode("utf-8", "replace")
-        elif atype == 0x0008:
-            attrs["MESSAGE-INTEGRITY"] = value
-        pos += 4 + alen + (-alen % 4)
-    return _Msg(mtype & 0x3EEF, mtype & 0x0110, txid, attrs, len(data), data)
-
-
-class _Conn:
-    """One client transport to a TURN server (UDP socket, or a TCP/TLS stream).
-
-    Responses are matched by transaction ID; indications and ChannelData go to
-    ``inbox`` as ``("stun", _Msg)`` or ``("channel", number, payload)``.
+    Every request gets the per-request timeout (``--timeout``, the 401
+    challenge and the signed retry included); a silence raises
+    :class:`StunTimeout` naming the request and that timeout, or
+    :class:`AuthenticationRefused` ("credentials probably refused") when the
+    server answered the 401 challenge and then went silent for credentials
+    that never worked (``proven``: a list shared by the sessions of one
+    credential, True once one of its requests succeeded). A malformed answer
+    raises :class:`MalformedMessage`. ``replies`` keeps every final answer.
     """
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.transport = None
-        self.pending: dict[bytes, asyncio.Future] = {}
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.raw_sizes: list[int] = []
-        self._buffer = b""
-        self.closed = False
-        self.malformed = 0  # answers that did not parse
-
-    # asyncio protocol callbacks (both DatagramProtocol and Protocol)
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self._packet(data)
-
-    def error_received(self, exc) -> None:
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= 4:
-            if self._buffer[0] & 0xC0 == 0x40:  # ChannelData, padded to 4 over streams
-                length = struct.unpack("!H", self._buffer[2:4])[0]
-                total = 4 + length + (-length % 4)
-            else:
-                if len(self._buffer) < 20:
-                    return
-                total = 20 + struct.unpack("!H", self._buffer[2:4])[0]
-            if len(self._buffer) < total:
-                return
-            frame, self._buffer = self._buffer[:total], self._buffer[total:]
-            if frame[0] & 0xC0 == 0x40:
-                length = struct.unpack("!H", frame[2:4])[0]
-                frame = frame[:4 + length]
-            self._packet(frame)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionResetError("the server closed the connection"))
-
-    def eof_received(self):
-        return False
-
-    def _packet(self, data: bytes) -> None:
-        if len(data) >= 4 and data[0] & 0xC0 == 0x40:
-            number, length = struct.unpack("!HH", data[:4])
-            self.inbox.put_nowait(("channel", number, data[4:4 + length]))
-            return
-        try:
-            msg = _parse(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            # counted and reported, never raised into the event loop
-            self.malformed += 1
-            fut = self.pending.get(data[8:20]) if len(data) >= 20 else None
-            if fut is not None and not fut.done():
-                error = _MalformedResponse(f"malformed answer ({len(data)} bytes): {exc}")
-                error.size = len(data)
-                fut.set_exception(error)
-            return
-        fut = self.pending.get(msg.txid)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-        elif msg.cls == int(Class.INDICATION):
-            self.inbox.put_nowait(("stun", msg))
+    def __init__(self, client: TurnClient, timeout: float, proven: list[bool] | None = None) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.proven = proven if proven is not None else [False]
+        self.replies: list[Reply] = []
 
     @classmethod
-    async def open(cls, host: str, port: int, kind: str, *, ssl: ssl_module.SSLContext | None = None,
-                   server_hostname: str | None = None, timeout: float = 3.0) -> _Conn:
-        """``kind``: "udp", "tcp" or "tls". Raises OSError/ssl.SSLError/:class:`_RequestTimeout`."""
-        loop = asyncio.get_running_loop()
-        conn = cls(kind)
-        if kind == "udp":
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            await loop.create_datagram_endpoint(lambda: conn, remote_addr=(host, port), family=family)
+    async def open(cls, t: _Target, *, transport: str = "udp", username: str | None = None, password: str | None = None,
+                   proven: list[bool] | None = None) -> _Turn:
+        if transport == "tls":
+            assert t.tls is not None and t.tls_host is not None
+            addr, ssl, sni = TransportAddress(t.tls_host, t.tls.port), _insecure_context(), t.tls.host
         else:
-            try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda: conn, host, port, ssl=ssl if kind == "tls" else None,
-                                           server_hostname=(server_hostname or host) if kind == "tls" else None),
-                    timeout,
-                )
-            except TimeoutError:
-                raise _RequestTimeout(f"no {kind.upper()} connection to {host}:{port} within {timeout:g} s (the per-request timeout, --timeout)") from None
-        return conn
+            assert t.port is not None
+            addr, ssl, sni = TransportAddress(t.host, t.port), None, None
+        client = await TurnClient.open(addr, transport=transport, username=username, password=password, ssl=ssl,
+                                       server_hostname=sni, timeout=t.timeout)
+        return cls(client, t.timeout, proven)
 
-    def send(self, data: bytes) -> None:
-        if self.kind == "udp":
-            self.transport.sendto(data)
-        else:
-            self.transport.write(data + bytes(-len(data) % 4) if data[0] & 0xC0 == 0x40 else data)
+    @property
+    def relayed(self) -> TransportAddress | None:
+        return self.client.relayed
 
-    async def request(self, message: Message, timeout: float, rto: float = 0.25) -> _Msg:
-        """One transaction; UDP retransmits (RFC 8489 §6.2.1) within ``timeout`` seconds.
+    @property
+    def challenged(self) -> bool:
+        """The server answered a 401 with REALM and NONCE (so requests now go out signed)."""
+        return self.client.session.key is not None
 
-        Raises :class:`_RequestTimeout` (naming the request and the timeout)
-        when nothing matching arrives, :class:`_MalformedResponse` when the
-        answer does not parse.
-        """
+    async def call(self, pending: Pending, what: str) -> Reply:
         try:
-            return await self._request(message, timeout, rto)
-        except TimeoutError:
-            name = _METHOD_NAMES.get(int(message.message_method), f"method 0x{int(message.message_method):03x}")
-            if message.attributes.get("REQUESTED-ADDRESS-FAMILY") == FAMILY_IPV6:
-                name = "IPv6 " + name
-            raise _RequestTimeout(f"no answer to {name} within {timeout:g} s (the per-request timeout, --timeout)") from None
+            reply = await self.client.call(pending, timeout=self.timeout)
+        except StunTimeout as exc:
+            if self.challenged and not self.proven[0]:
+                raise AuthenticationRefused(
+                    f"credentials probably refused: the server answered the 401 challenge, then nothing within "
+                    f"{self.timeout:g} s after the credentials were sent", step=what, server=exc.server,
+                    hint="check the username/password or the shared secret (and the clock, for REST credentials)") from None
+            raise StunTimeout(f"no answer to {what} within {self.timeout:g} s (the per-request timeout, --timeout)",
+                              server=exc.server, step=what, limit=exc.limit) from None
+        self.replies.append(reply)
+        if reply.ok and "USERNAME" in reply.request:
+            self.proven[0] = True
+        return reply
 
-    async def _request(self, message: Message, timeout: float, rto: float) -> _Msg:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.pending[message.transaction_id] = fut
-        data = bytes(message)
-        deadline = loop.time() + timeout
-        try:
-            wait = rto
-            while True:
-                self.send(data)
-                self.raw_sizes.append(len(data))
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise TimeoutError()
-                this = left if self.kind != "udp" else min(wait, left)
-                done, _ = await asyncio.wait({fut}, timeout=this)
-                if done:
-                    return fut.result()
-                if loop.time() >= deadline:
-                    raise TimeoutError()
-                wait *= 2
-        finally:
-            self.pending.pop(message.transaction_id, None)
+    async def allocate(self, *, transport: int = PROTO_UDP, lifetime: int = 300, ipv6: bool = False) -> Reply:
+        pending = self.client.session.allocate(transport=transport, lifetime=lifetime, family=FAMILY_IPV6 if ipv6 else None)
+        return await self.call(pending, "IPv6 Allocate" if ipv6 else "Allocate")
 
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-            self.closed = True
+    async def create_permission(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.create_permission(peer), f"CreatePermission toward {peer.host}")
 
+    async def channel_bind(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.channel_bind(peer), f"ChannelBind toward {peer}")
 
-class _Session:
-    """Long-term credential handling (RFC 8489 §9.2) over one :class:`_Conn`.
+    async def connect(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.connect(peer), f"Connect toward {peer}")
 
-    ``username``/``password`` None: requests go out unauthenticated (for the
-    open-relay check and servers with ``no-auth``). ``proven``: a shared
-    one-element list set to True once these credentials got a success (so a
-    later silence is a timeout, not a refusal).
-    """
+    def refusal(self, reply: Reply) -> str | None:
+        """Why ``reply`` means the credentials were refused (None when it does not).
 
-    def __init__(self, conn: _Conn, username: str | None, password: str | None, timeout: float,
-                 proven: list[bool] | None = None) -> None:
-        self.conn = conn
-        self.username = username
-        self.password = password
-        self.timeout = timeout
-        self.realm: str | None = None
-        self.nonce: bytes | None = None
-        self.key: bytes | None = None
-        self.relayed: tuple[str, int] | None = None
-        self.mapped: tuple[str, int] | None = None
-        self.responses: list[_Msg] = []
-        self.proven = proven if proven is not None else [False]
-        self.challenged = False  # the server answered a 401 with REALM and NONCE
-
-    async def call(self, method: int, attributes: dict | None = None) -> _Msg:
-        """Send one request, answering 401/438 challenges once; return the final answer.
-
-        Raises :class:`_CredentialsRefused` when the server answered the 401
-        challenge and then stayed silent after the credentials were sent
-        (and they never worked before), plus what :meth:`_Conn.request` raises.
-        """
-        authed_once = False
-        for _ in range(4):
-            msg = Message(message_method=method, message_class=Class.REQUEST, attributes=dict(attributes or {}))
-            if self.key is not None:
-                msg.attributes["USERNAME"] = self.username
-                msg.attributes["REALM"] = self.realm
-                msg.attributes["NONCE"] = self.nonce
-                msg.add_message_integrity(self.key)
-                authed_once = True
-            try:
-                resp = await self.conn.request(msg, self.timeout)
-            except _RequestTimeout as exc:
-                if self.key is not None and self.challenged and not self.proven[0]:
-                    raise _CredentialsRefused(
-                        f"credentials probably refused: the server answered the 401 challenge, then nothing within "
-                        f"{self.timeout:g} s after the credentials were sent", step=_METHOD_NAMES.get(int(method)),
-                        hint="check the username/password or the shared secret (and the clock, for REST credentials)") from exc
-                raise
-            self.responses.append(resp)
-            code = resp.code
-            if code == 401 and self.username is not None and "NONCE" in resp.attrs and "REALM" in resp.attrs and not authed_once:
-                from aioice.turn import make_integrity_key
-
-                self.challenged = True
-                self.realm = resp.attrs["REALM"]
-                self.nonce = resp.attrs["NONCE"]
-                self.key = make_integrity_key(self.username, self.realm, self.password)
-                continue
-            if code == 438 and "NONCE" in resp.attrs and self.key is not None:
-                self.nonce = resp.attrs["NONCE"]
-                authed_once = False
-                continue
-            if resp.is_success and authed_once:
-                self.proven[0] = True
-            return resp
-        return resp
-
-    def refusal(self, resp: _Msg) -> str | None:
-        """Why ``resp`` means the credentials were refused (None when it does not).
-
-        401/441 after the credentials were sent; an unsigned 400 after the
-        server answered the challenge, for credentials that never worked
+        401/441 to a signed request; an unsigned 400 to a signed request after
+        the server answered the challenge, for credentials that never worked
         (pion/turn answers a wrong password so; RFC 8489 §9.2.5 lets a client
         discard it, as aioice does).
         """
-        if self.key is None or resp.is_success:
+        if reply.ok or "USERNAME" not in reply.request:
             return None
-        if resp.code in (401, 441):
-            return f"credentials refused: {resp.describe()} after the credentials were sent"
-        if resp.code == 400 and not resp.signed and self.challenged and not self.proven[0]:
+        if reply.code in (401, 441):
+            return f"credentials refused: {reply.describe()} after the credentials were sent"
+        if reply.code == 400 and reply.signed is None and self.challenged and not self.proven[0]:
             return ("credentials probably refused: the server answered the 401 challenge, then an unsigned "
-                    f"{resp.describe()} to the request carrying the credentials")
+                    f"{reply.describe().replace(' (unsigned)', '')} to the request carrying the credentials")
         return None
 
-    async def allocate(self, transport: int = TRANSPORT_UDP, lifetime: int = 300, ipv6: bool = False) -> _Msg:
-        attrs: dict[str, Any] = {"LIFETIME": lifetime, "REQUESTED-TRANSPORT": transport}
-        if ipv6:
-            attrs["REQUESTED-ADDRESS-FAMILY"] = FAMILY_IPV6
-        resp = await self.call(Method.ALLOCATE, attrs)
-        if resp.is_success:
-            self.relayed = resp.attrs.get("XOR-RELAYED-ADDRESS")
-            self.mapped = resp.attrs.get("XOR-MAPPED-ADDRESS")
-        return resp
-
-    async def release(self) -> None:
-        """Refresh with LIFETIME 0 (RFC 8656 §8); errors ignored."""
-        if self.relayed is None or self.conn.closed:
-            return
-        try:
-            await self.call(Method.REFRESH, {"LIFETIME": 0})
-        except (TimeoutError, OSError, ConnectionError, NatkitError):
-            pass
-        self.relayed = None
+    def attempts(self) -> str:
+        """The last two answers, for evidence ("401 Unauthorized → 400 (unsigned)")."""
+        return " → ".join(r.describe() for r in self.replies[-2:])
 
     async def close(self) -> None:
-        try:
-            await self.release()
-        finally:
-            self.conn.close()
+        await self.client.close()
+
+
+class _SizedEndpoint(UdpStunEndpoint):
+    """A UDP endpoint that records the size of every datagram it receives (amplification, malformed or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.sizes.append(len(data))
+        super().datagram_received(data, addr)
 
 
 # ---------------------------------------------------------------------------
@@ -674,40 +424,38 @@ _FIX = {
 }
 
 
-def _auth_attempts(sess: _Session) -> str:
-    return " → ".join(r.describe() for r in sess.responses[-2:])
-
-
-async def _udp_session(t: _Target, username: str | None = None, password: str | None = None, *, creds: bool = True) -> _Session:
-    conn = await _Conn.open(t.host, t.port, "udp")
+async def _udp_session(t: _Target, username: str | None = None, password: str | None = None, *, creds: bool = True) -> _Turn:
+    """A UDP TURN client: with ``creds`` the target's credentials (unless others are given), else none."""
     own = creds and not username
     if creds:
         username, password = username or t.username, password or t.password
-    return _Session(conn, username, password, t.timeout, t.proven if own else None)
+    return await _Turn.open(t, username=username, password=password, proven=t.proven if own else None)
 
 
 async def _check_open_relay(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
+    title = "Allocate without credentials"
     sess = await _udp_session(t, creds=False)
     try:
-        resp = await sess.allocate(lifetime=60)
+        reply = await sess.allocate(lifetime=60)
+        resp = reply.response
         ctx["auth_response"] = resp
-        ev = [f"unauthenticated Allocate (REQUESTED-TRANSPORT UDP) → {resp.describe()}"]
-        data: dict = {"code": resp.code, "realm": resp.attrs.get("REALM"), "nonce": bool(resp.attrs.get("NONCE"))}
-        if resp.is_success:
+        ev = [f"unauthenticated Allocate (REQUESTED-TRANSPORT UDP) → {reply.describe()}"]
+        data: dict = {"code": reply.code, "realm": resp.get("REALM"), "nonce": bool(resp.get("NONCE"))}
+        if reply.ok:
             ctx["open"] = True
-            ev.append(f"relayed address {resp.attrs.get('XOR-RELAYED-ADDRESS')} granted without credentials")
-            return _finding("open-relay", "Allocate without credentials", "fail", "critical", ev, _FIX["open-relay"], data, started)
+            ev.append(f"relayed address {sess.relayed} granted without credentials")
+            return _finding("open-relay", title, "fail", "critical", ev, _FIX["open-relay"], data, started)
         ctx["open"] = False
-        realm = resp.attrs.get("REALM")
-        if resp.code == 401 and realm and resp.attrs.get("NONCE"):
+        realm = resp.get("REALM")
+        if reply.code == 401 and realm and resp.get("NONCE"):
             ev.append(f"REALM {realm!r}, NONCE present")
-            return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
-        if resp.code == 401:
+            return _finding("open-relay", title, "pass", "info", ev, None, data, started)
+        if reply.code == 401:
             ev.append("401 without REALM/NONCE: long-term credentials cannot work (RFC 8489 §9.2.4)")
-            return _finding("open-relay", "Allocate without credentials", "fail", "low", ev, _FIX["open-relay"], data, started)
+            return _finding("open-relay", title, "fail", "low", ev, _FIX["open-relay"], data, started)
         ev.append("refused, but not with 401: the server may not be a TURN server")
-        return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
+        return _finding("open-relay", title, "pass", "info", ev, None, data, started)
     finally:
         await sess.close()
 
@@ -716,26 +464,21 @@ def _have_creds(t: _Target, ctx: dict) -> bool:
     return bool(t.username and t.password) or ctx.get("open") is True
 
 
-async def _channel_echo(a: _Session, b: _Session, channel: int, payload: bytes, timeout: float) -> tuple[bool, str]:
-    """A sends ChannelData toward B's relayed address; B must get a Data indication carrying it."""
-    a.conn.send(struct.pack("!HH", channel, len(payload)) + payload)
+async def _channel_echo(a: _Turn, b: _Turn, payload: bytes, timeout: float) -> tuple[bool, str]:
+    """A sends ``payload`` toward B's relayed address (ChannelData on A's bound channel); B must receive it."""
+    assert b.relayed is not None
+    a.client.send(b.relayed, payload)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            return False, "no Data indication arrived"
-        try:
-            item = await asyncio.wait_for(b.conn.inbox.get(), left)
-        except TimeoutError:
-            return False, "no Data indication arrived"
-        if item[0] == "stun" and item[1].method == int(Method.DATA):
-            data = item[1].attrs.get("DATA")
-            if data == payload:
-                return True, f"Data indication from {item[1].attrs.get('XOR-PEER-ADDRESS')}"
-            return False, "Data indication with other bytes"
-        if item[0] == "channel" and item[2] == payload:
-            return True, "ChannelData"
+    while (left := deadline - loop.time()) > 0:
+        got = await b.client.recv(left)
+        if got is None:
+            break
+        how = f"ChannelData on 0x{got.channel:04x}" if got.channel is not None else f"Data indication from {got.peer}"
+        if got.data == payload:
+            return True, how
+        return False, f"{how} with other bytes"
+    return False, "nothing arrived"
 
 
 async def _positive_control(t: _Target, family_v6: bool = False) -> tuple[bool | None, list[str]]:
@@ -749,29 +492,28 @@ async def _positive_control(t: _Target, family_v6: bool = False) -> tuple[bool |
     b = await _udp_session(t)
     try:
         ra, rb = await a.allocate(ipv6=family_v6), await b.allocate(ipv6=family_v6)
-        if not (ra.is_success and rb.is_success):
+        if not (ra.ok and rb.ok):
             return None, [f"positive control: Allocate → {ra.describe()} / {rb.describe()}"]
         pa, pb = a.relayed, b.relayed
         if pa is None or pb is None:
             return None, ["positive control: an Allocate success without XOR-RELAYED-ADDRESS (RFC 8656 §7.3 requires it)"]
         ok = True
-        for x, y, peer in ((a, b, pb), (b, a, pa)):
-            r1 = await x.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (peer[0], peer[1])})
-            r2 = await x.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (peer[0], peer[1]), "CHANNEL-NUMBER": CHANNEL_MIN + 0x100})
-            src = x.relayed or ("?", 0)
-            ev.append(f"positive control {src[0]}:{src[1]} → {peer[0]}:{peer[1]}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
-            if not (r1.is_success and r2.is_success):
+        for x, peer in ((a, pb), (b, pa)):
+            r1 = await x.create_permission(peer)
+            r2 = await x.channel_bind(peer)
+            ev.append(f"positive control {x.relayed} → {peer}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
+            if not (r1.ok and r2.ok):
                 ok = False
         if not ok:
             return False, ev
         payload = b"natkit-audit positive control " + os.urandom(8).hex().encode()
         for x, y, label in ((a, b, "A→B"), (b, a, "B→A")):
-            got, how = await _channel_echo(x, y, CHANNEL_MIN + 0x100, payload, t.timeout)
+            got, how = await _channel_echo(x, y, payload, t.timeout)
             ev.append(f"positive control data {label}: {'delivered' if got else 'NOT delivered'} ({how})")
             ok = ok and got
         return ok, ev
-    except (_RequestTimeout, _MalformedResponse, _CredentialsRefused) as exc:
-        return None, ev + [f"positive control could not run: {exc.message}"]
+    except (StunTimeout, MalformedMessage, AuthenticationRefused) as exc:
+        return None, [*ev, f"positive control could not run: {exc.message}"]
     finally:
         await asyncio.gather(a.close(), b.close())
 
@@ -794,7 +536,7 @@ class _AclFamily:
     requested: int  # 4 or 6
     peers: list[tuple[str, str]]
     state: str = "pending"  # pending, checked, not-relayable (440/442/443), not-checked
-    relay: tuple[str, int] | None = None  # XOR-RELAYED-ADDRESS the server handed out
+    relay: TransportAddress | None = None  # XOR-RELAYED-ADDRESS the server handed out
     reason: str | None = None  # a REASONS value when (partly) not checked
     note: str | None = None  # what the Allocate got
     results: dict = dataclasses.field(default_factory=dict)
@@ -808,7 +550,7 @@ class _AclFamily:
 
     @property
     def relay_family(self) -> int | None:
-        return None if self.relay is None else ipaddress.ip_address(self.relay[0]).version
+        return None if self.relay is None else self.relay.family
 
     def not_checked(self, reason: str, note: str) -> None:
         self.state, self.reason, self.note = "not-checked", reason, note
@@ -839,7 +581,7 @@ def _self_test_exception(t: _Target, fam: _AclFamily, ip: str) -> bool:
     path past the ACL; the same acceptance on a reachable address is critical.
     """
     try:
-        return fam.relay is not None and ip == fam.relay[0] and ipaddress.ip_address(ip).is_loopback \
+        return fam.relay is not None and ip == fam.relay.host and ipaddress.ip_address(ip).is_loopback \
             and ipaddress.ip_address(t.host).is_loopback
     except ValueError:
         return False
@@ -850,26 +592,26 @@ async def _acl_family(t: _Target, st: _AclState, fam: _AclFamily) -> None:
     sess = await _udp_session(t)
     try:
         try:
-            resp = await sess.allocate(ipv6=fam.requested == 6)
-        except _CredentialsRefused as exc:
+            reply = await sess.allocate(ipv6=fam.requested == 6)
+        except AuthenticationRefused as exc:
             return fam.not_checked("credentials-refused", f"{fam.name} Allocate: {exc.message}")
-        except _RequestTimeout as exc:
+        except StunTimeout as exc:
             return fam.not_checked("timeout", exc.message)
-        except _MalformedResponse as exc:
+        except MalformedMessage as exc:
             return fam.not_checked("malformed", f"{fam.name} Allocate: {exc.message}")
-        if not resp.is_success:
-            if resp.code in _FAMILY_REFUSALS:  # no relay of that family: those peers are unreachable
-                fam.state, fam.note = "not-relayable", f"{fam.name} Allocate → {resp.describe()}: {fam.name} peers cannot be relayed"
+        if not reply.ok:
+            if reply.code in _FAMILY_REFUSALS:  # no relay of that family: those peers are unreachable
+                fam.state, fam.note = "not-relayable", f"{fam.name} Allocate → {reply.describe()}: {fam.name} peers cannot be relayed"
                 for ip, _ in fam.peers:
-                    fam.results[ip] = {"create_permission": resp.code, "channel_bind": resp.code}
+                    fam.results[ip] = {"create_permission": reply.code, "channel_bind": reply.code}
                 return None
-            why = sess.refusal(resp)
+            why = sess.refusal(reply)
             return fam.not_checked("credentials-refused" if why else "refused",
-                                   f"{fam.name} Allocate with the given credentials → {why or resp.describe()} ({_auth_attempts(sess)})")
+                                   f"{fam.name} Allocate with the given credentials → {why or reply.describe()} ({sess.attempts()})")
         if sess.relayed is None:
             return fam.not_checked("malformed", f"{fam.name} Allocate success without XOR-RELAYED-ADDRESS (RFC 8656 §7.3 requires it)")
         fam.state, fam.relay = "checked", sess.relayed
-        fam.note = f"{fam.name} Allocate → relay {fam.relay[0]}:{fam.relay[1]} (IPv{fam.relay_family})"
+        fam.note = f"{fam.name} Allocate → relay {fam.relay} (IPv{fam.relay_family})"
         if fam.relay_family != fam.requested:
             fam.note += f", although {fam.name} was requested (REQUESTED-ADDRESS-FAMILY ignored)"
         await _acl_peers(sess, st, fam)
@@ -878,25 +620,25 @@ async def _acl_family(t: _Target, st: _AclState, fam: _AclFamily) -> None:
     return None
 
 
-async def _acl_peers(sess: _Session, st: _AclState, fam: _AclFamily) -> None:
+async def _acl_peers(sess: _Turn, st: _AclState, fam: _AclFamily) -> None:
     on = f"on an IPv{fam.relay_family} relay"
-    for i, (ip, label) in enumerate(fam.peers):
+    for ip, label in fam.peers:
         st.step = f"CreatePermission/ChannelBind toward {ip}"
-        port = 80 if ip.endswith(("169.254.169.254", "a9fe:a9fe")) else 9
+        peer = TransportAddress(ip, 80 if ip.endswith(("169.254.169.254", "a9fe:a9fe")) else 9)
         try:
-            r1 = await sess.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (ip, port)})
-            r2 = await sess.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (ip, port), "CHANNEL-NUMBER": CHANNEL_MIN + i})
-        except (_RequestTimeout, _MalformedResponse) as exc:
+            r1 = await sess.create_permission(peer)
+            r2 = await sess.channel_bind(peer)
+        except (StunTimeout, MalformedMessage) as exc:
             fam.unanswered.append(ip)
-            fam.reason = fam.reason or ("timeout" if isinstance(exc, _RequestTimeout) else "malformed")
+            fam.reason = fam.reason or ("timeout" if isinstance(exc, StunTimeout) else "malformed")
             fam.lines.append(f"{ip} ({label}) not checked: {exc.message}")
             if len(fam.unanswered) >= 2:  # the server stopped answering: do not spend the budget on every peer
                 fam.lines.append(f"stopped after {len(fam.unanswered)} unanswered peers")
                 return
             continue
-        fam.results[ip] = {"label": label, "create_permission": r1.code if not r1.is_success else 0,
-                           "channel_bind": r2.code if not r2.is_success else 0, "relay_family": fam.relay_family}
-        if r1.is_success or r2.is_success:
+        fam.results[ip] = {"label": label, "create_permission": 0 if r1.ok else r1.code,
+                           "channel_bind": 0 if r2.ok else r2.code, "relay_family": fam.relay_family}
+        if r1.ok or r2.ok:
             fam.accepted.append(ip)
             mismatch = _peer_family(ip) != fam.relay_family
             fam.lines.append(f"ACCEPTED {ip} ({label}) {on}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}"
@@ -962,7 +704,7 @@ def _acl_verdict(t: _Target, st: _AclState, started: float, interrupted: str | N
         ev.append("positive control not run")
     data = {"peers": results, "accepted": accepted, "refused_403": len(refused403), "unchecked": unchecked,
             "family_mismatch": mismatch, "self_test_exception": exceptions,
-            "families": {fam.name: {"state": fam.state, "relay": list(fam.relay) if fam.relay else None, "relay_family": fam.relay_family,
+            "families": {fam.name: {"state": fam.state, "relay": str(fam.relay) if fam.relay else None, "relay_family": fam.relay_family,
                                     "reason": fam.reason, "note": fam.note} for fam in fams},
             "positive_control": st.control}
     incomplete = next((fam for fam in fams if fam.reason), None)
@@ -991,35 +733,36 @@ async def _check_tcp_relay(t: _Target, ctx: dict) -> Finding:
     title = "TCP relay (RFC 6062) and CONNECT toward forbidden peers"
     if not _have_creds(t, ctx):
         return _not_applicable("tcp-relay", title, "needs valid credentials: give --secret or --user/--password", started)
-    if t.port is not None:
-        via = f"TCP {t.host}:{t.port}"
-        try:
-            conn = await _Conn.open(t.host, t.port, "tcp", timeout=t.timeout)
-        except ConnectionRefusedError:
+    transport = "tcp" if t.port is not None else "tls"
+    via = f"TCP {t.host}:{t.port}" if transport == "tcp" else f"TLS {t.tls_host}:{t.tls.port if t.tls else '?'}"
+    try:
+        sess = await _Turn.open(t, transport=transport, username=t.username, password=t.password, proven=t.proven)
+    except StunTimeout as exc:
+        raise StunTimeout(f"no {transport.upper()} connection within {t.timeout:g} s (the per-request timeout, --timeout)",
+                          server=exc.server, step="connect", limit=exc.limit) from None
+    except NatkitError as exc:
+        if transport == "tcp" and exc.message.startswith("connection refused"):
             return _finding("tcp-relay", title, "pass", "info", [f"{via}: connection refused: no TURN over TCP here, so no RFC 6062 TCP allocation"],
                             None, {"allocate": None, "connect": {}, "tcp_listener": False}, started)
-    else:
-        conn = await _Conn.open(t.tls_host, t.tls.port, "tls", ssl=_insecure_context(), server_hostname=t.tls.host, timeout=t.timeout)
-        via = f"TLS {t.tls_host}:{t.tls.port}"
-    sess = _Session(conn, t.username, t.password, t.timeout, t.proven)
+        raise
     try:
-        resp = await sess.allocate(transport=TRANSPORT_TCP)
-        ev = [f"TCP Allocate over {via} → {resp.describe()}"]
-        data: dict = {"allocate": resp.code if not resp.is_success else 0, "connect": {}}
-        if not resp.is_success:
-            if resp.code == 442:
-                return _finding("tcp-relay", title, "pass", "info", ev + ["TCP relay is disabled"], None, data, started)
-            why = sess.refusal(resp)
+        reply = await sess.allocate(transport=PROTO_TCP)
+        ev = [f"TCP Allocate over {via} → {reply.describe()}"]
+        data: dict = {"allocate": 0 if reply.ok else reply.code, "connect": {}}
+        if not reply.ok:
+            if reply.code == 442:
+                return _finding("tcp-relay", title, "pass", "info", [*ev, "TCP relay is disabled"], None, data, started)
+            why = sess.refusal(reply)
             if why:
-                return _finding("tcp-relay", title, "not_checked", "info", ev + [why], None, data, started, "credentials-refused")
-            return _finding("tcp-relay", title, "pass", "info", ev + ["TCP allocation refused"], None, data, started)
+                return _finding("tcp-relay", title, "not_checked", "info", [*ev, why], None, data, started, "credentials-refused")
+            return _finding("tcp-relay", title, "pass", "info", [*ev, "TCP allocation refused"], None, data, started)
         accepted = []
         for ip, port, label in FORBIDDEN_CONNECT:
-            r = await sess.call(METHOD_CONNECT, {"XOR-PEER-ADDRESS": (ip, port)})
-            data["connect"][f"{ip}:{port}"] = r.code if not r.is_success else 0
+            r = await sess.connect(TransportAddress(ip, port))
+            data["connect"][f"{ip}:{port}"] = 0 if r.ok else r.code
             ev.append(f"CONNECT {ip}:{port} ({label}) → {r.describe()}")
             # 403 is the ACL; 443 cannot reach that family; anything else means the server tried
-            if r.is_success or r.code not in (403, 443):
+            if r.ok or r.code not in (403, 443):
                 accepted.append(f"{ip}:{port}")
         if accepted:
             ev.append("the server attempted TCP connections toward: " + ", ".join(accepted) + " (447/500 mean it tried and failed)")
@@ -1065,7 +808,7 @@ async def _check_tls(t: _Target, ctx: dict) -> Finding:
 
     from .tls import cert_info
 
-    host, port, sni = t.tls_host, t.tls.port, t.tls.host
+    host, port, sni = t.tls_host or t.host, t.tls.port, t.tls.host
     try:
         ipaddress.ip_address(sni)
         sni_name = None
@@ -1147,12 +890,17 @@ async def _check_credentials(t: _Target, ctx: dict) -> Finding:
     for label, cred in cases:
         sess = await _udp_session(t, cred.username, cred.password, creds=False)
         try:
-            resp = await sess.allocate(lifetime=60)
-            data[label] = resp.code if not resp.is_success else 0
-            ev.append(f"{label} credential {cred.username} → {resp.describe()}")
-            if resp.is_success:
+            try:
+                reply = await sess.allocate(lifetime=60)
+            except AuthenticationRefused:  # the challenge was answered, the credential met silence: refused
+                data[label] = None
+                ev.append(f"{label} credential {cred.username} → no answer after the 401 challenge (refused)")
+                continue
+            data[label] = 0 if reply.ok else reply.code
+            ev.append(f"{label} credential {cred.username} → {reply.describe()}")
+            if reply.ok:
                 bad.append(label)
-            blob = repr([r.attrs for r in sess.responses])
+            blob = repr([r.response.attributes for r in sess.replies])
             if t.secret in blob or cred.password in blob:
                 leaked = True
         finally:
@@ -1181,7 +929,7 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
         username, password = cred.username, cred.password
     else:
         await asyncio.sleep(1.5)
-    sessions: list[_Session] = []
+    sessions: list[_Turn] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + t.flood_seconds
     seen = {"granted": 0}
@@ -1195,13 +943,13 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
             sess = await _udp_session(t, username, password)
             sessions.append(sess)
             try:
-                resp = await sess.allocate(lifetime=60)
-            except (_RequestTimeout, _MalformedResponse, _CredentialsRefused) as exc:
+                reply = await sess.allocate(lifetime=60)
+            except (StunTimeout, MalformedMessage, AuthenticationRefused) as exc:
                 data = {"granted": granted, "stopped_by": None, "max": t.flood_max}
-                reason = {_RequestTimeout: "timeout", _MalformedResponse: "malformed"}.get(type(exc), "credentials-refused")
+                reason = "timeout" if isinstance(exc, StunTimeout) else ("malformed" if isinstance(exc, MalformedMessage) else "credentials-refused")
                 return _finding("quota", title, "not_checked", "info", [f"Allocate {granted + 1}: {exc.message}"], None, data, started, reason)
-            if not resp.is_success:
-                stopped = resp
+            if not reply.ok:
+                stopped = reply
                 break
             granted += 1
             seen["granted"] = granted
@@ -1248,28 +996,29 @@ async def _check_software(t: _Target, ctx: dict) -> Finding:
     title = "SOFTWARE attribute (version leak)"
     seen = {}
     binding = ctx.get("binding")
-    if binding is not None and "SOFTWARE" in binding.attrs:
-        seen["Binding response"] = binding.attrs["SOFTWARE"]
+    if binding is not None and "SOFTWARE" in binding:
+        seen["Binding response"] = binding["SOFTWARE"]
     auth = ctx.get("auth_response")
-    if auth is not None and "SOFTWARE" in auth.attrs:
-        seen["Allocate response"] = auth.attrs["SOFTWARE"]
+    if auth is not None and "SOFTWARE" in auth:
+        seen["Allocate response"] = auth["SOFTWARE"]
     if not seen and binding is None:  # the Binding answer (if any) was not readable
+        bad = ctx.get("binding_malformed")
+        if bad is not None and bad.attribute == "SOFTWARE":  # what it says is unreadable, that it says too much is not
+            return _finding("software", title, "fail", "low", [f"Binding: {bad.message}",
+                            f"a SOFTWARE value beyond RFC 8489 §14.14 (at most {SOFTWARE_MAX} bytes of UTF-8)"],
+                            _FIX["software"], {"software": None, "malformed": bad.message}, started)
         why = ctx.get("binding_error") or "no response to inspect"
         return _finding("software", title, "not_checked", "info", [why], None, None, started, ctx.get("binding_reason", "error"))
     if not seen:
         return _finding("software", title, "pass", "info", ["no SOFTWARE attribute in Binding and Allocate responses"], None, {"software": None}, started)
     value = next(iter(seen.values()))
-    head = value[:SOFTWARE_MAX]
-    cves = coturn_cves(head)
+    cves = coturn_cves(value)
     ev = [f"{where}: SOFTWARE {_clip(v)}" for where, v in seen.items()]
     ev += [f"known vulnerability for this version: {c}" for c in cves]
-    too_long = len(value.encode("utf-8", "replace")) > SOFTWARE_MAX
-    if too_long:
-        ev.append(f"SOFTWARE is {len(value)} characters: RFC 8489 §14.14 allows at most {SOFTWARE_MAX} bytes")
-    has_version = re.search(r"\d\.\d", head) is not None  # same answer as \d+\.\d+, in linear time
-    sev = "high" if cves else ("low" if has_version or too_long else "info")
+    has_version = re.search(r"\d\.\d", value) is not None  # same answer as \d+\.\d+, in linear time
+    sev = "high" if cves else ("low" if has_version else "info")
     return _finding("software", title, "fail" if sev != "info" else "pass", sev, ev, _FIX["software"] if sev != "info" else None,
-                    {"software": head, "software_length": len(value), "cves": cves}, started)
+                    {"software": value, "cves": cves}, started)
 
 
 # amplification thresholds (response bytes / request bytes)
@@ -1284,19 +1033,19 @@ async def _check_amplification(t: _Target, ctx: dict) -> Finding:
     ev, data = [], {}
     ratios = []
     binding = ctx.get("binding")
-    size = binding.size if binding is not None else ctx.get("binding_size")
+    size = ctx.get("binding_size")  # bytes received, whether they parsed or not
     if size:
         r = size / ctx["binding_request_size"]
         ratios.append(r)
         data["binding"] = {"request": ctx["binding_request_size"], "response": size, "ratio": r}
-        attrs = ", ".join(k for k in binding.attrs) if binding is not None else "malformed"
+        attrs = ", ".join(binding.names()) if binding is not None else "malformed"
         ev.append(f"Binding: {ctx['binding_request_size']} B → {size} B (×{r:.2f}; {attrs})")
     auth = ctx.get("auth_response")
-    if auth is not None and ctx.get("auth_request_size"):
-        r = auth.size / ctx["auth_request_size"]
+    if auth is not None and auth.raw and ctx.get("auth_request_size"):
+        r = len(auth.raw) / ctx["auth_request_size"]
         ratios.append(r)
-        data["allocate"] = {"request": ctx["auth_request_size"], "response": auth.size, "ratio": r}
-        ev.append(f"unauthenticated Allocate: {ctx['auth_request_size']} B → {auth.size} B (×{r:.2f})")
+        data["allocate"] = {"request": ctx["auth_request_size"], "response": len(auth.raw), "ratio": r}
+        ev.append(f"unauthenticated Allocate: {ctx['auth_request_size']} B → {len(auth.raw)} B (×{r:.2f})")
     if not ratios:
         why = ctx.get("binding_error") or "no UDP answer to measure"
         return _finding("amplification", title, "not_checked", "info", [why], None, None, started, ctx.get("binding_reason", "error"))
@@ -1309,7 +1058,7 @@ async def _check_amplification(t: _Target, ctx: dict) -> Finding:
 async def _check_admin_ports(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
     title = "admin interfaces reachable (telnet CLI, Prometheus)"
-    host = t.host or t.tls_host
+    host = t.host
     ev, data, open_ = [], {}, []
     for port, label in ADMIN_PORTS:
         try:
@@ -1352,15 +1101,47 @@ def _group(uris: list[str]) -> list[tuple[str, list[ServerURI]]]:
     return list(groups.items())
 
 
+async def _binding(t: _Target, ctx: dict) -> str | None:
+    """A Binding over UDP (reachability, SOFTWARE, amplification); the error that makes the server unreachable, else None.
+
+    A malformed answer counts as an answer: ``ctx`` records it and the other checks run.
+    """
+    from .errors import ServerUnreachable
+
+    assert t.port is not None
+    addr = TransportAddress(t.host, t.port)
+    req = binding_request()
+    ctx["binding_request_size"] = len(req.encode())
+    try:  # a connected socket: no route or an ICMP error shows at once
+        ep = await _SizedEndpoint.open("::" if addr.family == 6 else "0.0.0.0", remote=addr)
+    except NatkitError as exc:
+        return f"cannot reach {addr} over UDP: {exc.message}"
+    assert isinstance(ep, _SizedEndpoint)
+    try:
+        ctx["binding"] = (await ep.request(req, addr, timeout=t.timeout)).message
+    except MalformedMessage as exc:
+        ctx["binding_error"], ctx["binding_reason"], ctx["binding_malformed"] = f"Binding: {exc.message}", "malformed", exc
+    except StunTimeout:
+        return f"no answer to a STUN Binding over UDP within {t.timeout:g} s from {addr}"
+    except ServerUnreachable as exc:
+        return f"UDP {addr}: {exc.message}"
+    finally:
+        ctx["binding_size"] = ep.sizes[0] if ep.sizes else None
+        ep.close()
+    return None
+
+
 async def _audit_server(host: str, uris: list[ServerURI], opts: dict) -> ServerAudit:
-    from .stun import resolve
+    from .stun.aio import resolve
 
     started = time.monotonic()
     plain = next((u for u in uris if not u.secure), None)
     tls = next((u for u in uris if u.secure), None)
     names = tuple(str(u) for u in uris)
+    first = plain or tls
+    assert first is not None  # _group gives at least one URI per host
     try:
-        addr = await resolve(host, (plain or tls).port, timeout=opts["timeout"])
+        addr = await resolve(host, first.port, timeout=opts["timeout"])
     except NatkitError as exc:
         return ServerAudit(host, names, False, (), exc.one_line(), (time.monotonic() - started) * 1000.0)
     username, password = opts.get("username"), opts.get("password")
@@ -1376,21 +1157,10 @@ async def _audit_server(host: str, uris: list[ServerURI], opts: dict) -> ServerA
     ctx: dict = {}
     reachable: bool | None = None
     if plain is not None:
-        try:
-            conn = await _Conn.open(t.host, t.port, "udp")
-            try:
-                req = Message(message_method=Method.BINDING, message_class=Class.REQUEST)
-                ctx["binding_request_size"] = len(bytes(req))
-                ctx["binding"] = await conn.request(req, t.timeout)
-                reachable = True
-            finally:
-                conn.close()
-        except _MalformedResponse as exc:  # it answered: audit the rest
-            reachable = True
-            ctx["binding_error"], ctx["binding_reason"], ctx["binding_size"] = f"Binding: {exc.message}", "malformed", exc.size
-        except (_RequestTimeout, OSError) as exc:
-            error = f"no answer to a STUN Binding over UDP within {t.timeout:g} s" if isinstance(exc, _RequestTimeout) else f"UDP: {exc}"
-            return ServerAudit(host, names, False, (), f"{error} from {addr}", (time.monotonic() - started) * 1000.0)
+        error = await _binding(t, ctx)
+        if error is not None:
+            return ServerAudit(host, names, False, (), error, (time.monotonic() - started) * 1000.0)
+        reachable = True
     findings: list[Finding] = []
     for check in CHECKS:
         if check not in t.checks:
@@ -1415,9 +1185,9 @@ async def _run_check(check: str, t: _Target, ctx: dict, budget: float) -> Findin
         if check == "open-relay" and ctx.get("auth_response") is not None:
             ctx["auth_request_size"] = _first_allocate_size(t)
         return f
-    except _RequestTimeout as exc:
+    except StunTimeout as exc:
         return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "timeout")
-    except _MalformedResponse as exc:
+    except MalformedMessage as exc:
         return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "malformed")
     except AuthenticationRefused as exc:
         return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "credentials-refused")
@@ -1433,9 +1203,7 @@ async def _run_check(check: str, t: _Target, ctx: dict, budget: float) -> Findin
 
 def _first_allocate_size(t: _Target) -> int:
     """Size of the unauthenticated Allocate the open-relay check sends (LIFETIME + REQUESTED-TRANSPORT)."""
-    msg = Message(message_method=Method.ALLOCATE, message_class=Class.REQUEST,
-                  attributes={"LIFETIME": 60, "REQUESTED-TRANSPORT": TRANSPORT_UDP})
-    return len(bytes(msg))
+    return len(TurnSession().allocate(lifetime=60).data)
 
 
 async def audit_async(

@@ -29,10 +29,8 @@ import asyncio
 import dataclasses
 import os
 import ssl
-import struct
 
 from .errors import (
-    AllocationRefused,
     AuthenticationRefused,
     NatkitError,
     NoRelayConnectivity,
@@ -43,7 +41,6 @@ from .model import TransportAddress, format_duration
 from .uri import ServerURI
 
 CHANNEL_BIND_ATTEMPTS = 3  # aioice binds once per send and retries on the next one
-_CHANNEL = 0x4000  # RFC 8656 §12: 0x4000..0x4FFF
 
 
 def reserve(timeout: float) -> float:
@@ -117,28 +114,13 @@ def _counts(items: tuple[str, ...]) -> list[tuple[str, int]]:
     return list(out.items())
 
 
-async def _session(uri: ServerURI, addr: TransportAddress, username: str, password: str, timeout: float,
-                   ssl_context: ssl.SSLContext | None):
-    from .audit import _Conn, _Session
+async def _client(uri: ServerURI, addr: TransportAddress, username: str, password: str, timeout: float,
+                  ssl_context: ssl.SSLContext | None):
+    from .stun.aio import TurnClient
 
-    kind = "tls" if uri.secure else uri.transport
-    if kind == "tls" and ssl_context is None:
-        from .relay import tls_context
-
-        ssl_context = tls_context(uri)
-    conn = await _Conn.open(addr.host, addr.port, kind, ssl=ssl_context, server_hostname=uri.host, timeout=timeout)
-    return _Session(conn, username, password, timeout)
-
-
-def _refusal_error(resp, sess, server: str) -> NatkitError:
-    why = sess.refusal(resp)
-    code, reason = resp.code, (resp.attrs.get("ERROR-CODE") or (None, ""))[1]
-    if why:
-        return AuthenticationRefused(why, server=server, step="allocate", error_code=code, reason=reason,
-                                     hint="check the username/password or the shared secret (and the clock, for REST credentials)")
-    if code in (403, 437, 442, 486, 508):
-        return AllocationRefused(f"allocation refused: {resp.describe()}", server=server, step="allocate", error_code=code, reason=reason)
-    return TurnError(f"Allocate failed: {resp.describe()}", server=server, step="allocate", error_code=code, reason=reason)
+    transport = "tls" if uri.secure else uri.transport
+    return await TurnClient.open(addr, transport=transport, username=username, password=password, ssl=ssl_context,
+                                 server_hostname=uri.host, timeout=timeout)
 
 
 async def unanswered_allocate(uri: ServerURI, addr: TransportAddress, username: str, password: str, *, timeout: float,
@@ -148,30 +130,36 @@ async def unanswered_allocate(uri: ServerURI, addr: TransportAddress, username: 
     Asks once more with natkit's client (``timeout`` seconds at most):
     :class:`AuthenticationRefused` when the server answers the 401 challenge
     and then refuses the credentials (401/441, an unsigned 400) or goes
-    silent after them; :class:`AllocationRefused`/:class:`TurnError` for
-    other answers aioice dropped; else :class:`StunTimeout`.
+    silent after them; the mapped error for other answers aioice dropped;
+    else :class:`StunTimeout`.
     """
-    from .audit import _CredentialsRefused, _MalformedResponse, _RequestTimeout
-
     server = str(uri)
     silent = StunTimeout(f"no Allocate answer within {format_duration(waited)}", server=server, step="allocate")
     try:
-        sess = await _session(uri, addr, username, password, timeout, ssl_context)
-    except (OSError, NatkitError):
+        client = await _client(uri, addr, username, password, timeout, ssl_context)
+    except NatkitError:
         return silent
     try:
-        resp = await sess.allocate(lifetime=60)
-    except _CredentialsRefused as exc:
-        exc.server, exc.step = server, "allocate"
-        return exc
-    except (_RequestTimeout, _MalformedResponse, OSError):
+        reply = await client.allocate(lifetime=60, check=False)
+    except StunTimeout:
+        if client.session.key is None:
+            return silent
+        return AuthenticationRefused("credentials probably refused: the server answered the 401 challenge, then nothing after "
+                                     "the credentials were sent", server=server, step="allocate", hint=_AUTH_HINT)
+    except NatkitError:
         return silent
     finally:
-        await sess.close()
-    if resp.is_success:  # answered natkit, not aioice: say what aioice could not accept
-        return TurnError("the server answered natkit's own Allocate but not aioice's (an answer aioice discards?)",
-                         server=server, step="allocate")
-    return _refusal_error(resp, sess, server)
+        await client.close()
+    if reply.ok:  # answered natkit, not aioice: say what aioice could not accept
+        return TurnError(f"the server answered natkit's own Allocate ({reply.describe()}) but not aioice's", server=server, step="allocate")
+    if reply.code == 400 and reply.signed is None and "USERNAME" in reply.request:
+        return AuthenticationRefused("credentials probably refused: the server answered the 401 challenge, then an unsigned "
+                                     f"{reply.describe().replace(' (unsigned)', '')} to the request carrying the credentials",
+                                     server=server, step="allocate", error_code=400, reason=reply.reason, hint=_AUTH_HINT)
+    return reply.error(server=server, step="allocate")
+
+
+_AUTH_HINT = "check the username/password or the shared secret (and the clock, for REST credentials)"
 
 
 async def examine_relay(uri: ServerURI, addr: TransportAddress, username: str, password: str, *, timeout: float,
@@ -182,105 +170,82 @@ async def examine_relay(uri: ServerURI, addr: TransportAddress, username: str, p
     a sixth of it). Never raises for what the server does; the answers are
     in the returned :class:`RelayPostmortem`.
     """
-    from .audit import _MalformedResponse, _RequestTimeout
-
     per = max(0.1, timeout / 6.0)
     lines: list[str] = []
-    sessions = []
+    clients = []
     try:
         try:
             for _ in range(2):
-                sess = await _session(uri, addr, username, password, per, ssl_context)
-                sessions.append(sess)
-                resp = await sess.allocate(lifetime=60)
-                if not resp.is_success or sess.relayed is None:
-                    lines.append(f"post-mortem Allocate → {resp.describe() if not resp.is_success else 'success without XOR-RELAYED-ADDRESS'}")
+                client = await _client(uri, addr, username, password, per, ssl_context)
+                clients.append(client)
+                reply = await client.allocate(lifetime=60, check=False)
+                if not reply.ok or client.relayed is None:
+                    lines.append(f"post-mortem Allocate → {reply.describe() if not reply.ok else 'success without XOR-RELAYED-ADDRESS'}")
                     return RelayPostmortem(None, None, (), False, None, tuple(lines), False)
-        except (_RequestTimeout, _MalformedResponse, AuthenticationRefused, OSError) as exc:
-            lines.append(f"post-mortem Allocate: {getattr(exc, 'message', None) or exc}")
+        except NatkitError as exc:
+            lines.append(f"post-mortem Allocate: {exc.message}")
             return RelayPostmortem(None, None, (), False, None, tuple(lines), False)
-        a, b = sessions
+        a, b = clients
         return await _relay_both_ways(a, b, per, lines)
     finally:
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
 async def _relay_both_ways(a, b, per: float, lines: list[str]) -> RelayPostmortem:
-    from ._aioice import Method
-    from .audit import _MalformedResponse, _RequestTimeout
-
     ra, rb = a.relayed, b.relayed
-    lines.append(f"post-mortem: allocations {ra[0]}:{ra[1]} (A) and {rb[0]}:{rb[1]} (B)")
+    lines.append(f"post-mortem: allocations {ra} (A) and {rb} (B)")
     try:
-        p1 = await a.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": rb})
-        p2 = await b.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": ra})
-    except (_RequestTimeout, _MalformedResponse) as exc:
+        p1 = await a.create_permission(rb, check=False)
+        p2 = await b.create_permission(ra, check=False)
+    except NatkitError as exc:
         lines.append(f"CreatePermission: {exc.message}")
         return RelayPostmortem(None, None, (), False, None, tuple(lines), False)
     lines.append(f"CreatePermission A→B {p1.describe()}, B→A {p2.describe()}")
-    if not (p1.is_success and p2.is_success):
+    if not (p1.ok and p2.ok):
         return RelayPostmortem(False, None, (), False, None, tuple(lines), False)
     payload = b"natkit post-mortem " + os.urandom(8).hex().encode()
-    send = _send_indication(a, rb, payload)
+    a.send(rb, payload)  # no channel yet: a Send indication
     send_ok = await _arrives(b, payload, per)
-    lines.append(f"Send indication A→B: {'relayed' if send_ok else 'NOT relayed'} ({len(send)} bytes)")
+    lines.append(f"Send indication A→B: {'relayed' if send_ok else 'NOT relayed'}")
     answers = []
+    channel = 0
     for _ in range(CHANNEL_BIND_ATTEMPTS):
+        pending = a.session.channel_bind(rb)  # the same number each time (RFC 8656 §12.1 rebinding)
+        channel = dict(pending.attributes)["CHANNEL-NUMBER"]
         try:
-            r = await a.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": rb, "CHANNEL-NUMBER": _CHANNEL})
-        except _RequestTimeout:
+            reply = await a.call(pending, check=False)
+        except StunTimeout:
             answers.append("no answer")
             continue
-        except _MalformedResponse:
+        except NatkitError:
             answers.append("malformed answer")
             continue
-        answers.append(_classify_signed(r, a.key))
+        answers.append(_classify(reply))
         if answers[-1] == "signed success":
             break
     lines.append("ChannelBind A→B: " + ", ".join(answers))
-    a.conn.send(struct.pack("!HH", _CHANNEL, len(payload)) + payload)
+    a.send_channel(channel, payload)  # even unconfirmed: did the server bind it anyway?
     data_ok = await _arrives(b, payload, per)
-    lines.append(f"ChannelData A→B on 0x{_CHANNEL:04x}: {'relayed' if data_ok else 'NOT relayed'}")
+    lines.append(f"ChannelData A→B on 0x{channel:04x}: {'relayed' if data_ok else 'NOT relayed'}")
     confirmed = "signed success" in answers
     return RelayPostmortem(True, send_ok, tuple(answers), confirmed, data_ok, tuple(lines), confirmed and data_ok and send_ok)
 
 
-def _classify_signed(resp, key: bytes | None) -> str:
-    if not resp.is_success:
-        return resp.describe()
-    if not resp.signed:
-        return "unsigned success"
-    from ._aioice import parse_message
-
-    try:
-        ok = key is not None and parse_message(resp.raw).check_message_integrity(key)
-    except ValueError:
-        ok = False
-    return "signed success" if ok else "success with a bad MESSAGE-INTEGRITY"
+def _classify(reply) -> str:
+    if not reply.ok:
+        return reply.response.describe()
+    return {True: "signed success", False: "success with a bad MESSAGE-INTEGRITY", None: "unsigned success"}[reply.signed]
 
 
-def _send_indication(sess, peer: tuple[str, int], payload: bytes) -> bytes:
-    from ._aioice import Class, Message, Method
-
-    msg = Message(message_method=Method.SEND, message_class=Class.INDICATION,
-                  attributes={"XOR-PEER-ADDRESS": peer, "DATA": payload})
-    data = bytes(msg)
-    sess.conn.send(data)
-    return data
-
-
-async def _arrives(sess, payload: bytes, timeout: float) -> bool:
-    """A Data indication or ChannelData carrying ``payload`` reaches ``sess`` within ``timeout`` seconds."""
+async def _arrives(client, payload: bytes, timeout: float) -> bool:
+    """A Data indication or ChannelData carrying ``payload`` reaches ``client`` within ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (left := deadline - loop.time()) > 0:
-        try:
-            item = await asyncio.wait_for(sess.conn.inbox.get(), left)
-        except TimeoutError:
+        got = await client.recv(left)
+        if got is None:
             return False
-        if item[0] == "stun" and item[1].attrs.get("DATA") == payload:
-            return True
-        if item[0] == "channel" and item[2] == payload:
+        if got.data == payload:
             return True
     return False
 
