@@ -410,8 +410,8 @@ def pion(lab, request, tmp_path):
     stack = contextlib.ExitStack()
     free = list(PION_ADDRS)
 
-    def start(*flags: str, secret: str | None = PION_SECRET, users: dict | None = None) -> PionTurn:
-        srv = PionTurn(binary, free.pop(0), ns=ns, secret=secret, users=users, args=flags, tcp=True, workdir=tmp_path)
+    def start(*flags: str, secret: str | None = PION_SECRET, users: dict | None = None, tls: tuple[str, str] | None = None) -> PionTurn:
+        srv = PionTurn(binary, free.pop(0), ns=ns, secret=secret, users=users, args=flags, tcp=True, tls=tls, workdir=tmp_path)
         return stack.enter_context(srv)
 
     with stack:
@@ -644,3 +644,35 @@ def test_self_test_exception_only_for_a_loopback_server():
     assert not _self_test_exception(target("203.0.113.5"), fam, "127.0.0.1")  # reachable from elsewhere: critical
     assert not _self_test_exception(target("127.0.0.1"), fam, "0.0.0.0")
     assert not _self_test_exception(target("127.0.0.1"), _AclFamily(4, [], relay=TransportAddress("203.0.113.5", 1)), "127.0.0.1")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tls_min", ["1.0", "1.2"])
+def test_tls_check_against_go_crypto_tls(lab, pion, tmp_path, tls_min):
+    """The TLS check against another TLS stack: pion over Go's crypto/tls, whose server default
+    still accepts TLS 1.0 and 1.1 (coturn's tests cover OpenSSL)."""
+    from natkit.tls import self_signed, write_pair
+
+    ns, _, d = lab
+    host = PION_ADDRS[0]  # the address the next pion() gets
+    cert, key = write_pair(tmp_path / f"pion-tls-{tls_min}", *self_signed([host]))
+    srv = pion("-tls-min", tls_min, tls=(str(cert), str(key)))
+    assert srv.host == host
+    code, doc = _audit(ns, d, srv.uri, srv.turns_uri, "--secret", PION_SECRET, "--ca", str(cert), "--check", "tls")
+    tls = _by_id(doc["servers"][0])["tls"]
+    versions = tls["data"]["versions"]
+    assert versions["TLSv1.2"] is True and versions["TLSv1.3"] is True
+    assert tls["data"]["chain_verified"] is True and tls["data"]["name_matches"] is True
+    if tls_min == "1.0":
+        assert versions["TLSv1"] is True and versions["TLSv1.1"] is True
+        assert tls["status"] == "fail" and tls["severity"] == "medium"
+        assert tls["evidence"][0] == "accepts TLSv1 and TLSv1.1"
+    else:
+        assert versions["TLSv1"] is False and versions["TLSv1.1"] is False
+        assert tls["status"] == "pass", tls["evidence"]
+        assert code == 0
+        # only a turns: URI: the TCP relay check goes over TLS
+        code, doc = _audit(ns, d, srv.turns_uri, "--secret", PION_SECRET, "--check", "tcp-relay")
+        tcp = _by_id(doc["servers"][0])["tcp-relay"]
+        assert tcp["status"] == "pass" and tcp["data"]["allocate"] == 442
+        assert tcp["evidence"][0].startswith(f"TCP Allocate over TLS {host}:5349 → 442")

@@ -80,22 +80,29 @@ class PionTurn:
 
     ``host``/``port``: its UDP (and with ``tcp`` TCP) address; ``uri``:
     ``turn:host:port``. ``secret`` goes to a 0600 file, ``users`` (user ->
-    password) to another; ``args`` are further pionturn flags (``-deny``,
-    ``-unsigned-channelbind``, ...). Stopped (SIGTERM, then SIGKILL) on exit;
-    startup failures raise ``RuntimeError`` with the server's stderr.
+    password) to another; ``tls`` ``(cert file, key file)`` adds TURN over
+    TLS on ``tls_port`` (``turns_uri``); ``args`` are further pionturn flags
+    (``-deny``, ``-unsigned-channelbind``, ``-tls-min 1.2``, ...). Stopped
+    (SIGTERM, then SIGKILL) on exit; startup failures raise ``RuntimeError``
+    with the server's stderr.
     """
 
     def __init__(self, binary: Path, host: str, port: int = 3478, *, ns: str | None = None, secret: str | None = None,
                  users: dict[str, str] | None = None, args: list[str] | tuple[str, ...] = (), tcp: bool = False,
-                 workdir: Path | None = None) -> None:
+                 tls: tuple[str, str] | None = None, tls_port: int = 5349, workdir: Path | None = None) -> None:
         self.binary, self.host, self.port, self.ns = binary, host, port, ns
         self.secret, self.users, self.args, self.tcp = secret, dict(users or {}), list(args), tcp
+        self.tls, self.tls_port = tls, tls_port
         self.workdir = Path(workdir or binary.parent) / f"run-{pysecrets.token_hex(4)}"
         self.proc: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
         return f"turn:{self.host}:{self.port}"
+
+    @property
+    def turns_uri(self) -> str:
+        return f"turns:{self.host}:{self.tls_port}"
 
     def _write(self, name: str, text: str) -> str:
         path = self.workdir / name
@@ -113,6 +120,8 @@ class PionTurn:
             argv += ["-users-file", self._write("users", "".join(f"{u}:{p}\n" for u, p in self.users.items()))]
         if self.tcp:
             argv.append("-tcp")
+        if self.tls:
+            argv += ["-tls-listen", f"{self.host}:{self.tls_port}", "-tls-cert", self.tls[0], "-tls-key", self.tls[1]]
         argv += self.args
         if self.ns:
             argv = ["ip", "netns", "exec", self.ns, *argv]

@@ -8,6 +8,10 @@
 // -users-file (long-term "user:password" lines). Secrets never go on the
 // command line.
 //
+// TLS: -tls-listen IP:PORT with -tls-cert/-tls-key (PEM) serves TURN over
+// TLS with Go's crypto/tls; -tls-min 1.0|1.1|1.2|1.3 (default 1.0: Go's own
+// server default, which accepts TLS 1.0 and 1.1).
+//
 // Peer ACL: -deny and -allow (comma-separated CIDRs) become pion's
 // PermissionHandler; without -deny every peer is admitted (pion's default).
 //
@@ -30,6 +34,7 @@ import (
 	"bufio"
 	"crypto/hmac"
 	"crypto/sha1" //nolint:gosec // the REST scheme is HMAC-SHA1
+	"crypto/tls"
 	"encoding/base64"
 	"flag"
 	"fmt"
@@ -245,6 +250,23 @@ func contains(nets []*net.IPNet, ip net.IP) bool {
 	return false
 }
 
+func listenTLS(addr, certFile, keyFile, minVersion string) net.Listener {
+	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11, "1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
+	min, ok := versions[minVersion]
+	if !ok {
+		fatal("-tls-min %q unknown", minVersion)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		fatal("-tls-cert/-tls-key: %v", err)
+	}
+	ln, err := tls.Listen("tcp4", addr, &tls.Config{MinVersion: min, Certificates: []tls.Certificate{cert}}) //nolint:gosec // a test knob
+	if err != nil {
+		fatal("listen tls %s: %v", addr, err)
+	}
+	return ln
+}
+
 func fatal(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "pionturn: "+format+"\n", args...)
 	os.Exit(2)
@@ -261,6 +283,10 @@ func main() {
 	deny := flag.String("deny", "", "comma-separated peer CIDRs to refuse (pion PermissionHandler)")
 	allow := flag.String("allow", "", "comma-separated peer CIDRs admitted even inside -deny")
 	logLevel := flag.String("log", "warn", "pion log level: error, warn, info, debug, trace")
+	tlsListen := flag.String("tls-listen", "", "also serve TURN over TLS on IP:PORT")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate for -tls-listen")
+	tlsKey := flag.String("tls-key", "", "PEM private key for -tls-listen")
+	tlsMin := flag.String("tls-min", "1.0", "lowest TLS version accepted: 1.0, 1.1, 1.2, 1.3")
 	k := &knobs{}
 	flag.BoolVar(&k.dropFamilyAllocate, "drop-family-allocate", false, "never answer an Allocate with REQUESTED-ADDRESS-FAMILY")
 	flag.BoolVar(&k.unsignedChannelBind, "unsigned-channelbind", false, "ChannelBind answers without MESSAGE-INTEGRITY")
@@ -339,6 +365,11 @@ func main() {
 			fatal("listen tcp %s: %v", *listen, err)
 		}
 		cfg.ListenerConfigs = []turn.ListenerConfig{{Listener: ln, RelayAddressGenerator: gen, PermissionHandler: permission}}
+	}
+	if *tlsListen != "" {
+		cfg.ListenerConfigs = append(cfg.ListenerConfigs, turn.ListenerConfig{
+			Listener: listenTLS(*tlsListen, *tlsCert, *tlsKey, *tlsMin), RelayAddressGenerator: gen, PermissionHandler: permission,
+		})
 	}
 	server, err := turn.NewServer(cfg)
 	if err != nil {
