@@ -161,3 +161,24 @@ def test_reserve_is_a_bounded_slice_of_the_budget():
     from natkit.relay_postmortem import reserve
 
     assert reserve(10) == 2.5 and reserve(100) == 3.0 and reserve(1) == 0.3 and reserve(0.4) == 0.2
+
+
+def test_coturn_denying_its_own_loopback_relay_is_named(tmp_path):
+    """The same diagnosis against coturn: a loopback server that denies loopback peers (its own relay addresses)."""
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.credentials import mint
+    from natkit.errors import NoRelayConnectivity
+    from natkit.pytest_plugin import require_coturn
+    from natkit.relay import relay_check
+
+    require_coturn()
+    port = free_port()
+    with CoturnServer(CoturnConfig(listening_port=port, static_auth_secrets=("s",)), backend="native", name="pm-deny") as srv:
+        cred = mint("s", "u", 60)
+        with pytest.raises(NoRelayConnectivity) as exc:
+            relay_check(srv.info.uris[0], username=cred.username, password=cred.password, timeout=3)
+    err = exc.value
+    assert "the server refuses its own relayed addresses as peers" in err.message
+    assert any(line.startswith("CreatePermission A→B 403") for line in err.details), err.details
+    assert "allowed-peer-ip" in err.hint
