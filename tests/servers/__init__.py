@@ -69,7 +69,12 @@ _BUILT: dict[str, Path] = {}
 
 def pion_binary(config: pytest.Config) -> Path:
     """Path of the built ``pionturn`` (built once per test session into pytest's cache directory)."""
-    cache = Path(config.cache.mkdir("natkit-pionturn"))
+    if getattr(config, "cache", None) is not None:
+        cache = Path(config.cache.mkdir("natkit-pionturn"))
+    else:  # -p no:cacheprovider
+        import tempfile
+
+        cache = Path(tempfile.gettempdir()) / f"natkit-pionturn-{os.getuid()}"
     if str(cache) not in _BUILT:
         _BUILT[str(cache)] = build_pion(cache)
     return _BUILT[str(cache)]
