@@ -41,6 +41,14 @@ Checks (ids):
     coturn's telnet CLI (TCP 5766) and Prometheus exporter (TCP 9641) must not
     answer on the server's address.
 
+Verdicts hold for any RFC 8656 server, not only coturn (tests run coturn's
+profiles and pion/turn): ``peer-acl`` judges each REQUESTED-ADDRESS-FAMILY
+on its own and reports the family of the relay the server handed out; a
+check stopped by the per-request timeout (``timeout``), its budget
+(``check_timeout``), malformed answers or refused credentials is
+"not_checked" with that reason, and never lets the report pass
+(:func:`exit_code_of`). The STUN/TURN client is :mod:`natkit.stun`'s.
+
 Safety: the ``peer-acl`` and ``tcp-relay`` checks ask the server to relay
 toward forbidden destinations. CreatePermission and ChannelBind send nothing
 to the peer; a server that accepts a TCP CONNECT does open a connection.
@@ -53,30 +61,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import math
 import os
 import re
-import socket
 import ssl as ssl_module
-import struct
 import time
-from typing import Any
 
-from ._aioice import Class, Message, Method, parse_message, stun as _stun
-from .errors import Failure, NatkitError, ServerUnreachable, UsageError, exit_code_for
+from .errors import (
+    AuthenticationRefused,
+    Failure,
+    MalformedMessage,
+    NatkitError,
+    StunTimeout,
+    UsageError,
+    exit_code_for,
+)
+from .model import TransportAddress
+from .stun.aio import TurnClient, UdpStunEndpoint, binding_request
+from .stun.codec import FAMILY_IPV6, PROTO_TCP, PROTO_UDP
+from .stun.turn import Pending, Reply, TurnSession
 from .uri import ServerURI, parse_turn_uri
 
 SCHEMA = "natkit.audit/1"
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 STATUSES = ("pass", "fail", "not_checked")
-
-# STUN/TURN numbers aioice has no names for
-METHOD_CONNECT = 0x000A  # RFC 6062 §6.1
-ATTR_CONNECTION_ID = 0x002A  # RFC 6062 §6.2.1
-TRANSPORT_UDP = 17 << 24  # REQUESTED-TRANSPORT value (RFC 8656 §18.7)
-TRANSPORT_TCP = 6 << 24  # RFC 6062 §6.1
-CHANNEL_MIN = 0x4000  # RFC 8656 §12
-FAMILY_IPV6 = 0x02  # REQUESTED-ADDRESS-FAMILY value (RFC 8656 §18.13)
-
+# why a finding is "not_checked": only "not-applicable" (the input did not ask
+# for it: no turns: URI, no credentials) may leave the report ok
+REASONS = ("not-applicable", "timeout", "budget", "malformed", "credentials-refused", "refused", "error")
 
 
 # Forbidden peers: (address, label). Ports only matter for ChannelBind/CONNECT.
@@ -136,7 +147,13 @@ class Finding:
     ``status``: "pass", "fail" or "not_checked" (``evidence`` says why).
     ``severity``: how bad the failure is ("info" < "low" < "medium" < "high"
     < "critical"); a pass is "info". ``data`` holds the machine-readable
-    evidence (error codes, sizes, counts).
+    evidence (error codes, sizes, counts). ``reason`` (not_checked only, one
+    of :data:`REASONS`): "not-applicable" when the input did not allow the
+    check (no ``turns:`` URI, no credentials); otherwise what stopped it —
+    "timeout" (a request unanswered within ``--timeout``), "budget" (the
+    check's ``--check-timeout`` ran out), "malformed" (answers that do not
+    parse), "credentials-refused", "refused" (the server refused what the
+    check needs), "error". Only "not-applicable" may leave the report ok.
     """
 
     id: str
@@ -147,10 +164,16 @@ class Finding:
     fix: str | None
     data: dict
     duration_ms: float
+    reason: str | None = None
 
     @property
     def failed(self) -> bool:
         return self.status == "fail"
+
+    @property
+    def incomplete(self) -> bool:
+        """Not checked for a reason other than the input: the audit cannot vouch for it."""
+        return self.status == "not_checked" and self.reason != "not-applicable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +199,13 @@ class AuditReport:
     """Result of :func:`audit` over a fleet.
 
     ``counts`` maps each severity to the number of failed findings;
-    ``ok`` is True when no failed finding is at or above ``fail_on``.
+    ``incomplete`` lists ``(server, check, reason)`` for every check that
+    could not complete (a "not checked" other than "not-applicable"); ``ok``
+    is True when no failed finding is at or above ``fail_on``, every server
+    was reached and nothing is incomplete — "not checked" never passes.
+    ``incomplete`` and ``exit_code`` follow from the findings (computed,
+    not passed): the exit code is the most severe of
+    :func:`audit_failures`.
     """
 
     schema: str
@@ -185,295 +214,171 @@ class AuditReport:
     servers: tuple[ServerAudit, ...]
     counts: dict
     duration_ms: float
+    incomplete: tuple[tuple[str, str, str], ...] = dataclasses.field(init=False, default=())
+    exit_code: int = dataclasses.field(init=False, default=0)
 
     def failures(self, at_least: str = "info") -> list[tuple[str, Finding]]:
         """(server, finding) for every failed finding at or above ``at_least``."""
         floor = SEVERITIES.index(at_least)
         return [(s.server, f) for s in self.servers for f in s.findings if f.failed and SEVERITIES.index(f.severity) >= floor]
 
-    @property
-    def exit_code(self) -> int:
-        """0, else the most severe of: 4 a server could not be audited, 1 a failed finding at or above ``fail_on``."""
-        failed = [Failure.check(f.id, f.title, server) for server, f in self.failures(self.fail_on)]
-        failed += [Failure(ServerUnreachable.kind, "audit", s.error, s.server) for s in self.servers if s.error]
-        return exit_code_for(failed)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "incomplete", tuple((s.server, f.id, f.reason or "") for s in self.servers for f in s.findings if f.incomplete))
+        object.__setattr__(self, "exit_code", exit_code_for(audit_failures(self.servers, self.fail_on)))
+
+
+# what stopped a check, as the error kind whose exit code it gets (natkit/errors.py)
+_REASON_KIND = {"timeout": "timeout", "credentials-refused": "auth_refused", "refused": "allocation_refused",
+                "malformed": "malformed_response", "budget": "check_failed", "error": "check_failed"}
+
+
+def audit_failures(servers: tuple[ServerAudit, ...] | list[ServerAudit], fail_on: str) -> list[Failure]:
+    """Everything that keeps an audit from passing, as :class:`~natkit.errors.Failure` s.
+
+    A failed finding at or above ``fail_on`` (exit 1); a server that could
+    not be reached (4); a check that could not complete, by its reason:
+    unanswered requests (4), refused credentials (5), a refused allocation
+    (6), malformed answers, its budget or another error (1). The audit's exit
+    code is the most severe of them (:func:`natkit.errors.exit_code_for`):
+    what stopped a check outranks what the other checks found.
+    """
+    out = [Failure.check(f.id, f.title, s.server) for s in servers for f in s.findings if f.failed and severity_at_least(f.severity, fail_on)]
+    out += [Failure("unreachable", "audit", s.error, s.server) for s in servers if s.error]
+    out += [Failure(_REASON_KIND.get(f.reason or "", "check_failed"), f.id, "; ".join(f.evidence[:1]) or "not checked", s.server)
+            for s in servers for f in s.findings if f.incomplete]
+    return out
 
 
 def severity_at_least(severity: str, floor: str) -> bool:
     return SEVERITIES.index(severity) >= SEVERITIES.index(floor)
 
 
-def _finding(id: str, title: str, status: str, severity: str, evidence, fix: str | None, data: dict | None, started: float) -> Finding:
-    assert status in STATUSES and severity in SEVERITIES
-    return Finding(id, title, status, severity, tuple(evidence), fix, dict(data or {}), (time.monotonic() - started) * 1000.0)
+def _finding(id: str, title: str, status: str, severity: str, evidence, fix: str | None, data: dict | None, started: float,
+             reason: str | None = None) -> Finding:
+    if status not in STATUSES or severity not in SEVERITIES:
+        raise ValueError(f"bad finding {status}/{severity}")
+    if status == "not_checked":
+        reason = reason or "not-applicable"
+        if reason not in REASONS:
+            raise ValueError(f"bad reason {reason}")
+    else:
+        reason = None
+    return Finding(id, title, status, severity, tuple(evidence), fix, dict(data or {}), (time.monotonic() - started) * 1000.0, reason)
+
+
+def _not_applicable(id: str, title: str, why: str, started: float) -> Finding:
+    return _finding(id, title, "not_checked", "info", [why], None, None, started, "not-applicable")
 
 
 # ---------------------------------------------------------------------------
-# a small TURN client (aioice.stun messages; sockets and timers here)
+# the audit's view of natkit.stun's TURN client (no codec, framer or request loop of its own)
 
 
-@dataclasses.dataclass
-class _Msg:
-    """A parsed STUN message, also for methods aioice does not know (CONNECT)."""
+class _Turn:
+    """One TURN client of the audit: a :class:`natkit.stun.aio.TurnClient` plus the audit's reading of it.
 
-    method: int
-    cls: int
-    txid: bytes
-    attrs: dict
-    size: int
-
-    @property
-    def is_success(self) -> bool:
-        return self.cls == int(Class.RESPONSE)
-
-    @property
-    def code(self) -> int | None:
-        ec = self.attrs.get("ERROR-CODE")
-        return ec[0] if ec else None
-
-    def describe(self) -> str:
-        if self.is_success:
-            return "success"
-        ec = self.attrs.get("ERROR-CODE")
-        return f"{ec[0]} {ec[1]}" if ec else "error without ERROR-CODE"
-
-
-def _parse(data: bytes) -> _Msg | None:
-    if len(data) < 20 or data[0] & 0xC0:
-        return None
-    mtype, length, cookie, txid = struct.unpack("!HHI12s", data[:20])
-    if len(data) != 20 + length:
-        return None
-    try:
-        m = parse_message(data)
-        attrs = dict(m.attributes)
-        if "ERROR-CODE" in attrs:
-            attrs["ERROR-CODE"] = (attrs["ERROR-CODE"][0], attrs["ERROR-CODE"][1].rstrip("\x00 "))
-        return _Msg(int(m.message_method), int(m.message_class), m.transaction_id, attrs, len(data))
-    except ValueError:
-        pass
-    # a method aioice does not know: read the few attributes the audit needs
-    attrs: dict[str, Any] = {}
-    pos = 20
-    while pos + 4 <= len(data):
-        atype, alen = struct.unpack("!HH", data[pos:pos + 4])
-        value = data[pos + 4:pos + 4 + alen]
-        try:
-            if atype == 0x0009:
-                code, reason = _stun.unpack_error_code(value)
-                attrs["ERROR-CODE"] = (code, reason.rstrip("\x00"))
-            elif atype == 0x8022:
-                attrs["SOFTWARE"] = value.decode("utf-8", "replace")
-            elif atype == ATTR_CONNECTION_ID and alen == 4:
-                attrs["CONNECTION-ID"] = struct.unpack("!I", value)[0]
-            elif atype == 0x0015:
-                attrs["NONCE"] = value
-            elif atype == 0x0014:
-                attrs["REALM"] = value.decode("utf-8", "replace")
-        except ValueError:
-            pass
-        pos += 4 + alen + (-alen % 4)
-    return _Msg(mtype & 0x3EEF, mtype & 0x0110, txid, attrs, len(data))
-
-
-class _Conn:
-    """One client transport to a TURN server (UDP socket, or a TCP/TLS stream).
-
-    Responses are matched by transaction ID; indications and ChannelData go to
-    ``inbox`` as ``("stun", _Msg)`` or ``("channel", number, payload)``.
+    Every request gets the per-request timeout (``--timeout``, the 401
+    challenge and the signed retry included); a silence raises
+    :class:`StunTimeout` naming the request and that timeout, or
+    :class:`AuthenticationRefused` ("credentials probably refused") when the
+    server answered the 401 challenge and then went silent for credentials
+    that never worked (``proven``: a list shared by the sessions of one
+    credential, True once one of its requests succeeded). A malformed answer
+    raises :class:`MalformedMessage`. ``replies`` keeps every final answer.
     """
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.transport = None
-        self.pending: dict[bytes, asyncio.Future] = {}
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.raw_sizes: list[int] = []
-        self._buffer = b""
-        self.closed = False
-
-    # asyncio protocol callbacks (both DatagramProtocol and Protocol)
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self._packet(data)
-
-    def error_received(self, exc) -> None:
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= 4:
-            if self._buffer[0] & 0xC0 == 0x40:  # ChannelData, padded to 4 over streams
-                length = struct.unpack("!H", self._buffer[2:4])[0]
-                total = 4 + length + (-length % 4)
-            else:
-                if len(self._buffer) < 20:
-                    return
-                total = 20 + struct.unpack("!H", self._buffer[2:4])[0]
-            if len(self._buffer) < total:
-                return
-            frame, self._buffer = self._buffer[:total], self._buffer[total:]
-            if frame[0] & 0xC0 == 0x40:
-                length = struct.unpack("!H", frame[2:4])[0]
-                frame = frame[:4 + length]
-            self._packet(frame)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionResetError("the server closed the connection"))
-
-    def eof_received(self):
-        return False
-
-    def _packet(self, data: bytes) -> None:
-        if len(data) >= 4 and data[0] & 0xC0 == 0x40:
-            number, length = struct.unpack("!HH", data[:4])
-            self.inbox.put_nowait(("channel", number, data[4:4 + length]))
-            return
-        msg = _parse(data)
-        if msg is None:
-            return
-        fut = self.pending.get(msg.txid)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-        elif msg.cls == int(Class.INDICATION):
-            self.inbox.put_nowait(("stun", msg))
+    def __init__(self, client: TurnClient, timeout: float, proven: list[bool] | None = None) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.proven = proven if proven is not None else [False]
+        self.replies: list[Reply] = []
 
     @classmethod
-    async def open(cls, host: str, port: int, kind: str, *, ssl: ssl_module.SSLContext | None = None,
-                   server_hostname: str | None = None, timeout: float = 3.0) -> "_Conn":
-        """``kind``: "udp", "tcp" or "tls". Raises OSError/ssl.SSLError/TimeoutError."""
-        loop = asyncio.get_running_loop()
-        conn = cls(kind)
-        if kind == "udp":
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            await loop.create_datagram_endpoint(lambda: conn, remote_addr=(host, port), family=family)
+    async def open(cls, t: _Target, *, transport: str = "udp", username: str | None = None, password: str | None = None,
+                   proven: list[bool] | None = None) -> _Turn:
+        if transport == "tls":
+            assert t.tls is not None and t.tls_host is not None
+            addr, ssl, sni = TransportAddress(t.tls_host, t.tls.port), _insecure_context(), t.tls.host
         else:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: conn, host, port, ssl=ssl if kind == "tls" else None,
-                                       server_hostname=(server_hostname or host) if kind == "tls" else None),
-                timeout,
-            )
-        return conn
+            assert t.port is not None
+            addr, ssl, sni = TransportAddress(t.host, t.port), None, None
+        client = await TurnClient.open(addr, transport=transport, username=username, password=password, ssl=ssl,
+                                       server_hostname=sni, timeout=t.timeout)
+        return cls(client, t.timeout, proven)
 
-    def send(self, data: bytes) -> None:
-        if self.kind == "udp":
-            self.transport.sendto(data)
-        else:
-            self.transport.write(data + bytes(-len(data) % 4) if data[0] & 0xC0 == 0x40 else data)
+    @property
+    def relayed(self) -> TransportAddress | None:
+        return self.client.relayed
 
-    async def request(self, message: Message, timeout: float, rto: float = 0.25) -> _Msg:
-        """One transaction; UDP retransmits (RFC 8489 §6.2.1) within ``timeout`` seconds.
+    @property
+    def challenged(self) -> bool:
+        """The server answered a 401 with REALM and NONCE (so requests now go out signed)."""
+        return self.client.session.key is not None
 
-        Raises ``asyncio.TimeoutError`` when nothing matching arrives.
+    async def call(self, pending: Pending, what: str) -> Reply:
+        try:
+            reply = await self.client.call(pending, timeout=self.timeout)
+        except StunTimeout as exc:
+            if self.challenged and not self.proven[0]:
+                raise AuthenticationRefused(
+                    f"credentials probably refused: the server answered the 401 challenge, then nothing within "
+                    f"{self.timeout:g} s after the credentials were sent", step=what, server=exc.server,
+                    hint="check the username/password or the shared secret (and the clock, for REST credentials)") from None
+            raise StunTimeout(f"no answer to {what} within {self.timeout:g} s (the per-request timeout, --timeout)",
+                              server=exc.server, step=what, limit=exc.limit) from None
+        self.replies.append(reply)
+        if reply.ok and "USERNAME" in reply.request:
+            self.proven[0] = True
+        return reply
+
+    async def allocate(self, *, transport: int = PROTO_UDP, lifetime: int = 300, ipv6: bool = False) -> Reply:
+        pending = self.client.session.allocate(transport=transport, lifetime=lifetime, family=FAMILY_IPV6 if ipv6 else None)
+        return await self.call(pending, "IPv6 Allocate" if ipv6 else "Allocate")
+
+    async def create_permission(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.create_permission(peer), f"CreatePermission toward {peer.host}")
+
+    async def channel_bind(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.channel_bind(peer), f"ChannelBind toward {peer}")
+
+    async def connect(self, peer: TransportAddress) -> Reply:
+        return await self.call(self.client.session.connect(peer), f"Connect toward {peer}")
+
+    def refusal(self, reply: Reply) -> str | None:
+        """Why ``reply`` means the credentials were refused (None when it does not).
+
+        401/441 to a signed request; an unsigned 400 to a signed request after
+        the server answered the challenge, for credentials that never worked
+        (pion/turn answers a wrong password so; RFC 8489 §9.2.5 lets a client
+        discard it, as aioice does).
         """
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.pending[message.transaction_id] = fut
-        data = bytes(message)
-        deadline = loop.time() + timeout
-        try:
-            wait = rto
-            while True:
-                self.send(data)
-                self.raw_sizes.append(len(data))
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise asyncio.TimeoutError()
-                this = left if self.kind != "udp" else min(wait, left)
-                done, _ = await asyncio.wait({fut}, timeout=this)
-                if done:
-                    return fut.result()
-                if loop.time() >= deadline:
-                    raise asyncio.TimeoutError()
-                wait *= 2
-        finally:
-            self.pending.pop(message.transaction_id, None)
+        if reply.ok or "USERNAME" not in reply.request:
+            return None
+        if reply.code in (401, 441):
+            return f"credentials refused: {reply.describe()} after the credentials were sent"
+        if reply.code == 400 and reply.signed is None and self.challenged and not self.proven[0]:
+            return ("credentials probably refused: the server answered the 401 challenge, then an unsigned "
+                    f"{reply.describe().replace(' (unsigned)', '')} to the request carrying the credentials")
+        return None
 
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-            self.closed = True
-
-
-class _Session:
-    """Long-term credential handling (RFC 8489 §9.2) over one :class:`_Conn`.
-
-    ``username``/``password`` None: requests go out unauthenticated (for the
-    open-relay check and servers with ``no-auth``).
-    """
-
-    def __init__(self, conn: _Conn, username: str | None, password: str | None, timeout: float) -> None:
-        self.conn = conn
-        self.username = username
-        self.password = password
-        self.timeout = timeout
-        self.realm: str | None = None
-        self.nonce: bytes | None = None
-        self.key: bytes | None = None
-        self.relayed: tuple[str, int] | None = None
-        self.mapped: tuple[str, int] | None = None
-        self.responses: list[_Msg] = []
-
-    async def call(self, method: int, attributes: dict | None = None) -> _Msg:
-        """Send one request, answering 401/438 challenges once; return the final answer."""
-        authed_once = False
-        for _ in range(4):
-            msg = Message(message_method=method, message_class=Class.REQUEST, attributes=dict(attributes or {}))
-            if self.key is not None:
-                msg.attributes["USERNAME"] = self.username
-                msg.attributes["REALM"] = self.realm
-                msg.attributes["NONCE"] = self.nonce
-                msg.add_message_integrity(self.key)
-                authed_once = True
-            resp = await self.conn.request(msg, self.timeout)
-            self.responses.append(resp)
-            code = resp.code
-            if code == 401 and self.username is not None and "NONCE" in resp.attrs and "REALM" in resp.attrs and not authed_once:
-                from aioice.turn import make_integrity_key
-
-                self.realm = resp.attrs["REALM"]
-                self.nonce = resp.attrs["NONCE"]
-                self.key = make_integrity_key(self.username, self.realm, self.password)
-                continue
-            if code == 438 and "NONCE" in resp.attrs and self.key is not None:
-                self.nonce = resp.attrs["NONCE"]
-                authed_once = False
-                continue
-            return resp
-        return resp
-
-    async def allocate(self, transport: int = TRANSPORT_UDP, lifetime: int = 300, ipv6: bool = False) -> _Msg:
-        attrs: dict[str, Any] = {"LIFETIME": lifetime, "REQUESTED-TRANSPORT": transport}
-        if ipv6:
-            attrs["REQUESTED-ADDRESS-FAMILY"] = FAMILY_IPV6
-        resp = await self.call(Method.ALLOCATE, attrs)
-        if resp.is_success:
-            self.relayed = resp.attrs.get("XOR-RELAYED-ADDRESS")
-            self.mapped = resp.attrs.get("XOR-MAPPED-ADDRESS")
-        return resp
-
-    async def release(self) -> None:
-        """Refresh with LIFETIME 0 (RFC 8656 §8); errors ignored."""
-        if self.relayed is None or self.conn.closed:
-            return
-        try:
-            await self.call(Method.REFRESH, {"LIFETIME": 0})
-        except (asyncio.TimeoutError, OSError, ConnectionError):
-            pass
-        self.relayed = None
+    def attempts(self) -> str:
+        """The last two answers, for evidence ("401 Unauthorized → 400 (unsigned)")."""
+        return " → ".join(r.describe() for r in self.replies[-2:])
 
     async def close(self) -> None:
-        try:
-            await self.release()
-        finally:
-            self.conn.close()
+        await self.client.close()
+
+
+class _SizedEndpoint(UdpStunEndpoint):
+    """A UDP endpoint that records the size of every datagram it receives (amplification, malformed or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.sizes.append(len(data))
+        super().datagram_received(data, addr)
 
 
 # ---------------------------------------------------------------------------
@@ -498,6 +403,8 @@ class _Target:
     flood_seconds: float
     cafile: str | None
     checks: tuple[str, ...]
+    rest_user: str | None = None  # user part of minted REST usernames (None: natkit's own)
+    proven: list[bool] = dataclasses.field(default_factory=lambda: [False])  # the given credentials got a success
 
 
 CHECKS = ("open-relay", "peer-acl", "tcp-relay", "tls", "credentials", "quota", "software", "amplification", "admin-ports")
@@ -517,39 +424,38 @@ _FIX = {
 }
 
 
-def _auth_attempts(sess: _Session) -> str:
-    return " → ".join(r.describe() for r in sess.responses[-2:])
-
-
-async def _udp_session(t: _Target, username: str | None = None, password: str | None = None, *, creds: bool = True) -> _Session:
-    conn = await _Conn.open(t.host, t.port, "udp")
+async def _udp_session(t: _Target, username: str | None = None, password: str | None = None, *, creds: bool = True) -> _Turn:
+    """A UDP TURN client: with ``creds`` the target's credentials (unless others are given), else none."""
+    own = creds and not username
     if creds:
         username, password = username or t.username, password or t.password
-    return _Session(conn, username, password, t.timeout)
+    return await _Turn.open(t, username=username, password=password, proven=t.proven if own else None)
 
 
 async def _check_open_relay(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
+    title = "Allocate without credentials"
     sess = await _udp_session(t, creds=False)
     try:
-        resp = await sess.allocate(lifetime=60)
+        reply = await sess.allocate(lifetime=60)
+        resp = reply.response
         ctx["auth_response"] = resp
-        ev = [f"unauthenticated Allocate (REQUESTED-TRANSPORT UDP) → {resp.describe()}"]
-        data: dict = {"code": resp.code, "realm": resp.attrs.get("REALM"), "nonce": bool(resp.attrs.get("NONCE"))}
-        if resp.is_success:
+        ev = [f"unauthenticated Allocate (REQUESTED-TRANSPORT UDP) → {reply.describe()}"]
+        data: dict = {"code": reply.code, "realm": resp.get("REALM"), "nonce": bool(resp.get("NONCE"))}
+        if reply.ok:
             ctx["open"] = True
-            ev.append(f"relayed address {resp.attrs.get('XOR-RELAYED-ADDRESS')} granted without credentials")
-            return _finding("open-relay", "Allocate without credentials", "fail", "critical", ev, _FIX["open-relay"], data, started)
+            ev.append(f"relayed address {sess.relayed} granted without credentials")
+            return _finding("open-relay", title, "fail", "critical", ev, _FIX["open-relay"], data, started)
         ctx["open"] = False
-        realm = resp.attrs.get("REALM")
-        if resp.code == 401 and realm and resp.attrs.get("NONCE"):
+        realm = resp.get("REALM")
+        if reply.code == 401 and realm and resp.get("NONCE"):
             ev.append(f"REALM {realm!r}, NONCE present")
-            return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
-        if resp.code == 401:
+            return _finding("open-relay", title, "pass", "info", ev, None, data, started)
+        if reply.code == 401:
             ev.append("401 without REALM/NONCE: long-term credentials cannot work (RFC 8489 §9.2.4)")
-            return _finding("open-relay", "Allocate without credentials", "fail", "low", ev, _FIX["open-relay"], data, started)
+            return _finding("open-relay", title, "fail", "low", ev, _FIX["open-relay"], data, started)
         ev.append("refused, but not with 401: the server may not be a TURN server")
-        return _finding("open-relay", "Allocate without credentials", "pass", "info", ev, None, data, started)
+        return _finding("open-relay", title, "pass", "info", ev, None, data, started)
     finally:
         await sess.close()
 
@@ -558,140 +464,305 @@ def _have_creds(t: _Target, ctx: dict) -> bool:
     return bool(t.username and t.password) or ctx.get("open") is True
 
 
-async def _channel_echo(a: _Session, b: _Session, channel: int, payload: bytes, timeout: float) -> tuple[bool, str]:
-    """A sends ChannelData toward B's relayed address; B must get a Data indication carrying it."""
-    a.conn.send(struct.pack("!HH", channel, len(payload)) + payload)
+async def _channel_echo(a: _Turn, b: _Turn, payload: bytes, timeout: float) -> tuple[bool, str]:
+    """A sends ``payload`` toward B's relayed address (ChannelData on A's bound channel); B must receive it."""
+    assert b.relayed is not None
+    a.client.send(b.relayed, payload)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            return False, "no Data indication arrived"
-        try:
-            item = await asyncio.wait_for(b.conn.inbox.get(), left)
-        except asyncio.TimeoutError:
-            return False, "no Data indication arrived"
-        if item[0] == "stun" and item[1].method == int(Method.DATA):
-            data = item[1].attrs.get("DATA")
-            if data == payload:
-                return True, f"Data indication from {item[1].attrs.get('XOR-PEER-ADDRESS')}"
-            return False, "Data indication with other bytes"
-        if item[0] == "channel" and item[2] == payload:
-            return True, "ChannelData"
+    while (left := deadline - loop.time()) > 0:
+        got = await b.client.recv(left)
+        if got is None:
+            break
+        how = f"ChannelData on 0x{got.channel:04x}" if got.channel is not None else f"Data indication from {got.peer}"
+        if got.data == payload:
+            return True, how
+        return False, f"{how} with other bytes"
+    return False, "nothing arrived"
 
 
 async def _positive_control(t: _Target, family_v6: bool = False) -> tuple[bool | None, list[str]]:
-    """Two allocations on this server relay to each other, both ways (RFC 8656 §9, §11, §12)."""
+    """Two allocations on this server relay to each other, both ways (RFC 8656 §9, §11, §12).
+
+    Returns ``(True/False, evidence)``, or ``(None, evidence)`` when the
+    control could not run (no allocation, no relayed address, no answer).
+    """
     ev: list[str] = []
     a = await _udp_session(t)
     b = await _udp_session(t)
     try:
         ra, rb = await a.allocate(ipv6=family_v6), await b.allocate(ipv6=family_v6)
-        if not (ra.is_success and rb.is_success):
+        if not (ra.ok and rb.ok):
             return None, [f"positive control: Allocate → {ra.describe()} / {rb.describe()}"]
         pa, pb = a.relayed, b.relayed
+        if pa is None or pb is None:
+            return None, ["positive control: an Allocate success without XOR-RELAYED-ADDRESS (RFC 8656 §7.3 requires it)"]
         ok = True
-        for x, y, peer in ((a, b, pb), (b, a, pa)):
-            r1 = await x.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (peer[0], peer[1])})
-            r2 = await x.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (peer[0], peer[1]), "CHANNEL-NUMBER": CHANNEL_MIN + 0x100})
-            ev.append(f"positive control {x.relayed[0]}:{x.relayed[1]} → {peer[0]}:{peer[1]}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
-            if not (r1.is_success and r2.is_success):
+        for x, peer in ((a, pb), (b, pa)):
+            r1 = await x.create_permission(peer)
+            r2 = await x.channel_bind(peer)
+            ev.append(f"positive control {x.relayed} → {peer}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
+            if not (r1.ok and r2.ok):
                 ok = False
         if not ok:
             return False, ev
         payload = b"natkit-audit positive control " + os.urandom(8).hex().encode()
         for x, y, label in ((a, b, "A→B"), (b, a, "B→A")):
-            got, how = await _channel_echo(x, y, CHANNEL_MIN + 0x100, payload, t.timeout)
+            got, how = await _channel_echo(x, y, payload, t.timeout)
             ev.append(f"positive control data {label}: {'delivered' if got else 'NOT delivered'} ({how})")
             ok = ok and got
         return ok, ev
+    except (StunTimeout, MalformedMessage, AuthenticationRefused) as exc:
+        return None, [*ev, f"positive control could not run: {exc.message}"]
     finally:
         await asyncio.gather(a.close(), b.close())
 
 
+# accepting one of these reaches loopback or the cloud metadata service
+_CRITICAL_PEERS = frozenset({"127.0.0.1", "0.0.0.0", "169.254.169.254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::1"})
+_FAMILY_REFUSALS = (440, 442, 443)  # Address Family not Supported, Unsupported Transport, Peer Address Family Mismatch
+
+
+def _peer_family(ip: str) -> int:
+    """4 or 6; an IPv4-mapped IPv6 peer counts as 4 (a server sends it to the IPv4 address)."""
+    addr = ipaddress.ip_address(ip)
+    return 4 if addr.version == 4 or getattr(addr, "ipv4_mapped", None) is not None else 6
+
+
+@dataclasses.dataclass
+class _AclFamily:
+    """The forbidden peers of one REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.13): IPv4 (the default) or IPv6."""
+
+    requested: int  # 4 or 6
+    peers: list[tuple[str, str]]
+    state: str = "pending"  # pending, checked, not-relayable (440/442/443), not-checked
+    relay: TransportAddress | None = None  # XOR-RELAYED-ADDRESS the server handed out
+    reason: str | None = None  # a REASONS value when (partly) not checked
+    note: str | None = None  # what the Allocate got
+    results: dict = dataclasses.field(default_factory=dict)
+    accepted: list[str] = dataclasses.field(default_factory=list)
+    unanswered: list[str] = dataclasses.field(default_factory=list)
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"IPv{self.requested}"
+
+    @property
+    def relay_family(self) -> int | None:
+        return None if self.relay is None else self.relay.family
+
+    def not_checked(self, reason: str, note: str) -> None:
+        self.state, self.reason, self.note = "not-checked", reason, note
+
+    def unchecked(self) -> list[str]:
+        if self.state in ("pending", "not-checked"):
+            return [ip for ip, _ in self.peers]
+        return list(self.unanswered) + ([ip for ip, _ in self.peers if ip not in self.results] if self.reason else [])
+
+
+@dataclasses.dataclass
+class _AclState:
+    """What the peer-acl check has seen so far (kept when its time budget runs out)."""
+
+    families: list[_AclFamily]
+    step: str = "starting"
+    control: bool | None = None
+    control_ev: list[str] = dataclasses.field(default_factory=list)
+    control_ran: bool = False
+
+
+def _self_test_exception(t: _Target, fam: _AclFamily, ip: str) -> bool:
+    """A loopback server that relays to its own loopback relay address: natkit's self-test exception.
+
+    ``natkit turn up`` on 127.0.0.1 allows exactly that address (allowed-peer-ip +
+    allow-loopback-peers) so that two clients on this host can relay to each
+    other. Only clients on this host reach a loopback server, so this is no
+    path past the ACL; the same acceptance on a reachable address is critical.
+    """
+    try:
+        return fam.relay is not None and ip == fam.relay.host and ipaddress.ip_address(ip).is_loopback \
+            and ipaddress.ip_address(t.host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _acl_family(t: _Target, st: _AclState, fam: _AclFamily) -> None:
+    st.step = f"the {fam.name} Allocate"
+    sess = await _udp_session(t)
+    try:
+        try:
+            reply = await sess.allocate(ipv6=fam.requested == 6)
+        except AuthenticationRefused as exc:
+            return fam.not_checked("credentials-refused", f"{fam.name} Allocate: {exc.message}")
+        except StunTimeout as exc:
+            return fam.not_checked("timeout", exc.message)
+        except MalformedMessage as exc:
+            return fam.not_checked("malformed", f"{fam.name} Allocate: {exc.message}")
+        if not reply.ok:
+            if reply.code in _FAMILY_REFUSALS:  # no relay of that family: those peers are unreachable
+                fam.state, fam.note = "not-relayable", f"{fam.name} Allocate → {reply.describe()}: {fam.name} peers cannot be relayed"
+                for ip, _ in fam.peers:
+                    fam.results[ip] = {"create_permission": reply.code, "channel_bind": reply.code}
+                return None
+            why = sess.refusal(reply)
+            return fam.not_checked("credentials-refused" if why else "refused",
+                                   f"{fam.name} Allocate with the given credentials → {why or reply.describe()} ({sess.attempts()})")
+        if sess.relayed is None:
+            return fam.not_checked("malformed", f"{fam.name} Allocate success without XOR-RELAYED-ADDRESS (RFC 8656 §7.3 requires it)")
+        fam.state, fam.relay = "checked", sess.relayed
+        fam.note = f"{fam.name} Allocate → relay {fam.relay} (IPv{fam.relay_family})"
+        if fam.relay_family != fam.requested:
+            fam.note += f", although {fam.name} was requested (REQUESTED-ADDRESS-FAMILY ignored)"
+        await _acl_peers(sess, st, fam)
+    finally:
+        await sess.close()
+    return None
+
+
+async def _acl_peers(sess: _Turn, st: _AclState, fam: _AclFamily) -> None:
+    on = f"on an IPv{fam.relay_family} relay"
+    for ip, label in fam.peers:
+        st.step = f"CreatePermission/ChannelBind toward {ip}"
+        peer = TransportAddress(ip, 80 if ip.endswith(("169.254.169.254", "a9fe:a9fe")) else 9)
+        try:
+            r1 = await sess.create_permission(peer)
+            r2 = await sess.channel_bind(peer)
+        except (StunTimeout, MalformedMessage) as exc:
+            fam.unanswered.append(ip)
+            fam.reason = fam.reason or ("timeout" if isinstance(exc, StunTimeout) else "malformed")
+            fam.lines.append(f"{ip} ({label}) not checked: {exc.message}")
+            if len(fam.unanswered) >= 2:  # the server stopped answering: do not spend the budget on every peer
+                fam.lines.append(f"stopped after {len(fam.unanswered)} unanswered peers")
+                return
+            continue
+        fam.results[ip] = {"label": label, "create_permission": 0 if r1.ok else r1.code,
+                           "channel_bind": 0 if r2.ok else r2.code, "relay_family": fam.relay_family}
+        if r1.ok or r2.ok:
+            fam.accepted.append(ip)
+            mismatch = _peer_family(ip) != fam.relay_family
+            fam.lines.append(f"ACCEPTED {ip} ({label}) {on}: CreatePermission {r1.describe()}, ChannelBind {r2.describe()}"
+                             + (" (the peer's family differs from the relay's: no 443 Peer Address Family Mismatch)" if mismatch else ""))
+        elif r1.code != 403 or r2.code != 403:
+            fam.lines.append(f"{ip} ({label}): CreatePermission {r1.describe()}, ChannelBind {r2.describe()} (refused, not with 403)")
+
+
 async def _check_peer_acl(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
-    title = "relay toward forbidden peers (CreatePermission/ChannelBind)"
     if not _have_creds(t, ctx):
-        return _finding("peer-acl", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
-    results: dict[str, dict] = {}
-    allowed: list[str] = []
-    unchecked: list[str] = []
-    ev: list[str] = []
-    for v6 in (False, True):
-        peers = [(ip, label) for ip, label in FORBIDDEN_PEERS if (":" in ip) == v6]
-        sess = await _udp_session(t)
-        try:
-            resp = await sess.allocate(ipv6=v6)
-            if not resp.is_success:
-                fam = "IPv6" if v6 else "IPv4"
-                if resp.code in (440, 442):  # no relay of that family: those peers are unreachable
-                    ev.append(f"{fam} Allocate → {resp.describe()}: {fam} peers cannot be relayed")
-                    for ip, _ in peers:
-                        results[ip] = {"create_permission": resp.code, "channel_bind": resp.code}
-                else:
-                    ev.append(f"{fam} Allocate with the given credentials → {resp.describe()} ({_auth_attempts(sess)})")
-                    unchecked += [ip for ip, _ in peers]
-                continue
-            for i, (ip, label) in enumerate(peers):
-                port = 80 if ip.endswith("169.254.169.254") or ip.endswith("a9fe:a9fe") else 9
-                r1 = await sess.call(Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (ip, port)})
-                r2 = await sess.call(Method.CHANNEL_BIND, {"XOR-PEER-ADDRESS": (ip, port), "CHANNEL-NUMBER": CHANNEL_MIN + i})
-                results[ip] = {"label": label, "create_permission": r1.code if not r1.is_success else 0,
-                               "channel_bind": r2.code if not r2.is_success else 0}
-                if r1.is_success or r2.is_success:
-                    allowed.append(ip)
-                    ev.append(f"ACCEPTED {ip} ({label}): CreatePermission {r1.describe()}, ChannelBind {r2.describe()}")
-                elif r1.code != 403 or r2.code != 403:
-                    ev.append(f"{ip} ({label}): CreatePermission {r1.describe()}, ChannelBind {r2.describe()} (refused, not by the ACL's 403)")
-        finally:
-            await sess.close()
+        return _not_applicable("peer-acl", _ACL_TITLE, "needs valid credentials: give --secret or --user/--password", started)
+    st = _AclState([_AclFamily(v, [(ip, label) for ip, label in FORBIDDEN_PEERS if (":" in ip) == (v == 6)]) for v in (4, 6)])
+    ctx.setdefault("partial", {})["peer-acl"] = lambda note: _acl_verdict(t, st, started, note)
+    for fam in st.families:
+        await _acl_family(t, st, fam)
+    st.step = "the positive control"
+    st.control_ran = True
+    st.control, st.control_ev = await _positive_control(t)
+    return _acl_verdict(t, st, started, None)
+
+
+_ACL_TITLE = "relay toward forbidden peers (CreatePermission/ChannelBind)"
+
+
+def _acl_verdict(t: _Target, st: _AclState, started: float, interrupted: str | None) -> Finding:
+    """The peer-acl finding from what was seen, per address family.
+
+    A forbidden peer accepted on either family fails the check, whatever
+    else could not be checked; a family that could not be checked (no
+    answer, malformed answers, refused credentials, budget) makes the check
+    "not_checked" instead of a pass.
+    """
+    fams = st.families
+    if interrupted:
+        for fam in fams:
+            if fam.state == "pending":
+                fam.not_checked("budget", f"{fam.name}: {interrupted} during {st.step}")
+            elif fam.state == "checked" and len(fam.results) + len(fam.unanswered) < len(fam.peers):
+                fam.reason = fam.reason or "budget"
+                fam.lines.append(f"{interrupted} during {st.step}")
+    results = {ip: r for fam in fams for ip, r in fam.results.items()}
+    exceptions = [ip for fam in fams for ip in fam.accepted if _self_test_exception(t, fam, ip)]
+    accepted = [ip for fam in fams for ip in fam.accepted if ip not in exceptions]
+    mismatch = [ip for fam in fams for ip in fam.accepted if ip not in exceptions and _peer_family(ip) != fam.relay_family]
+    reachable = [ip for ip in accepted if ip not in mismatch]
+    unchecked = [ip for fam in fams for ip in fam.unchecked()]
     refused403 = [ip for ip, r in results.items() if r.get("create_permission") == 403 and r.get("channel_bind") == 403]
-    ev.insert(0, f"{len(refused403)}/{len(FORBIDDEN_PEERS)} forbidden peers refused with 403; {len(allowed)} accepted")
-    control, control_ev = await _positive_control(t)
-    ev += control_ev
-    data = {"peers": results, "accepted": allowed, "refused_403": len(refused403), "unchecked": unchecked, "positive_control": control}
-    if allowed:
-        severity = "critical" if any(ip in ("127.0.0.1", "0.0.0.0", "169.254.169.254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::1")
-                                     for ip in allowed) else "high"
-        return _finding("peer-acl", title, "fail", severity, ev, _FIX["peer-acl"], data, started)
-    if control is False:
-        ev.append("every forbidden peer was refused, but so was the allowed peer: the 403s may not come from the ACL")
-        return _finding("peer-acl", title, "fail", "medium", ev, _FIX["peer-control"], data, started)
-    if unchecked and len(unchecked) == len(FORBIDDEN_PEERS):
-        return _finding("peer-acl", title, "not_checked", "info", ev + ["no allocation was granted with the given credentials"], None, data, started)
-    if control is None:
-        ev.append("positive control could not allocate: the 403s are not proven to come from the ACL")
-    return _finding("peer-acl", title, "pass", "info", ev, None, data, started)
+    refused = [ip for ip, r in results.items() if r.get("create_permission") != 0 and r.get("channel_bind") != 0]
+    ev = [f"{len(refused)}/{len(FORBIDDEN_PEERS)} forbidden peers refused ({len(refused403)} with 403); {len(accepted)} accepted"
+          + (f" ({len(mismatch)} of them on a relay of the other family)" if mismatch else "")
+          + (f"; {', '.join(exceptions)} allowed: the loopback self-test exception" if exceptions else "")
+          + (f"; {len(unchecked)} not checked" if unchecked else "")]
+    for fam in fams:
+        ev.append(f"{fam.name} not checked: {fam.note}" if fam.state == "not-checked" else (fam.note or f"{fam.name}: {fam.state}"))
+        ev += fam.lines
+    for ip in exceptions:
+        ev.append(f"{ip} accepted as this loopback server's own relay address: the loopback self-test exception "
+                  "(natkit turn up on 127.0.0.1 allows exactly it; only clients on this host can reach the server)")
+    if st.control_ran:
+        ev += st.control_ev
+    elif interrupted is None:
+        ev.append("positive control not run")
+    data = {"peers": results, "accepted": accepted, "refused_403": len(refused403), "unchecked": unchecked,
+            "family_mismatch": mismatch, "self_test_exception": exceptions,
+            "families": {fam.name: {"state": fam.state, "relay": str(fam.relay) if fam.relay else None, "relay_family": fam.relay_family,
+                                    "reason": fam.reason, "note": fam.note} for fam in fams},
+            "positive_control": st.control}
+    incomplete = next((fam for fam in fams if fam.reason), None)
+    if reachable:
+        severity = "critical" if any(ip in _CRITICAL_PEERS for ip in reachable) else "high"
+        return _finding("peer-acl", _ACL_TITLE, "fail", severity, ev, _FIX["peer-acl"], data, started)
+    if st.control is False:
+        ev.append("every forbidden peer was refused, but so was the allowed peer: the refusals may not come from the ACL")
+        return _finding("peer-acl", _ACL_TITLE, "fail", "medium", ev, _FIX["peer-control"], data, started)
+    if incomplete is not None or interrupted:
+        reason = incomplete.reason if incomplete is not None else "budget"
+        if interrupted and not st.control_ran:
+            ev.append(f"positive control not run: {interrupted}")
+        return _finding("peer-acl", _ACL_TITLE, "not_checked", "info", ev, None, data, started, reason)
+    if mismatch:
+        ev.append("peers of the other family were accepted on this relay: unreachable through it, but the server does not check "
+                  "XOR-PEER-ADDRESS against the relay's family (RFC 8656 §9.1: 443)")
+        return _finding("peer-acl", _ACL_TITLE, "fail", "low", ev, _FIX["peer-acl"], data, started)
+    if st.control is None:
+        ev.append("positive control could not allocate: the refusals are not proven to come from the ACL")
+    return _finding("peer-acl", _ACL_TITLE, "pass", "info", ev, None, data, started)
 
 
 async def _check_tcp_relay(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
     title = "TCP relay (RFC 6062) and CONNECT toward forbidden peers"
     if not _have_creds(t, ctx):
-        return _finding("tcp-relay", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
-    if t.port is not None:
-        conn = await _Conn.open(t.host, t.port, "tcp", timeout=t.timeout)
-        via = f"TCP {t.host}:{t.port}"
-    else:
-        conn = await _Conn.open(t.tls_host, t.tls.port, "tls", ssl=_insecure_context(), server_hostname=t.tls.host, timeout=t.timeout)
-        via = f"TLS {t.tls_host}:{t.tls.port}"
-    sess = _Session(conn, t.username, t.password, t.timeout)
+        return _not_applicable("tcp-relay", title, "needs valid credentials: give --secret or --user/--password", started)
+    transport = "tcp" if t.port is not None else "tls"
+    via = f"TCP {t.host}:{t.port}" if transport == "tcp" else f"TLS {t.tls_host}:{t.tls.port if t.tls else '?'}"
     try:
-        resp = await sess.allocate(transport=TRANSPORT_TCP)
-        ev = [f"TCP Allocate over {via} → {resp.describe()}"]
-        data: dict = {"allocate": resp.code if not resp.is_success else 0, "connect": {}}
-        if not resp.is_success:
-            if resp.code == 442:
-                return _finding("tcp-relay", title, "pass", "info", ev + ["TCP relay is disabled"], None, data, started)
-            return _finding("tcp-relay", title, "pass", "info", ev + ["TCP allocation refused"], None, data, started)
+        sess = await _Turn.open(t, transport=transport, username=t.username, password=t.password, proven=t.proven)
+    except StunTimeout as exc:
+        raise StunTimeout(f"no {transport.upper()} connection within {t.timeout:g} s (the per-request timeout, --timeout)",
+                          server=exc.server, step="connect", limit=exc.limit) from None
+    except NatkitError as exc:
+        if transport == "tcp" and exc.message.startswith("connection refused"):
+            return _finding("tcp-relay", title, "pass", "info", [f"{via}: connection refused: no TURN over TCP here, so no RFC 6062 TCP allocation"],
+                            None, {"allocate": None, "connect": {}, "tcp_listener": False}, started)
+        raise
+    try:
+        reply = await sess.allocate(transport=PROTO_TCP)
+        ev = [f"TCP Allocate over {via} → {reply.describe()}"]
+        data: dict = {"allocate": 0 if reply.ok else reply.code, "connect": {}}
+        if not reply.ok:
+            if reply.code == 442:
+                return _finding("tcp-relay", title, "pass", "info", [*ev, "TCP relay is disabled"], None, data, started)
+            why = sess.refusal(reply)
+            if why:
+                return _finding("tcp-relay", title, "not_checked", "info", [*ev, why], None, data, started, "credentials-refused")
+            return _finding("tcp-relay", title, "pass", "info", [*ev, "TCP allocation refused"], None, data, started)
         accepted = []
         for ip, port, label in FORBIDDEN_CONNECT:
-            r = await sess.call(METHOD_CONNECT, {"XOR-PEER-ADDRESS": (ip, port)})
-            data["connect"][f"{ip}:{port}"] = r.code if not r.is_success else 0
+            r = await sess.connect(TransportAddress(ip, port))
+            data["connect"][f"{ip}:{port}"] = 0 if r.ok else r.code
             ev.append(f"CONNECT {ip}:{port} ({label}) → {r.describe()}")
             # 403 is the ACL; 443 cannot reach that family; anything else means the server tried
-            if r.is_success or r.code not in (403, 443):
+            if r.ok or r.code not in (403, 443):
                 accepted.append(f"{ip}:{port}")
         if accepted:
             ev.append("the server attempted TCP connections toward: " + ", ".join(accepted) + " (447/500 mean it tried and failed)")
@@ -715,8 +786,8 @@ def _insecure_context(version: ssl_module.TLSVersion | None = None) -> ssl_modul
 async def _handshake(host: str, port: int, ctx: ssl_module.SSLContext, sni: str | None, timeout: float) -> tuple[str | None, bytes | None, str | None]:
     """(negotiated version, peer certificate DER, error)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=sni), timeout)
-    except asyncio.TimeoutError:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=sni), timeout)
+    except TimeoutError:
         return None, None, "handshake did not complete"
     except ssl_module.SSLCertVerificationError as exc:
         return None, None, f"certificate not trusted: {exc.verify_message}"
@@ -732,12 +803,12 @@ async def _check_tls(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
     title = "TLS versions and certificate"
     if t.tls is None:
-        return _finding("tls", title, "not_checked", "info", ["no turns: URI given for this server"], None, None, started)
+        return _not_applicable("tls", title, "no turns: URI given for this server", started)
     import warnings
 
     from .tls import cert_info
 
-    host, port, sni = t.tls_host, t.tls.port, t.tls.host
+    host, port, sni = t.tls_host or t.host, t.tls.port, t.tls.host
     try:
         ipaddress.ip_address(sni)
         sni_name = None
@@ -807,23 +878,29 @@ async def _check_credentials(t: _Target, ctx: dict) -> Finding:
         return _finding("credentials", title, "fail", "critical", ["the server grants allocations without any credential (see open-relay)"],
                         _FIX["credentials"], None, started)
     if not t.secret:
-        return _finding("credentials", title, "not_checked", "info", ["needs the REST shared secret (--secret) to mint an expired credential"], None, None, started)
+        return _not_applicable("credentials", title, "needs the REST shared secret (--secret) to mint an expired credential", started)
     from .credentials import mint, new_secret
 
     ev: list[str] = []
     data: dict = {}
     bad = []
-    cases = (("expired", mint(t.secret, "natkit-audit", -3600)), ("wrong secret", mint(new_secret(), "natkit-audit", 600)))
+    user = "natkit-audit" if t.rest_user is None else t.rest_user
+    cases = (("expired", mint(t.secret, user, -3600)), ("wrong secret", mint(new_secret(), user, 600)))
     leaked = False
     for label, cred in cases:
         sess = await _udp_session(t, cred.username, cred.password, creds=False)
         try:
-            resp = await sess.allocate(lifetime=60)
-            data[label] = resp.code if not resp.is_success else 0
-            ev.append(f"{label} credential {cred.username} → {resp.describe()}")
-            if resp.is_success:
+            try:
+                reply = await sess.allocate(lifetime=60)
+            except AuthenticationRefused:  # the challenge was answered, the credential met silence: refused
+                data[label] = None
+                ev.append(f"{label} credential {cred.username} → no answer after the 401 challenge (refused)")
+                continue
+            data[label] = 0 if reply.ok else reply.code
+            ev.append(f"{label} credential {cred.username} → {reply.describe()}")
+            if reply.ok:
                 bad.append(label)
-            blob = repr([r.attrs for r in sess.responses])
+            blob = repr([r.response.attributes for r in sess.replies])
             if t.secret in blob or cred.password in blob:
                 leaked = True
         finally:
@@ -840,31 +917,42 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
     title = f"allocation flood on one credential (at most {t.flood_max} allocations, {t.flood_seconds:g} s)"
     if not _have_creds(t, ctx):
-        return _finding("quota", title, "not_checked", "info", ["needs valid credentials: give --secret or --user/--password"], None, None, started)
+        return _not_applicable("quota", title, "needs valid credentials: give --secret or --user/--password", started)
     # coturn frees a released allocation's quota on its next timer tick (~1 s):
     # a credential of its own keeps earlier checks' allocations out of the count
     username, password = t.username, t.password
     if t.secret:
         from .credentials import mint
 
-        cred = mint(t.secret, "natkit-audit-quota", 900)
+        # another username: "-quota" suffix, or (with a given user part) another expiry
+        cred = mint(t.secret, "natkit-audit-quota" if t.rest_user is None else t.rest_user, 901)
         username, password = cred.username, cred.password
     else:
         await asyncio.sleep(1.5)
-    sessions: list[_Session] = []
+    sessions: list[_Turn] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + t.flood_seconds
+    seen = {"granted": 0}
+    ctx.setdefault("partial", {})["quota"] = lambda note: _finding(
+        "quota", title, "not_checked", "info", [f"{note} after {seen['granted']} allocations granted without a 486"], None,
+        {"granted": seen["granted"], "stopped_by": None, "max": t.flood_max}, started, "budget")
     stopped = None
     granted = 0
     try:
         while granted < t.flood_max and loop.time() < deadline:
             sess = await _udp_session(t, username, password)
             sessions.append(sess)
-            resp = await sess.allocate(lifetime=60)
-            if not resp.is_success:
-                stopped = resp
+            try:
+                reply = await sess.allocate(lifetime=60)
+            except (StunTimeout, MalformedMessage, AuthenticationRefused) as exc:
+                data = {"granted": granted, "stopped_by": None, "max": t.flood_max}
+                reason = "timeout" if isinstance(exc, StunTimeout) else ("malformed" if isinstance(exc, MalformedMessage) else "credentials-refused")
+                return _finding("quota", title, "not_checked", "info", [f"Allocate {granted + 1}: {exc.message}"], None, data, started, reason)
+            if not reply.ok:
+                stopped = reply
                 break
             granted += 1
+            seen["granted"] = granted
     finally:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
     data = {"granted": granted, "stopped_by": stopped.code if stopped else None, "max": t.flood_max}
@@ -874,21 +962,33 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
         return _finding("quota", title, "fail", "low", [f"508 Insufficient Capacity after {granted} allocations: the server-wide limit, not a per-user quota, stopped the flood"],
                         _FIX["quota"], data, started)
     if stopped is not None:
-        return _finding("quota", title, "not_checked", "info", [f"Allocate {granted + 1} → {stopped.describe()}"], None, data, started)
+        why = sessions[-1].refusal(stopped) if granted == 0 else None
+        return _finding("quota", title, "not_checked", "info", [f"Allocate {granted + 1} → {why or stopped.describe()}"], None, data, started,
+                        "credentials-refused" if why else "refused")
     return _finding("quota", title, "fail", "medium", [f"{granted} concurrent allocations granted to one credential without a 486 (flood stopped by natkit)"],
                     _FIX["quota"], data, started)
 
 
-_VERSION_RE = re.compile(r"(?i)coturn[- /]?(\d+(?:\.\d+)+)")
+# a version number of at most 9 digits a part: linear on any input (a SOFTWARE
+# value is attacker-controlled; RFC 8489 §14.14 caps it at 763 bytes)
+_VERSION_RE = re.compile(r"(?i)coturn[- /]?(\d{1,9}(?:\.\d{1,9}){1,5})")
+SOFTWARE_MAX = 763  # bytes, RFC 8489 §14.14
 
 
 def coturn_cves(software: str) -> list[str]:
-    """Known CVEs fixed after the coturn version named in a SOFTWARE value ("Coturn-4.5.1.1 'dan Eider'")."""
-    m = _VERSION_RE.search(software or "")
+    """Known CVEs fixed after the coturn version named in a SOFTWARE value ("Coturn-4.5.1.1 'dan Eider'").
+
+    Only the first :data:`SOFTWARE_MAX` characters are read; linear time on any input.
+    """
+    m = _VERSION_RE.search((software or "")[:SOFTWARE_MAX])
     if not m:
         return []
     version = tuple(int(x) for x in m.group(1).split("."))
     return [f"{cve} ({summary}; fixed in {'.'.join(map(str, fixed))})" for fixed, cve, summary in COTURN_CVES if version < fixed]
+
+
+def _clip(value: str, n: int = 120) -> str:
+    return repr(value) if len(value) <= n else f"{value[:n]!r}… ({len(value)} characters)"
 
 
 async def _check_software(t: _Target, ctx: dict) -> Finding:
@@ -896,20 +996,26 @@ async def _check_software(t: _Target, ctx: dict) -> Finding:
     title = "SOFTWARE attribute (version leak)"
     seen = {}
     binding = ctx.get("binding")
-    if binding is not None and "SOFTWARE" in binding.attrs:
-        seen["Binding response"] = binding.attrs["SOFTWARE"]
+    if binding is not None and "SOFTWARE" in binding:
+        seen["Binding response"] = binding["SOFTWARE"]
     auth = ctx.get("auth_response")
-    if auth is not None and "SOFTWARE" in auth.attrs:
-        seen["Allocate response"] = auth.attrs["SOFTWARE"]
-    if binding is None and auth is None:
-        return _finding("software", title, "not_checked", "info", ["no response to inspect"], None, None, started)
+    if auth is not None and "SOFTWARE" in auth:
+        seen["Allocate response"] = auth["SOFTWARE"]
+    if not seen and binding is None:  # the Binding answer (if any) was not readable
+        bad = ctx.get("binding_malformed")
+        if bad is not None and bad.attribute == "SOFTWARE":  # what it says is unreadable, that it says too much is not
+            return _finding("software", title, "fail", "low", [f"Binding: {bad.message}",
+                            f"a SOFTWARE value beyond RFC 8489 §14.14 (at most {SOFTWARE_MAX} bytes of UTF-8)"],
+                            _FIX["software"], {"software": None, "malformed": bad.message}, started)
+        why = ctx.get("binding_error") or "no response to inspect"
+        return _finding("software", title, "not_checked", "info", [why], None, None, started, ctx.get("binding_reason", "error"))
     if not seen:
         return _finding("software", title, "pass", "info", ["no SOFTWARE attribute in Binding and Allocate responses"], None, {"software": None}, started)
     value = next(iter(seen.values()))
     cves = coturn_cves(value)
-    ev = [f"{where}: SOFTWARE {v!r}" for where, v in seen.items()]
+    ev = [f"{where}: SOFTWARE {_clip(v)}" for where, v in seen.items()]
     ev += [f"known vulnerability for this version: {c}" for c in cves]
-    has_version = bool(re.search(r"\d+\.\d+", value))
+    has_version = re.search(r"\d\.\d", value) is not None  # same answer as \d+\.\d+, in linear time
     sev = "high" if cves else ("low" if has_version else "info")
     return _finding("software", title, "fail" if sev != "info" else "pass", sev, ev, _FIX["software"] if sev != "info" else None,
                     {"software": value, "cves": cves}, started)
@@ -918,6 +1024,7 @@ async def _check_software(t: _Target, ctx: dict) -> Finding:
 # amplification thresholds (response bytes / request bytes)
 AMPLIFICATION_LOW = 3.0  # above: "low"
 AMPLIFICATION_MEDIUM = 5.0  # above: "medium"
+AMPLIFICATION_HIGH = 20.0  # above: "high" (a reflector worth abusing)
 
 
 async def _check_amplification(t: _Target, ctx: dict) -> Finding:
@@ -926,30 +1033,32 @@ async def _check_amplification(t: _Target, ctx: dict) -> Finding:
     ev, data = [], {}
     ratios = []
     binding = ctx.get("binding")
-    if binding is not None:
-        r = binding.size / ctx["binding_request_size"]
+    size = ctx.get("binding_size")  # bytes received, whether they parsed or not
+    if size:
+        r = size / ctx["binding_request_size"]
         ratios.append(r)
-        data["binding"] = {"request": ctx["binding_request_size"], "response": binding.size, "ratio": r}
-        attrs = ", ".join(k for k in binding.attrs)
-        ev.append(f"Binding: {ctx['binding_request_size']} B → {binding.size} B (×{r:.2f}; {attrs})")
+        data["binding"] = {"request": ctx["binding_request_size"], "response": size, "ratio": r}
+        attrs = ", ".join(binding.names()) if binding is not None else "malformed"
+        ev.append(f"Binding: {ctx['binding_request_size']} B → {size} B (×{r:.2f}; {attrs})")
     auth = ctx.get("auth_response")
-    if auth is not None and ctx.get("auth_request_size"):
-        r = auth.size / ctx["auth_request_size"]
+    if auth is not None and auth.raw and ctx.get("auth_request_size"):
+        r = len(auth.raw) / ctx["auth_request_size"]
         ratios.append(r)
-        data["allocate"] = {"request": ctx["auth_request_size"], "response": auth.size, "ratio": r}
-        ev.append(f"unauthenticated Allocate: {ctx['auth_request_size']} B → {auth.size} B (×{r:.2f})")
+        data["allocate"] = {"request": ctx["auth_request_size"], "response": len(auth.raw), "ratio": r}
+        ev.append(f"unauthenticated Allocate: {ctx['auth_request_size']} B → {len(auth.raw)} B (×{r:.2f})")
     if not ratios:
-        return _finding("amplification", title, "not_checked", "info", ["no UDP answer to measure"], None, None, started)
+        why = ctx.get("binding_error") or "no UDP answer to measure"
+        return _finding("amplification", title, "not_checked", "info", [why], None, None, started, ctx.get("binding_reason", "error"))
     worst = max(ratios)
     data["worst"] = worst
-    sev = "info" if worst <= AMPLIFICATION_LOW else ("low" if worst <= AMPLIFICATION_MEDIUM else "medium")
+    sev = "info" if worst <= AMPLIFICATION_LOW else ("low" if worst <= AMPLIFICATION_MEDIUM else ("medium" if worst <= AMPLIFICATION_HIGH else "high"))
     return _finding("amplification", title, "pass" if sev == "info" else "fail", sev, ev, _FIX["amplification"] if sev != "info" else None, data, started)
 
 
 async def _check_admin_ports(t: _Target, ctx: dict) -> Finding:
     started = time.monotonic()
     title = "admin interfaces reachable (telnet CLI, Prometheus)"
-    host = t.host or t.tls_host
+    host = t.host
     ev, data, open_ = [], {}, []
     for port, label in ADMIN_PORTS:
         try:
@@ -958,7 +1067,7 @@ async def _check_admin_ports(t: _Target, ctx: dict) -> Finding:
             data[str(port)] = True
             open_.append(port)
             ev.append(f"TCP {host}:{port} ({label}) ACCEPTS connections")
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             data[str(port)] = False
             ev.append(f"TCP {host}:{port} ({label}): {'refused' if isinstance(exc, ConnectionRefusedError) else 'no answer'}")
     if not open_:
@@ -992,72 +1101,116 @@ def _group(uris: list[str]) -> list[tuple[str, list[ServerURI]]]:
     return list(groups.items())
 
 
+async def _binding(t: _Target, ctx: dict) -> str | None:
+    """A Binding over UDP (reachability, SOFTWARE, amplification); the error that makes the server unreachable, else None.
+
+    A malformed answer counts as an answer: ``ctx`` records it and the other checks run.
+    """
+    from .errors import ServerUnreachable
+
+    assert t.port is not None
+    addr = TransportAddress(t.host, t.port)
+    req = binding_request()
+    ctx["binding_request_size"] = len(req.encode())
+    try:  # a connected socket: no route or an ICMP error shows at once
+        ep = await _SizedEndpoint.open("::" if addr.family == 6 else "0.0.0.0", remote=addr)
+    except NatkitError as exc:
+        return f"cannot reach {addr} over UDP: {exc.message}"
+    assert isinstance(ep, _SizedEndpoint)
+    try:
+        ctx["binding"] = (await ep.request(req, addr, timeout=t.timeout)).message
+    except MalformedMessage as exc:
+        ctx["binding_error"], ctx["binding_reason"], ctx["binding_malformed"] = f"Binding: {exc.message}", "malformed", exc
+    except StunTimeout:
+        return f"no answer to a STUN Binding over UDP within {t.timeout:g} s from {addr}"
+    except ServerUnreachable as exc:
+        return f"UDP {addr}: {exc.message}"
+    finally:
+        ctx["binding_size"] = ep.sizes[0] if ep.sizes else None
+        ep.close()
+    return None
+
+
 async def _audit_server(host: str, uris: list[ServerURI], opts: dict) -> ServerAudit:
-    from .stun import resolve
+    from .stun.aio import resolve
 
     started = time.monotonic()
     plain = next((u for u in uris if not u.secure), None)
     tls = next((u for u in uris if u.secure), None)
     names = tuple(str(u) for u in uris)
+    first = plain or tls
+    assert first is not None  # _group gives at least one URI per host
     try:
-        addr = await resolve(host, (plain or tls).port, timeout=opts["timeout"])
+        addr = await resolve(host, first.port, timeout=opts["timeout"])
     except NatkitError as exc:
         return ServerAudit(host, names, False, (), exc.one_line(), (time.monotonic() - started) * 1000.0)
     username, password = opts.get("username"), opts.get("password")
     if opts.get("secret") and not username:
         from .credentials import mint
 
-        cred = mint(opts["secret"], "natkit-audit", 900)
+        rest_user = opts.get("rest_user")
+        cred = mint(opts["secret"], "natkit-audit" if rest_user is None else rest_user, 900)
         username, password = cred.username, cred.password
     t = _Target(host, uris, addr.host, plain.port if plain else None, tls, addr.host if tls else None, username, password,
-                opts.get("secret"), opts["timeout"], opts["flood_max"], opts["flood_seconds"], opts.get("cafile"), opts["checks"])
+                opts.get("secret"), opts["timeout"], opts["flood_max"], opts["flood_seconds"], opts.get("cafile"), opts["checks"],
+                opts.get("rest_user"))
     ctx: dict = {}
     reachable: bool | None = None
     if plain is not None:
-        try:
-            conn = await _Conn.open(t.host, t.port, "udp")
-            try:
-                req = Message(message_method=Method.BINDING, message_class=Class.REQUEST)
-                ctx["binding_request_size"] = len(bytes(req))
-                ctx["binding"] = await conn.request(req, t.timeout)
-                reachable = True
-            finally:
-                conn.close()
-        except (asyncio.TimeoutError, OSError) as exc:
-            reachable = False
-            error = "no answer to a STUN Binding over UDP" if isinstance(exc, asyncio.TimeoutError) else f"UDP: {exc}"
-            return ServerAudit(host, names, False, (), f"{error} from {addr}", (time.monotonic() - started) * 1000.0)
+        error = await _binding(t, ctx)
+        if error is not None:
+            return ServerAudit(host, names, False, (), error, (time.monotonic() - started) * 1000.0)
+        reachable = True
     findings: list[Finding] = []
     for check in CHECKS:
         if check not in t.checks:
             continue
-        c0 = time.monotonic()
         if check in _NEEDS_UDP and plain is None:
-            findings.append(_finding(check, check, "not_checked", "info", ["needs a turn: (UDP) URI for this server"], None, None, c0))
+            findings.append(_not_applicable(check, check, "needs a turn: (UDP) URI for this server", time.monotonic()))
             continue
-        try:
-            f = await asyncio.wait_for(_CHECK_FUNCS[check](t, ctx), opts["check_timeout"])
-            if check == "open-relay" and ctx.get("auth_response") is not None:
-                ctx["auth_request_size"] = _first_allocate_size(t)
-        except asyncio.TimeoutError:
-            f = _finding(check, check, "not_checked", "info", [f"no answer within the time budget ({opts['check_timeout']:g} s)"], None, None, c0)
-        except (OSError, ssl_module.SSLError, NatkitError) as exc:
-            f = _finding(check, check, "not_checked", "info", [f"{exc.__class__.__name__}: {exc}"], None, None, c0)
-        findings.append(f)
+        findings.append(await _run_check(check, t, ctx, opts["check_timeout"]))
     return ServerAudit(host, names, reachable, tuple(findings), None, (time.monotonic() - started) * 1000.0)
+
+
+async def _run_check(check: str, t: _Target, ctx: dict, budget: float) -> Finding:
+    """One check within its time budget; what stopped it becomes a not_checked finding naming the cause.
+
+    The per-request timeout (``--timeout``) and the check's budget
+    (``--check-timeout``) are told apart; a check that registered a partial
+    verdict (peer-acl, quota) keeps what it saw when the budget runs out.
+    """
+    c0 = time.monotonic()
+    try:
+        f = await asyncio.wait_for(_CHECK_FUNCS[check](t, ctx), budget)
+        if check == "open-relay" and ctx.get("auth_response") is not None:
+            ctx["auth_request_size"] = _first_allocate_size(t)
+        return f
+    except StunTimeout as exc:
+        return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "timeout")
+    except MalformedMessage as exc:
+        return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "malformed")
+    except AuthenticationRefused as exc:
+        return _finding(check, check, "not_checked", "info", [exc.message], None, None, c0, "credentials-refused")
+    except TimeoutError:  # only wait_for above raises it: the check's budget
+        note = f"the check's time budget ({budget:g} s, --check-timeout) ran out"
+        partial = ctx.get("partial", {}).get(check)
+        if partial is not None:
+            return partial(note)
+        return _finding(check, check, "not_checked", "info", [note], None, None, c0, "budget")
+    except (OSError, ssl_module.SSLError, NatkitError) as exc:
+        return _finding(check, check, "not_checked", "info", [f"{exc.__class__.__name__}: {exc}"], None, None, c0, "error")
 
 
 def _first_allocate_size(t: _Target) -> int:
     """Size of the unauthenticated Allocate the open-relay check sends (LIFETIME + REQUESTED-TRANSPORT)."""
-    msg = Message(message_method=Method.ALLOCATE, message_class=Class.REQUEST,
-                  attributes={"LIFETIME": 60, "REQUESTED-TRANSPORT": TRANSPORT_UDP})
-    return len(bytes(msg))
+    return len(TurnSession().allocate(lifetime=60).data)
 
 
 async def audit_async(
     servers: list[str],
     *,
     secret: str | None = None,
+    rest_user: str | None = None,
     username: str | None = None,
     password: str | None = None,
     checks: list[str] | tuple[str, ...] | None = None,
@@ -1081,11 +1234,12 @@ async def audit_async(
         raise UsageError(f"unknown check(s): {', '.join(unknown)}", hint="choose from " + ", ".join(CHECKS))
     if not 1 <= flood_max <= 10_000:
         raise UsageError(f"flood count must be 1..10000, got {flood_max}")
-    if timeout <= 0 or flood_seconds <= 0:
-        raise UsageError("timeouts must be positive")
+    for label, value in (("--timeout", timeout), ("--check-timeout", check_timeout), ("--flood-seconds", flood_seconds)):
+        if not (math.isfinite(value) and 0 < value <= 3600):
+            raise UsageError(f"{label} must be a number of seconds in (0, 3600], got {value!r}")
     groups = _group(servers)
-    opts = dict(secret=secret, username=username, password=password, checks=checks, timeout=timeout,
-                check_timeout=check_timeout, flood_max=flood_max, flood_seconds=flood_seconds, cafile=cafile)
+    opts = {"secret": secret, "rest_user": rest_user, "username": username, "password": password, "checks": checks, "timeout": timeout,
+            "check_timeout": check_timeout, "flood_max": flood_max, "flood_seconds": flood_seconds, "cafile": cafile}
     started = time.monotonic()
     results = await asyncio.gather(*(_audit_server(h, us, opts) for h, us in groups))
     counts = {s: 0 for s in SEVERITIES}
@@ -1093,8 +1247,7 @@ async def audit_async(
         for f in r.findings:
             if f.failed:
                 counts[f.severity] += 1
-    failing = any(severity_at_least(sev, fail_on) and n for sev, n in counts.items())
-    ok = not failing and all(r.error is None for r in results)
+    ok = not audit_failures(results, fail_on)
     return AuditReport(SCHEMA, fail_on, ok, tuple(results), counts, (time.monotonic() - started) * 1000.0)
 
 
@@ -1104,15 +1257,18 @@ def audit(servers: list[str], **kwargs) -> AuditReport:
     ``servers``: ``turn:host[:port]`` and ``turns:host[:port]`` URIs; URIs
     with the same host are one server (UDP checks use the ``turn:`` port, the
     TLS check the ``turns:`` port). Credentials: ``secret`` (REST shared
-    secret: natkit mints a valid, an expired and a forged credential) or
-    ``username``/``password``. ``checks``: a subset of :data:`CHECKS`.
-    ``fail_on``: the severity at or above which a failed finding makes
-    ``ok`` False. ``timeout``: seconds per transaction; ``check_timeout``:
-    seconds per check; the quota flood stops after ``flood_max`` allocations
-    or ``flood_seconds``. ``cafile``: CA bundle for the TLS chain check.
+    secret: natkit mints a valid, an expired and a forged credential;
+    ``rest_user`` is their user part, "" for a bare ``<expiry>`` username,
+    None for natkit's own) or ``username``/``password``. ``checks``: a
+    subset of :data:`CHECKS`. ``fail_on``: the severity at or above which a
+    failed finding makes ``ok`` False. ``timeout``: seconds per transaction
+    (the per-request timeout); ``check_timeout``: seconds per check; the
+    quota flood stops after ``flood_max`` allocations or ``flood_seconds``.
+    ``cafile``: CA bundle for the TLS chain check.
 
     A server that does not answer a Binding gets ``error`` and no findings
-    (and makes ``ok`` False). Raises :class:`UsageError` for bad input.
+    (and makes ``ok`` False); so does any check that could not complete
+    (``report.incomplete``). Raises :class:`UsageError` for bad input.
     """
     return asyncio.run(audit_async(servers, **kwargs))
 

@@ -37,7 +37,7 @@ from .errors import (
     exit_code_for,
     most_severe,
 )
-from .model import TransportAddress, format_duration
+from .model import TransportAddress
 from .uri import ServerURI, parse_turn_uri
 from .webrtc.metrics import CandidateInfo, PathMetrics, SelectedPair, parse_candidates  # noqa: F401 - CandidateInfo, SelectedPair: public here too
 from .webrtc.session import IceServer, PeerSetup, ice_url, measure, rto_from_rtt
@@ -154,6 +154,9 @@ async def preflight_allocate(
             raise
         finally:
             ep.close()
+    from . import relay_postmortem
+
+    rescue = relay_postmortem.reserve(timeout)  # kept to ask again when aioice hears nothing
     started = time.monotonic()
     transport = None
     try:
@@ -162,10 +165,11 @@ async def preflight_allocate(
                 asyncio.DatagramProtocol, (addr.host, addr.port), username, password,
                 lifetime=60, ssl=ssl_context if ssl_context is not None else None, transport=uri.transport,
             ),
-            timeout,
+            timeout - rescue,
         )
     except TimeoutError:
-        raise StunTimeout(f"no Allocate answer within {format_duration(timeout)}", server=server, step="allocate") from None
+        raise await relay_postmortem.unanswered_allocate(uri, addr, username, password, timeout=rescue, waited=timeout - rescue,
+                                                         ssl_context=ssl_context) from None
     except Exception as exc:  # noqa: BLE001 - aioice raises its own and OS errors: each gets its diagnosis
         raise _turn_error(exc, server) from None
     elapsed = (time.monotonic() - started) * 1000.0
@@ -245,17 +249,19 @@ class _InProcessPath:
         return nbytes / max(1e-9, b1 - b0) / 1e6, None
 
 
-def _no_pair_connected(server: str, timeout: float, ice_state: str) -> NoRelayConnectivity:
+async def _no_pair_connected(uri: ServerURI, addr: TransportAddress, username: str, password: str, *, budget: float,
+                             waited: float, ice_state: str, ssl_context: ssl.SSLContext | None) -> NoRelayConnectivity:
     """The error when relay candidates were gathered but no pair connected (exit 7).
 
     The one place that explains an ICE failure through this server: a
-    post-mortem of the relay (what the server did with the checks) belongs here.
+    post-mortem with natkit's own TURN client (:mod:`natkit.relay_postmortem`,
+    ``budget`` seconds) says what the server did with Send, ChannelBind and
+    ChannelData between two of its allocations.
     """
-    return NoRelayConnectivity(
-        f"relay candidates were gathered but no candidate pair connected within {format_duration(timeout)} (ICE state {ice_state})",
-        server=server, step="connectivity",
-        hint="the server may refuse to relay to its own relayed addresses (denied-peer-ip, allow-loopback-peers) or a firewall drops the relay ports",
-    )
+    from . import relay_postmortem
+
+    return await relay_postmortem.no_connectivity(uri, addr, username, password, timeout=budget, waited=waited,
+                                                  ice_state=ice_state, ssl_context=ssl_context)
 
 
 def _relay_failures(path: PathMetrics) -> list[Failure]:
@@ -336,10 +342,14 @@ async def relay_check_async(
 
             c0 = time.monotonic()
             await offerer.setRemoteDescription(RTCSessionDescription(sdp=answerer.localDescription.sdp, type="answer"))
+            from .relay_postmortem import reserve
+
+            rescue = reserve(timeout)  # kept for the post-mortem
             try:
-                await asyncio.wait_for(channels.opened.wait(), left())
+                await asyncio.wait_for(channels.opened.wait(), max(0.05, left() - rescue))
             except TimeoutError:
-                raise _no_pair_connected(server, timeout, offerer.iceConnectionState) from None
+                raise await _no_pair_connected(uri, addr, username, password, budget=left(), waited=time.monotonic() - c0,
+                                               ice_state=offerer.iceConnectionState, ssl_context=ctx) from None
             connected_ms = (time.monotonic() - c0) * 1000.0
 
             path, failures = await measure(channels, peers={"offerer": offerer, "answerer": answerer}, candidates=candidates,
