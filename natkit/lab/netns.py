@@ -173,6 +173,11 @@ def kill_pids(pids: Iterable[int], grace: float = 0.5) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    deadline = time.monotonic() + 2.0  # SIGKILL is not instant: return once they are gone
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if _alive(p)]
+        if left:
+            time.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:
@@ -269,10 +274,13 @@ def destroy(namespaces: Iterable[str], *, extra_pids: Iterable[int] = ()) -> lis
     """
     namespaces = [ns for ns in namespaces if ns.startswith(NS_PREFIX)]
     pids = set(extra_pids)
-    for found in namespace_pids(namespaces).values():
-        pids.update(found)
-    if pids:
+    for _ in range(5):  # a process may fork while its siblings are stopped (a browser's helpers): scan again
+        for found in namespace_pids(namespaces).values():
+            pids.update(found)
+        if not pids:
+            break
         kill_pids(pids)
+        pids = set()
     present = [ns for ns in namespaces if (NETNS_DIR / ns).exists()]
     if present:
         try:
