@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -343,6 +344,9 @@ def test_cli_up_exec_list_down(tmp_path):
         info = json.loads(r.stdout)
         assert info["lab"] == name and info["hosts"]["alice"]["measured"] == "restricted"
         assert info["checks"][0]["ok"] is True
+        # the lab's REST secret stays in its 0600 state file: masked in JSON, as turn up --json does
+        secret = json.loads(Path(info["server"]["state_file"]).read_text())["secret"]
+        assert info["server"]["secret"] == "***" and secret and secret not in r.stdout
         r = _cli("lab", "exec", "alice", "--lab", name, "--", "ip", "-4", "-br", "addr", "show", "dev", "eth0")
         assert r.returncode == 0 and "10.0.1.10/24" in r.stdout, r
         r = _cli("lab", "exec", "bob", "--lab", name, "--", "sh", "-c", "exit 7")
