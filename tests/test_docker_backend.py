@@ -77,7 +77,9 @@ def test_image_rootfs_holds_turnserver_and_its_libraries():
         members = {m.name: m for m in tar.getmembers()}
     libs = shared_libraries(binary)
     assert any("ld-linux" in p for p in libs)
-    for path in ["/usr/bin/turnserver", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", *libs]:
+    # the rendered deployments' start script needs a shell, their health check turnutils_stunclient
+    libs += [p for p in shared_libraries(os.path.realpath("/bin/sh")) if p not in libs]
+    for path in ["/usr/bin/turnserver", "/bin/sh", "/usr/bin/turnutils_stunclient", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", *libs]:
         assert path in files and path.lstrip("/") in members, path
         assert members[path.lstrip("/")].isfile() and members[path.lstrip("/")].uid == 0
     assert members["tmp"].mode == 0o1777 and members["var/tmp"].mode == 0o1777

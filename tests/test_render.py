@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -26,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on the test environment
 needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML is not installed (pip install pyyaml kubernetes-validate)")
 
 from natkit.coturn.profiles import build
-from natkit.render import Deployment, examples, render
+from natkit.render import Deployment, examples, render, write
 
 REPO = Path(__file__).resolve().parent.parent
 SAFE_CHECKS = ["open-relay", "credentials", "quota", "software", "amplification"]
@@ -375,3 +376,152 @@ def test_daemonset_command_runs(tmp_path):
     files, _ = _run_target("kubernetes", tmp_path, listen="0.0.0.0", host="127.0.0.2", while_running=probes)
     conf = yaml.safe_load(files["configmap.yaml"])["data"]["turnserver.conf"]
     assert "listening-ip=" not in conf and "relay-ip=" not in conf
+
+
+# ---------------------------------------------------------------------------
+# the rendered compose file, run for real by a compose implementation against the engine
+
+
+def _compose_cli() -> list[str]:
+    """``docker compose`` (the plugin) when the engine's CLI has it, else Compose v1's ``docker-compose``."""
+    from natkit.pytest_plugin import _require
+
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], check=False, capture_output=True, timeout=30).returncode == 0:
+        return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    _require("NATKIT_REQUIRE_DOCKER", found is not None, "no compose implementation (apt-get install docker-compose)")
+    return [found]
+
+
+def _compose_leftovers(engine, project_dir: Path) -> list[str]:
+    """Containers, networks and volumes compose made for the project in ``project_dir``."""
+    label = f"com.docker.compose.project.working_dir={project_dir}"
+    out = [f"container {c.name}" for c in engine.containers.list(all=True, filters={"label": label})]
+    out += [f"network {n.name}" for n in engine.networks.list(filters={"label": label})]
+    out += [f"volume {v.name}" for v in engine.volumes.list(filters={"label": label})]
+    project = next((c.labels.get("com.docker.compose.project") for c in engine.containers.list(all=True, filters={"label": label})), None)
+    if project:
+        out += [f"network {n.name}" for n in engine.networks.list(names=[f"{project}_default"])]
+    return out
+
+
+@pytest.mark.integration
+@needs_yaml
+def test_compose_file_runs_for_real_with_the_documented_steps(tmp_path):
+    """The documented user steps, run as written in the rendered directory by a real compose
+    against the real engine (the image built offline from this host's turnserver: no registry);
+    the running server answers STUN, allocates with a credential minted from turn.env's secret,
+    passes its own health check and has no secret on its command line; `down` leaves nothing."""
+    import uuid
+
+    from natkit.coturn import docker as backend
+    from natkit.coturn.image import build_local_image
+    from natkit.coturn.server import free_port
+    from natkit.credentials import mint, new_secret
+    from natkit.pytest_plugin import require_coturn, require_docker
+    from natkit.render import compose_steps, example_deployment
+
+    require_docker()
+    require_coturn()
+    compose = _compose_cli()
+    engine = backend.client()
+    tag = f"natkit/coturn:compose-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    project = tmp_path / f"natkit-compose-{port}"
+    steps: tuple[str, ...] = ()
+    try:
+        build_local_image(tag)
+        cfg = build("recommended", secrets=("unused",), port=port, min_port=42000, max_port=42099).config
+        d = Deployment(cfg, name=f"natkit-compose-{port}", image=tag, fd_limit=backend.nofile_limit())
+        files = render("compose", d)
+        write(files, project)
+        steps = compose_steps(d)
+        # the steps are the ones the compose file's header and docs/deploy.md show
+        header = [line[4:] for line in files["docker-compose.yml"].splitlines() if line.startswith("#   ")]
+        assert tuple(header) == steps
+        docs = (REPO / "docs" / "deploy.md").read_text()
+        assert all(step in docs for step in compose_steps(example_deployment())), "docs/deploy.md shows other steps"
+        secret = new_secret()
+        for step in steps:
+            if step.startswith("edit turn.env"):  # what the user does in an editor
+                env_file = project / "turn.env"
+                assert env_file.stat().st_mode & 0o777 == 0o600, "turn.env must start out 0600"
+                env_file.write_text(re.sub(r"^TURN_SECRET_0=$", f"TURN_SECRET_0={secret}", env_file.read_text(), flags=re.MULTILINE))
+                continue
+            if step.startswith("natkit probe"):
+                _check_compose_server(engine, compose, project, step, port, secret, mint)
+                continue
+            argv = shlex.split(step)
+            if argv[:2] == ["docker", "compose"]:
+                argv = [*compose, *argv[2:]]
+            r = subprocess.run(argv, cwd=project, check=False, capture_output=True, text=True, timeout=180)
+            assert r.returncode == 0, f"{step}: {r.stdout[-2000:]} {r.stderr[-2000:]}"
+        assert _compose_leftovers(engine, project) == []
+        assert not any(b"-c\0/tmp/turnserver.conf" in Path(f"/proc/{p}/cmdline").read_bytes() and str(port) in _conf_of(p)
+                       for p in _pids("turnserver"))
+    finally:
+        if project.exists():
+            subprocess.run([*compose, "down", "--timeout", "2"], cwd=project, check=False, capture_output=True, timeout=120)
+        for c in engine.containers.list(all=True, filters={"label": f"com.docker.compose.project.working_dir={project}"}):
+            c.remove(force=True)
+        if any(tag in (i.tags or []) for i in engine.images.list(name=tag.split(":")[0])):
+            engine.images.remove(tag)
+        engine.close()
+
+
+def _pids(comm: str) -> list[int]:
+    out = []
+    for p in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{p}/comm").read_text().strip() == comm:
+                out.append(int(p))
+        except OSError:
+            continue
+    return out
+
+
+def _conf_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/root/tmp/turnserver.conf").read_text()
+    except OSError:
+        return ""
+
+
+def _check_compose_server(engine, compose: list[str], project: Path, step: str, port: int, secret: str, mint) -> None:
+    """The probe step (natkit's own CLI, as written), then an allocation, the health check and the secret's whereabouts."""
+    import asyncio
+    import sys
+
+    from natkit.model import TransportAddress
+    from natkit.relay import preflight_allocate
+    from natkit.uri import parse_turn_uri
+
+    deadline = time.monotonic() + 30
+    while True:  # up -d returns once the container started; coturn needs a moment to listen
+        r = subprocess.run([sys.executable, "-m", "natkit.cli.app", *shlex.split(step)[1:], "--timeout", "0.5"],
+                           check=False, capture_output=True, text=True, timeout=30)
+        if r.returncode == 0:
+            break
+        logs = subprocess.run([*compose, "logs", "--no-color"], cwd=project, check=False, capture_output=True, text=True, timeout=60)
+        assert time.monotonic() < deadline, f"{step}: exit {r.returncode} {r.stderr} / {logs.stdout[-3000:]}"
+        time.sleep(0.2)
+    assert f"127.0.0.1:{port}" in r.stdout
+    cred = mint(secret, "compose", 600)
+    _, relayed, mapped = asyncio.run(preflight_allocate(parse_turn_uri(f"turn:127.0.0.1:{port}"), TransportAddress("127.0.0.1", port),
+                                                         cred.username, cred.password, timeout=3))
+    assert relayed.host == "127.0.0.1" and 42000 <= relayed.port <= 42099 and mapped.host == "127.0.0.1"
+    # the container's own health check command, run in the container
+    svc = yaml.safe_load((project / "docker-compose.yml").read_text())["services"]["coturn"]
+    hc = subprocess.run([*compose, "exec", "-T", "coturn", *svc["healthcheck"]["test"][1:]], cwd=project, check=False,
+                        capture_output=True, text=True, timeout=60)
+    assert hc.returncode == 0 and "UDP reflexive addr: 127.0.0.1:" in hc.stdout, hc
+    # the containerised turnserver: no secret in argv or environment; its config is 0600 and has it
+    (container,) = engine.containers.list(filters={"label": f"com.docker.compose.project.working_dir={project}"})
+    pid = container.attrs["State"]["Pid"]
+    turnservers = [p for p in _pids("turnserver") if str(port) in _conf_of(p)]
+    assert turnservers, "no turnserver of this project found"
+    for p in [pid, *turnservers]:
+        for what in ("cmdline", "environ"):
+            assert secret.encode() not in Path(f"/proc/{p}/{what}").read_bytes(), f"secret in /proc/{p}/{what}"
+    conf = Path(f"/proc/{turnservers[0]}/root/tmp/turnserver.conf")
+    assert conf.stat().st_mode & 0o777 == 0o600 and f"static-auth-secret={secret}" in conf.read_text()

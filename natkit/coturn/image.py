@@ -1,11 +1,14 @@
 """Build a coturn Docker image offline, from the host's own ``turnserver``.
 
 For machines without a registry: the image's root filesystem is the installed
-``turnserver`` binary, every shared library ``ldd`` lists for it (plus the
-dynamic loader and ``libgcc_s``, which glibc loads at run time for thread
-cancellation), minimal ``/etc/passwd``, ``/etc/group`` and
-``/etc/nsswitch.conf`` (root and nobody), and empty ``/tmp`` and ``/var/tmp``.
-No shell, no package manager. The tar is written to a temporary file and
+``turnserver`` binary, ``/bin/sh`` (the rendered deployments' start script
+writes the config with the REST secret at start, see :mod:`natkit.render`)
+and ``turnutils_stunclient`` (their health check) when the host has it, every
+shared library ``ldd`` lists for them (plus the dynamic loader and
+``libgcc_s``, which glibc loads at run time for thread cancellation), minimal
+``/etc/passwd``, ``/etc/group`` and ``/etc/nsswitch.conf`` (root and
+nobody), and empty ``/tmp`` and ``/var/tmp``. No package manager, no other
+tools. The tar is written to a temporary file and
 imported through the Docker SDK (the ``docker import`` of the engine API); the
 image runs as ``nobody`` (uid 65534), like the official ``coturn/coturn``
 image, with ``ENTRYPOINT ["turnserver"]``.
@@ -113,22 +116,45 @@ def _add_file(tar: tarfile.TarFile, path: str, source: str, mode: int) -> None:
         tar.addfile(info, f)
 
 
+# programs packed next to turnserver when the host has them: image path -> host path
+COMPANIONS = {
+    "/bin/sh": "/bin/sh",  # the rendered deployments' start script (natkit.render.start_script)
+    "/usr/bin/turnutils_stunclient": "/usr/bin/turnutils_stunclient",  # their health check
+}
+
+
+def _companions(turnserver: str) -> dict[str, str]:
+    """COMPANIONS that exist here (turnutils next to a custom turnserver first), symlinks resolved."""
+    found = {}
+    for target, host in COMPANIONS.items():
+        beside = os.path.join(os.path.dirname(turnserver), os.path.basename(host))
+        for candidate in (beside, host) if target.startswith("/usr/bin/turnutils") else (host,):
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                found[target] = os.path.realpath(candidate)
+                break
+    return found
+
+
 def write_rootfs(fileobj, turnserver: str) -> list[str]:
     """Write the image's root filesystem as an uncompressed tar to ``fileobj``.
 
     Returns the files it holds (absolute paths inside the image). Every entry
     is owned by root; ``/tmp`` and ``/var/tmp`` are mode 1777.
     """
-    libs = shared_libraries(turnserver)
+    programs = {"/usr/bin/turnserver": turnserver, **_companions(turnserver)}
+    libs: list[str] = []
+    for program in programs.values():
+        libs += [p for p in shared_libraries(program) if p not in libs]
     libs += [p for p in _extra_runtime_libraries(libs) if p not in libs]
     files: list[str] = []
     with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for d in ("/etc", "/usr", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/usr/lib", "/var", "/var/lib", "/proc", "/sys", "/dev",
-                  "/root", CONFIG_DIR):
+        base = ("/bin", "/etc", "/usr", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/usr/lib", "/var", "/var/lib", "/proc", "/sys", "/dev",
+                "/root", CONFIG_DIR, "/etc/coturn")
+        for d in base:
             _add_dir(tar, d, 0o700 if d == "/root" else 0o755)
         _add_dir(tar, "/tmp", 0o1777)
         _add_dir(tar, "/var/tmp", 0o1777)
-        made = {"/etc", "/usr", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/usr/lib", "/var", "/var/lib"}
+        made = set(base)
         for lib in libs:
             parent = os.path.dirname(lib)
             parts = Path(parent).parts
@@ -139,8 +165,9 @@ def write_rootfs(fileobj, turnserver: str) -> list[str]:
                     made.add(sub)
             _add_file(tar, lib, lib, 0o755)
             files.append(lib)
-        _add_file(tar, "/usr/bin/turnserver", turnserver, 0o755)
-        files.append("/usr/bin/turnserver")
+        for target, source in programs.items():
+            _add_file(tar, target, source, 0o755)
+            files.append(target)
         for path, text in (("/etc/passwd", _PASSWD), ("/etc/group", _GROUP), ("/etc/nsswitch.conf", _NSSWITCH)):
             _add_bytes(tar, path, text.encode())
             files.append(path)
