@@ -2,13 +2,31 @@
 
 import asyncio
 import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from natkit.coturn.config import CoturnConfig
-from natkit.coturn.server import CoturnServer, free_port, get_server, is_running, list_servers, stop_all
+from natkit.coturn.server import (
+    CoturnServer,
+    free_port,
+    get_server,
+    is_running,
+    list_servers,
+    stop_all,
+)
 from natkit.credentials import mint, new_secret
-from natkit.errors import AuthenticationRefused, EnvironmentProblem, ServerStartFailed, UsageError
+from natkit.errors import (
+    AuthenticationRefused,
+    EnvironmentProblem,
+    ServerStartFailed,
+    UsageError,
+)
 from natkit.model import TransportAddress
 from natkit.probe import probe
 from natkit.pytest_plugin import require_coturn
@@ -42,7 +60,7 @@ def test_start_answers_stun_and_stop_cleans_up(native):
     try:
         assert info.backend == "native" and info.pid
         assert os.stat(info.config_path).st_mode & 0o777 == 0o600
-        assert f"static-auth-secret={secret}" in open(info.config_path).read()
+        assert f"static-auth-secret={secret}" in Path(info.config_path).read_text()
         report = probe([f"127.0.0.1:{port}"], timeout=2)
         r = report.results[0]
         assert r.ok and r.mapped_address.host == "127.0.0.1" and r.software.startswith("Coturn")
@@ -92,9 +110,9 @@ def test_port_in_use_is_an_environment_error_and_starts_nothing(native):
 
 
 def test_duplicate_name_refused(native):
-    with CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="dup"):
-        with pytest.raises(UsageError, match="already running"):
-            CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="dup").start()
+    with CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="dup"), \
+            pytest.raises(UsageError, match="already running"):
+        CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="dup").start()
 
 
 def test_address_not_on_host_is_refused_before_starting(native):
@@ -138,3 +156,101 @@ def test_stop_returns_only_when_the_process_is_reaped_and_its_ports_are_free(nat
         server.stop()
         assert not os.path.exists(f"/proc/{pid}"), f"run {i}: turnserver {pid} still exists after stop()"
         assert port_in_use("127.0.0.1", port) is None, f"run {i}: port {port} still bound after stop()"
+
+
+# ---------------------------------------------------------------------------
+# turn up's secret sources: never on natkit's own command line
+
+NATKIT = [sys.executable, "-m", "natkit.cli.app"]
+
+
+def _natkit(*args, env=None, timeout=60):
+    return subprocess.run([*NATKIT, *args], check=False, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+
+
+def _cmdlines_holding(secret: str) -> list[int]:
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if secret.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def test_foreground_up_with_secret_file_keeps_the_secrets_out_of_every_command_line(native, tmp_path):
+    state = tmp_path / "state"
+    new, old = new_secret(), new_secret()
+    secret_file = tmp_path / "turn-secret"
+    secret_file.write_text(f"# newest first\n{new}\n\n{old}\n")
+    secret_file.chmod(0o600)
+    port = free_port()
+    proc = subprocess.Popen([*NATKIT, "turn", "up", "--backend", "native", "--port", str(port), "--secret-file", str(secret_file), "--foreground"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, NATKIT_STATE_DIR=str(state)))
+    conf = state / "servers" / "default" / "turnserver.conf"
+    try:
+        deadline = time.monotonic() + 20
+        first = ""
+        while "coturn is running" not in first:  # printed once the server answered STUN
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                first = proc.stdout.readline()
+        assert _cmdlines_holding(new) == [] and _cmdlines_holding(old) == []  # natkit's ps line and turnserver's
+        assert [line for line in conf.read_text().splitlines() if line.startswith("static-auth-secret=")] == \
+            [f"static-auth-secret={new}", f"static-auth-secret={old}"]
+        cred = mint(old, "rotating", 60)
+        assert allocate(port, cred.username, cred.password)[1].host == "127.0.0.1"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        out, err = first + proc.stdout.read(), proc.stderr.read()  # (communicate() would skip readline's buffer)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            _natkit("turn", "down", "--all", env={"NATKIT_STATE_DIR": str(state)})
+    assert proc.returncode == 130 and f"turn:127.0.0.1:{port}" in out
+    assert "warning" not in err, err
+
+
+def test_up_takes_the_secret_from_natkit_turn_secret(native, tmp_path):
+    env = {"NATKIT_STATE_DIR": str(tmp_path / "state"), "NATKIT_TURN_SECRET": "env-new env-old"}
+    port = free_port()
+    up = _natkit("turn", "up", "--backend", "native", "--port", str(port), env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "warning" not in up.stderr
+        conf = (tmp_path / "state" / "servers" / "default" / "turnserver.conf").read_text()
+        assert "static-auth-secret=env-new\nstatic-auth-secret=env-old\n" in conf
+        cred = mint("env-new", "u", 60)
+        assert allocate(port, cred.username, cred.password)[1].host == "127.0.0.1"
+    finally:
+        _natkit("turn", "down", "--all", env=env)
+
+
+def test_secret_sources_bad_input(tmp_path):
+    """One line on stderr and exit 2 for every unusable source; --secret on argv is warned about."""
+    r = _natkit("turn", "config", "--secret", "on-the-command-line")
+    assert r.returncode == 0 and "static-auth-secret=on-the-command-line" in r.stdout
+    assert "--secret is readable by every local user in ps" in r.stderr
+    loose = tmp_path / "loose"
+    loose.write_text("file-secret\n")
+    loose.chmod(0o644)
+    r = _natkit("turn", "config", "--secret-file", str(loose))
+    assert r.returncode == 0 and "static-auth-secret=file-secret" in r.stdout and "mode 0644" in r.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n\n")
+    spaced = tmp_path / "spaced"
+    spaced.write_text("two words\n")
+    cases = [
+        (["--secret-file", str(tmp_path / "missing")], {}, "cannot read secret file"),
+        (["--secret-file", str(empty)], {}, "holds no secret"),
+        (["--secret-file", str(spaced)], {}, "line 1"),
+        (["--secret-file", str(tmp_path)], {}, "not a regular file"),
+        (["--secret-file", str(loose), "--secret", "x"], {}, "--secret and --secret-file"),
+        ([], {"NATKIT_TURN_SECRET": " "}, "NATKIT_TURN_SECRET is set but empty"),
+    ]
+    for args, env, message in cases:
+        r = _natkit("turn", "config", *args, env=env)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) <= 2 and "Traceback" not in r.stderr, r.stderr  # the error and its hint

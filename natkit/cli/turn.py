@@ -35,7 +35,8 @@ PROFILE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("profile", str, typer.Option("recommended", "--profile", help="hardening profile: recommended or strict")),
     ("listen", List[str], typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")),
     ("port", int, options.integer(3478, "--port", "-p", help="listening port (UDP and TCP)", low=1, high=65535)),
-    ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: a fresh random one)")),
+    ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: $NATKIT_TURN_SECRET, else a fresh random one); visible in ps: prefer --secret-file")),
+    ("secret_file", Optional[str], typer.Option(None, "--secret-file", help="file with the REST secret(s), one per line, newest first (keep it 0600)")),
     ("realm", str, typer.Option("natkit", "--realm", help="realm")),
     ("external_ip", Optional[str], typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")),
     ("min_port", int, options.integer(49152, "--min-port", help="lowest relay port", low=1, high=65535)),
@@ -60,6 +61,7 @@ class ProfileOptions:
     listen: List[str]
     port: int
     secrets: List[str]
+    secret_file: Optional[str]
     realm: str
     external_ip: Optional[str]
     min_port: int
@@ -76,13 +78,17 @@ class ProfileOptions:
     def build(self):
         """The :class:`~natkit.coturn.profiles.Profile` these options describe (``coturn.profiles.from_options``)."""
         from ..coturn.profiles import from_options
+        from ..coturn.secrets import resolve
 
-        return from_options(
-            self.profile, listen=tuple(self.listen), port=self.port, secrets=tuple(self.secrets), realm=self.realm,
+        # --secret, --secret-file or NATKIT_TURN_SECRET (coturn.secrets); --secret on argv is warned about
+        secrets, secret_warnings = resolve(self.secrets, self.secret_file)
+        built = from_options(
+            self.profile, listen=tuple(self.listen), port=self.port, secrets=secrets, realm=self.realm,
             external_ip=self.external_ip, min_port=self.min_port, max_port=self.max_port,
             allow_loopback=self.allow_loopback, users=parse_users(self.users), tls=self.tls, tls_port=self.tls_port,
             cert_file=self.cert, key_file=self.key, tcp_relay=self.tcp_relay, nat_discovery=self.nat_discovery,
         )
+        return dataclasses.replace(built, warnings=(*secret_warnings, *built.warnings))
 
 
 def profile_options(func: Callable) -> Callable:
