@@ -7,23 +7,31 @@ the one :func:`natkit.coturn.image.build_local_image` imports.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from natkit.coturn import docker as backend
 from natkit.coturn.config import CoturnConfig
-from natkit.coturn.server import CoturnServer, choose_backend, free_port, list_servers, stop_server
+from natkit.coturn.server import (
+    CoturnServer,
+    choose_backend,
+    free_port,
+    list_servers,
+    stop_server,
+)
 from natkit.credentials import mint
 from natkit.errors import BackendUnavailable, ServerStartFailed
 from natkit.probe import probe
 from natkit.pytest_plugin import require_coturn, require_docker
 
-TAG = "natkit/coturn:pytest"
+TAG = f"natkit/coturn:pytest-{os.getpid()}"  # one per test session: sessions run side by side on one engine
 MISSING = "natkit/does-not-exist:never"
 
 
@@ -48,10 +56,14 @@ def image(engine):
     try:
         yield tag
     finally:
-        try:
+        with contextlib.suppress(docker_errors().ImageNotFound):
             engine.images.remove(TAG, noprune=False)
-        except Exception:
-            pass
+
+
+def docker_errors():
+    import docker.errors
+
+    return docker.errors
 
 
 def _containers(engine, name: str) -> list:
@@ -185,7 +197,7 @@ def test_turns_with_extra_files_mounted_read_only(engine, image, tmp_path):
     port, tls_port = free_port(), free_port()
     cfg = _config(port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem")
     with CoturnServer(cfg, backend="docker", image=image, name=f"pytest-{port}", extra_files={"cert.pem": cert, "key.pem": key}) as server:
-        rendered = open(server.info.config_path).read()
+        rendered = Path(server.info.config_path).read_text()
         assert "cert=/etc/natkit/cert.pem" in rendered and "pkey=/etc/natkit/key.pem" in rendered
         mounts = {m["Destination"]: m["RW"] for m in engine.api.inspect_container(server.info.container_id)["Mounts"]}
         assert mounts == {"/etc/natkit/turnserver.conf": False, "/etc/natkit/cert.pem": False, "/etc/natkit/key.pem": False}
@@ -335,3 +347,50 @@ def test_cli_turn_up_with_a_missing_image_exits_3(engine, image):
     assert "not present locally" in result.stderr and "natkit turn image build" in result.stderr
     assert "Traceback" not in result.output
     assert _containers(engine, f"pytest-{port}") == []
+
+
+def test_image_build_refuses_what_is_not_coturns_turnserver(engine, tmp_path):
+    """A file that is not coturn's turnserver (not executable, a script, another ELF program)
+    is refused before anything is imported: one line, exit 2, no image left behind."""
+    import shutil
+    import subprocess
+    import sys
+
+    from natkit.coturn.image import build_local_image
+    from natkit.errors import UsageError
+
+    script = tmp_path / "turnserver"
+    script.write_text("#!/bin/sh\necho 4.6.1\n")
+    script.chmod(0o755)
+    text = tmp_path / "hostname"
+    shutil.copy("/etc/hostname", text)
+    text.chmod(0o644)
+    executable_text = tmp_path / "hostname-x"
+    shutil.copy("/etc/hostname", executable_text)
+    executable_text.chmod(0o755)
+    cases = [("/etc/hostname", "not executable|not an ELF executable"), (str(text), "not executable"),
+             (str(executable_text), "not an ELF executable"), (str(script), "not an ELF executable"),
+             (shutil.which("true"), "is not coturn's turnserver"), (str(tmp_path / "missing"), "is not a file")]
+    before = {i.id for i in engine.images.list(all=True)}
+    for path, message in cases:
+        tag = f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(UsageError, match=message):
+            build_local_image(tag, path)
+        assert not backend.image_available(tag)
+    r = subprocess.run([sys.executable, "-m", "natkit.cli.app", "turn", "image", "build", "--turnserver", "/etc/hostname", "-t",
+                        f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"], check=False, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, NATKIT_QUIET="1"))
+    assert r.returncode == 2 and "/etc/hostname is not" in r.stderr and "Traceback" not in r.stderr, r
+    assert {i.id for i in engine.images.list(all=True)} == before, "a refused build left an image"
+
+
+def test_image_build_runs_the_image_before_tagging_it(engine, image):
+    """The built image ran turnserver --version through its /bin/sh in the engine; the
+    temporary build tag and the check container are gone."""
+    img = engine.images.get(image)
+    from natkit.coturn.image import turnserver_version
+    from natkit.coturn.native import find_binary
+
+    assert img.labels["natkit.turnserver.version"] == turnserver_version(os.path.realpath(find_binary()))
+    assert not [t for i in engine.images.list() for t in (i.tags or []) if t.startswith("natkit/coturn-build:")]
+    assert engine.containers.list(all=True, filters={"label": ["natkit.managed=1", "natkit.name=image-check"]}) == []
