@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -451,17 +452,28 @@ def render(target: str, deployment: Deployment) -> dict[str, str]:
 
 
 def write(files: dict[str, str], directory: str | Path) -> list[Path]:
-    """Write rendered files under ``directory`` (created); env examples 0600. Returns the paths."""
+    """Write rendered files under ``directory`` (created); env examples 0600 from the first byte. Returns the paths.
+
+    Raises :class:`UsageError` when ``directory`` or a file in it cannot be
+    created or written (a file in the way, no permission, read-only).
+    """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, text in sorted(files.items()):
-        p = d / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-        if name.endswith((".env", ".env.example")):
-            p.chmod(0o600)
-        out.append(p)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in sorted(files.items()):
+            p = d / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            mode = 0o600 if name.endswith((".env", ".env.example")) else 0o644
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(p, mode)
+            out.append(p)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) != str(directory) else ""
+        raise UsageError(f"cannot write the deployment into {directory}: {where}{exc.strerror or exc}",
+                         hint="pass --output a directory this user can create or write") from None
     return out
 
 

@@ -254,3 +254,33 @@ def test_secret_sources_bad_input(tmp_path):
         r = _natkit("turn", "config", *args, env=env)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) <= 2 and "Traceback" not in r.stderr, r.stderr  # the error and its hint
+
+
+# ---------------------------------------------------------------------------
+# an odd environment is an environment problem (exit 3, one line), never an internal error
+
+
+def test_unusable_state_dir_is_an_environment_problem(tmp_path, monkeypatch):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    for bad in (a_file, a_file / "below", Path("/proc/1/natkit-state")):
+        monkeypatch.setenv("NATKIT_STATE_DIR", str(bad))
+        with pytest.raises(EnvironmentProblem, match="state directory .* is not usable"):
+            list_servers()
+        with pytest.raises(EnvironmentProblem, match="is not usable"):
+            CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="x").start()
+        r = _natkit("turn", "status", env={"NATKIT_STATE_DIR": str(bad)})
+        assert r.returncode == 3 and "is not usable" in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_natkit_turnserver_that_is_not_a_program_is_an_environment_problem(native, tmp_path):
+    text = tmp_path / "turnserver"
+    text.write_text("not a program\n")
+    text.chmod(0o755)  # executable bit, but the kernel cannot run it
+    state = tmp_path / "state"
+    for bad, message in ((tmp_path, "is not an executable file"), (tmp_path / "missing", "is not an executable file"),
+                         (text, "Exec format error")):
+        r = _natkit("turn", "up", "--backend", "native", "--port", str(free_port()),
+                    env={"NATKIT_TURNSERVER": str(bad), "NATKIT_STATE_DIR": str(state)})
+        assert r.returncode == 3 and message in r.stderr and "internal error" not in r.stderr, r.stderr
+        assert not (state / "servers").exists() or list((state / "servers").iterdir()) == [], "a failed start left state behind"

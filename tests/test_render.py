@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -525,3 +526,26 @@ def _check_compose_server(engine, compose: list[str], project: Path, step: str, 
             assert secret.encode() not in Path(f"/proc/{p}/{what}").read_bytes(), f"secret in /proc/{p}/{what}"
     conf = Path(f"/proc/{turnservers[0]}/root/tmp/turnserver.conf")
     assert conf.stat().st_mode & 0o777 == 0o600 and f"static-auth-secret={secret}" in conf.read_text()
+
+
+def test_render_output_into_a_bad_path_is_a_usage_error(tmp_path):
+    from natkit.errors import UsageError
+
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("")
+    files = render("compose", example_deployment_for_test())
+    for bad in (in_the_way, in_the_way / "below", Path("/proc/1/natkit-render")):
+        with pytest.raises(UsageError, match=f"cannot write the deployment into {re.escape(str(bad))}"):
+            write(files, bad)
+        r = subprocess.run([sys.executable, "-m", "natkit.cli.app", "turn", "render", "--target", "compose", "-o", str(bad)],
+                           check=False, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "cannot write the deployment" in r.stderr and "internal error" not in r.stderr, r.stderr
+    # and the files it writes: secrets' template 0600 from the first byte, the rest 0644
+    out = tmp_path / "ok"
+    write(files, out)
+    assert (out / "turn.env.example").stat().st_mode & 0o777 == 0o600
+    assert (out / "docker-compose.yml").stat().st_mode & 0o777 == 0o644
+
+
+def example_deployment_for_test() -> Deployment:
+    return Deployment(build("recommended", secrets=("s",)).config)

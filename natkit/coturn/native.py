@@ -20,21 +20,39 @@ from ..errors import BackendUnavailable
 NAME = "native"
 
 
+ENV_BINARY = "NATKIT_TURNSERVER"
+
+
+def _executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_binary() -> str | None:
-    """Path of ``turnserver`` (``$NATKIT_TURNSERVER`` first, then PATH and /usr/bin)."""
-    explicit = os.environ.get("NATKIT_TURNSERVER")
+    """Path of ``turnserver`` (``$NATKIT_TURNSERVER`` first, then PATH and /usr/bin); None when there is none.
+
+    A ``$NATKIT_TURNSERVER`` that is not an executable file gives None, never a fallback.
+    """
+    explicit = os.environ.get(ENV_BINARY)
     if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
+        return explicit if _executable_file(explicit) else None
     return shutil.which("turnserver") or next(
-        (p for p in ("/usr/bin/turnserver", "/usr/local/bin/turnserver") if os.access(p, os.X_OK)), None
+        (p for p in ("/usr/bin/turnserver", "/usr/local/bin/turnserver") if _executable_file(p)), None
     )
+
+
+def missing_reason() -> str:
+    """Why :func:`find_binary` found nothing (one line)."""
+    explicit = os.environ.get(ENV_BINARY)
+    if explicit:
+        return f"{ENV_BINARY}={explicit} is not an executable file"
+    return "the turnserver binary is not installed (apt-get install coturn)"
 
 
 def available() -> tuple[bool, str]:
     """(usable, reason)."""
     binary = find_binary()
     if binary is None:
-        return False, "the turnserver binary is not installed (apt-get install coturn)"
+        return False, missing_reason()
     return True, binary
 
 
@@ -47,19 +65,20 @@ def start(config_path: Path, log_path: Path, *, name: str = "", image: str | Non
     """Start ``turnserver -c config_path`` detached; return the state fields (``pid``, ``binary``)."""
     binary = find_binary()
     if binary is None:
-        raise BackendUnavailable("native backend: turnserver not found", hint="apt-get install coturn, or use --backend docker")
-    log = open(log_path, "ab", buffering=0)
-    try:
-        proc = subprocess.Popen(
-            [binary, "-c", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        log.close()
+        raise BackendUnavailable(f"native backend: {missing_reason()}", hint=f"apt-get install coturn, fix {ENV_BINARY}, or use --backend docker")
+    with open(log_path, "ab", buffering=0) as log:
+        try:
+            proc = subprocess.Popen(
+                [binary, "-c", str(config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:  # not a program this kernel runs (exec format error, ...)
+            raise BackendUnavailable(f"native backend: cannot run {binary}: {exc.strerror or exc}",
+                                     hint=f"{ENV_BINARY} (or PATH) must name coturn's turnserver") from None
     return {"pid": proc.pid}
 
 
@@ -102,9 +121,7 @@ def _exited(pid: int) -> bool:
     empties while a process is still exiting, so it is no evidence."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return True
-        return False  # our child, still running
+        return done == pid  # else our child, still running
     except ChildProcessError:
         return _is_zombie(pid)  # not our child: gone, or exited and waiting for its parent
 

@@ -21,8 +21,16 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Self
 
-from ..errors import BackendUnavailable, EnvironmentProblem, NatkitError, NotRunning, ServerStartFailed, UsageError
+from ..errors import (
+    BackendUnavailable,
+    EnvironmentProblem,
+    NatkitError,
+    NotRunning,
+    ServerStartFailed,
+    UsageError,
+)
 from ..model import TransportAddress
 from .config import CoturnConfig
 
@@ -43,9 +51,19 @@ def state_dir() -> Path:
     return root
 
 
+STATE_HINT = "set NATKIT_STATE_DIR to a directory this user can write (default: ~/.local/state/natkit)"
+
+
 def _servers_dir() -> Path:
-    d = state_dir() / "servers"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """``<state dir>/servers``, created 0700. Raises :class:`EnvironmentProblem` when it cannot be used."""
+    root = state_dir()
+    d = root / "servers"
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise EnvironmentProblem(f"natkit's state directory {root} is not usable: {exc.strerror or exc}", hint=STATE_HINT) from None
     return d
 
 
@@ -141,7 +159,7 @@ class ServerInfo:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state(cls, data: dict) -> "ServerInfo":
+    def from_state(cls, data: dict) -> ServerInfo:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in fields}
         for key in ("listen", "uris", "stun_uris"):
@@ -283,6 +301,14 @@ def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
         time.sleep(0.05)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte (secrets, keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
 class CoturnServer:
     """A coturn process or container managed by natkit.
 
@@ -338,14 +364,16 @@ class CoturnServer:
                 if busy:
                     raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up", hint="choose another --port or stop what uses it")
         sdir = _servers_dir() / self.name
-        sdir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(sdir, 0o700)
         config_path = sdir / "turnserver.conf"
         log_path = sdir / "turnserver.log"
-        for fname, content in self.extra_files.items():
-            p = sdir / fname
-            p.write_bytes(content)
-            os.chmod(p, 0o600)
+        try:
+            sdir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(sdir, 0o700)
+            for fname, content in self.extra_files.items():
+                _write_private(sdir / fname, content)
+        except OSError as exc:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise EnvironmentProblem(f"cannot write the server's files in {sdir}: {exc.strerror or exc}", step="turn up", hint=STATE_HINT) from None
         # paths coturn itself writes: the pid file and its sqlite user db
         # relative cert/pkey names refer to extra_files written into the server's directory
         files = {k: (backend.runtime_path(sdir, v) if v and not os.path.isabs(v) else v)
@@ -356,9 +384,11 @@ class CoturnServer:
             userdb=self.config.userdb or backend.runtime_path(sdir, "turndb"),
             **files,
         )
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(config.render())
+        try:
+            _write_private(config_path, config.render().encode())
+        except OSError as exc:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise EnvironmentProblem(f"cannot write {config_path}: {exc.strerror or exc}", step="turn up", hint=STATE_HINT) from None
         turn_uris, stun_uris = _uris(config)
         info = ServerInfo(
             name=self.name, backend=backend_name, listen=config.listening_ips, port=config.listening_port,
@@ -393,7 +423,7 @@ class CoturnServer:
             stop_server(self.info)
             self.info = None
 
-    def __enter__(self) -> "CoturnServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
