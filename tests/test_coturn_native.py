@@ -1,6 +1,8 @@
 """The native backend against the real turnserver: lifecycle, credentials, cleanup."""
 
 import asyncio
+import dataclasses
+import json
 import os
 import select
 import signal
@@ -284,3 +286,64 @@ def test_natkit_turnserver_that_is_not_a_program_is_an_environment_problem(nativ
                     env={"NATKIT_TURNSERVER": str(bad), "NATKIT_STATE_DIR": str(state)})
         assert r.returncode == 3 and message in r.stderr and "internal error" not in r.stderr, r.stderr
         assert not (state / "servers").exists() or list((state / "servers").iterdir()) == [], "a failed start left state behind"
+
+
+# ---------------------------------------------------------------------------
+# ephemeral servers record their owner; orphans are shown and reaped
+
+
+def test_sigkilled_check_leaves_an_orphan_that_status_shows_and_the_next_check_reaps(native, tmp_path):
+    env = {"NATKIT_STATE_DIR": str(tmp_path / "state")}
+    servers = tmp_path / "state" / "servers"
+    proc = subprocess.Popen([*NATKIT, "check", "--backend", "native", "--payload", "500000000", "--timeout", "60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the embedded server is up once its state has a PID
+            states = [json.loads(p.read_text()) for p in servers.glob("check-*/state.json")] if servers.exists() else []
+            if states and states[0].get("pid") and _pid_alive(states[0]["pid"]):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "natkit check never started its server"
+            time.sleep(0.05)
+        state = states[0]
+    finally:
+        proc.kill()  # SIGKILL: natkit cannot stop its server
+        proc.wait()
+    try:
+        assert state["owner_pid"] == proc.pid and state["owner_start"]
+    except BaseException:
+        os.kill(state["pid"], signal.SIGKILL)
+        raise
+    assert _pid_alive(state["pid"]), "the embedded server survives its owner (own session)"
+    try:
+        r = _natkit("turn", "status", "--json", env=env)
+        doc = json.loads(r.stdout)
+        assert r.returncode == 1 and [(s["name"], s["orphaned"], s["running"]) for s in doc["servers"]] == [(state["name"], True, True)]
+        r = _natkit("turn", "status", env=env)
+        assert "orphaned" in r.stdout and "turn down --all" in r.stderr
+        r = _natkit("check", "--backend", "native", "--payload", "0", env=env)  # the next check
+        assert r.returncode == 0, r.stderr
+        assert not _pid_alive(state["pid"]) and not (servers / state["name"]).exists()
+        # it was re-parented to init when its owner died: init reaps it (no zombie left for later tests)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{state['pid']}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{state['pid']}"), "the reaped orphan is still a zombie"
+        assert json.loads(_natkit("turn", "status", "--json", env=env).stdout)["servers"] == []
+    finally:
+        if _pid_alive(state["pid"]):
+            os.kill(state["pid"], signal.SIGKILL)
+
+
+def test_persistent_servers_have_no_owner_and_are_never_reaped(native, tmp_path):
+    from natkit.coturn.server import reap_orphans
+
+    with CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="kept") as kept, \
+            CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="mine", ephemeral=True) as mine:
+        assert kept.info.owner_pid is None and not kept.info.orphaned
+        assert mine.info.owner_pid == os.getpid() and not mine.info.orphaned
+        assert reap_orphans() == []
+        # a recycled PID is no owner: same PID, other start time
+        stale = dataclasses.replace(mine.info, owner_start=(mine.info.owner_start or 0) + 1)
+        assert stale.orphaned
+        assert [s.name for s in list_servers()] == ["kept", "mine"]

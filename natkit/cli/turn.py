@@ -196,23 +196,36 @@ def down_cmd(
     output.run(json_out, body)
 
 
+def _state_label(info, running: bool) -> str:
+    if info.orphaned:
+        return f"[yellow]orphaned[/yellow] (owner pid {info.owner_pid} gone{'' if running else ', stopped'})"
+    return "running" if running else "[red]stopped[/red]"
+
+
 @turn_app.command("status")
 def status_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
-    """List natkit-managed coturn servers. Exit 0 when all listed are running, 1 otherwise."""
+    """List natkit-managed coturn servers. Exit 0 when all listed are running and owned, 1 otherwise.
+
+    An orphaned server belonged to a process that is gone (a killed natkit
+    check or test run): the next server start, or turn down --all, removes it.
+    """
 
     def body() -> int:
         from ..coturn.server import is_running, list_servers
 
         servers = [(s, is_running(s)) for s in list_servers()]
+        ok = all(r and not s.orphaned for s, r in servers)
         if json_out:
-            output.emit_json({"ok": all(r for _, r in servers), "servers": [dict(s.public(), running=r) for s, r in servers]})
+            output.emit_json({"ok": ok, "servers": [dict(s.public(), running=r) for s, r in servers]})
         else:
             if not servers:
                 print("no natkit-managed coturn")
             else:
-                rows = [[s.name, s.backend, "running" if r else "[red]stopped[/red]", s.container_id[:12] if s.container_id else s.pid, " ".join(s.uris)] for s, r in servers]
+                rows = [[s.name, s.backend, _state_label(s, r), s.container_id[:12] if s.container_id else s.pid, " ".join(s.uris)] for s, r in servers]
                 output.console().print(output.table(None, ["name", "backend", "state", "pid/container", "uris"], rows))
-        return 0 if all(r for _, r in servers) else 1
+                if any(s.orphaned for s, _ in servers):
+                    output.err("natkit: orphaned servers are removed by the next natkit check / turn up, or now by natkit turn down --all")
+        return 0 if ok else 1
 
     output.run(json_out, body)
 

@@ -89,6 +89,22 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _find_by_config(config_path: str | None) -> int | None:
+    """The PID of a turnserver running ``-c config_path`` (a state written before its PID was known)."""
+    if not config_path:
+        return None
+    want = f"\0-c\0{config_path}\0".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if want in cmdline + b"\0":  # natkit's config paths are unique to one server
+                return int(entry)
+    return None
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -142,8 +158,8 @@ def stop(state: dict, timeout: float = 5.0) -> None:
     Returns once the process has exited (and, when it is this process's child,
     has been reaped), so its ports are closed.
     """
-    pid = state.get("pid")
-    if not pid or not is_running(state):
+    pid = state.get("pid") or _find_by_config(state.get("config_path"))
+    if not pid or not is_running(dict(state, pid=pid)):
         if pid:
             _reap(pid)
         return

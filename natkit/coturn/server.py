@@ -32,6 +32,7 @@ from ..errors import (
     UsageError,
 )
 from ..model import TransportAddress
+from ..ownership import current_owner, owner_alive
 from .config import CoturnConfig
 
 NAME_PREFIX = "natkit-"
@@ -154,6 +155,13 @@ class ServerInfo:
     image: str | None = None
     config_path: str = ""
     log_path: str = ""
+    owner_pid: int | None = None  # the process this server lives for (ephemeral servers); None: persistent
+    owner_start: int | None = None  # that process's start time (clock ticks since boot): a recycled PID is no owner
+
+    @property
+    def orphaned(self) -> bool:
+        """True when the server had an owner and that process is gone: nothing will ever stop it."""
+        return owner_alive(self.owner_pid, self.owner_start) is False
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,9 +175,10 @@ class ServerInfo:
         return cls(**data)
 
     def public(self) -> dict:
-        """The JSON view (without the secret)."""
+        """The JSON view (without the secret), with ``orphaned``."""
         d = self.to_state()
         d["secret"] = "***" if self.secret else None
+        d["orphaned"] = self.orphaned
         return d
 
 
@@ -246,6 +255,25 @@ def stop_server(info: ServerInfo) -> None:
         shutil.rmtree(Path(info.config_path).parent, ignore_errors=True)
 
 
+def reap_orphans() -> list[str]:
+    """Stop every server whose owner process is gone (:attr:`ServerInfo.orphaned`); return their names.
+
+    An ephemeral server (``natkit check``'s embedded one, a test session's)
+    whose owner was SIGKILLed or crashed is never stopped by that owner;
+    :meth:`CoturnServer.start` calls this first, so the next natkit that
+    starts a server cleans up after the dead one.
+    """
+    names = []
+    for info in list_servers():
+        if info.orphaned:
+            try:
+                stop_server(info)
+            except NatkitError:
+                continue  # e.g. its Docker engine is gone; turn down --all retries
+            names.append(info.name)
+    return names
+
+
 def stop_all() -> list[str]:
     """Stop every natkit-managed server (state files, and labelled containers); return their names."""
     names = []
@@ -314,6 +342,9 @@ class CoturnServer:
 
     ``config`` is the :class:`CoturnConfig` to run; ``backend`` "auto",
     "docker" or "native"; ``image`` the Docker image (docker backend only).
+    ``ephemeral``: the server lives only as long as this process (its state
+    records this process as the owner; once the owner is gone,
+    ``turn status`` shows it as orphaned and the next start reaps it).
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -326,6 +357,7 @@ class CoturnServer:
         name: str | None = None,
         ready_timeout: float = 20.0,
         extra_files: dict[str, bytes] | None = None,
+        ephemeral: bool = False,
     ) -> None:
         config.validate()
         if name is not None and not _NAME_RE.match(name):
@@ -336,6 +368,7 @@ class CoturnServer:
         self.name = name or "default"
         self.ready_timeout = ready_timeout
         self.extra_files = extra_files or {}
+        self.ephemeral = ephemeral
         self.info: ServerInfo | None = None
         self.ready_seconds: float | None = None
 
@@ -353,6 +386,7 @@ class CoturnServer:
         """
         backend_name = choose_backend(self.requested_backend, self.image or DEFAULT_IMAGE)
         backend = _backend_module(backend_name)
+        reap_orphans()
         for existing in list_servers():
             if existing.name == self.name:
                 if is_running(existing):
@@ -395,9 +429,11 @@ class CoturnServer:
             tls_port=config.tls_listening_port, realm=config.realm, secret=self.secret,
             uris=turn_uris, stun_uris=stun_uris, created=time.time(),
             config_path=str(config_path), log_path=str(log_path),
+            **(current_owner() if self.ephemeral else {}),
         )
         self.info = info
         try:
+            self._write_state(info)  # before the start: a SIGKILL right after it leaves a findable server
             extra = backend.start(config_path, log_path, name=self.name, image=self.image or DEFAULT_IMAGE)
             info = dataclasses.replace(info, **extra)
             self.info = info
