@@ -347,3 +347,47 @@ def test_persistent_servers_have_no_owner_and_are_never_reaped(native, tmp_path)
         stale = dataclasses.replace(mine.info, owner_start=(mine.info.owner_start or 0) + 1)
         assert stale.orphaned
         assert [s.name for s in list_servers()] == ["kept", "mine"]
+
+
+def test_a_process_is_its_pid_and_start_time_not_its_command_line():
+    """/proc/PID/cmdline is empty while a process execs (ip netns exec -> turnserver) or exits:
+    a server must not look dead then, and a recycled PID (another start time) is not it."""
+    from natkit.coturn import native
+    from natkit.ownership import process_start_time
+
+    me = os.getpid()
+    state = {"pid": me, "pid_start": process_start_time(me), "config_path": "/nonexistent/turnserver.conf"}
+    assert native.is_running(state)
+    assert not native.is_running(dict(state, pid_start=state["pid_start"] + 1))
+    assert not native.is_running({"pid": me, "config_path": "/nonexistent/turnserver.conf"})  # old state: by command line
+
+
+def test_state_dir_is_a_parameter_not_the_environment(native, tmp_path):
+    """A fixture gives CoturnServer its own state directory instead of writing
+    NATKIT_STATE_DIR into os.environ (which leaked into the rest of the session)."""
+    before = os.environ.get("NATKIT_STATE_DIR")
+    own = tmp_path / "own-state"
+    with CoturnServer(CoturnConfig(listening_port=free_port(), static_auth_secrets=("a",)), backend="native", name="own", state_dir=own) as server:
+        assert os.environ.get("NATKIT_STATE_DIR") == before
+        assert Path(server.info.config_path).is_relative_to(own)
+        assert [s.name for s in list_servers(own)] == ["own"] and list_servers() == []
+        assert get_server("own", state_dir=own).pid == server.pid
+        r = _natkit("turn", "status", "--json", env={"NATKIT_STATE_DIR": str(own)})
+        assert [s["name"] for s in json.loads(r.stdout)["servers"]] == ["own"]
+    assert list_servers(own) == []
+
+
+def test_wait_for_stun_fails_with_the_log_when_the_server_exits(tmp_path):
+    from natkit.pytest_plugin import wait_for_stun
+
+    log = tmp_path / "server.log"
+    log.write_text("first line\nbroken: cannot bind\n")
+    proc = subprocess.Popen(["sh", "-c", "exit 3"])
+    proc.wait()
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception) as exc:
+        wait_for_stun("127.0.0.1", free_port(), timeout=10, process=proc, log=log)
+    assert "exited during startup" in str(exc.value) and "broken: cannot bind" in str(exc.value)
+    assert time.monotonic() - started < 2  # at once, not after the timeout
+    with pytest.raises(pytest.fail.Exception, match="did not answer a STUN Binding"):
+        wait_for_stun("127.0.0.1", free_port(), timeout=0.3)

@@ -245,17 +245,11 @@ def _start(argv: list[str], workdir: Path, env: dict | None = None) -> subproces
                                 env=None if env is None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
 
 
-def _wait_and_audit(proc: subprocess.Popen, host: str, port: int, secret: str, workdir: Path, tcp_port: int | None = None):
+def _wait_and_audit(proc: subprocess.Popen, host: str, port: int, secret: str, workdir: Path):
     from natkit.audit import audit
-    from natkit.probe import probe
+    from natkit.pytest_plugin import wait_for_stun
 
-    deadline = time.monotonic() + 15
-    while True:
-        assert proc.poll() is None, (workdir / "turnserver.log").read_text()[-3000:]
-        if probe([f"{host}:{port}"], timeout=0.3).ok:
-            break
-        assert time.monotonic() < deadline, (workdir / "turnserver.log").read_text()[-3000:]
-        time.sleep(0.05)
+    wait_for_stun(host, port, timeout=15, process=proc, log=workdir / "turnserver.log")
     report = audit([f"turn:{host}:{port}"], secret=secret, checks=SAFE_CHECKS, flood_max=30)
     findings = {f.id: f for f in report.servers[0].findings}
     return report, findings

@@ -33,9 +33,16 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import BackendUnavailable, EnvironmentProblem, NatkitError, ServerStartFailed, UsageError
+from ..errors import (
+    BackendUnavailable,
+    EnvironmentProblem,
+    NatkitError,
+    ServerStartFailed,
+    UsageError,
+)
 from .server import LABEL, NAME_PREFIX
 
 NAME = "docker"
@@ -78,7 +85,7 @@ def client(timeout: float = API_TIMEOUT):
         raise BackendUnavailable("the docker Python SDK is not installed", hint="pip install docker") from None
     try:
         return docker.from_env(timeout=timeout, version="auto")
-    except Exception as exc:  # docker.errors.DockerException, requests errors
+    except Exception as exc:  # docker.errors.DockerException, requests errors  # noqa: BLE001
         raise BackendUnavailable(f"no Docker engine answers: {describe(exc)}", hint="start dockerd, or set DOCKER_HOST") from None
 
 
@@ -111,7 +118,7 @@ def available(image: str | None = None) -> tuple[bool, str]:
             return False, f"image {image} is not present locally ({build_hint(image)})"
         version = c.version().get("Version", "?")
         return True, f"Docker engine {version}"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         return False, f"Docker engine error: {describe(exc)}"
     finally:
         c.close()
@@ -125,7 +132,7 @@ def image_available(image: str) -> bool:
         return False
     try:
         return _image_present(c, image)
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     finally:
         c.close()
@@ -173,13 +180,13 @@ def _image_uid(c, image: str, user: str) -> int | None:
             member = tar.next()
             f = tar.extractfile(member) if member else None
             return _uid_from_passwd(f.read().decode(errors="replace"), user) if f else None
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None
     finally:
         if probe is not None:
             try:
                 probe.remove(force=True, v=True)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass
 
 
@@ -281,7 +288,7 @@ def _create_and_start(c, image: str, create_args: dict):
             leftover = container or _get(c, cname)
             if leftover is not None and (leftover.labels or {}).get(NAME_LABEL) == name:
                 _remove(leftover)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
         raise
 
@@ -295,11 +302,12 @@ def _optional_setting(message: str, create_args: dict) -> str | None:
     return None
 
 
-def start(config_path: Path, log_path: Path, *, name: str, image: str) -> dict:
+def start(config_path: Path, log_path: Path, *, name: str, image: str, argv_prefix: Sequence[str] = ()) -> dict:
     """Create and start the coturn container; return the state fields ``{"container_id", "image"}``.
 
     ``config_path``: natkit's rendered turnserver.conf (mode 0600) in the
-    server directory; ``log_path`` is unused (coturn logs to the container's
+    server directory; ``argv_prefix`` must be empty (:class:`UsageError`);
+    ``log_path`` is unused (coturn logs to the container's
     stdout, see :func:`logs`). ``name``: natkit's server name (container
     ``natkit-<name>``). ``image``: a local image reference; never pulled.
 
@@ -313,6 +321,9 @@ def start(config_path: Path, log_path: Path, *, name: str, image: str) -> dict:
     import docker.errors
     from docker.types import Mount, Ulimit
 
+    if argv_prefix:
+        raise UsageError("the docker backend runs coturn with host networking; an argv prefix (a network namespace) needs the native backend",
+                         server=name, step="turn up")
     cname = NAME_PREFIX + name
     c = client()
     try:
@@ -390,7 +401,7 @@ def is_running(state: dict) -> bool:
     try:
         ct = _container(state, c)
         return ct is not None and ct.status == "running"
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     finally:
         c.close()
@@ -447,7 +458,7 @@ def logs(state: dict, tail: int | None = None) -> list[str]:
             return []
         raw = ct.logs(stdout=True, stderr=True, tail=tail if tail else "all")
         return raw.decode(errors="replace").splitlines()
-    except Exception:
+    except Exception:  # noqa: BLE001
         return []
     finally:
         c.close()
@@ -468,9 +479,9 @@ def reap_labelled() -> list[str]:
             try:
                 _remove(ct)
                 names.append(ct.name)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112
                 continue
-    except Exception:
+    except Exception:  # noqa: BLE001
         return names
     finally:
         c.close()

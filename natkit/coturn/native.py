@@ -12,10 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BackendUnavailable
+from ..ownership import process_start_time
 
 NAME = "native"
 
@@ -48,8 +51,8 @@ def missing_reason() -> str:
     return "the turnserver binary is not installed (apt-get install coturn)"
 
 
-def available() -> tuple[bool, str]:
-    """(usable, reason)."""
+def available(image: str | None = None) -> tuple[bool, str]:
+    """(usable, reason); ``image`` is ignored (no images here)."""
     binary = find_binary()
     if binary is None:
         return False, missing_reason()
@@ -61,15 +64,23 @@ def runtime_path(server_dir: Path, filename: str) -> str:
     return str(server_dir / filename)
 
 
-def start(config_path: Path, log_path: Path, *, name: str = "", image: str | None = None) -> dict:
-    """Start ``turnserver -c config_path`` detached; return the state fields (``pid``, ``binary``)."""
+def start(config_path: Path, log_path: Path, *, name: str = "", image: str | None = None, argv_prefix: Sequence[str] = ()) -> dict:
+    """Start ``[*argv_prefix, turnserver, -c, config_path]`` detached; return the state fields ``{"pid"}``.
+
+    ``argv_prefix`` runs turnserver through another program that execs it
+    in place, e.g. ``("ip", "netns", "exec", NS)`` for a server inside a
+    network namespace: the recorded PID is then turnserver's own. The
+    process gets its own session (process group) and writes its log to
+    ``log_path``. Raises :class:`BackendUnavailable` when the binary is
+    missing or the kernel cannot run it.
+    """
     binary = find_binary()
     if binary is None:
         raise BackendUnavailable(f"native backend: {missing_reason()}", hint=f"apt-get install coturn, fix {ENV_BINARY}, or use --backend docker")
     with open(log_path, "ab", buffering=0) as log:
         try:
             proc = subprocess.Popen(
-                [binary, "-c", str(config_path)],
+                [*argv_prefix, binary, "-c", str(config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -79,7 +90,52 @@ def start(config_path: Path, log_path: Path, *, name: str = "", image: str | Non
         except OSError as exc:  # not a program this kernel runs (exec format error, ...)
             raise BackendUnavailable(f"native backend: cannot run {binary}: {exc.strerror or exc}",
                                      hint=f"{ENV_BINARY} (or PATH) must name coturn's turnserver") from None
-    return {"pid": proc.pid}
+    # the PID with its start time names this process for good: a recycled PID has another start time,
+    # and /proc/PID/cmdline is empty while a process execs (ip netns exec -> turnserver) or exits
+    return {"pid": proc.pid, "pid_start": process_start_time(proc.pid)}
+
+
+_PROC_NET = {"udp": ("udp", "udp6"), "tcp": ("tcp", "tcp6")}
+_TCP_LISTEN = "0A"
+
+
+def _decode_address(hex_addr: str) -> tuple[str, int]:
+    """``/proc/net/*`` local address ("0100007F:0D96") -> ("127.0.0.1", 3478).
+
+    The address is printed as 32-bit words in host byte order.
+    """
+    import ipaddress
+
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def listeners(pid: int, families: tuple[int, ...] = (4, 6)) -> set[tuple[str, str, int]]:
+    """``("udp"|"tcp", ip, port)`` of every bound UDP and listening TCP socket in the network namespace of ``pid``.
+
+    Reads ``/proc/PID/net/{udp,udp6,tcp,tcp6}``, which show the namespace the
+    process is in, so it works for a server behind ``ip netns exec`` without
+    entering the namespace. ``families``: read only these address families'
+    tables (the kernel builds each on every read). Empty when the process is gone.
+    """
+    out = set()
+    for kind, (v4, v6) in _PROC_NET.items():
+        for fname in (*((v4,) if 4 in families else ()), *((v6,) if 6 in families else ())):
+            try:
+                lines = Path(f"/proc/{pid}/net/{fname}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                parts = line.split()
+                if len(parts) > 3 and (kind == "udp" or parts[3] == _TCP_LISTEN):
+                    try:
+                        out.add((kind, *_decode_address(parts[1])))
+                    except ValueError:
+                        continue
+    return out
 
 
 def _cmdline(pid: int) -> str:
@@ -121,13 +177,19 @@ def _reap(pid: int) -> None:
 
 
 def is_running(state: dict) -> bool:
-    """True when the recorded PID is alive and still runs natkit's config."""
+    """True when the recorded process is alive: the same PID and start time (``pid_start``), not a zombie.
+
+    A state without ``pid_start`` (written by an older natkit) falls back to
+    "its command line names natkit's config".
+    """
     pid = state.get("pid")
     if not pid:
         return False
     _reap(pid)
     if _is_zombie(pid):
         return False
+    if state.get("pid_start") is not None:
+        return process_start_time(pid) == state["pid_start"]
     return str(state.get("config_path", "")) in _cmdline(pid)
 
 
