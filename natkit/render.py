@@ -22,6 +22,14 @@ expired". The variables come from:
 
 The scaling model (docs/deploy.md): a fleet of stateless coturn nodes that
 share only the REST secret; any node accepts any credential minted with it.
+
+Adding a component to every target (a metrics exporter, say) means: a
+service next to ``coturn`` in :func:`render_compose`'s ``services``, a
+container in :func:`render_kubernetes`'s pod (and its file in the
+kustomization's ``order``), a unit in :func:`render_systemd`'s output, and
+a line in :func:`examples` if it is committed. A component that needs a
+secret takes it the same way: from the environment into a 0600 file at
+start, never as an argument.
 """
 
 from __future__ import annotations
