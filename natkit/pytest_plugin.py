@@ -119,14 +119,14 @@ def turn_server(tmp_path_factory):
 def wait_for_stun(host: str, port: int, *, timeout: float = 15.0, process=None, log=None) -> float:
     """Wait until a STUN server you started yourself answers a Binding on ``host:port``; return the seconds waited.
 
-    The readiness natkit's own servers use (:func:`natkit.coturn.server.wait_stun`).
+    STUN readiness (:func:`natkit.coturn.readiness.wait_stun`).
     ``process`` (a ``subprocess.Popen``): fail as soon as it exits; ``log``
     (a path): its last lines go into the failure. Fails the test
     (``pytest.fail``) when the server exits or ``timeout`` seconds pass.
     """
     from pathlib import Path
 
-    from natkit.coturn.server import wait_stun
+    from natkit.coturn.readiness import wait_stun
     from natkit.errors import ServerStartFailed
     from natkit.model import TransportAddress
 

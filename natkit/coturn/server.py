@@ -23,7 +23,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -299,82 +299,33 @@ async def _stun_ready(addr: TransportAddress, timeout: float) -> bool:
         return not resp.is_error and "XOR-MAPPED-ADDRESS" in resp.message
 
 
-def wait_stun(address: TransportAddress, timeout: float = 20.0, *, alive: Callable[[], bool] | None = None,
-              logs: Callable[[], list[str]] | None = None, what: str = "coturn", server: str | None = None,
-              step: str = "turn up") -> float:
-    """Poll ``address`` with STUN Bindings (100 ms each, every 50 ms) until one succeeds; return the seconds waited.
-
-    ``alive`` (when given) is asked between attempts; once it says False the
-    server "exited during startup". Raises :class:`ServerStartFailed` then,
-    or after ``timeout`` seconds, with ``logs()`` (the server's last lines)
-    as its details. This is the readiness natkit's servers, the pytest
-    plugin (``natkit.pytest_plugin.wait_for_stun``) and hand-started test
-    servers share.
-    """
-    started = time.monotonic()
-    while True:
-        if asyncio.run(_stun_ready(address, 0.1)):
-            return time.monotonic() - started
-        if alive is not None and not alive():
-            raise ServerStartFailed(f"{what} exited during startup", server=server, step=step,
-                                    details=logs() if logs else [], hint="see the server log above")
-        if time.monotonic() - started > timeout:
-            raise ServerStartFailed(f"{what} did not answer a STUN Binding on {address} within {timeout:g}s", server=server, step=step,
-                                    details=logs() if logs else [])
-        time.sleep(0.05)
-
-
-def expected_listeners(config: CoturnConfig) -> set[tuple[str, str, int]]:
-    """``("udp"|"tcp", ip, port)`` sockets coturn opens for ``config``: UDP and TCP on every listening
-    address, TCP on the TLS port, and UDP on the RFC 5780 alternate port (port + 1) when two
-    listening addresses of one family enable it."""
-    want = set()
-    for ip in config.listening_ips:
-        want |= {("udp", ip, config.listening_port), ("tcp", ip, config.listening_port)}
-        if config.tls_listening_port:
-            want.add(("tcp", ip, config.tls_listening_port))
-    if not config.no_rfc5780:
-        for family in (4, 6):
-            ips = [ip for ip in config.listening_ips if (":" in ip) == (family == 6)]
-            if len(ips) >= 2:
-                want |= {("udp", ip, config.listening_port + 1) for ip in ips}
-    return want
-
-
-def wait_listening(info: ServerInfo, want: set[tuple[str, str, int]], timeout: float = 20.0) -> float:
-    """Wait until the server's process has every socket in ``want`` open (:func:`natkit.coturn.native.listeners`).
-
-    The readiness of a server behind an argv prefix (``ip netns exec``): its
-    namespace may not be reachable from here, but ``/proc/PID/net`` shows
-    its sockets. Polls every 5 ms; raises :class:`ServerStartFailed` (with
-    the server's log) when it exits or ``timeout`` passes.
-    """
-    from .native import listeners
-
-    families = tuple(sorted({6 if ":" in ip else 4 for _, ip, _ in want}))
-    started = time.monotonic()
-    while True:
-        missing = want - listeners(info.pid, families) if info.pid else want
-        if not missing:
-            return time.monotonic() - started
-        if not is_running(info):
-            raise ServerStartFailed(f"coturn ({info.backend}) exited during startup", server=info.name, step="turn up",
-                                    details=server_logs(info, 15), hint="see the server log above")
-        if time.monotonic() - started > timeout:
-            shown = ", ".join(f"{k} {ip}:{port}" for k, ip, port in sorted(missing))
-            raise ServerStartFailed(f"coturn ({info.backend}) did not open {shown} within {timeout:g}s", server=info.name,
-                                    step="turn up", details=server_logs(info, 15))
-        time.sleep(0.005)
-
-
 def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
     """Poll with STUN Bindings until the server answers; return seconds waited.
 
     Raises :class:`ServerStartFailed` (with the server's last log lines) when
     the server exits or does not answer within ``timeout`` seconds.
     """
-    return wait_stun(TransportAddress(info.listen[0], info.port), timeout, alive=lambda: is_running(info),
-                     logs=lambda: server_logs(info, 15), what=f"coturn ({info.backend})", server=info.name)
+    addr = TransportAddress(info.listen[0], info.port)
+    started = time.monotonic()
+    while True:
+        if asyncio.run(_stun_ready(addr, 0.1)):
+            return time.monotonic() - started
+        if not is_running(info):
+            raise ServerStartFailed(
+                f"coturn ({info.backend}) exited during startup",
+                server=info.name,
+                step="turn up",
+                details=server_logs(info, 15),
+                hint="see the server log above",
+            )
+        if time.monotonic() - started > timeout:
+            raise ServerStartFailed(
+                f"coturn ({info.backend}) did not answer a STUN Binding on {addr} within {timeout:g}s",
+                server=info.name,
+                step="turn up",
+                details=server_logs(info, 15),
+            )
+        time.sleep(0.05)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -473,6 +424,8 @@ class CoturnServer:
             self.info = info
             self._write_state(info)
             if self.argv_prefix:
+                from .readiness import expected_listeners, wait_listening
+
                 self.ready_seconds = wait_listening(info, expected_listeners(config), self.ready_timeout)
             else:
                 self.ready_seconds = wait_ready(info, self.ready_timeout)
