@@ -188,14 +188,17 @@ def test_foreground_up_with_secret_file_keeps_the_secrets_out_of_every_command_l
     secret_file.write_text(f"# newest first\n{new}\n\n{old}\n")
     secret_file.chmod(0o600)
     port = free_port()
+    # no PYTHONUNBUFFERED: natkit itself must flush what it printed before it sits in the foreground
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([*NATKIT, "turn", "up", "--backend", "native", "--port", str(port), "--secret-file", str(secret_file), "--foreground"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, NATKIT_STATE_DIR=str(state)))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env, NATKIT_STATE_DIR=str(state)))
     conf = state / "servers" / "default" / "turnserver.conf"
     try:
         deadline = time.monotonic() + 20
         first = ""
         while "coturn is running" not in first:  # printed once the server answered STUN
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "natkit turn up --foreground printed nothing within 20 s"
             if select.select([proc.stdout], [], [], 0.2)[0]:
                 first = proc.stdout.readline()
         assert _cmdlines_holding(new) == [] and _cmdlines_holding(old) == []  # natkit's ps line and turnserver's

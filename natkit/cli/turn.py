@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import time
 from typing import Any, Callable, List, Optional
 
@@ -154,6 +155,7 @@ def up_cmd(
                                   "warnings": list(built.warnings), "server": info.public()})
             else:
                 _print_started(info, server.ready_seconds, name)
+            sys.stdout.flush()  # a pipe (| tee, a supervisor) sees the URIs now, not when the server stops
             if not foreground:
                 return 0
             from ..coturn.server import is_running
