@@ -394,3 +394,32 @@ def test_image_build_runs_the_image_before_tagging_it(engine, image):
     assert img.labels["natkit.turnserver.version"] == turnserver_version(os.path.realpath(find_binary()))
     assert not [t for i in engine.images.list() for t in (i.tags or []) if t.startswith("natkit/coturn-build:")]
     assert engine.containers.list(all=True, filters={"label": ["natkit.managed=1", "natkit.name=image-check"]}) == []
+
+
+def test_orphaned_ephemeral_container_is_reaped_by_the_next_start(engine, image, tmp_path):
+    """An ephemeral server whose owner is gone (here: its recorded start time no longer matches,
+    as after a SIGKILL and PID reuse) is shown as orphaned and removed, container and all,
+    by the next server start."""
+    import json
+
+    from natkit.coturn.server import reap_orphans
+
+    port = free_port()
+    name = f"pytest-{port}"
+    server = CoturnServer(_config(port), backend="docker", image=image, name=name, ephemeral=True, state_dir=tmp_path)
+    info = server.start()
+    try:
+        state_file = Path(info.config_path).parent / "state.json"
+        state = json.loads(state_file.read_text())
+        assert state["owner_pid"] == os.getpid() and not list_servers(tmp_path)[0].orphaned
+        state_file.write_text(json.dumps(dict(state, owner_start=state["owner_start"] + 1)))
+        assert list_servers(tmp_path)[0].orphaned
+        other = CoturnServer(_config(free_port()), backend="native", name="next", state_dir=tmp_path)
+        with other:  # the next start reaps the orphan first
+            assert [s.name for s in list_servers(tmp_path)] == ["next"]
+            assert _containers(engine, name) == []
+        assert reap_orphans(tmp_path) == []
+    finally:
+        server.info = None  # already reaped; never touch it twice
+        for c in _containers(engine, name):
+            c.remove(force=True)
