@@ -205,12 +205,18 @@ def _exited(pid: int) -> bool:
 
 
 def wait_exited(pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``pid`` to exit (see :func:`_exited`)."""
+    """Wait up to ``timeout`` seconds for ``pid`` to exit (see :func:`_exited`).
+
+    Polls after 1 ms, doubling to every 10 ms: coturn is usually gone within
+    a few milliseconds of SIGTERM, and every teardown waits for it.
+    """
     end = time.monotonic() + timeout
+    delay = 0.001
     while not _exited(pid):
         if time.monotonic() >= end:
             return False
-        time.sleep(0.01)
+        time.sleep(delay)
+        delay = min(0.01, delay * 2)
     return True
 
 
