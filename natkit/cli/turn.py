@@ -175,7 +175,7 @@ def up_cmd(
 @turn_app.command("down")
 def down_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="which server (default: the only one)"),
-    all_: bool = typer.Option(False, "--all", help="stop every natkit-managed coturn, including labelled containers without state"),
+    all_: bool = typer.Option(False, "--all", help="stop every natkit-managed coturn of this state directory, and labelled containers crashed runs left (their config is gone)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Stop a natkit-managed coturn and remove its state. Exit 3 when none is running."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import (
@@ -464,18 +464,54 @@ def logs(state: dict, tail: int | None = None) -> list[str]:
         c.close()
 
 
-def reap_labelled() -> list[str]:
-    """Remove every container labelled ``natkit.managed=1`` (running or not); return their names.
+IMAGE_CHECK_LABEL = "natkit.image-check"  # the short-lived container natkit turn image build runs its image in
+IMAGE_CHECK_STALE = 120.0  # s after which such a container is a leftover of a killed build
 
-    Returns [] quietly when there is no SDK or no engine.
+
+def _stale_image_checks(c) -> list:
+    """Image-check containers older than :data:`IMAGE_CHECK_STALE` (a build in progress keeps its own)."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    out = []
+    for ct in c.containers.list(all=True, filters={"label": f"{IMAGE_CHECK_LABEL}=1"}):
+        try:
+            # "2026-12-01T09:21:49.612775581Z": the engine's UTC time, to the second
+            created = datetime.datetime.fromisoformat(ct.attrs["Created"][:19]).replace(tzinfo=datetime.UTC)
+        except (KeyError, ValueError):
+            continue
+        if (now - created).total_seconds() > IMAGE_CHECK_STALE:
+            out.append(ct)
+    return out
+
+
+def _belongs_elsewhere(ct, root: Path | None) -> bool:
+    """True when ``ct`` is the server of another state directory that still has its config."""
+    config = (ct.labels or {}).get(CONFIG_LABEL)
+    if root is None or not config or not os.path.exists(config):
+        return False
+    return not Path(config).resolve().is_relative_to(Path(root).resolve())
+
+
+def reap_labelled(only: Iterable[str] | None = None, root: Path | None = None) -> list[str]:
+    """Remove every container labelled ``natkit.managed=1`` (running or not), and image-check
+    containers a killed ``image build`` left (older than two minutes); return their names.
+
+    ``root``: a state directory; a container whose ``natkit.config`` file
+    still exists in another state directory is that natkit's live server and
+    is spared (its own ``turn down`` stops it), while one whose config is
+    gone is a leftover and goes. ``only``: container names to restrict it to
+    (tests on a shared engine). Returns [] quietly when there is no SDK or no engine.
     """
+    wanted = None if only is None else set(only)
     try:
         c = client(PING_TIMEOUT)
     except NatkitError:
         return []
     names = []
     try:
-        for ct in c.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        found = [*c.containers.list(all=True, filters={"label": f"{LABEL}=1"}), *_stale_image_checks(c)]
+        for ct in (ct for ct in found if (wanted is None or ct.name in wanted) and not _belongs_elsewhere(ct, root)):
             try:
                 _remove(ct)
                 names.append(ct.name)

@@ -301,12 +301,13 @@ def _import(client, binary: str, staging: str, changes: list[str]) -> None:
 def _smoke_run(client, image: str, version: str) -> None:
     """Run ``/bin/sh -c 'exec turnserver --version'`` in ``image`` (no network, removed after); it must print ``version``."""
     from . import docker as docker_backend
-    from .server import LABEL
 
+    # not natkit.managed: another natkit's `turn down --all` must not remove it mid-check
+    # (docker.reap_labelled removes one only once it is a leftover of a killed build)
     container = None
     try:
         container = client.containers.create(image, entrypoint=["/bin/sh", "-c", "exec turnserver --version"], network_mode="none",
-                                             labels={LABEL: "1", docker_backend.NAME_LABEL: "image-check"})
+                                             labels={docker_backend.IMAGE_CHECK_LABEL: "1"})
         container.start()
         status = container.wait(timeout=30).get("StatusCode")
         out = container.logs(stdout=True, stderr=True).decode(errors="replace").strip()

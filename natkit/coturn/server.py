@@ -61,6 +61,10 @@ def state_dir(root: StateDir = None) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "natkit"
 
 
+def _state_root(root: StateDir = None) -> Path:
+    return state_dir(root)
+
+
 STATE_HINT = "set NATKIT_STATE_DIR to a directory this user can write (default: ~/.local/state/natkit)"
 
 
@@ -274,7 +278,13 @@ def reap_orphans(state_dir: StateDir = None) -> list[str]:
 
 
 def stop_all(state_dir: StateDir = None) -> list[str]:
-    """Stop every natkit-managed server (state files, and labelled containers); return their names."""
+    """Stop every natkit-managed server of ``state_dir`` and every labelled container that is a
+    leftover (its config file gone, or in this state directory); return their names.
+
+    A labelled container whose config still exists in another state
+    directory is another natkit's live server and is left alone.
+    """
+    state_dir_root = _state_root(state_dir)
     names = []
     for info in list_servers(state_dir):
         stop_server(info)
@@ -282,7 +292,7 @@ def stop_all(state_dir: StateDir = None) -> list[str]:
     try:
         from . import docker as docker_backend
 
-        names += docker_backend.reap_labelled()
+        names += docker_backend.reap_labelled(root=state_dir_root)
     except NatkitError:
         pass
     return names
