@@ -2,7 +2,7 @@
 # Set up natkit on Debian 12 (as root): coturn and the Python environment in ./.venv.
 #   bash deploy/install-debian.sh            # coturn + natkit
 #   bash deploy/install-debian.sh --test     # + test dependencies
-#   bash deploy/install-debian.sh --docker   # + docker.io (for the docker backend)
+#   bash deploy/install-debian.sh --docker   # + docker.io and docker-compose (docker backend, rendered compose files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apt=1 test=0 docker=0
@@ -17,7 +17,7 @@ done
 if [ "$apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     pkgs="coturn python3-venv python3-pip iproute2 nftables"
-    [ "$docker" = 1 ] && pkgs="$pkgs docker.io"
+    [ "$docker" = 1 ] && pkgs="$pkgs docker.io docker-compose"
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $pkgs >/dev/null

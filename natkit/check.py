@@ -112,7 +112,8 @@ def check(
         # the recommended hardened profile; only the loopback relay address is made relayable
         config = build("recommended", secrets=(secret,), listening_ips=("127.0.0.1",), port=port, realm="natkit.check",
                        allowed_peers=("127.0.0.1",), allow_loopback_peers=True).config
-        server = CoturnServer(config, backend=backend, image=image, name=f"check-{port}")
+        # ephemeral: a SIGKILLed check leaves an orphan that the next check (or turn down --all) reaps
+        server = CoturnServer(config, backend=backend, image=image, name=f"check-{port}", ephemeral=True)
         on_step(f"starting an embedded coturn on 127.0.0.1:{port} (backend {backend})")
     try:
         if server is not None:

@@ -18,6 +18,10 @@ Fixtures:
   ``nat_browsers`` + ``@pytest.mark.nat_browsers(a, b, expect=...)``: two
   pages and an assertion on how their own connections connected.
 
+Helpers: ``require_coturn``/``require_docker``/``require_root_netns``/``require_lab``
+(skip, or fail in CI), ``wait_for_stun`` (the readiness of a server a test
+started by hand).
+
 Environment switches: without root/namespaces/coturn/Docker the fixtures skip
 with the reason; with ``NATKIT_REQUIRE_NETNS=1`` (root, namespaces, coturn) or
 ``NATKIT_REQUIRE_DOCKER=1`` (a Docker engine) or ``NATKIT_REQUIRE_BROWSER=1``
@@ -89,8 +93,6 @@ def turn_server(tmp_path_factory):
     from natkit.coturn.server import CoturnServer, free_port
     from natkit.credentials import new_secret
 
-    old = os.environ.get("NATKIT_STATE_DIR")
-    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("natkit-turn-server"))
     secret = new_secret()
     port = free_port()
     config = CoturnConfig(
@@ -103,16 +105,42 @@ def turn_server(tmp_path_factory):
         from natkit.coturn.image import build_local_image
 
         image = build_local_image("natkit/coturn:pytest")
-    server = CoturnServer(config, backend=backend, image=image, name=f"pytest-{port}")
+    # its own state directory (the environment's NATKIT_STATE_DIR is the tests' business), and
+    # ephemeral: a killed test session leaves an orphan the next natkit start removes
+    server = CoturnServer(config, backend=backend, image=image, name=f"pytest-{port}", ephemeral=True,
+                          state_dir=tmp_path_factory.mktemp("natkit-turn-server"))
     try:
         info = server.start()
         yield TurnServerHandle(info.uris[0], info.uris, secret, "127.0.0.1", port, info.backend, server)
     finally:
         server.stop()
-        if old is None:
-            os.environ.pop("NATKIT_STATE_DIR", None)
-        else:
-            os.environ["NATKIT_STATE_DIR"] = old
+
+
+def wait_for_stun(host: str, port: int, *, timeout: float = 15.0, process=None, log=None) -> float:
+    """Wait until a STUN server you started yourself answers a Binding on ``host:port``; return the seconds waited.
+
+    STUN readiness (:func:`natkit.coturn.readiness.wait_stun`).
+    ``process`` (a ``subprocess.Popen``): fail as soon as it exits; ``log``
+    (a path): its last lines go into the failure. Fails the test
+    (``pytest.fail``) when the server exits or ``timeout`` seconds pass.
+    """
+    from pathlib import Path
+
+    from natkit.coturn.readiness import wait_stun
+    from natkit.errors import ServerStartFailed
+    from natkit.model import TransportAddress
+
+    def tail() -> list[str]:
+        try:
+            return Path(log).read_text(errors="replace").splitlines()[-15:] if log else []
+        except OSError:
+            return []
+
+    try:
+        return wait_stun(TransportAddress(host, port), timeout, alive=(lambda: process.poll() is None) if process else None,
+                         logs=tail, what=f"the server on {host}:{port}", step="wait_for_stun")
+    except ServerStartFailed as exc:
+        pytest.fail("\n".join([exc.message, *exc.details]), pytrace=False)
 
 
 # ---------------------------------------------------------------------------

@@ -54,7 +54,6 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 from servers import PionTurn, pion_binary
@@ -69,6 +68,7 @@ from natkit.audit import (
     junit_xml,
     severity_at_least,
 )
+from natkit.coturn.server import CoturnServer
 
 # ---------------------------------------------------------------------------
 # pure parts
@@ -215,32 +215,18 @@ def _natkit_in(ns: str, *args: str, timeout: float = 120) -> subprocess.Complete
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def _wait_stun(ns: str, host: str, port: int, proc: subprocess.Popen, log) -> None:
-    code = ("import sys; from natkit.probe import probe; "
-            f"sys.exit(0 if probe(['{host}:{port}'], timeout=0.5).ok else 1)")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"coturn on {host} exited: " + Path(log).read_text()[-2000:])
-        if subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, check=False).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"coturn on {host} did not answer STUN: " + Path(log).read_text()[-2000:])
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     from natkit.pytest_plugin import require_coturn, require_root_netns
 
     require_root_netns()
     require_coturn()
-    from natkit.coturn.native import find_binary
     from natkit.coturn.profiles import build, open_relay_for_testing
     from natkit.tls import self_signed, write_pair
 
     d = tmp_path_factory.mktemp("audit-lab")
     ns = f"natkit-audit-{os.getpid()}-{pysecrets.token_hex(3)}"
-    procs: list[subprocess.Popen] = []
+    procs: list[CoturnServer] = []
     _ip("netns", "add", ns)
     try:
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -266,26 +252,15 @@ def lab(tmp_path_factory):
         servers["open"] = {"host": OPEN, "config": open_relay_for_testing(listening_ips=(OPEN, "2001:db8::20"), port=3478, tls_port=5349, cert=str(wrong_cert),
                                                                         pkey=str(wrong_key), min_port=51000, max_port=51999, cli_ip=OPEN)}
         for name, s in servers.items():
-            cfg = dataclasses.replace(s["config"], pidfile=str(d / f"{name}.pid"), userdb=str(d / f"{name}.db"))
-            conf = d / f"{name}.conf"
-            conf.write_text(cfg.render())
-            log = str(d / f"{name}.log")
-            with open(log, "wb") as out:
-                procs.append(subprocess.Popen(["ip", "netns", "exec", ns, find_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True))
-            s["proc"], s["log"] = procs[-1], log
-        for s in servers.values():
-            _wait_stun(ns, s["host"], 3478, s["proc"], s["log"])
+            # natkit's own launcher: the native backend behind `ip netns exec`, ready once its listeners are open
+            server = CoturnServer(s["config"], backend="native", name=name, state_dir=d / "state", ephemeral=True,
+                                  argv_prefix=("ip", "netns", "exec", ns))
+            procs.append(server)
+            server.start()
         yield ns, servers, d
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        for server in procs:
+            server.stop()
         _ip("netns", "del", ns, check=False)
 
 

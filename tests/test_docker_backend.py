@@ -7,23 +7,31 @@ the one :func:`natkit.coturn.image.build_local_image` imports.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from natkit.coturn import docker as backend
 from natkit.coturn.config import CoturnConfig
-from natkit.coturn.server import CoturnServer, choose_backend, free_port, list_servers, stop_server
+from natkit.coturn.server import (
+    CoturnServer,
+    choose_backend,
+    free_port,
+    list_servers,
+    stop_server,
+)
 from natkit.credentials import mint
 from natkit.errors import BackendUnavailable, ServerStartFailed
 from natkit.probe import probe
 from natkit.pytest_plugin import require_coturn, require_docker
 
-TAG = "natkit/coturn:pytest"
+TAG = f"natkit/coturn:pytest-{os.getpid()}"  # one per test session: sessions run side by side on one engine
 MISSING = "natkit/does-not-exist:never"
 
 
@@ -48,10 +56,14 @@ def image(engine):
     try:
         yield tag
     finally:
-        try:
+        with contextlib.suppress(docker_errors().ImageNotFound):
             engine.images.remove(TAG, noprune=False)
-        except Exception:
-            pass
+
+
+def docker_errors():
+    import docker.errors
+
+    return docker.errors
 
 
 def _containers(engine, name: str) -> list:
@@ -77,7 +89,9 @@ def test_image_rootfs_holds_turnserver_and_its_libraries():
         members = {m.name: m for m in tar.getmembers()}
     libs = shared_libraries(binary)
     assert any("ld-linux" in p for p in libs)
-    for path in ["/usr/bin/turnserver", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", *libs]:
+    # the rendered deployments' start script needs a shell, their health check turnutils_stunclient
+    libs += [p for p in shared_libraries(os.path.realpath("/bin/sh")) if p not in libs]
+    for path in ["/usr/bin/turnserver", "/bin/sh", "/usr/bin/turnutils_stunclient", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", *libs]:
         assert path in files and path.lstrip("/") in members, path
         assert members[path.lstrip("/")].isfile() and members[path.lstrip("/")].uid == 0
     assert members["tmp"].mode == 0o1777 and members["var/tmp"].mode == 0o1777
@@ -183,7 +197,7 @@ def test_turns_with_extra_files_mounted_read_only(engine, image, tmp_path):
     port, tls_port = free_port(), free_port()
     cfg = _config(port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem")
     with CoturnServer(cfg, backend="docker", image=image, name=f"pytest-{port}", extra_files={"cert.pem": cert, "key.pem": key}) as server:
-        rendered = open(server.info.config_path).read()
+        rendered = Path(server.info.config_path).read_text()
         assert "cert=/etc/natkit/cert.pem" in rendered and "pkey=/etc/natkit/key.pem" in rendered
         mounts = {m["Destination"]: m["RW"] for m in engine.api.inspect_container(server.info.container_id)["Mounts"]}
         assert mounts == {"/etc/natkit/turnserver.conf": False, "/etc/natkit/cert.pem": False, "/etc/natkit/key.pem": False}
@@ -272,7 +286,8 @@ def test_reap_labelled_removes_a_stray_container(engine, image):
                                              "--userdb=/var/tmp/db", "--pidfile=/var/tmp/pid", "--no-tls", "--no-dtls"],
     )
     try:
-        assert stray in backend.reap_labelled()
+        # only= keeps the test from removing what other natkit sessions run on this engine
+        assert backend.reap_labelled(only=[stray]) == [stray]
         assert engine.containers.list(all=True, filters={"name": stray}) == []
     finally:
         backend._remove(ct)
@@ -333,3 +348,121 @@ def test_cli_turn_up_with_a_missing_image_exits_3(engine, image):
     assert "not present locally" in result.stderr and "natkit turn image build" in result.stderr
     assert "Traceback" not in result.output
     assert _containers(engine, f"pytest-{port}") == []
+
+
+def test_image_build_refuses_what_is_not_coturns_turnserver(engine, tmp_path):
+    """A file that is not coturn's turnserver (not executable, a script, another ELF program)
+    is refused before anything is imported: one line, exit 2, no image left behind."""
+    import shutil
+    import subprocess
+    import sys
+
+    from natkit.coturn.image import build_local_image
+    from natkit.errors import UsageError
+
+    script = tmp_path / "turnserver"
+    script.write_text("#!/bin/sh\necho 4.6.1\n")
+    script.chmod(0o755)
+    text = tmp_path / "hostname"
+    shutil.copy("/etc/hostname", text)
+    text.chmod(0o644)
+    executable_text = tmp_path / "hostname-x"
+    shutil.copy("/etc/hostname", executable_text)
+    executable_text.chmod(0o755)
+    cases = [("/etc/hostname", "not executable|not an ELF executable"), (str(text), "not executable"),
+             (str(executable_text), "not an ELF executable"), (str(script), "not an ELF executable"),
+             (shutil.which("true"), "is not coturn's turnserver"), (str(tmp_path / "missing"), "is not a file")]
+    before = {i.id for i in engine.images.list(all=True)}
+    for path, message in cases:
+        tag = f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(UsageError, match=message):
+            build_local_image(tag, path)
+        assert not backend.image_available(tag)
+    r = subprocess.run([sys.executable, "-m", "natkit.cli.app", "turn", "image", "build", "--turnserver", "/etc/hostname", "-t",
+                        f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"], check=False, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, NATKIT_QUIET="1"))
+    assert r.returncode == 2 and "/etc/hostname is not" in r.stderr and "Traceback" not in r.stderr, r
+    assert {i.id for i in engine.images.list(all=True)} == before, "a refused build left an image"
+
+
+def test_image_build_runs_the_image_before_tagging_it(engine, image):
+    """The built image ran turnserver --version through its /bin/sh in the engine; the
+    temporary build tag and the check container are gone."""
+    img = engine.images.get(image)
+    from natkit.coturn.image import turnserver_version
+    from natkit.coturn.native import find_binary
+
+    assert img.labels["natkit.turnserver.version"] == turnserver_version(os.path.realpath(find_binary()))
+    assert not [t for i in engine.images.list() for t in (i.tags or []) if t.startswith("natkit/coturn-build:")]
+    assert engine.containers.list(all=True, filters={"label": "natkit.image-check=1"}) == [] or \
+        all(c.status == "running" for c in engine.containers.list(all=True, filters={"label": "natkit.image-check=1"}))  # another session's build
+
+
+def test_orphaned_ephemeral_container_is_reaped_by_the_next_start(engine, image, tmp_path):
+    """An ephemeral server whose owner is gone (here: its recorded start time no longer matches,
+    as after a SIGKILL and PID reuse) is shown as orphaned and removed, container and all,
+    by the next server start."""
+    import json
+
+    from natkit.coturn.server import reap_orphans
+
+    port = free_port()
+    name = f"pytest-{port}"
+    server = CoturnServer(_config(port), backend="docker", image=image, name=name, ephemeral=True, state_dir=tmp_path)
+    info = server.start()
+    try:
+        state_file = Path(info.config_path).parent / "state.json"
+        state = json.loads(state_file.read_text())
+        assert state["owner_pid"] == os.getpid() and not list_servers(tmp_path)[0].orphaned
+        state_file.write_text(json.dumps(dict(state, owner_start=state["owner_start"] + 1)))
+        assert list_servers(tmp_path)[0].orphaned
+        other = CoturnServer(_config(free_port()), backend="native", name="next", state_dir=tmp_path)
+        with other:  # the next start reaps the orphan first
+            assert [s.name for s in list_servers(tmp_path)] == ["next"]
+            assert _containers(engine, name) == []
+        assert reap_orphans(tmp_path) == []
+    finally:
+        server.info = None  # already reaped; never touch it twice
+        for c in _containers(engine, name):
+            c.remove(force=True)
+
+
+def test_turn_down_all_spares_a_running_image_check_but_reaps_a_stale_one(engine, image):
+    """The image build's check container is not natkit.managed (another natkit's turn down --all
+    must not remove it mid-check), but one a killed build left is reaped once it is stale."""
+    from natkit.coturn import docker as backend
+
+    fresh = engine.containers.create(image, entrypoint=["/bin/sh", "-c", "exit 0"], network_mode="none",
+                                     labels={backend.IMAGE_CHECK_LABEL: "1"})
+    try:
+        assert backend.reap_labelled(only=[fresh.name]) == []
+        assert engine.containers.get(fresh.id)
+        old = backend.IMAGE_CHECK_STALE
+        backend.IMAGE_CHECK_STALE = -1.0  # as if created long ago
+        try:
+            assert backend.reap_labelled(only=[fresh.name]) == [fresh.name]
+        finally:
+            backend.IMAGE_CHECK_STALE = old
+        assert not engine.containers.list(all=True, filters={"id": fresh.id})
+    finally:
+        with contextlib.suppress(docker_errors().NotFound):
+            fresh.remove(force=True)
+
+
+def test_turn_down_all_spares_another_state_directorys_live_container(engine, image, tmp_path):
+    """stop_all (turn down --all) reaps leftovers, not another natkit's live server: a labelled
+    container whose config still exists in another state directory stays."""
+    from natkit.coturn.server import stop_all
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    port = free_port()
+    name = f"pytest-{port}"
+    server = CoturnServer(_config(port), backend="docker", image=image, name=name, state_dir=theirs)
+    server.start()
+    try:
+        assert name not in stop_all(mine)
+        assert [c.status for c in _containers(engine, name)] == ["running"]
+        assert stop_all(theirs) == [name]
+        assert _containers(engine, name) == []
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -155,7 +156,10 @@ def test_no_route_out_of_the_lab_and_coturn_relays_only_to_lab_ranges(nat_lab):
         assert "default" not in routes, (node, routes)
         r = lab.exec(node, ["ip", "-4", "route", "get", "8.8.8.8"])
         assert r.returncode != 0, (node, r.stdout)
-    conf = (lab.dir / "turnserver.conf").read_text()
+    # natkit's one launcher: the native backend behind ip netns exec, its files in the lab's directory
+    assert lab.coturn.info.argv_prefix == ("ip", "netns", "exec", lab.ns("server")) and lab.coturn.info.backend == "native"
+    assert Path(lab.coturn.info.config_path).is_relative_to(lab.dir)
+    conf = Path(lab.coturn.info.config_path).read_text()
     allowed = [line for line in conf.splitlines() if line.startswith("allowed-peer-ip=")]
     assert allowed == ["allowed-peer-ip=203.0.113.0-203.0.113.255", "allowed-peer-ip=198.51.100.0-198.51.100.255"]
     for denied in ("10.0.0.0-10.255.255.255", "127.0.0.0-127.255.255.255", "169.254.0.0-169.254.255.255", "100.64.0.0-100.127.255.255"):
@@ -343,6 +347,9 @@ def test_cli_up_exec_list_down(tmp_path):
         info = json.loads(r.stdout)
         assert info["lab"] == name and info["hosts"]["alice"]["measured"] == "restricted"
         assert info["checks"][0]["ok"] is True
+        # the lab's REST secret stays in its 0600 state file: masked in JSON, as turn up --json does
+        secret = json.loads(Path(info["server"]["state_file"]).read_text())["secret"]
+        assert info["server"]["secret"] == "***" and secret and secret not in r.stdout
         r = _cli("lab", "exec", "alice", "--lab", name, "--", "ip", "-4", "-br", "addr", "show", "dev", "eth0")
         assert r.returncode == 0 and "10.0.1.10/24" in r.stdout, r
         r = _cli("lab", "exec", "bob", "--lab", name, "--", "sh", "-c", "exit 7")

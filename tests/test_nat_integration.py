@@ -51,14 +51,13 @@ def coturn_factory(tmp_path_factory):
     from natkit.coturn.config import CoturnConfig
     from natkit.coturn.server import CoturnServer
 
-    old = os.environ.get("NATKIT_STATE_DIR")
-    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("natkit-nat-coturn"))
+    state = tmp_path_factory.mktemp("natkit-nat-coturn")
     started = []
 
     def start(ips: tuple[str, ...]) -> int:
         port = free_pair_port(ips)
         config = CoturnConfig(listening_ips=ips, listening_port=port, static_auth_secrets=("nat-test-secret",), realm="natkit.test")
-        server = CoturnServer(config, backend="native", name=f"nat-{port}")
+        server = CoturnServer(config, backend="native", name=f"nat-{port}", state_dir=state, ephemeral=True)
         server.start()
         started.append(server)
         return port
@@ -68,10 +67,6 @@ def coturn_factory(tmp_path_factory):
     finally:
         for server in started:
             server.stop()
-        if old is None:
-            os.environ.pop("NATKIT_STATE_DIR", None)
-        else:
-            os.environ["NATKIT_STATE_DIR"] = old
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,14 @@ def tls_server(tmp_path_factory):
     port, tls_port = free_port(), free_port()
     cfg = CoturnConfig(listening_port=port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem",
                        static_auth_secrets=("tls-secret",), allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",))
-    with pytest.MonkeyPatch.context() as mp:  # this module's state directory, not the rest of the session's
-        mp.setenv("NATKIT_STATE_DIR", str(tmp_path_factory.mktemp("tls-state")))
-        server = CoturnServer(cfg, backend="native", name="tls", extra_files={"cert.pem": cert, "key.pem": key})
-        info = server.start()
-        try:
-            yield info, tls_port, str(ca)
-        finally:
-            server.stop()
+    # its own state directory: the module fixture must not change the session's environment
+    server = CoturnServer(cfg, backend="native", name="tls", extra_files={"cert.pem": cert, "key.pem": key},
+                          state_dir=tmp_path_factory.mktemp("tls-state"), ephemeral=True)
+    info = server.start()
+    try:
+        yield info, tls_port, str(ca)
+    finally:
+        server.stop()
 
 
 def test_turns_uri_is_advertised(tls_server):

@@ -28,12 +28,15 @@ def render_cmd(
     image: Optional[str] = typer.Option(None, "--image", help="container image (default: the official coturn image, pinned)"),
     name: str = typer.Option("natkit-coturn", "--name", help="name prefix of the rendered objects"),
     namespace: str = typer.Option("natkit", "--namespace", help="Kubernetes namespace"),
+    fd_limit: int = options.integer(65536, "--fd-limit", help="open-file limit of coturn (one per relayed socket); at most the container engine's own hard limit",
+                                    low=1024, high=1 << 20),
     json_out: bool = options.json_flag("print {ok, target, files: {name: text}} (with -o: {ok, target, written}, the paths)"),
 ) -> None:
     """Render a complete coturn deployment from natkit's hardened profile.
 
     Secrets are never written: each comes from the environment (turn.env,
-    the Kubernetes Secret, systemd's EnvironmentFile).
+    the Kubernetes Secret, systemd's EnvironmentFile) and reaches coturn
+    through a 0600 config written at start, never on a command line.
     """
 
     def body() -> int:
@@ -48,7 +51,7 @@ def render_cmd(
                      tls_port=tls_port, realm=realm, external_ip=external_ip, min_port=min_port, max_port=max_port,
                      tcp_relay=tcp_relay, prometheus=prometheus, prometheus_address=prometheus_address, **names)
         dep = Deployment(config=prof.config, name=name, namespace=namespace, image=image or DEFAULT_IMAGE,
-                         secret_count=secrets, service_monitor=service_monitor)
+                         secret_count=secrets, service_monitor=service_monitor, fd_limit=fd_limit)
         files = render(target, dep)
         for w in prof.warnings:
             if "self-signed" not in w:

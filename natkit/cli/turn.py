@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import time
 from typing import Any, Callable, List, Optional
 
@@ -35,7 +36,8 @@ PROFILE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("profile", str, typer.Option("recommended", "--profile", help="hardening profile: recommended or strict")),
     ("listen", List[str], typer.Option(["127.0.0.1"], "--listen", "-l", help="listening IP (repeat for several; two of one family enable RFC 5780)")),
     ("port", int, options.integer(3478, "--port", "-p", help="listening port (UDP and TCP)", low=1, high=65535)),
-    ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: a fresh random one)")),
+    ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: $NATKIT_TURN_SECRET, else a fresh random one); visible in ps: prefer --secret-file")),
+    ("secret_file", Optional[str], typer.Option(None, "--secret-file", help="file with the REST secret(s), one per line, newest first (keep it 0600)")),
     ("realm", str, typer.Option("natkit", "--realm", help="realm")),
     ("external_ip", Optional[str], typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")),
     ("min_port", int, options.integer(49152, "--min-port", help="lowest relay port", low=1, high=65535)),
@@ -60,6 +62,7 @@ class ProfileOptions:
     listen: List[str]
     port: int
     secrets: List[str]
+    secret_file: Optional[str]
     realm: str
     external_ip: Optional[str]
     min_port: int
@@ -76,13 +79,17 @@ class ProfileOptions:
     def build(self):
         """The :class:`~natkit.coturn.profiles.Profile` these options describe (``coturn.profiles.from_options``)."""
         from ..coturn.profiles import from_options
+        from ..coturn.secrets import resolve
 
-        return from_options(
-            self.profile, listen=tuple(self.listen), port=self.port, secrets=tuple(self.secrets), realm=self.realm,
+        # --secret, --secret-file or NATKIT_TURN_SECRET (coturn.secrets); --secret on argv is warned about
+        secrets, secret_warnings = resolve(self.secrets, self.secret_file)
+        built = from_options(
+            self.profile, listen=tuple(self.listen), port=self.port, secrets=secrets, realm=self.realm,
             external_ip=self.external_ip, min_port=self.min_port, max_port=self.max_port,
             allow_loopback=self.allow_loopback, users=parse_users(self.users), tls=self.tls, tls_port=self.tls_port,
             cert_file=self.cert, key_file=self.key, tcp_relay=self.tcp_relay, nat_discovery=self.nat_discovery,
         )
+        return dataclasses.replace(built, warnings=(*secret_warnings, *built.warnings))
 
 
 def profile_options(func: Callable) -> Callable:
@@ -148,6 +155,7 @@ def up_cmd(
                                   "warnings": list(built.warnings), "server": info.public()})
             else:
                 _print_started(info, server.ready_seconds, name)
+            sys.stdout.flush()  # a pipe (| tee, a supervisor) sees the URIs now, not when the server stops
             if not foreground:
                 return 0
             from ..coturn.server import is_running
@@ -167,7 +175,7 @@ def up_cmd(
 @turn_app.command("down")
 def down_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="which server (default: the only one)"),
-    all_: bool = typer.Option(False, "--all", help="stop every natkit-managed coturn, including labelled containers without state"),
+    all_: bool = typer.Option(False, "--all", help="stop every natkit-managed coturn of this state directory, and labelled containers crashed runs left (their config is gone)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Stop a natkit-managed coturn and remove its state. Exit 3 when none is running."""
@@ -190,23 +198,36 @@ def down_cmd(
     output.run(json_out, body)
 
 
+def _state_label(info, running: bool) -> str:
+    if info.orphaned:
+        return f"[yellow]orphaned[/yellow] (owner pid {info.owner_pid} gone{'' if running else ', stopped'})"
+    return "running" if running else "[red]stopped[/red]"
+
+
 @turn_app.command("status")
 def status_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
-    """List natkit-managed coturn servers. Exit 0 when all listed are running, 1 otherwise."""
+    """List natkit-managed coturn servers. Exit 0 when all listed are running and owned, 1 otherwise.
+
+    An orphaned server belonged to a process that is gone (a killed natkit
+    check or test run): the next server start, or turn down --all, removes it.
+    """
 
     def body() -> int:
         from ..coturn.server import is_running, list_servers
 
         servers = [(s, is_running(s)) for s in list_servers()]
+        ok = all(r and not s.orphaned for s, r in servers)
         if json_out:
-            output.emit_json({"ok": all(r for _, r in servers), "servers": [dict(s.public(), running=r) for s, r in servers]})
+            output.emit_json({"ok": ok, "servers": [dict(s.public(), running=r) for s, r in servers]})
         else:
             if not servers:
                 print("no natkit-managed coturn")
             else:
-                rows = [[s.name, s.backend, "running" if r else "[red]stopped[/red]", s.container_id[:12] if s.container_id else s.pid, " ".join(s.uris)] for s, r in servers]
+                rows = [[s.name, s.backend, _state_label(s, r), s.container_id[:12] if s.container_id else s.pid, " ".join(s.uris)] for s, r in servers]
                 output.console().print(output.table(None, ["name", "backend", "state", "pid/container", "uris"], rows))
-        return 0 if all(r for _, r in servers) else 1
+                if any(s.orphaned for s, _ in servers):
+                    output.err("natkit: orphaned servers are removed by the next natkit check / turn up, or now by natkit turn down --all")
+        return 0 if ok else 1
 
     output.run(json_out, body)
 

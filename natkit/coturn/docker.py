@@ -33,9 +33,16 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import BackendUnavailable, EnvironmentProblem, NatkitError, ServerStartFailed, UsageError
+from ..errors import (
+    BackendUnavailable,
+    EnvironmentProblem,
+    NatkitError,
+    ServerStartFailed,
+    UsageError,
+)
 from .server import LABEL, NAME_PREFIX
 
 NAME = "docker"
@@ -78,7 +85,7 @@ def client(timeout: float = API_TIMEOUT):
         raise BackendUnavailable("the docker Python SDK is not installed", hint="pip install docker") from None
     try:
         return docker.from_env(timeout=timeout, version="auto")
-    except Exception as exc:  # docker.errors.DockerException, requests errors
+    except Exception as exc:  # docker.errors.DockerException, requests errors  # noqa: BLE001
         raise BackendUnavailable(f"no Docker engine answers: {describe(exc)}", hint="start dockerd, or set DOCKER_HOST") from None
 
 
@@ -111,7 +118,7 @@ def available(image: str | None = None) -> tuple[bool, str]:
             return False, f"image {image} is not present locally ({build_hint(image)})"
         version = c.version().get("Version", "?")
         return True, f"Docker engine {version}"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         return False, f"Docker engine error: {describe(exc)}"
     finally:
         c.close()
@@ -125,7 +132,7 @@ def image_available(image: str) -> bool:
         return False
     try:
         return _image_present(c, image)
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     finally:
         c.close()
@@ -173,13 +180,13 @@ def _image_uid(c, image: str, user: str) -> int | None:
             member = tar.next()
             f = tar.extractfile(member) if member else None
             return _uid_from_passwd(f.read().decode(errors="replace"), user) if f else None
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None
     finally:
         if probe is not None:
             try:
                 probe.remove(force=True, v=True)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass
 
 
@@ -281,7 +288,7 @@ def _create_and_start(c, image: str, create_args: dict):
             leftover = container or _get(c, cname)
             if leftover is not None and (leftover.labels or {}).get(NAME_LABEL) == name:
                 _remove(leftover)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
         raise
 
@@ -295,11 +302,12 @@ def _optional_setting(message: str, create_args: dict) -> str | None:
     return None
 
 
-def start(config_path: Path, log_path: Path, *, name: str, image: str) -> dict:
+def start(config_path: Path, log_path: Path, *, name: str, image: str, argv_prefix: Sequence[str] = ()) -> dict:
     """Create and start the coturn container; return the state fields ``{"container_id", "image"}``.
 
     ``config_path``: natkit's rendered turnserver.conf (mode 0600) in the
-    server directory; ``log_path`` is unused (coturn logs to the container's
+    server directory; ``argv_prefix`` must be empty (:class:`UsageError`);
+    ``log_path`` is unused (coturn logs to the container's
     stdout, see :func:`logs`). ``name``: natkit's server name (container
     ``natkit-<name>``). ``image``: a local image reference; never pulled.
 
@@ -313,6 +321,9 @@ def start(config_path: Path, log_path: Path, *, name: str, image: str) -> dict:
     import docker.errors
     from docker.types import Mount, Ulimit
 
+    if argv_prefix:
+        raise UsageError("the docker backend runs coturn with host networking; an argv prefix (a network namespace) needs the native backend",
+                         server=name, step="turn up")
     cname = NAME_PREFIX + name
     c = client()
     try:
@@ -390,7 +401,7 @@ def is_running(state: dict) -> bool:
     try:
         ct = _container(state, c)
         return ct is not None and ct.status == "running"
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     finally:
         c.close()
@@ -447,30 +458,66 @@ def logs(state: dict, tail: int | None = None) -> list[str]:
             return []
         raw = ct.logs(stdout=True, stderr=True, tail=tail if tail else "all")
         return raw.decode(errors="replace").splitlines()
-    except Exception:
+    except Exception:  # noqa: BLE001
         return []
     finally:
         c.close()
 
 
-def reap_labelled() -> list[str]:
-    """Remove every container labelled ``natkit.managed=1`` (running or not); return their names.
+IMAGE_CHECK_LABEL = "natkit.image-check"  # the short-lived container natkit turn image build runs its image in
+IMAGE_CHECK_STALE = 120.0  # s after which such a container is a leftover of a killed build
 
-    Returns [] quietly when there is no SDK or no engine.
+
+def _stale_image_checks(c) -> list:
+    """Image-check containers older than :data:`IMAGE_CHECK_STALE` (a build in progress keeps its own)."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    out = []
+    for ct in c.containers.list(all=True, filters={"label": f"{IMAGE_CHECK_LABEL}=1"}):
+        try:
+            # "2026-12-01T09:21:49.612775581Z": the engine's UTC time, to the second
+            created = datetime.datetime.fromisoformat(ct.attrs["Created"][:19]).replace(tzinfo=datetime.UTC)
+        except (KeyError, ValueError):
+            continue
+        if (now - created).total_seconds() > IMAGE_CHECK_STALE:
+            out.append(ct)
+    return out
+
+
+def _belongs_elsewhere(ct, root: Path | None) -> bool:
+    """True when ``ct`` is the server of another state directory that still has its config."""
+    config = (ct.labels or {}).get(CONFIG_LABEL)
+    if root is None or not config or not os.path.exists(config):
+        return False
+    return not Path(config).resolve().is_relative_to(Path(root).resolve())
+
+
+def reap_labelled(only: Iterable[str] | None = None, root: Path | None = None) -> list[str]:
+    """Remove every container labelled ``natkit.managed=1`` (running or not), and image-check
+    containers a killed ``image build`` left (older than two minutes); return their names.
+
+    ``root``: a state directory; a container whose ``natkit.config`` file
+    still exists in another state directory is that natkit's live server and
+    is spared (its own ``turn down`` stops it), while one whose config is
+    gone is a leftover and goes. ``only``: container names to restrict it to
+    (tests on a shared engine). Returns [] quietly when there is no SDK or no engine.
     """
+    wanted = None if only is None else set(only)
     try:
         c = client(PING_TIMEOUT)
     except NatkitError:
         return []
     names = []
     try:
-        for ct in c.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        found = [*c.containers.list(all=True, filters={"label": f"{LABEL}=1"}), *_stale_image_checks(c)]
+        for ct in (ct for ct in found if (wanted is None or ct.name in wanted) and not _belongs_elsewhere(ct, root)):
             try:
                 _remove(ct)
                 names.append(ct.name)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112
                 continue
-    except Exception:
+    except Exception:  # noqa: BLE001
         return names
     finally:
         c.close()

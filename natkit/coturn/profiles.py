@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import CheckFailed, UsageError
 from .config import CoturnConfig

@@ -2,8 +2,11 @@
 
 A server lives in ``<state dir>/servers/<name>/`` (``state.json``,
 ``turnserver.conf``, ``turnserver.log``), so ``natkit turn status|logs|down``
-find it from another process. The state directory is ``$NATKIT_STATE_DIR``,
-else ``$XDG_STATE_HOME/natkit``, else ``~/.local/state/natkit``.
+find it from another process. The state directory is the ``state_dir``
+given to :class:`CoturnServer` (and to the listing functions), else
+``$NATKIT_STATE_DIR``, else ``$XDG_STATE_HOME/natkit``, else
+``~/.local/state/natkit``. Backends (:mod:`natkit.coturn.backend`) run the
+process or container.
 
 :class:`CoturnServer` is a context manager: leaving the ``with`` block, an
 exception or Ctrl-C during startup stops the server and removes its state.
@@ -20,10 +23,22 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
-from ..errors import BackendUnavailable, EnvironmentProblem, NatkitError, NotRunning, ServerStartFailed, UsageError
+from ..errors import (
+    BackendUnavailable,
+    EnvironmentProblem,
+    NatkitError,
+    NotRunning,
+    ServerStartFailed,
+    UsageError,
+)
 from ..model import TransportAddress
+from ..ownership import current_owner, owner_alive
+from .backend import Backend
+from .backend import get as get_backend
 from .config import CoturnConfig
 
 NAME_PREFIX = "natkit-"
@@ -32,33 +47,38 @@ DEFAULT_IMAGE = "coturn/coturn:4.6.3"  # official image, pinned
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 
 
-def state_dir() -> Path:
-    """Root of natkit's state (created 0700 on first use)."""
+StateDir = str | os.PathLike | None  # a state directory root; None: the environment's (state_dir())
+
+
+def state_dir(root: StateDir = None) -> Path:
+    """Root of natkit's state: ``root`` when given, else ``$NATKIT_STATE_DIR``, ``$XDG_STATE_HOME/natkit``, ``~/.local/state/natkit``."""
+    if root is not None:
+        return Path(root)
     base = os.environ.get("NATKIT_STATE_DIR")
     if base:
-        root = Path(base)
-    else:
-        xdg = os.environ.get("XDG_STATE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".local" / "state") / "natkit"
-    return root
+        return Path(base)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "natkit"
 
 
-def _servers_dir() -> Path:
-    d = state_dir() / "servers"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _state_root(root: StateDir = None) -> Path:
+    return state_dir(root)
+
+
+STATE_HINT = "set NATKIT_STATE_DIR to a directory this user can write (default: ~/.local/state/natkit)"
+
+
+def _servers_dir(root: StateDir = None) -> Path:
+    """``<state dir>/servers``, created 0700. Raises :class:`EnvironmentProblem` when it cannot be used."""
+    base = state_dir(root)
+    d = base / "servers"
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise EnvironmentProblem(f"natkit's state directory {base} is not usable: {exc.strerror or exc}", hint=STATE_HINT) from None
     return d
-
-
-def _backend_module(name: str):
-    if name == "native":
-        from . import native
-
-        return native
-    if name == "docker":
-        from . import docker as docker_backend
-
-        return docker_backend
-    raise UsageError(f"unknown backend {name!r}", hint="use auto, docker or native")
 
 
 def choose_backend(requested: str = "auto", image: str | None = None) -> str:
@@ -73,7 +93,7 @@ def choose_backend(requested: str = "auto", image: str | None = None) -> str:
     reasons = []
     for name in order:
         # auto also needs the image locally; an explicit docker request reports a missing image at start, with its hint
-        ok, reason = _backend_module(name).available(image) if name == "docker" and requested == "auto" else _backend_module(name).available()
+        ok, reason = get_backend(name).available(image if requested == "auto" else None)
         if ok:
             return name
         reasons.append(f"{name}: {reason}")
@@ -132,26 +152,36 @@ class ServerInfo:
     stun_uris: tuple[str, ...]
     created: float
     pid: int | None = None
+    pid_start: int | None = None  # native: the process's start time (clock ticks since boot), so a recycled PID is not it
     container_id: str | None = None
     image: str | None = None
     config_path: str = ""
     log_path: str = ""
+    argv_prefix: tuple[str, ...] = ()  # native: words before turnserver (ip netns exec NS)
+    owner_pid: int | None = None  # the process this server lives for (ephemeral servers); None: persistent
+    owner_start: int | None = None  # that process's start time (clock ticks since boot): a recycled PID is no owner
+
+    @property
+    def orphaned(self) -> bool:
+        """True when the server had an owner and that process is gone: nothing will ever stop it."""
+        return owner_alive(self.owner_pid, self.owner_start) is False
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state(cls, data: dict) -> "ServerInfo":
+    def from_state(cls, data: dict) -> ServerInfo:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in fields}
-        for key in ("listen", "uris", "stun_uris"):
+        for key in ("listen", "uris", "stun_uris", "argv_prefix"):
             data[key] = tuple(data.get(key) or ())
         return cls(**data)
 
     def public(self) -> dict:
-        """The JSON view (without the secret)."""
+        """The JSON view (without the secret), with ``orphaned``."""
         d = self.to_state()
         d["secret"] = "***" if self.secret else None
+        d["orphaned"] = self.orphaned
         return d
 
 
@@ -164,10 +194,10 @@ def _uris(config: CoturnConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(turn), (f"stun:{h}:{config.listening_port}",)
 
 
-def list_servers() -> list[ServerInfo]:
-    """Every server with a state file (running or not)."""
+def list_servers(state_dir: StateDir = None) -> list[ServerInfo]:
+    """Every server with a state file (running or not) under ``state_dir`` (default: the environment's)."""
     out = []
-    for state_file in sorted(_servers_dir().glob("*/state.json")):
+    for state_file in sorted(_servers_dir(state_dir).glob("*/state.json")):
         try:
             out.append(ServerInfo.from_state(json.loads(state_file.read_text())))
         except (OSError, ValueError, TypeError):
@@ -175,12 +205,12 @@ def list_servers() -> list[ServerInfo]:
     return out
 
 
-def get_server(name: str | None = None) -> ServerInfo:
+def get_server(name: str | None = None, state_dir: StateDir = None) -> ServerInfo:
     """The server called ``name``; without a name, the only one there is.
 
     Raises :class:`NotRunning` when none (or, without a name, several) match.
     """
-    servers = list_servers()
+    servers = list_servers(state_dir)
     if name:
         for s in servers:
             if s.name == name:
@@ -195,12 +225,12 @@ def get_server(name: str | None = None) -> ServerInfo:
 
 def is_running(info: ServerInfo) -> bool:
     """True when the server's process or container is running."""
-    return _backend_module(info.backend).is_running(info.to_state())
+    return get_backend(info.backend).is_running(info.to_state())
 
 
 def server_logs(info: ServerInfo, tail: int | None = None) -> list[str]:
     """The server's own log lines (last ``tail`` lines when given)."""
-    return _backend_module(info.backend).logs(info.to_state(), tail)
+    return get_backend(info.backend).logs(info.to_state(), tail)
 
 
 def _wait_ports_free(info: ServerInfo, timeout: float = 3.0) -> bool:
@@ -222,22 +252,47 @@ def _wait_ports_free(info: ServerInfo, timeout: float = 3.0) -> bool:
 def stop_server(info: ServerInfo) -> None:
     """Stop the server, wait until its ports are free, and remove its state directory."""
     try:
-        _backend_module(info.backend).stop(info.to_state())
+        get_backend(info.backend).stop(info.to_state())
         _wait_ports_free(info)
     finally:
         shutil.rmtree(Path(info.config_path).parent, ignore_errors=True)
 
 
-def stop_all() -> list[str]:
-    """Stop every natkit-managed server (state files, and labelled containers); return their names."""
+def reap_orphans(state_dir: StateDir = None) -> list[str]:
+    """Stop every server whose owner process is gone (:attr:`ServerInfo.orphaned`); return their names.
+
+    An ephemeral server (``natkit check``'s embedded one, a test session's)
+    whose owner was SIGKILLed or crashed is never stopped by that owner;
+    :meth:`CoturnServer.start` calls this first, so the next natkit that
+    starts a server cleans up after the dead one.
+    """
     names = []
-    for info in list_servers():
+    for info in list_servers(state_dir):
+        if info.orphaned:
+            try:
+                stop_server(info)
+            except NatkitError:
+                continue  # e.g. its Docker engine is gone; turn down --all retries
+            names.append(info.name)
+    return names
+
+
+def stop_all(state_dir: StateDir = None) -> list[str]:
+    """Stop every natkit-managed server of ``state_dir`` and every labelled container that is a
+    leftover (its config file gone, or in this state directory); return their names.
+
+    A labelled container whose config still exists in another state
+    directory is another natkit's live server and is left alone.
+    """
+    state_dir_root = _state_root(state_dir)
+    names = []
+    for info in list_servers(state_dir):
         stop_server(info)
         names.append(info.name)
     try:
         from . import docker as docker_backend
 
-        names += docker_backend.reap_labelled()
+        names += docker_backend.reap_labelled(root=state_dir_root)
     except NatkitError:
         pass
     return names
@@ -283,11 +338,29 @@ def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
         time.sleep(0.05)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte (secrets, keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
 class CoturnServer:
     """A coturn process or container managed by natkit.
 
     ``config`` is the :class:`CoturnConfig` to run; ``backend`` "auto",
     "docker" or "native"; ``image`` the Docker image (docker backend only).
+    ``ephemeral``: the server lives only as long as this process (its state
+    records this process as the owner; once the owner is gone,
+    ``turn status`` shows it as orphaned and the next start reaps it).
+    ``state_dir``: the state root for this server (``<state_dir>/servers/<name>/``);
+    default ``$NATKIT_STATE_DIR`` etc. (:func:`state_dir`), so a test
+    fixture never needs to change the environment. ``argv_prefix``
+    (native backend only): words that run turnserver in place, such as
+    ``("ip", "netns", "exec", NS)``; such a server is on another network,
+    so its ports are not checked on this host and readiness is its
+    listening sockets (:func:`wait_listening`) instead of a STUN answer.
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -300,16 +373,24 @@ class CoturnServer:
         name: str | None = None,
         ready_timeout: float = 20.0,
         extra_files: dict[str, bytes] | None = None,
+        ephemeral: bool = False,
+        state_dir: StateDir = None,
+        argv_prefix: Sequence[str] = (),
     ) -> None:
         config.validate()
         if name is not None and not _NAME_RE.match(name):
             raise UsageError(f"invalid server name {name!r}", hint="use lowercase letters, digits, '-', '_' or '.'")
+        if argv_prefix and backend not in ("native", "auto"):
+            raise UsageError("an argv prefix (e.g. ip netns exec) needs the native backend", hint="backend='native'")
         self.config = config
-        self.requested_backend = backend
+        self.requested_backend = "native" if argv_prefix else backend
         self.image = image
         self.name = name or "default"
         self.ready_timeout = ready_timeout
         self.extra_files = extra_files or {}
+        self.ephemeral = ephemeral
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.argv_prefix = tuple(argv_prefix)
         self.info: ServerInfo | None = None
         self.ready_seconds: float | None = None
 
@@ -317,72 +398,94 @@ class CoturnServer:
     def secret(self) -> str | None:
         return self.config.static_auth_secrets[0] if self.config.static_auth_secrets else None
 
-    def start(self) -> ServerInfo:
-        """Start the server and wait until it answers STUN; return its :class:`ServerInfo`.
+    @property
+    def pid(self) -> int | None:
+        """turnserver's PID (native backend, while started), else None."""
+        return self.info.pid if self.info is not None else None
 
-        Raises :class:`UsageError` when the name exists or the port is taken,
-        :class:`BackendUnavailable` when no backend works, and
-        :class:`ServerStartFailed` (nothing left running) when it does not
-        become ready.
+    def start(self) -> ServerInfo:
+        """Start the server and wait until it is ready; return its :class:`ServerInfo`.
+
+        Raises :class:`UsageError` when the name exists,
+        :class:`EnvironmentProblem` when a port is taken or the state
+        directory is unusable, :class:`BackendUnavailable` when no backend
+        works, and :class:`ServerStartFailed` (nothing left running) when it
+        does not become ready.
         """
         backend_name = choose_backend(self.requested_backend, self.image or DEFAULT_IMAGE)
-        backend = _backend_module(backend_name)
-        for existing in list_servers():
-            if existing.name == self.name:
-                if is_running(existing):
-                    raise UsageError(f"a natkit coturn called {self.name!r} is already running", hint="natkit turn down, or pass --name")
-                stop_server(existing)  # stale state from a crashed run
-        for ip in self.config.listening_ips:
-            for port in filter(None, (self.config.listening_port, self.config.tls_listening_port)):
-                busy = port_in_use(ip, port)
-                if busy:
-                    raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up", hint="choose another --port or stop what uses it")
-        sdir = _servers_dir() / self.name
-        sdir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(sdir, 0o700)
-        config_path = sdir / "turnserver.conf"
-        log_path = sdir / "turnserver.log"
-        for fname, content in self.extra_files.items():
-            p = sdir / fname
-            p.write_bytes(content)
-            os.chmod(p, 0o600)
-        # paths coturn itself writes: the pid file and its sqlite user db
-        # relative cert/pkey names refer to extra_files written into the server's directory
-        files = {k: (backend.runtime_path(sdir, v) if v and not os.path.isabs(v) else v)
-                 for k, v in (("cert", self.config.cert), ("pkey", self.config.pkey))}
-        config = dataclasses.replace(
-            self.config,
-            pidfile=self.config.pidfile or backend.runtime_path(sdir, "turnserver.pid"),
-            userdb=self.config.userdb or backend.runtime_path(sdir, "turndb"),
-            **files,
-        )
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(config.render())
+        backend = get_backend(backend_name)
+        self._clear_the_way()
+        sdir = _servers_dir(self.state_dir) / self.name
+        config = self._write_files(backend, sdir)
         turn_uris, stun_uris = _uris(config)
         info = ServerInfo(
             name=self.name, backend=backend_name, listen=config.listening_ips, port=config.listening_port,
             tls_port=config.tls_listening_port, realm=config.realm, secret=self.secret,
             uris=turn_uris, stun_uris=stun_uris, created=time.time(),
-            config_path=str(config_path), log_path=str(log_path),
+            config_path=str(sdir / "turnserver.conf"), log_path=str(sdir / "turnserver.log"),
+            argv_prefix=self.argv_prefix, **(current_owner() if self.ephemeral else {}),
         )
         self.info = info
         try:
-            extra = backend.start(config_path, log_path, name=self.name, image=self.image or DEFAULT_IMAGE)
+            self._write_state(info)  # before the start: a SIGKILL right after it leaves a findable server
+            extra = backend.start(sdir / "turnserver.conf", sdir / "turnserver.log", name=self.name,
+                                  image=self.image or DEFAULT_IMAGE, argv_prefix=self.argv_prefix)
             info = dataclasses.replace(info, **extra)
             self.info = info
             self._write_state(info)
-            self.ready_seconds = wait_ready(info, self.ready_timeout)
+            if self.argv_prefix:
+                from .readiness import expected_listeners, wait_listening
+
+                self.ready_seconds = wait_listening(info, expected_listeners(config), self.ready_timeout)
+            else:
+                self.ready_seconds = wait_ready(info, self.ready_timeout)
         except BaseException:
             self.stop()
             raise
         return info
 
+    def _clear_the_way(self) -> None:
+        """Reap orphans, refuse a running namesake (remove a stale one), refuse ports in use on this host."""
+        reap_orphans(self.state_dir)
+        for existing in list_servers(self.state_dir):
+            if existing.name == self.name:
+                if is_running(existing):
+                    raise UsageError(f"a natkit coturn called {self.name!r} is already running", hint="natkit turn down, or pass --name")
+                stop_server(existing)  # stale state from a crashed run
+        if self.argv_prefix:
+            return  # another network (a namespace): this host's ports say nothing about it
+        for ip in self.config.listening_ips:
+            for port in filter(None, (self.config.listening_port, self.config.tls_listening_port)):
+                busy = port_in_use(ip, port)
+                if busy:
+                    raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up", hint="choose another --port or stop what uses it")
+
+    def _write_files(self, backend: Backend, sdir: Path) -> CoturnConfig:
+        """The server directory (0700) with its extra files and turnserver.conf (0600); returns the config written."""
+        try:
+            sdir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(sdir, 0o700)
+            for fname, content in self.extra_files.items():
+                _write_private(sdir / fname, content)
+            # paths coturn itself writes: the pid file and its sqlite user db;
+            # relative cert/pkey names refer to extra_files written into the server's directory
+            def runtime(path: str | None) -> str | None:
+                return backend.runtime_path(sdir, path) if path and not os.path.isabs(path) else path
+
+            config = dataclasses.replace(
+                self.config,
+                pidfile=self.config.pidfile or backend.runtime_path(sdir, "turnserver.pid"),
+                userdb=self.config.userdb or backend.runtime_path(sdir, "turndb"),
+                cert=runtime(self.config.cert), pkey=runtime(self.config.pkey),
+            )
+            _write_private(sdir / "turnserver.conf", config.render().encode())
+        except OSError as exc:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise EnvironmentProblem(f"cannot write the server's files in {sdir}: {exc.strerror or exc}", step="turn up", hint=STATE_HINT) from None
+        return config
+
     def _write_state(self, info: ServerInfo) -> None:
-        path = Path(info.config_path).parent / "state.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(info.to_state(), f, indent=2)
+        _write_private(Path(info.config_path).parent / "state.json", json.dumps(info.to_state(), indent=2).encode())
 
     def logs(self, tail: int | None = None) -> list[str]:
         return server_logs(self.info, tail) if self.info else []
@@ -393,7 +496,7 @@ class CoturnServer:
             stop_server(self.info)
             self.info = None
 
-    def __enter__(self) -> "CoturnServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 

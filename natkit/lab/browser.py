@@ -714,8 +714,8 @@ def start_server(lab, command=None, *, static: str | os.PathLike | None = None, 
     import random
     import subprocess
 
+    from ..coturn.native import listeners
     from ..errors import ServerStartFailed, UsageError
-    from .lab import _hex_addr, _listening
     from .spec import SERVER_IPS
 
     if (command is None) == (static is None):
@@ -731,12 +731,10 @@ def start_server(lab, command=None, *, static: str | os.PathLike | None = None, 
         full_env.update({"NATKIT_TURN_URI": lab.turn_uri(), "NATKIT_TURN_SECRET": lab.secret})
     with open(log, "wb") as out:
         proc = lab.popen("server", argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    want = _hex_addr(host, port)
-    want_any = _hex_addr("0.0.0.0", port)
     deadline = time.monotonic() + ready_timeout
     while True:
-        tcp = _listening(proc.pid, "tcp")
-        if want in tcp or want_any in tcp:
+        tcp = listeners(proc.pid, (4,))  # the sockets of the server's namespace, seen through /proc/PID/net
+        if ("tcp", host, port) in tcp or ("tcp", "0.0.0.0", port) in tcp:
             return LabServer(host, port, f"http://{host}:{port}/", proc, log)
         if proc.poll() is not None or time.monotonic() > deadline:
             from ..signaling.process import _stop

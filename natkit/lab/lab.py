@@ -28,10 +28,10 @@ import subprocess
 import threading
 import time
 import weakref
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Self
 
-from ..errors import LabVerificationFailed, ServerStartFailed, UsageError  # noqa: F401
+from ..errors import LabVerificationFailed, NatkitError, ServerStartFailed, UsageError
 from . import netns
 from .netns import LabError
 from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan
@@ -89,7 +89,7 @@ def _notes(measured: dict) -> str:
     return f" ({'; '.join(notes[:2])})" if notes else ""
 
 
-_LIVE: "weakref.WeakSet[NatLab]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[NatLab] = weakref.WeakSet()
 
 
 @atexit.register
@@ -127,7 +127,7 @@ class NatLab:
         self._agents: dict[str, object] = {}
         self._agent_lock = threading.Lock()
         self._procs: list[subprocess.Popen] = []
-        self._coturn: subprocess.Popen | None = None
+        self._coturn = None  # the lab's CoturnServer, once started
         self._up = False
         self._old_sigterm = None
 
@@ -173,7 +173,7 @@ class NatLab:
         return servers
 
     # ---- lifecycle ------------------------------------------------------
-    def __enter__(self) -> "NatLab":
+    def __enter__(self) -> Self:
         return self.up()
 
     def __exit__(self, *exc) -> None:
@@ -191,11 +191,11 @@ class NatLab:
             "owner_pid": owner, "owner_start": netns.process_start_time(owner) if owner else None,
             "created": time.time(), "spec": self.spec.to_dict(), "secret": self.secret,
             "server_ips": list(SERVER_IPS), "port": self.spec.server.port,
-            "pids": {"coturn": self._coturn.pid} if self._coturn else {},
+            "pids": {"coturn": self._coturn.pid} if self._coturn is not None and self._coturn.pid else {},
             "hosts": {h: self.ns(h) for h in self.hosts},
         }
 
-    def up(self) -> "NatLab":
+    def up(self) -> NatLab:
         """Build, start coturn, start agents, verify. Tears down and re-raises on any failure."""
         if self._up:
             return self
@@ -244,11 +244,15 @@ class NatLab:
         self._up = False
         try:
             self._stop_agents()
+            if self._coturn is not None:
+                try:
+                    self._coturn.stop()  # SIGTERM, wait for it to exit, remove its state
+                except NatkitError:
+                    pass  # the namespace teardown below kills whatever is left in it
+                self._coturn = None
             pids = [p.pid for p in self._procs if p.poll() is None]
-            if self._coturn is not None and self._coturn.poll() is None:
-                pids.append(self._coturn.pid)
             netns.destroy(self.plan.namespaces, extra_pids=pids)
-            for p in [*self._procs, *([self._coturn] if self._coturn else [])]:
+            for p in self._procs:
                 try:
                     p.wait(1.0)
                 except subprocess.TimeoutExpired:
@@ -278,14 +282,15 @@ class NatLab:
 
     # ---- coturn ---------------------------------------------------------
     def _start_coturn(self) -> None:
-        import dataclasses
-
-        from ..coturn.native import find_binary
+        """The lab's coturn: natkit's native backend behind ``ip netns exec`` in the server namespace,
+        its files in the lab's directory, ready once every listener (both addresses, the RFC 5780
+        alternate port, TCP) is open."""
+        from ..coturn.native import find_binary, missing_reason
         from ..coturn.profiles import Limits, lab_profile
+        from ..coturn.server import CoturnServer
 
-        binary = find_binary()
-        if binary is None:
-            raise ServerStartFailed("coturn's turnserver is not installed", step="coturn", hint="apt-get install coturn, or NatLab(turn=False)")
+        if find_binary() is None:
+            raise ServerStartFailed(f"coturn cannot run: {missing_reason()}", step="coturn", hint="apt-get install coturn, or NatLab(turn=False)")
         s = self.spec.server
         # the hardened profile, with exceptions for exactly the lab's internet ranges,
         # RFC 5780 on (NAT verification) and quotas sized for a concurrent matrix
@@ -294,31 +299,19 @@ class NatLab:
             listening_ips=SERVER_IPS, port=s.port, relay_ips=SERVER_IPS, min_port=s.min_port, max_port=s.max_port,
             realm=s.realm, tcp_relay=True, nat_discovery=True, limits=Limits(user_quota=500, total_quota=5000, max_bps=0),
         ).config
-        conf = dataclasses.replace(conf, pidfile=str(self.dir / "turnserver.pid"), userdb=str(self.dir / "turndb"))
-        conf_path = self.dir / "turnserver.conf"
-        fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf.render())
-        log_path = self.dir / "turnserver.log"
-        with open(log_path, "wb") as log:
-            self._coturn = subprocess.Popen(
-                netns.netns_argv(self.ns("server"), [binary, "-c", str(conf_path)]),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            )
-        want_udp = {f"{_hex_addr(ip, s.port)}" for ip in SERVER_IPS} | {f"{_hex_addr(ip, s.port + 1)}" for ip in SERVER_IPS}
-        want_tcp = {f"{_hex_addr(ip, s.port)}" for ip in SERVER_IPS}
-        deadline = time.monotonic() + 15.0
-        while True:
-            if self._coturn.poll() is not None:
-                raise ServerStartFailed(f"coturn exited with code {self._coturn.returncode} in the lab's server namespace",
-                                        step="coturn", details=_tail(log_path))
-            udp = _listening(self._coturn.pid, "udp")
-            tcp = _listening(self._coturn.pid, "tcp")
-            if want_udp <= udp and want_tcp <= tcp:
-                return
-            if time.monotonic() > deadline:
-                raise ServerStartFailed("coturn did not open its listeners within 15 s", step="coturn", details=_tail(log_path))
-            time.sleep(0.005)
+        server = CoturnServer(conf, backend="native", name="coturn", state_dir=self.dir, ready_timeout=15.0,
+                              argv_prefix=netns.netns_argv(self.ns("server"), []), ephemeral=not self.persistent)
+        self._coturn = server
+        try:
+            server.start()
+        except NatkitError as exc:
+            raise ServerStartFailed(f"coturn did not start in the lab's server namespace: {exc.message}", step="coturn",
+                                    details=exc.details) from None
+
+    @property
+    def coturn(self):
+        """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log paths); None without TURN."""
+        return self._coturn
 
     # ---- agents ---------------------------------------------------------
     def _start_agents(self, hosts: Sequence[str]) -> None:
@@ -412,39 +405,3 @@ def preflight() -> None:
     missing = [b for b in ("ip", "nft", "sysctl") if shutil.which(b) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)}", step="preflight", hint="apt-get install iproute2 nftables procps")
-
-
-def _hex_addr(ip: str, port: int) -> str:
-    import ipaddress
-
-    packed = ipaddress.ip_address(ip).packed[::-1].hex().upper()  # /proc/net/* is little-endian on x86/arm
-    if not _little_endian():
-        packed = ipaddress.ip_address(ip).packed.hex().upper()
-    return f"{packed}:{port:04X}"
-
-
-def _little_endian() -> bool:
-    import sys
-
-    return sys.byteorder == "little"
-
-
-def _listening(pid: int, proto: str) -> set[str]:
-    """Local addresses bound (UDP) or listening (TCP, state 0A) in the namespace of ``pid``."""
-    try:
-        lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
-    except OSError:
-        return set()
-    out = set()
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 3 and (proto == "udp" or parts[3] == "0A"):
-            out.add(parts[1])
-    return out
-
-
-def _tail(path: Path, n: int = 15) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
