@@ -31,6 +31,7 @@ import dataclasses
 import time
 
 from .errors import (
+    MalformedMessage,
     NatkitError,
     ServerUnreachable,
     StunTimeout,
@@ -73,9 +74,20 @@ from .stun import UdpStunEndpoint, binding_request, resolve
 from .uri import parse_server
 
 __all__ = [
-    "SCHEMA", "Exchange", "Fact", "Filtering", "Mapping", "NatReport", "NatObservations",
-    "LifetimeBracket", "discover_nat", "discover_nat_async", "plan_timers", "lifetime_checkpoints",
-    "exit_code", "EXIT_BY_STATUS",
+    "EXIT_BY_STATUS",
+    "SCHEMA",
+    "Exchange",
+    "Fact",
+    "Filtering",
+    "LifetimeBracket",
+    "Mapping",
+    "NatObservations",
+    "NatReport",
+    "discover_nat",
+    "discover_nat_async",
+    "exit_code",
+    "lifetime_checkpoints",
+    "plan_timers",
 ]
 
 FIRST_RTO = 0.25  # s, retransmission timeout before any RTT is known
@@ -219,14 +231,14 @@ class _Run:
         """Run one Binding transaction and record it as an :class:`Exchange` (never raises NatkitError)."""
         attrs = {"CHANGE-REQUEST": change} if change else {}
         local = self.local_for(ep, dest)
-        base = dict(test=test, socket=socket, destination=dest, local=local, change_request=change)
+        base = {"test": test, "socket": socket, "destination": dest, "local": local, "change_request": change}
         started = time.monotonic()
         try:
             resp = await ep.request(binding_request(**attrs), dest, timeout=timeout, rto=rto)
         except StunTimeout:
             waited = time.monotonic() - started
             return Exchange(**base, failure=f"no answer within {waited * 1000:.0f} ms", waited_ms=waited * 1000.0)
-        except ServerUnreachable as exc:
+        except (ServerUnreachable, MalformedMessage) as exc:
             return Exchange(**base, failure=exc.message)
         except OSError as exc:
             return Exchange(**base, failure=f"send failed: {exc.strerror or exc}")

@@ -429,6 +429,8 @@ class StreamConnection(_Receiver, asyncio.Protocol):
                     self.send(data)
                     continue
                 if action is Action.TIMEOUT:
+                    if self.framer.pending:
+                        raise self.framer.incomplete(tx.describe_timeout()).from_source(str(self.server))
                     raise tx.timeout_error(str(self.server), hint="is the server answering STUN on this TCP/TLS port?")
                 await asyncio.wait((fut,), timeout=max(0.0, tx.wakeup - loop.time()))
                 if fut.done():
@@ -715,14 +717,28 @@ def _step(pending: Pending) -> str:
 
 def _with_step(exc: NatkitError, step: str) -> NatkitError:
     """A copy of a transport error that names the TURN step (the original is not mutated)."""
-    if exc.step:
-        return exc
+    return exc if exc.step else relabel(exc, step=step)
+
+
+def relabel(exc: NatkitError, *, server: str | None = None, step: str | None = None) -> NatkitError:
+    """A copy of ``exc`` with ``server`` and/or ``step`` replaced (errors are never mutated after raising).
+
+    Keeps the class and its extra fields (``limit``, ``error_code``, the
+    malformed attribute and offset).
+    """
+    from ..errors import TurnError
+
+    kw: dict[str, Any] = {"server": server or exc.server, "step": step or exc.step, "hint": exc.hint, "details": exc.details}
     if isinstance(exc, MalformedMessage):
-        return MalformedMessage(exc.detail, attribute=exc.attribute, offset=exc.offset, source=exc.source, step=step)
-    kw: dict[str, Any] = {"server": exc.server, "step": step, "hint": exc.hint, "details": exc.details}
+        return MalformedMessage(exc.detail, attribute=exc.attribute, offset=exc.offset, source=exc.source, **kw)
     if isinstance(exc, StunTimeout):
         kw["limit"] = exc.limit
-    return type(exc)(exc.message, **kw)
+    elif isinstance(exc, TurnError):
+        kw.update(error_code=exc.error_code, reason=exc.reason)
+    try:
+        return type(exc)(exc.message, **kw)
+    except TypeError:  # a subclass with other constructor arguments: keep the original
+        return exc
 
 
 __all__ = [

@@ -102,6 +102,9 @@ class _Conn:
                 self.send(data)
                 continue
             if action is Action.TIMEOUT:
+                framer = getattr(self, "framer", None)
+                if framer is not None and framer.pending:
+                    raise framer.incomplete(tx.describe_timeout()).from_source(str(self.server))
                 raise tx.timeout_error(str(self.server))
             for frame in self._read(max(0.0, tx.wakeup - self.clock())):
                 msg = self._dispatch(frame, transaction_id)
