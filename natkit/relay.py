@@ -111,7 +111,8 @@ async def preflight_allocate(
     limit that fired), :class:`~natkit.errors.MalformedMessage` or
     :class:`TurnError`; every one names the URI and the step.
     """
-    from .stun.aio import TurnClient, binding_request, relabel
+    from .stun.aio import binding_request, relabel
+    from .stun.aio_turn import TurnClient
 
     server = str(uri)
     loop = asyncio.get_running_loop()

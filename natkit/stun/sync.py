@@ -94,7 +94,7 @@ class _Conn:
         """One transaction: ``(response, rtt_ms, sends)``. Raises :class:`StunTimeout`, :class:`ServerUnreachable`,
         :class:`MalformedMessage`."""
         if self.reliable:
-            policy = Retransmission(rto=policy.rto, budget=policy.budget, reliable=True, ti=policy.ti)
+            policy = policy.replace(reliable=True)
         tx = ClientTransaction(policy, self.clock())
         while True:
             action = tx.poll(self.clock())
