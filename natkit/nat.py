@@ -456,10 +456,10 @@ async def discover_nat_async(
     """Run the RFC 5780 probe plan against ``servers`` concurrently; see :func:`discover_nat`."""
     if not servers:
         raise UsageError("no STUN server given", hint="natkit nat stun:HOST[:PORT]")
-    if not timeout > 0:
-        raise UsageError(f"timeout must be positive, got {timeout}")
-    if window is not None and not window > 0:
-        raise UsageError(f"window must be positive, got {window}")
+    if not 0 < timeout < float("inf"):  # also nan
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
+    if window is not None and not 0 < window < float("inf"):
+        raise UsageError(f"window must be a positive number of seconds, got {window}")
     if lifetime:
         lifetime_checkpoints(lifetime_max)  # validates the bound
     uris = [parse_server(s) for s in servers]  # raises InvalidURI first

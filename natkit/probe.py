@@ -171,8 +171,8 @@ async def probe_async(
     """Send a Binding request to every server concurrently; see :func:`probe`."""
     if not servers:
         raise UsageError("no STUN server given", hint="natkit probe stun:HOST[:PORT]")
-    if timeout <= 0:
-        raise UsageError(f"timeout must be positive, got {timeout}")
+    if not 0 < timeout < float("inf"):  # also nan
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
     if transport not in ("udp", "tcp"):
         raise UsageError(f"unknown transport {transport!r}", hint="use udp or tcp")
     started = time.monotonic()

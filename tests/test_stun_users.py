@@ -229,3 +229,25 @@ def test_tls_listener_with_non_pem_certificate_is_not_ready(tmp_path):
         server.start()
     assert "PEM" in exc.value.hint and time.monotonic() - started < 10
     assert list_servers() == []  # nothing left running or recorded
+
+
+# --------------------------------------------------------------------------- budgets that cannot end
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+@pytest.mark.parametrize("command", ["probe", "nat"])
+def test_timeout_must_be_finite_and_positive(command, value):
+    proc, wall = natkit(command, "127.0.0.1:9", "--timeout", value)
+    assert proc.returncode == 2 and "timeout must be a positive number of seconds" in proc.stderr, proc.stderr
+    assert_one_line(proc)
+
+
+def test_probe_of_one_closed_udp_port_ends_at_once():
+    from natkit.coturn.server import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    report = probe([f"127.0.0.1:{port}"], timeout=3)
+    assert time.monotonic() - started < 1.0  # ICMP port unreachable on the connected socket, not the 3 s budget
+    res = report.results[0]
+    assert not res.ok and res.error_kind == "unreachable" and "port unreachable" in res.error
