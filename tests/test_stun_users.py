@@ -237,7 +237,7 @@ def test_tls_listener_with_non_pem_certificate_is_not_ready(tmp_path):
 @pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
 @pytest.mark.parametrize("command", ["probe", "nat"])
 def test_timeout_must_be_finite_and_positive(command, value):
-    proc, wall = natkit(command, "127.0.0.1:9", "--timeout", value)
+    proc, _ = natkit(command, "127.0.0.1:9", "--timeout", value)
     assert proc.returncode == 2 and "timeout must be a positive number of seconds" in proc.stderr, proc.stderr
     assert_one_line(proc)
 
