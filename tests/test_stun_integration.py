@@ -270,3 +270,74 @@ def test_binding_against_stund(stund):
     assert m.cls == Class.RESPONSE and m["MAPPED-ADDRESS"] == local
     assert m["SOURCE-ADDRESS"] == stund and m["CHANGED-ADDRESS"] == TA("127.0.0.2", stund.port + 1)
     assert changed.source == TA("127.0.0.1", stund.port + 1)  # answered from the other port, matched by transaction ID
+
+
+# --------------------------------------------------------------------------- TLS (turns:, stuns:)
+
+
+@pytest.fixture(scope="module")
+def tls_coturn(tmp_path_factory):
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.pytest_plugin import require_coturn
+    from natkit.tls import self_signed
+
+    require_coturn()
+    cert, key = self_signed(["127.0.0.1"], days=1)
+    ca = tmp_path_factory.mktemp("stack-tls") / "ca.pem"
+    ca.write_bytes(cert)
+    port, tls_port = free_port(), free_port()
+    cfg = CoturnConfig(listening_port=port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem",
+                       static_auth_secrets=("stack-tls",), allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",))
+    old = os.environ.get("NATKIT_STATE_DIR")
+    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("stack-tls-state"))
+    server = CoturnServer(cfg, backend="native", name=f"stack-tls-{tls_port}", extra_files={"cert.pem": cert, "key.pem": key})
+    try:
+        server.start()
+    finally:
+        if old is None:
+            os.environ.pop("NATKIT_STATE_DIR", None)
+        else:
+            os.environ["NATKIT_STATE_DIR"] = old
+    try:
+        yield TA("127.0.0.1", tls_port), str(ca)
+    finally:
+        server.stop()
+
+
+def test_turn_over_tls_relays_and_verifies_the_certificate(tls_coturn):
+    from natkit.credentials import mint
+    from natkit.stun.aio import client_ssl_context
+
+    addr, ca = tls_coturn
+    verified = client_ssl_context(True, ca)
+
+    async def main():
+        binding = await stream_transaction(binding_request(), addr, timeout=3, ssl=verified, server_hostname="127.0.0.1")
+        ca_, cb_ = mint("stack-tls", "a", 600), mint("stack-tls", "b", 600)
+        async with await TurnClient.open(addr, transport="tls", username=ca_.username, password=ca_.password, ssl=verified) as a, \
+                await TurnClient.open(addr, transport="tls", username=cb_.username, password=cb_.password, ssl=verified) as b:
+            await a.allocate()
+            await b.allocate()
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)
+            a.send(b.relayed, b"over TLS, padded")
+            b.send(a.relayed, b"back over TLS")
+            return binding, await b.recv(3), await a.recv(3)
+
+    binding, to_b, to_a = asyncio.run(main())
+    assert binding.message.cls == Class.RESPONSE and binding.message["XOR-MAPPED-ADDRESS"] == binding.local
+    assert to_b is not None and to_b.data == b"over TLS, padded" and to_b.channel is None  # b has no channel: Data indication
+    assert to_a is not None and to_a.data == b"back over TLS" and to_a.channel == 0x4000
+    with sync.SyncTurnClient(addr, transport="tls", username=mint("stack-tls", "s", 60).username,
+                             password=mint("stack-tls", "s", 60).password, ssl=verified) as s:
+        assert s.allocate().ok and s.relayed.host == "127.0.0.1"
+
+
+def test_untrusted_tls_certificate_is_unreachable_with_a_hint(tls_coturn):
+    addr, _ = tls_coturn
+    from natkit.stun.aio import client_ssl_context
+
+    with pytest.raises(ServerUnreachable, match="certificate not trusted") as exc:
+        asyncio.run(stream_transaction(binding_request(), addr, timeout=3, ssl=client_ssl_context(True)))
+    assert exc.value.step == "tls" and "--ca" in exc.value.hint

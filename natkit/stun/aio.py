@@ -190,6 +190,78 @@ class _Receiver:
                 fut.cancel()
 
 
+class _BatchedUdp:
+    """A non-blocking UDP socket on the event loop, read in batches.
+
+    asyncio's datagram transport reads one datagram per wake-up of the
+    selector; a TURN load generator receiving tens of thousands of
+    ChannelData messages per second needs to drain the socket instead. The
+    interface is the part of ``asyncio.DatagramTransport`` natkit uses
+    (``sendto``, ``get_extra_info``, ``close``). Send errors and ICMP errors
+    (ECONNREFUSED on a connected socket) go to ``protocol.error_received``; a
+    full send buffer drops the datagram (counted in ``dropped``), as a network
+    would.
+    """
+
+    BATCH = 256  # datagrams read per wake-up, so one busy socket cannot starve the loop
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.DatagramProtocol) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._closed = False
+        self.dropped = 0
+        loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        recvfrom, deliver = self._sock.recvfrom, self._protocol.datagram_received
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            deliver(data, addr)
+
+    def sendto(self, data: bytes, addr: tuple | None = None) -> None:
+        if self._closed:
+            return
+        try:
+            if addr is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._closed:
+            return default
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "peername":
+            try:
+                return self._sock.getpeername()
+            except OSError:
+                return default
+        if name == "socket":
+            return self._sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
 class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
     """One local UDP socket running concurrent STUN transactions.
 
@@ -206,29 +278,36 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
 
     @classmethod
     async def open(cls, local_host: str = "0.0.0.0", local_port: int = 0, *,
-                   remote: TransportAddress | None = None) -> UdpStunEndpoint:
+                   remote: TransportAddress | None = None, rcvbuf: int | None = None) -> UdpStunEndpoint:
         """Bind a UDP socket on ``local_host:local_port`` (port 0: any).
 
         With ``remote`` the socket is connected to that one server, so an ICMP
         "port unreachable" fails pending requests at once (:class:`ServerUnreachable`).
-        Raises :class:`~natkit.errors.LocalBindFailed` (an environment problem,
-        exit 3) when the socket cannot be bound, :class:`ServerUnreachable` when
-        there is no route to ``remote``.
+        ``rcvbuf``: SO_RCVBUF in bytes (capped by the kernel's net.core.rmem_max) for
+        receivers of high packet rates. Raises :class:`~natkit.errors.LocalBindFailed`
+        (an environment problem, exit 3) when the socket cannot be bound,
+        :class:`ServerUnreachable` when there is no route to ``remote``.
         """
         from ..errors import LocalBindFailed
 
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            _, protocol = await loop.create_datagram_endpoint(
-                cls, local_addr=(local_host, local_port), family=family,
-                remote_addr=(remote.host, remote.port) if remote else None,
-            )
+            sock.setblocking(False)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((local_host, local_port))
+            if remote is not None:
+                sock.connect((remote.host, remote.port))  # nothing is sent; ICMP errors now reach this socket
         except OSError as exc:
+            sock.close()
             if remote is not None and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 raise ServerUnreachable(f"no route to {remote}: {exc.strerror}", server=str(remote), step="connect") from None
             raise LocalBindFailed(f"cannot bind UDP {local_host}:{local_port}: {exc.strerror or exc}", step="bind") from None
+        protocol = cls()
         protocol.remote = remote
+        protocol.connection_made(_BatchedUdp(loop, sock, protocol))
         return protocol
 
     async def __aenter__(self) -> Self:
@@ -241,8 +320,8 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
     def local_address(self) -> TransportAddress:
         return TransportAddress.of(self.transport.get_extra_info("sockname"))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Any) -> None:  # a _BatchedUdp
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         source = TransportAddress(addr[0], addr[1])

@@ -73,11 +73,12 @@ class TurnClient:
     async def open(cls, server: TransportAddress, *, transport: str = "udp", username: str | None = None,
                    password: str | None = None, ssl: ssl_module.SSLContext | None = None,
                    server_hostname: str | None = None, timeout: float = 3.0, rto: float = 0.25,
-                   local_host: str | None = None, software: str | None = None) -> TurnClient:
+                   local_host: str | None = None, software: str | None = None, rcvbuf: int | None = None) -> TurnClient:
         """Open the control connection: ``transport`` "udp", "tcp" or "tls" (``ssl`` needed for tls).
 
         UDP sockets are connected to the server (ICMP errors fail requests at
-        once). Raises :class:`ServerUnreachable` / :class:`StunTimeout` /
+        once); ``rcvbuf`` sets their SO_RCVBUF (bytes) for high packet rates.
+        Raises :class:`ServerUnreachable` / :class:`StunTimeout` /
         :class:`~natkit.errors.EnvironmentProblem`.
         """
         _check_budget(timeout)
@@ -87,7 +88,8 @@ class TurnClient:
             ssl = client_ssl_context()
         conn: UdpStunEndpoint | StreamConnection
         if transport == "udp":
-            conn = await UdpStunEndpoint.open(local_host or ("::" if server.family == 6 else "0.0.0.0"), remote=server)
+            conn = await UdpStunEndpoint.open(local_host or ("::" if server.family == 6 else "0.0.0.0"), remote=server,
+                                              rcvbuf=rcvbuf)
         else:
             conn = await StreamConnection.open(server, ssl=ssl if transport == "tls" else None,
                                                server_hostname=server_hostname, timeout=timeout)
