@@ -341,3 +341,37 @@ def test_untrusted_tls_certificate_is_unreachable_with_a_hint(tls_coturn):
     with pytest.raises(ServerUnreachable, match="certificate not trusted") as exc:
         asyncio.run(stream_transaction(binding_request(), addr, timeout=3, ssl=client_ssl_context(True)))
     assert exc.value.step == "tls" and "--ca" in exc.value.hint
+
+
+# --------------------------------------------------------------------------- IPv6 (RFC 6156 / RFC 8656 address families)
+
+
+def test_ipv6_allocations_relay_on_loopback(tmp_path, monkeypatch):
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.credentials import mint
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port("::1")
+    cfg = CoturnConfig(listening_ips=("::1",), listening_port=port, static_auth_secrets=("v6",),
+                       allow_loopback_peers=True, allowed_peer_ranges=("::1",))
+    addr = TA("::1", port)
+
+    async def main():
+        ca, cb = mint("v6", "a", 60), mint("v6", "b", 60)
+        async with await TurnClient.open(addr, username=ca.username, password=ca.password) as a, \
+                await TurnClient.open(addr, transport="tcp", username=cb.username, password=cb.password) as b:
+            reply = await a.allocate(family=2)  # REQUESTED-ADDRESS-FAMILY IPv6
+            await b.allocate(family=2)
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)
+            a.send(b.relayed, b"over IPv6")
+            return reply, a.relayed, a.mapped, await b.recv(3)
+
+    with CoturnServer(cfg, backend="native", name=f"stack-v6-{port}"):
+        reply, relayed, mapped, got = asyncio.run(main())
+        binding, _, _ = sync.request(codec.binding_request(), addr, timeout=2)
+    assert reply.ok and reply.signed is True and relayed.host == "::1" and relayed.family == 6 and mapped.host == "::1"
+    assert got is not None and got.data == b"over IPv6" and got.peer == relayed
+    assert binding["XOR-MAPPED-ADDRESS"].host == "::1"

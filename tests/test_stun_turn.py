@@ -59,6 +59,7 @@ def test_401_challenge_then_signed_success():
     reply = s.handle(retry, answer(retry, Class.RESPONSE, [("XOR-RELAYED-ADDRESS", RELAYED), ("XOR-MAPPED-ADDRESS", MAPPED),
                                                              ("LIFETIME", 300)], key), 10.0)
     assert isinstance(reply, Reply) and reply.ok and reply.signed is True and reply.attempts == 2
+    assert reply.trail() == "401 Unauthorized → success" and reply.sent_bytes == len(retry.data)
     assert s.relayed_address == RELAYED and s.mapped == MAPPED and s.lifetime == 300 and s.expires_at == 310.0
 
 
