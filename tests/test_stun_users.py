@@ -251,3 +251,18 @@ def test_probe_of_one_closed_udp_port_ends_at_once():
     assert time.monotonic() - started < 1.0  # ICMP port unreachable on the connected socket, not the 3 s budget
     res = report.results[0]
     assert not res.ok and res.error_kind == "unreachable" and "port unreachable" in res.error
+
+
+def test_probe_imports_neither_aioice_nor_the_turn_session():
+    with Responder(lambda req, kind: good(req, [("XOR-MAPPED-ADDRESS", ("127.0.0.1", 1))])) as r:
+        code = (
+            "import sys, runpy\n"
+            f"sys.argv = ['natkit', 'probe', '127.0.0.1:{r.port}', '--json']\n"
+            "try:\n    runpy.run_module('natkit.cli.app', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith(('aioice', 'natkit.stun.turn', 'natkit.stun.aio_turn', 'natkit._aioice')))\n"
+            "print('LOADED', loaded, file=sys.stderr)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stderr, proc.stderr
