@@ -266,3 +266,32 @@ def test_probe_imports_neither_aioice_nor_the_turn_session():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- the blocking driver under the same answers
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_blocking_driver_fails_a_malformed_answer_at_once(transport):
+    from natkit.stun import codec, sync
+
+    with Responder(short_xor_mapped) as r:
+        started = time.monotonic()
+        with pytest.raises(MalformedMessage, match="XOR-MAPPED-ADDRESS at byte"):
+            sync.request(codec.binding_request(), TA("127.0.0.1", r.port), timeout=2, transport=transport)
+    assert time.monotonic() - started < 1.0
+
+
+def test_blocking_turn_client_tcp_desync_is_malformed_within_the_budget():
+    from natkit.stun import sync
+
+    def truncated(req, kind):
+        return good(req, [("XOR-RELAYED-ADDRESS", ("127.0.0.1", 5000)), ("SOFTWARE", "abcde")],
+                    key=long_term_key("user", REALM, "pw"))[:-3]
+
+    with Responder(turn_then(truncated)) as r, \
+            sync.SyncTurnClient(TA("127.0.0.1", r.port), transport="tcp", username="user", password="pw", timeout=1.0) as t:
+        started = time.monotonic()
+        with pytest.raises(MalformedMessage, match="the rest never did"):
+            t.allocate()
+        assert time.monotonic() - started < 1.3

@@ -185,7 +185,8 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return self.response.cls == Class.RESPONSE
+        """A success response without unknown comprehension-required attributes (RFC 8489 §6.3.3)."""
+        return self.response.cls == Class.RESPONSE and not self.response.unknown_required
 
     @property
     def code(self) -> int | None:
@@ -207,6 +208,11 @@ class Reply:
 
     def error(self, *, server: str | None = None, step: str | None = None) -> TurnError:
         """The natkit error for this (error) reply; see :func:`error_for`."""
+        if self.response.cls == Class.RESPONSE and self.response.unknown_required:
+            unknown = ", ".join(f"0x{t:04X}" for t in self.response.unknown_required)
+            return TurnError(f"{method_name(self.request.method)} success response with unknown comprehension-required "
+                             f"attributes {unknown}: treated as failed (RFC 8489 §6.3.3)", server=server,
+                             step=step or method_name(self.request.method).lower())
         return error_for(self.code, self.reason, method=self.request.method, server=server, step=step)
 
     def raise_for_error(self, *, server: str | None = None, step: str | None = None) -> Reply:
