@@ -375,3 +375,29 @@ def test_ipv6_allocations_relay_on_loopback(tmp_path, monkeypatch):
     assert reply.ok and reply.signed is True and relayed.host == "::1" and relayed.family == 6 and mapped.host == "::1"
     assert got is not None and got.data == b"over IPv6" and got.peer == relayed
     assert binding["XOR-MAPPED-ADDRESS"].host == "::1"
+
+
+def test_stale_nonce_is_retried_with_the_new_nonce():
+    """coturn with stale-nonce=1: a request after the nonce expired gets 438 and the session retries once."""
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.credentials import mint
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port()
+    cfg = CoturnConfig(listening_port=port, static_auth_secrets=("stale",), stale_nonce=1)
+
+    async def main():
+        c = mint("stale", "a", 600)
+        async with await TurnClient.open(TA("127.0.0.1", port), username=c.username, password=c.password) as t:
+            await t.allocate()
+            first_nonce = t.session.nonce
+            await asyncio.sleep(2.2)  # let the server's 1 s nonce lifetime run out (a server timer, not synchronisation)
+            reply = await t.refresh(600)
+            return reply, first_nonce, t.session.nonce
+
+    with CoturnServer(cfg, backend="native", name=f"stack-stale-{port}"):
+        reply, before, after = asyncio.run(main())
+    assert reply.ok and reply.signed is True and reply.attempts == 2
+    assert reply.trail().startswith("438") and before != after
