@@ -295,3 +295,16 @@ def test_blocking_turn_client_tcp_desync_is_malformed_within_the_budget():
         with pytest.raises(MalformedMessage, match="the rest never did"):
             t.allocate()
         assert time.monotonic() - started < 1.3
+
+
+def test_probe_tcp_answer_that_stops_inside_a_frame_is_malformed_within_the_budget():
+    def padded_length_unpadded_bytes(req, kind):
+        return good(req, [("XOR-MAPPED-ADDRESS", ("127.0.0.1", 1)), ("SOFTWARE", "abcde")])[:-3]
+
+    with Responder(padded_length_unpadded_bytes) as r:
+        started = time.monotonic()
+        report = probe([f"127.0.0.1:{r.port}"], transport="tcp", timeout=1)
+        waited = time.monotonic() - started
+    res = report.results[0]
+    assert res.error_kind == "malformed_response" and "the rest never did" in res.error
+    assert waited < 1.3
