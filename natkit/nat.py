@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any, cast
 
 from .errors import (
     MalformedMessage,
@@ -231,7 +232,7 @@ class _Run:
         """Run one Binding transaction and record it as an :class:`Exchange` (never raises NatkitError)."""
         attrs = {"CHANGE-REQUEST": change} if change else {}
         local = self.local_for(ep, dest)
-        base = {"test": test, "socket": socket, "destination": dest, "local": local, "change_request": change}
+        base: dict[str, Any] = {"test": test, "socket": socket, "destination": dest, "local": local, "change_request": change}
         started = time.monotonic()
         try:
             resp = await ep.request(binding_request(**attrs), dest, timeout=timeout, rto=rto)
@@ -417,7 +418,7 @@ class _Run:
         )
         if not (e_ask.ok and e_check.ok):
             return LifetimeObservation(server, None, "the server did not answer the lifetime sockets", bound_s)
-        got = await self._response_port_probe(asker, check, e_check.reflexive.port, addr, rto, window)
+        got = await self._response_port_probe(asker, check, cast(TransportAddress, e_check.reflexive).port, addr, rto, window)
         if got != "target":
             detail = ("the answer came back to the requesting socket: the server ignores RESPONSE-PORT"
                       if got == "sender" else "no answer to a request carrying RESPONSE-PORT")
@@ -435,7 +436,7 @@ class _Run:
             if not ex.ok:
                 continue
             await asyncio.sleep(max(0.0, t0 + after - time.monotonic()))
-            got = await self._response_port_probe(asker, ep, ex.reflexive.port, addr, rto, window)
+            got = await self._response_port_probe(asker, ep, cast(TransportAddress, ex.reflexive).port, addr, rto, window)
             samples.append(LifetimeSample(after, got == "target"))
             ep.close()
             if got != "target":
@@ -468,7 +469,7 @@ async def discover_nat_async(
             raise UsageError(f"{text}: RFC 5780 behaviour discovery runs over UDP only", hint="use stun:HOST[:PORT]")
     started = time.monotonic()
     run = _Run(timeout=timeout, window=window, local_host=local_host)
-    extras = {}
+    extras: dict[str, asyncio.Future[Any]] = {}
     try:
         if hairpin:
             extras["hairpin"] = asyncio.ensure_future(run.hairpin())

@@ -44,7 +44,7 @@ import enum
 import ipaddress
 import itertools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from .errors import exit_code_of
 from .model import TransportAddress
@@ -401,7 +401,7 @@ def _mapping_from_pairs(exchanges: list[Exchange], rfc5780_dests: set[TransportA
     RFC 4787 §4.1 definitions, applied pairwise; RFC 5780 §4.3's Tests I-III
     are the special case P / IP2:P1 / IP2:P2.
     """
-    by_dest: dict[TransportAddress, TransportAddress] = {}
+    by_dest: dict[TransportAddress, TransportAddress | None] = {}
     changing: list[str] = []
     for ex in exchanges:
         prev = by_dest.setdefault(ex.destination, ex.reflexive)
@@ -665,7 +665,7 @@ def _verdict_text(mapping: _MappingResult, filtering: Filtering | None, udp_bloc
     if udp_blocked:
         return "UDP blocked: no STUN server answered over UDP"
     if mapping.value is Mapping.NONE:
-        text = {
+        text: dict[Filtering | None, str] = {
             Filtering.NONE: "no NAT, no filtering (open)",
             Filtering.ADDRESS_DEPENDENT: "no NAT, address-dependent filtering (a firewall)",
             Filtering.ADDRESS_AND_PORT_DEPENDENT: "no NAT, address-and-port-dependent filtering (a firewall)",
@@ -691,7 +691,8 @@ def _port_preservation(answers: list[Exchange], nat: bool | None) -> Fact:
         return Fact(None, "no mapped address observed")
     if nat is False:
         return Fact(None, "not applicable: no NAT, ports are not translated")
-    pairs = [(ex.local, ex.reflexive) for ex in answers if ex.local is not None and ex.change_request == 0]
+    pairs = [(ex.local, ex.reflexive) for ex in answers
+             if ex.local is not None and ex.reflexive is not None and ex.change_request == 0]
     mappings = sorted(set(pairs), key=str)
     if not mappings:
         return Fact(None, "local port unknown")
@@ -813,7 +814,7 @@ def _mapping(evals: list[_ServerEval], all_answers: list[Exchange], nat_present:
             sockets.setdefault(ex.socket, []).append(ex)
     mapping = _MappingResult(None, frozenset(), "no answer on the mapping socket", False)
     if nat_present.value is False:
-        mapping = _MappingResult(Mapping.NONE, frozenset({Mapping.NONE}), nat_present.reason, any(ev.mapping_ok for ev in evals))
+        mapping = _MappingResult(Mapping.NONE, frozenset({Mapping.NONE}), nat_present.reason or "", any(ev.mapping_ok for ev in evals))
     elif nat_present.value is True and translated_partly:
         mapping = _MappingResult(None, frozenset(), "the local address is translated toward some destinations only", False, True)
     elif sockets:
@@ -841,9 +842,9 @@ def _filtering(evals: list[_ServerEval], filts: list[_FilteringEval]) -> tuple[F
             reasons = unusable or ["no server answered"]
         return Fact(None, "no server could run the RFC 5780 filtering tests: " + "; ".join(reasons)), False, [], usable
     chosen = filts[usable[0]]
-    fact = chosen.filtering
+    fact = cast(Fact, chosen.filtering)  # usable: filtering is known
     inconsistent = list(chosen.inconsistent)
-    others = {filts[i].filtering.value for i in usable[1:]} - {fact.value}
+    others = {cast(Fact, filts[i].filtering).value for i in usable[1:]} - {fact.value}
     if others:
         inconsistent.append(f"servers disagree on filtering: {fact.value.value} vs " + ", ".join(sorted(o.value for o in others)))
     return fact, chosen.verified, inconsistent, usable
