@@ -111,7 +111,7 @@ async def preflight_allocate(
     limit that fired), :class:`~natkit.errors.MalformedMessage` or
     :class:`TurnError`; every one names the URI and the step.
     """
-    from .stun.aio import binding_request, relabel
+    from .stun.aio import UdpStunEndpoint, binding_request, relabel
     from .stun.aio_turn import TurnClient
 
     server = str(uri)
@@ -128,9 +128,9 @@ async def preflight_allocate(
     except NatkitError as exc:
         raise relabel(exc, server=server, step="connect") from None
     try:
-        if transport == "udp":
+        if isinstance(client.conn, UdpStunEndpoint):
             try:
-                await client.conn.request(binding_request(), addr, timeout=left())  # type: ignore[call-arg]
+                await client.conn.request(binding_request(), addr, timeout=left())
             except NatkitError as exc:
                 raise relabel(exc, server=server, step="binding") from None
         started = loop.time()
