@@ -131,6 +131,9 @@ async def preflight_allocate(
         if isinstance(client.conn, UdpStunEndpoint):
             try:
                 await client.conn.request(binding_request(), addr, timeout=left())
+            except StunTimeout as exc:
+                raise StunTimeout(f"no Binding answer within the {timeout:g}s budget ({exc.message})", server=server,
+                                  step="binding", limit=exc.limit, hint=exc.hint) from None
             except NatkitError as exc:
                 raise relabel(exc, server=server, step="binding") from None
         started = loop.time()
@@ -142,7 +145,8 @@ async def preflight_allocate(
                     "credentials probably refused: the server answered the 401 challenge, then nothing after "
                     "the credentials were sent", server=server, step="allocate", error_code=None,
                     hint="check the username/password or the shared secret (and the clock, for REST credentials)") from None
-            raise relabel(exc, server=server) from None
+            raise StunTimeout(f"no Allocate answer within the {timeout:g}s budget ({exc.message})", server=server,
+                              step="allocate", limit=exc.limit) from None
         except NatkitError as exc:
             raise relabel(exc, server=server) from None
         if not reply.ok:
