@@ -401,3 +401,28 @@ def test_stale_nonce_is_retried_with_the_new_nonce():
         reply, before, after = asyncio.run(main())
     assert reply.ok and reply.signed is True and reply.attempts == 2
     assert reply.trail().startswith("438") and before != after
+
+
+def test_refreshes_keep_allocation_permissions_and_channels_alive(turn_server):
+    addr = _addr(turn_server)
+
+    async def main():
+        ca, cb = _creds(turn_server, "keep-a"), _creds(turn_server, "keep-b")
+        async with await TurnClient.open(addr, username=ca.username, password=ca.password) as a, \
+                await TurnClient.open(addr, username=cb.username, password=cb.password) as b:
+            await a.allocate()
+            await b.allocate()
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)  # a permission without a channel
+            replies = await a.refresh_due(margin=10_000) + await b.refresh_due(margin=10_000)  # everything is "due"
+            keeper = asyncio.ensure_future(a.maintain(margin=10_000, every=0.05))
+            await asyncio.sleep(0.3)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            a.send(b.relayed, b"still bound")
+            return replies, list(a.refresh_failures), await b.recv(2)
+
+    replies, failures, got = asyncio.run(main())
+    assert [r.request.method for r in replies] == [Method.REFRESH, Method.CHANNEL_BIND, Method.REFRESH, Method.CREATE_PERMISSION]
+    assert all(r.ok and r.signed for r in replies) and failures == []
+    assert got is not None and got.data == b"still bound"

@@ -31,7 +31,7 @@ from .aio import (
 )
 from .codec import HEADER_LENGTH, PROTO_UDP, Class, Message, Method, decode
 from .transaction import Retransmission
-from .turn import PeerData, Pending, Reply, TurnSession
+from .turn import REFRESH_MARGIN, PeerData, Pending, Reply, TurnSession
 
 if TYPE_CHECKING:
     import ssl as ssl_module
@@ -66,6 +66,7 @@ class TurnClient:
         self._queue: asyncio.Queue[PeerData] = asyncio.Queue(maxsize=10_000)
         self.dropped = 0  # peer data lost to a full queue
         self.indications: collections.deque[Message] = collections.deque(maxlen=MAX_UNMATCHED)
+        self.refresh_failures: collections.deque[NatkitError] = collections.deque(maxlen=64)
         conn.on_packet = self._packet
         conn.on_message = self._message
 
@@ -197,6 +198,25 @@ class TurnClient:
     async def connect(self, peer: TransportAddress, *, timeout: float | None = None, check: bool = True) -> Reply:
         """RFC 6062 Connect on a TCP allocation; the reply's CONNECTION-ID feeds :meth:`open_data_connection`."""
         return await self.call(self.session.connect(peer), timeout=timeout, check=check)
+
+    async def refresh_due(self, *, margin: float = REFRESH_MARGIN, timeout: float | None = None) -> list[Reply]:
+        """Send every refresh that is due within ``margin`` seconds (RFC 8656 §8, §9.1, §12.3):
+        Refresh for the allocation, CreatePermission for permissions, ChannelBind for channels.
+        Returns their replies (errors are replies, not exceptions; a timeout raises)."""
+        loop = asyncio.get_running_loop()
+        return [await self.call(p, timeout=timeout) for p in self.session.refreshes_due(loop.time(), margin)]
+
+    async def maintain(self, *, margin: float = REFRESH_MARGIN, every: float = 5.0) -> None:
+        """Keep the allocation, permissions and channels alive until cancelled (long-running clients:
+        monitors, load generators). Failed refreshes are kept in ``refresh_failures`` (the last 64)."""
+        while True:
+            try:
+                for reply in await self.refresh_due(margin=margin):
+                    if not reply.ok:
+                        self.refresh_failures.append(reply.error(server=str(self.server)))
+            except NatkitError as exc:
+                self.refresh_failures.append(exc)
+            await asyncio.sleep(every)
 
     async def release(self, *, timeout: float | None = None) -> bool:
         """Refresh with LIFETIME 0 (RFC 8656 §8). True when the server confirmed; never raises."""
