@@ -34,7 +34,7 @@ from .errors import (
     exit_code_for,
     most_severe,
 )
-from .model import TransportAddress
+from .model import TransportAddress, format_duration
 from .uri import ServerURI, parse_turn_uri
 from .webrtc.metrics import CandidateInfo, PathMetrics, SelectedPair, parse_candidates  # noqa: F401 - CandidateInfo, SelectedPair: public here too
 from .webrtc.session import IceServer, PeerSetup, ice_url, measure, rto_from_rtt
@@ -132,7 +132,7 @@ async def preflight_allocate(
             try:
                 await client.conn.request(binding_request(), addr, timeout=left())
             except StunTimeout as exc:
-                raise StunTimeout(f"no Binding answer within the {timeout:g}s budget ({exc.message})", server=server,
+                raise StunTimeout(f"no Binding answer within the {format_duration(timeout)} budget ({exc.message})", server=server,
                                   step="binding", limit=exc.limit, hint=exc.hint) from None
             except NatkitError as exc:
                 raise relabel(exc, server=server, step="binding") from None
@@ -145,7 +145,7 @@ async def preflight_allocate(
                     "credentials probably refused: the server answered the 401 challenge, then nothing after "
                     "the credentials were sent", server=server, step="allocate", error_code=None,
                     hint="check the username/password or the shared secret (and the clock, for REST credentials)") from None
-            raise StunTimeout(f"no Allocate answer within the {timeout:g}s budget ({exc.message})", server=server,
+            raise StunTimeout(f"no Allocate answer within the {format_duration(timeout)} budget ({exc.message})", server=server,
                               step="allocate", limit=exc.limit) from None
         except NatkitError as exc:
             raise relabel(exc, server=server) from None

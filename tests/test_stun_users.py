@@ -169,7 +169,7 @@ def test_preflight_spends_one_budget_for_binding_and_allocate():
             _preflight(r.port, timeout=1.5)
         waited = time.monotonic() - started
     assert exc.value.step == "allocate" and exc.value.limit == "budget"
-    assert exc.value.message.startswith("no Allocate answer within the 1.5s budget")
+    assert exc.value.message.startswith("no Allocate answer within the 1.5 s budget")
     assert 1.4 < waited < 1.5 + 0.3
 
 

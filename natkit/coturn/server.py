@@ -34,7 +34,7 @@ from ..errors import (
     ServerStartFailed,
     UsageError,
 )
-from ..model import TransportAddress
+from ..model import TransportAddress, format_duration
 from ..ownership import current_owner, owner_alive
 from .backend import Backend
 from .backend import get as get_backend
@@ -373,7 +373,7 @@ def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
         if now - started > timeout:
             listed = ", ".join(f"{kind.upper()} {addr} ({why.get(kind, 'no answer')})" for kind, addr in waiting.items())
             raise ServerStartFailed(
-                f"coturn ({info.backend}) did not answer a STUN Binding within {timeout:g}s on {listed}",
+                f"coturn ({info.backend}) did not answer a STUN Binding within {format_duration(timeout)} on {listed}",
                 server=info.name, step="turn up", details=server_logs(info, 15))
         time.sleep(READY_POLL)
 

@@ -182,7 +182,7 @@ class ClientTransaction:
         """One line: what was sent and which limit fired."""
         p, sends = self.policy, f"{self.sends} send{'s' if self.sends != 1 else ''}"
         if self.limit is Limit.BUDGET:
-            return f"no response within the {format_duration(p.budget)} budget ({sends})"
+            return f"no response within the {format_duration(p.budget or 0.0)} budget ({sends})"
         if self.limit is Limit.TI:
             return f"no response within Ti={format_duration(p.ti)} over a reliable transport ({sends})"
         return f"no response after Rc={p.rc} sends and the final Rm x RTO={format_duration(p.rm * p.rto)} wait ({sends})"
