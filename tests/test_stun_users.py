@@ -319,3 +319,30 @@ def test_probe_tcp_answer_that_stops_inside_a_frame_is_malformed_within_the_budg
     res = report.results[0]
     assert res.error_kind == "malformed_response" and "the rest never did" in res.error
     assert waited < 1.3
+
+
+def _fake_server(monkeypatch, running, answers):
+    """wait_ready against scripted liveness and listener answers (the exec race cannot be forced on a real process)."""
+    from natkit.coturn import server as srv
+
+    running, answers = iter(running), iter(answers)
+    monkeypatch.setattr(srv, "is_running", lambda info: next(running))
+    monkeypatch.setattr(srv, "_listener_answers", lambda kind, addr: next(answers))
+    monkeypatch.setattr(srv, "server_logs", lambda info, tail=None: ["log line"])
+    return srv, srv.ServerInfo(name="fake", backend="native", listen=("127.0.0.1",), port=1, tls_port=None, realm="r",
+                               secret=None, uris=(), stun_uris=(), created=0.0)
+
+
+def test_readiness_survives_a_process_that_looks_down_once(monkeypatch):
+    """Right after exec /proc/PID/cmdline may still be empty: one 'not running' is not an exit."""
+    srv, info = _fake_server(monkeypatch, running=[False, True], answers=["refused", "refused", None, None])
+    assert srv.wait_ready(info, timeout=5) < 1
+
+
+def test_readiness_reports_a_process_that_stays_down(monkeypatch):
+    from natkit.errors import ServerStartFailed
+
+    srv, info = _fake_server(monkeypatch, running=[False, False], answers=["refused"] * 4)
+    with pytest.raises(ServerStartFailed, match="exited during startup") as exc:
+        srv.wait_ready(info, timeout=5)
+    assert exc.value.details == ["log line"]

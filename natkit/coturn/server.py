@@ -349,6 +349,7 @@ def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
     waiting = dict(_listeners(info))
     why: dict[str, str] = {}
     udp_ready_at: float | None = None
+    seen_down = False
     while True:
         for kind, addr in list(waiting.items()):
             reason = _listener_answers(kind, addr)
@@ -361,10 +362,14 @@ def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
             return now - started
         if "udp" not in waiting and udp_ready_at is None:
             udp_ready_at = now
-        if not is_running(info):
+        # two observations one poll apart: right after exec, /proc/PID/cmdline can still be empty
+        # (the kernel sets the new argv after the exec is reported to the parent)
+        down = not is_running(info)
+        if down and seen_down:
             raise ServerStartFailed(
                 f"coturn ({info.backend}) exited during startup", server=info.name, step="turn up",
                 details=server_logs(info, 15), hint="see the server log above")
+        seen_down = down
         if set(waiting) == {"tls"} and udp_ready_at is not None and now - udp_ready_at > TLS_GRACE:
             raise ServerStartFailed(
                 f"coturn ({info.backend}) answers STUN over UDP and TCP but its TLS listener {waiting['tls']} does not: {why['tls']}",
