@@ -115,14 +115,14 @@ def test_message_type_bits_for_every_method_and_class():
 # --------------------------------------------------------------------------- aioice cross-check
 
 
-def _aioice():
+def _aioice_stun():
     import aioice.stun as s
 
     return s
 
 
 def test_encode_with_natkit_decode_with_aioice():
-    s = _aioice()
+    s = _aioice_stun()
     txid = codec.new_transaction_id()
     msg = Message(Method.ALLOCATE, Class.RESPONSE, txid, [
         ("XOR-RELAYED-ADDRESS", TA("203.0.113.5", 50000)),
@@ -145,7 +145,7 @@ def test_encode_with_natkit_decode_with_aioice():
 
 
 def test_encode_with_aioice_decode_with_natkit():
-    s = _aioice()
+    s = _aioice_stun()
     msg = s.Message(message_method=s.Method.CHANNEL_BIND, message_class=s.Class.REQUEST, attributes={
         "CHANNEL-NUMBER": 0x4FFF, "XOR-PEER-ADDRESS": ("198.51.100.7", 9), "USERNAME": "1700000000:natkit",
         "REALM": "natkit.test", "NONCE": b"0123456789abcdef", "REQUESTED-TRANSPORT": 17 << 24, "PRIORITY": 7,
