@@ -8,6 +8,8 @@ Public API (imported lazily, so ``import natkit`` stays cheap):
 - :func:`check` -> :class:`CheckReport` (probe + relay check, embedded coturn)
 - :class:`CoturnServer`, :class:`CoturnConfig` (coturn provisioning)
 - :func:`mint` (TURN REST credentials)
+- :class:`TurnClient` (asyncio), :class:`SyncTurnClient` (blocking), :class:`TurnSession` (sans-I/O):
+  natkit's STUN/TURN client stack, :mod:`natkit.stun`
 - :class:`NatkitError` and its subclasses in :mod:`natkit.errors`; :class:`Failure`,
   the structured failure every report lists (its ``exit_code`` follows one policy)
 - :class:`PathMetrics`: what relay-check and natkit peer measured on a WebRTC path
@@ -45,6 +47,9 @@ _LAZY = {
     "Failure": "natkit.errors",
     "PathMetrics": "natkit.webrtc.metrics",
     "TransportAddress": "natkit.model",
+    "TurnClient": "natkit.stun.aio_turn",
+    "SyncTurnClient": "natkit.stun.sync",
+    "TurnSession": "natkit.stun.turn",
 }
 
 

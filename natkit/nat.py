@@ -29,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any, cast
 
 from .errors import (
+    MalformedMessage,
     NatkitError,
     ServerUnreachable,
     StunTimeout,
@@ -73,9 +75,20 @@ from .stun import UdpStunEndpoint, binding_request, resolve
 from .uri import parse_server
 
 __all__ = [
-    "SCHEMA", "Exchange", "Fact", "Filtering", "Mapping", "NatReport", "NatObservations",
-    "LifetimeBracket", "discover_nat", "discover_nat_async", "plan_timers", "lifetime_checkpoints",
-    "exit_code", "EXIT_BY_STATUS",
+    "EXIT_BY_STATUS",
+    "SCHEMA",
+    "Exchange",
+    "Fact",
+    "Filtering",
+    "LifetimeBracket",
+    "Mapping",
+    "NatObservations",
+    "NatReport",
+    "discover_nat",
+    "discover_nat_async",
+    "exit_code",
+    "lifetime_checkpoints",
+    "plan_timers",
 ]
 
 FIRST_RTO = 0.25  # s, retransmission timeout before any RTT is known
@@ -219,14 +232,14 @@ class _Run:
         """Run one Binding transaction and record it as an :class:`Exchange` (never raises NatkitError)."""
         attrs = {"CHANGE-REQUEST": change} if change else {}
         local = self.local_for(ep, dest)
-        base = dict(test=test, socket=socket, destination=dest, local=local, change_request=change)
+        base: dict[str, Any] = {"test": test, "socket": socket, "destination": dest, "local": local, "change_request": change}
         started = time.monotonic()
         try:
             resp = await ep.request(binding_request(**attrs), dest, timeout=timeout, rto=rto)
         except StunTimeout:
             waited = time.monotonic() - started
             return Exchange(**base, failure=f"no answer within {waited * 1000:.0f} ms", waited_ms=waited * 1000.0)
-        except ServerUnreachable as exc:
+        except (ServerUnreachable, MalformedMessage) as exc:
             return Exchange(**base, failure=exc.message)
         except OSError as exc:
             return Exchange(**base, failure=f"send failed: {exc.strerror or exc}")
@@ -405,7 +418,7 @@ class _Run:
         )
         if not (e_ask.ok and e_check.ok):
             return LifetimeObservation(server, None, "the server did not answer the lifetime sockets", bound_s)
-        got = await self._response_port_probe(asker, check, e_check.reflexive.port, addr, rto, window)
+        got = await self._response_port_probe(asker, check, cast(TransportAddress, e_check.reflexive).port, addr, rto, window)
         if got != "target":
             detail = ("the answer came back to the requesting socket: the server ignores RESPONSE-PORT"
                       if got == "sender" else "no answer to a request carrying RESPONSE-PORT")
@@ -423,7 +436,7 @@ class _Run:
             if not ex.ok:
                 continue
             await asyncio.sleep(max(0.0, t0 + after - time.monotonic()))
-            got = await self._response_port_probe(asker, ep, ex.reflexive.port, addr, rto, window)
+            got = await self._response_port_probe(asker, ep, cast(TransportAddress, ex.reflexive).port, addr, rto, window)
             samples.append(LifetimeSample(after, got == "target"))
             ep.close()
             if got != "target":
@@ -444,10 +457,10 @@ async def discover_nat_async(
     """Run the RFC 5780 probe plan against ``servers`` concurrently; see :func:`discover_nat`."""
     if not servers:
         raise UsageError("no STUN server given", hint="natkit nat stun:HOST[:PORT]")
-    if not timeout > 0:
-        raise UsageError(f"timeout must be positive, got {timeout}")
-    if window is not None and not window > 0:
-        raise UsageError(f"window must be positive, got {window}")
+    if not 0 < timeout < float("inf"):  # also nan
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
+    if window is not None and not 0 < window < float("inf"):
+        raise UsageError(f"window must be a positive number of seconds, got {window}")
     if lifetime:
         lifetime_checkpoints(lifetime_max)  # validates the bound
     uris = [parse_server(s) for s in servers]  # raises InvalidURI first
@@ -456,7 +469,7 @@ async def discover_nat_async(
             raise UsageError(f"{text}: RFC 5780 behaviour discovery runs over UDP only", hint="use stun:HOST[:PORT]")
     started = time.monotonic()
     run = _Run(timeout=timeout, window=window, local_host=local_host)
-    extras = {}
+    extras: dict[str, asyncio.Future[Any]] = {}
     try:
         if hairpin:
             extras["hairpin"] = asyncio.ensure_future(run.hairpin())

@@ -43,7 +43,8 @@ import dataclasses
 import enum
 import ipaddress
 import itertools
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, cast
 
 from .errors import exit_code_of
 from .model import TransportAddress
@@ -372,10 +373,6 @@ def validate_primary(ex: Exchange | None) -> tuple[TransportAddress | None, tupl
     return other, tuple(warnings)
 
 
-def _fmt(addr: TransportAddress | None) -> str:
-    return "–" if addr is None else str(addr)
-
-
 def _waited(ex: Exchange) -> str:
     if ex.waited_ms is not None:
         return f"{ex.waited_ms:.0f} ms"
@@ -404,7 +401,7 @@ def _mapping_from_pairs(exchanges: list[Exchange], rfc5780_dests: set[TransportA
     RFC 4787 §4.1 definitions, applied pairwise; RFC 5780 §4.3's Tests I-III
     are the special case P / IP2:P1 / IP2:P2.
     """
-    by_dest: dict[TransportAddress, TransportAddress] = {}
+    by_dest: dict[TransportAddress, TransportAddress | None] = {}
     changing: list[str] = []
     for ex in exchanges:
         prev = by_dest.setdefault(ex.destination, ex.reflexive)
@@ -468,9 +465,16 @@ class _ServerEval:
     other: TransportAddress | None = None
     issues: list[str] = dataclasses.field(default_factory=list)
     mapping_ok: bool = False  # II, III, IV answered from where they were sent
+
+
+@dataclasses.dataclass(frozen=True)
+class _FilteringEval:
+    """One server's RFC 5780 §4.4 result: what :func:`_evaluate_filtering` returns."""
+
     filtering: Fact | None = None  # this server's filtering conclusion (None: not usable)
-    filtering_verified: bool = False  # negative answers confirmed by the controls
-    inconsistent: list[str] = dataclasses.field(default_factory=list)
+    verified: bool = False  # negative answers confirmed by the controls
+    issues: tuple[str, ...] = ()  # problems found with the server's answers
+    inconsistent: tuple[str, ...] = ()
 
 
 def _check_change_answer(ex: Exchange, expected: TransportAddress, primary: TransportAddress, label: str) -> str | None:
@@ -514,38 +518,63 @@ def _evaluate_server(obs: ServerObservation) -> _ServerEval:
     return ev
 
 
-def _evaluate_filtering(ev: _ServerEval, mapping: Mapping | None) -> None:
-    """RFC 5780 §4.4 for one server, with the server's CHANGE-REQUEST answers validated."""
+def _evaluate_filtering(ev: _ServerEval, mapping: Mapping | None) -> _FilteringEval:
+    """RFC 5780 §4.4 for one server, with the server's CHANGE-REQUEST answers validated. Pure: ``ev`` is not changed."""
     obs = ev.obs
     f1 = obs.get(FILTER_I)
     other, problems = validate_primary(f1)
     if f1 is None:
-        return
+        return _FilteringEval()
     if other is None:
         if f1.answered and not f1.ok:
-            ev.issues.append(f"filtering socket: {problems[0]}")
-        elif not f1.answered and ev.primary is not None:
-            ev.issues.append(f"filtering socket: no answer to Test I ({f1.failure or 'no answer'})")
-        return
+            return _FilteringEval(issues=(f"filtering socket: {problems[0]}",))
+        if not f1.answered and ev.primary is not None:
+            return _FilteringEval(issues=(f"filtering socket: no answer to Test I ({f1.failure or 'no answer'})",))
+        return _FilteringEval()
     primary = f1.destination
     expected = alternate_addresses(primary, other)
     f2, f3 = obs.get(FILTER_II), obs.get(FILTER_III)
     if f2 is None or f3 is None:
-        ev.issues.append("filtering tests II/III were not run")
-        return
+        return _FilteringEval(issues=("filtering tests II/III were not run",))
+    issues: list[str] = []
     bad = False
     for ex, label in ((f2, "change IP and port"), (f3, "change port")):
         if ex.answered:
             problem = _check_change_answer(ex, expected[ex.test], primary, label)
             if problem:
-                ev.issues.append(problem)
+                issues.append(problem)
                 bad = True
             elif ex.response_origin is not None and ex.response_origin != ex.source:
-                ev.issues.append(f"RESPONSE-ORIGIN {ex.response_origin} of the {label} answer differs from its source {ex.source}")
+                issues.append(f"RESPONSE-ORIGIN {ex.response_origin} of the {label} answer differs from its source {ex.source}")
     if bad:
-        ev.filtering = Fact(None, "the server's CHANGE-REQUEST answers came from the wrong address: " + "; ".join(ev.issues[-2:]))
-        return
-    no_nat = mapping is Mapping.NONE
+        last_two = (ev.issues + issues)[-2:]
+        return _FilteringEval(Fact(None, "the server's CHANGE-REQUEST answers came from the wrong address: " + "; ".join(last_two)),
+                              issues=tuple(issues))
+    if not f2.answered and not ev.mapping_ok:
+        return _FilteringEval(Fact(None, "the server's alternate addresses did not all answer the mapping tests (Tests I-IV), "
+                                         "so a missing CHANGE-REQUEST answer proves nothing about the NAT"), issues=tuple(issues))
+    if f2.answered:
+        return _endpoint_independent_filtering(f3, expected, mapping is Mapping.NONE, issues)
+    return _dependent_filtering(ev, mapping, f2, f3, primary, expected, issues)
+
+
+def _endpoint_independent_filtering(f3: Exchange, expected: dict[str, TransportAddress], no_nat: bool,
+                                    issues: list[str]) -> _FilteringEval:
+    """The change-IP-and-port answer arrived (RFC 5780 §4.4 Test II)."""
+    value = Filtering.NONE if no_nat else Filtering.ENDPOINT_INDEPENDENT
+    reason = f"an answer from {expected[FILTER_II]}, an address this socket never sent to, arrived (RFC 5780 §4.4 Test II)"
+    if no_nat:
+        reason = "no NAT and nothing filters: " + reason
+    inconsistent: tuple[str, ...] = ()
+    if not f3.answered:
+        inconsistent = (f"the change-IP-and-port answer arrived but the change-port answer did not ({f3.failure or 'no answer'})",)
+    return _FilteringEval(Fact(value, reason), True, tuple(issues), inconsistent)
+
+
+def _dependent_filtering(ev: _ServerEval, mapping: Mapping | None, f2: Exchange, f3: Exchange, primary: TransportAddress,
+                         expected: dict[str, TransportAddress], issues: list[str]) -> _FilteringEval:
+    """No change-IP-and-port answer: address- or address-and-port-dependent, trusted only when the controls agree."""
+    obs = ev.obs
     # controls: only meaningful when the mapping socket kept one mapping for all destinations
     t3, t4 = obs.get(TEST_III), obs.get(TEST_IV)
     controls_apply = mapping in (Mapping.NONE, Mapping.ENDPOINT_INDEPENDENT) and ev.mapping_ok and t3 is not None and t4 is not None
@@ -565,20 +594,6 @@ def _evaluate_filtering(ev: _ServerEval, mapping: Mapping | None) -> None:
             "the server may not honour CHANGE-REQUEST, or packets were lost"
         )
 
-    if not f2.answered and not ev.mapping_ok:
-        ev.filtering = Fact(None, "the server's alternate addresses did not all answer the mapping tests (Tests I-IV), "
-                                  "so a missing CHANGE-REQUEST answer proves nothing about the NAT")
-        return
-    if f2.answered:
-        value = Filtering.NONE if no_nat else Filtering.ENDPOINT_INDEPENDENT
-        reason = f"an answer from {expected[FILTER_II]}, an address this socket never sent to, arrived (RFC 5780 §4.4 Test II)"
-        if no_nat:
-            reason = "no NAT and nothing filters: " + reason
-        if not f3.answered:
-            ev.inconsistent.append(f"the change-IP-and-port answer arrived but the change-port answer did not ({f3.failure or 'no answer'})")
-        ev.filtering = Fact(value, reason)
-        ev.filtering_verified = True
-        return
     v2, why2 = verify(CONTROL_II, "change IP and port")
     if f3.answered:
         value = Filtering.ADDRESS_DEPENDENT
@@ -590,18 +605,15 @@ def _evaluate_filtering(ev: _ServerEval, mapping: Mapping | None) -> None:
         reason = (f"nothing from {expected[FILTER_II]} (other IP) nor from {expected[FILTER_III]} (same IP, other port) "
                   f"within {_waited(f2)} (RFC 5780 §4.4 Tests II and III)")
         checks = [(v2, why2), verify(CONTROL_III, "change port")]
-    if no_nat:
+    if mapping is Mapping.NONE:
         reason = "no NAT, but a firewall filters: " + reason
     failed = [w for v, w in checks if v is False]
     if failed:
-        ev.issues.extend(failed)
-        ev.filtering = Fact(None, "missing answers cannot be trusted: " + "; ".join(failed))
-        return
+        return _FilteringEval(Fact(None, "missing answers cannot be trusted: " + "; ".join(failed)), issues=tuple(issues + failed))
     unverified = [w for v, w in checks if v is None]
-    ev.filtering_verified = not unverified
     if unverified:
         reason += "; " + "; ".join(unverified) + " (the mapping is not endpoint-independent)"
-    ev.filtering = Fact(value, reason)
+    return _FilteringEval(Fact(value, reason), not unverified, tuple(issues))
 
 
 # --------------------------------------------------------------------------- verdict
@@ -653,7 +665,7 @@ def _verdict_text(mapping: _MappingResult, filtering: Filtering | None, udp_bloc
     if udp_blocked:
         return "UDP blocked: no STUN server answered over UDP"
     if mapping.value is Mapping.NONE:
-        text = {
+        text: dict[Filtering | None, str] = {
             Filtering.NONE: "no NAT, no filtering (open)",
             Filtering.ADDRESS_DEPENDENT: "no NAT, address-dependent filtering (a firewall)",
             Filtering.ADDRESS_AND_PORT_DEPENDENT: "no NAT, address-and-port-dependent filtering (a firewall)",
@@ -679,7 +691,8 @@ def _port_preservation(answers: list[Exchange], nat: bool | None) -> Fact:
         return Fact(None, "no mapped address observed")
     if nat is False:
         return Fact(None, "not applicable: no NAT, ports are not translated")
-    pairs = [(ex.local, ex.reflexive) for ex in answers if ex.local is not None and ex.change_request == 0]
+    pairs = [(ex.local, ex.reflexive) for ex in answers
+             if ex.local is not None and ex.reflexive is not None and ex.change_request == 0]
     mappings = sorted(set(pairs), key=str)
     if not mappings:
         return Fact(None, "local port unknown")
@@ -757,6 +770,136 @@ def _lifetime(obs: LifetimeObservation | None, nat: bool | None) -> tuple[Fact, 
 # --------------------------------------------------------------------------- classify
 
 
+def _udp_blocked(observations: NatObservations, first_answers: list[Exchange]) -> Fact:
+    """Did any server answer over UDP at all?"""
+    resolved = [s for s in observations.servers if s.address is not None]
+    if first_answers:
+        return Fact(False, f"{len({ex.destination for ex in first_answers})} server address(es) answered over UDP")
+    if not resolved:
+        return Fact(None, "no server address could be resolved")
+    if any(ex.answered for s in observations.servers for ex in s.exchanges):
+        return Fact(False, "servers answered, but only with errors")
+    return Fact(True, f"no answer from {len(resolved)} server(s) within {observations.timeout_s:g} s: outbound UDP is blocked, or every server is down")
+
+
+def _nat_present(all_answers: list[Exchange]) -> tuple[Fact, list[str]]:
+    """NAT present? The mapped address equals the local address (RFC 5780 §4.3). Returns the fact and inconsistencies."""
+    plain = [ex for ex in all_answers if ex.change_request == 0 and ex.local is not None]
+    same = [ex for ex in plain if ex.reflexive == ex.local]
+    if not plain:
+        return Fact(None, "no mapped address observed" if not all_answers else "local address unknown"), []
+    if len(same) == len(plain):
+        return Fact(False, f"the mapped address equals the local address ({plain[0].local}) in all {len(plain)} answers"), []
+    if not same:
+        ex = plain[0]
+        return Fact(True, f"local {ex.local} is seen as {ex.reflexive}"), []
+    return (Fact(True, f"some answers show the local address ({same[0].local}) and some a translated one "
+                       f"({next(ex for ex in plain if ex.reflexive != ex.local).reflexive})"),
+            ["the local address is translated toward some destinations only (multi-homed host, or a server on your own network?)"])
+
+
+def _mapping(evals: list[_ServerEval], all_answers: list[Exchange], nat_present: Fact,
+             translated_partly: bool) -> tuple[_MappingResult, list[str], list[str]]:
+    """RFC 5780 §4.3: one decision per mapping socket, the first decisive one wins. Returns (result, inconsistent, notes)."""
+    inconsistent: list[str] = []
+    notes: list[str] = []
+    rfc5780_dests: set[TransportAddress] = set()
+    for ev in evals:
+        if ev.mapping_ok and ev.primary is not None and ev.other is not None:
+            rfc5780_dests.add(ev.primary.destination)
+            rfc5780_dests.update(alternate_addresses(ev.primary.destination, ev.other)[t] for t in (TEST_II, TEST_III, TEST_IV))
+    sockets: dict[str, list[Exchange]] = {}
+    for ex in all_answers:
+        if ex.socket.startswith("mapping") and ex.change_request == 0 and ex.source == ex.destination:
+            sockets.setdefault(ex.socket, []).append(ex)
+    mapping = _MappingResult(None, frozenset(), "no answer on the mapping socket", False)
+    if nat_present.value is False:
+        mapping = _MappingResult(Mapping.NONE, frozenset({Mapping.NONE}), nat_present.reason or "", any(ev.mapping_ok for ev in evals))
+    elif nat_present.value is True and translated_partly:
+        mapping = _MappingResult(None, frozenset(), "the local address is translated toward some destinations only", False, True)
+    elif sockets:
+        results = [_mapping_from_pairs(exs, rfc5780_dests) for exs in sockets.values()]
+        decided = [r for r in results if r.value is not None]
+        mapping = decided[0] if decided else results[0]
+        if len({r.value for r in decided}) > 1:
+            inconsistent.append("IPv4 and IPv6 mappings behave differently: " + "; ".join(f"{r.value.value}" for r in decided if r.value))
+        inconsistent.extend(r.reason for r in results if r.inconsistent)
+    if mapping.value is not None and mapping.value is not Mapping.NONE and not mapping.rfc5780 and any(ev.mapping_ok for ev in evals):
+        notes.append("the mapping decision rests on a comparison across servers")
+    return mapping, inconsistent, notes
+
+
+def _filtering(evals: list[_ServerEval], filts: list[_FilteringEval]) -> tuple[Fact, bool, list[str], list[int]]:
+    """RFC 5780 §4.4 over all servers: the first usable server decides.
+
+    Returns (fact, verified, inconsistent, indexes of the servers whose filtering is known).
+    """
+    usable = [i for i, f in enumerate(filts) if f.filtering is not None and f.filtering.known]
+    if not usable:
+        reasons = [f"{ev.obs.server}: {f.filtering.reason}" for ev, f in zip(evals, filts) if f.filtering is not None]
+        if not reasons:
+            unusable = [f"{ev.obs.server}: {(ev.issues + list(f.issues))[0]}" for ev, f in zip(evals, filts) if ev.issues or f.issues]
+            reasons = unusable or ["no server answered"]
+        return Fact(None, "no server could run the RFC 5780 filtering tests: " + "; ".join(reasons)), False, [], usable
+    chosen = filts[usable[0]]
+    fact = cast(Fact, chosen.filtering)  # usable: filtering is known
+    inconsistent = list(chosen.inconsistent)
+    others = {cast(Fact, filts[i].filtering).value for i in usable[1:]} - {fact.value}
+    if others:
+        inconsistent.append(f"servers disagree on filtering: {fact.value.value} vs " + ", ".join(sorted(o.value for o in others)))
+    return fact, chosen.verified, inconsistent, usable
+
+
+def _server_reports(evals: list[_ServerEval], filts: list[_FilteringEval]) -> list[ServerReport]:
+    """One :class:`ServerReport` per server: answered, RTT, SOFTWARE, whether it is a usable RFC 5780 server."""
+    reports = []
+    for ev, filt in zip(evals, filts):
+        issues = ev.issues + list(filt.issues)
+        first = ev.obs.get(TEST_I) or ev.obs.get(FILTER_I)
+        answered = [ex for ex in (ev.obs.get(TEST_I), ev.obs.get(FILTER_I)) if ex is not None and ex.ok]
+        if ev.mapping_ok and filt.filtering is not None and filt.filtering.known:
+            rfc = Fact(True, f"OTHER-ADDRESS {ev.other} answered and CHANGE-REQUEST answers came from the expected addresses")
+        elif issues:
+            rfc = Fact(False, issues[0])
+        elif filt.filtering is not None:
+            rfc = Fact(False, filt.filtering.reason)
+        else:
+            rfc = Fact(None, "not enough answers to judge")
+        if not answered and not ev.obs.error:
+            rfc = Fact(None, issues[0] if issues else "no answer")
+        reports.append(ServerReport(
+            server=ev.obs.server, uri=ev.obs.uri, address=ev.obs.address, answered=bool(answered),
+            rtt_ms=min((ex.rtt_ms for ex in answered if ex.rtt_ms is not None), default=None),
+            software=first.software if first else None,
+            other_address=next((ex.other_address for ex in answered if ex.other_address), None),
+            rfc5780=rfc, issues=tuple(dict.fromkeys(issues)),
+        ))
+    return reports
+
+
+def _status_and_confidence(blocked: bool, mapping: _MappingResult, filtering: Filtering | None, verified: bool,
+                           inconsistent: list[str], server_reports: list[ServerReport]) -> tuple[str, str]:
+    """The report's ``status`` and ``confidence`` (see :class:`NatReport`)."""
+    determined = mapping.value is not None and filtering is not None
+    if blocked:
+        status = "udp_blocked"
+    elif determined:
+        status = "determined"
+    elif not any(sr.rfc5780.value is True for sr in server_reports):
+        status = "no_usable_server"  # no server passed every RFC 5780 check
+    else:
+        status = "inconclusive"
+    if blocked or (mapping.value is None and filtering is None and not mapping.candidates):
+        confidence = "none"
+    elif determined and not inconsistent:
+        confidence = "high" if (mapping.rfc5780 and verified) else "medium"
+    elif determined:
+        confidence = "medium"
+    else:
+        confidence = "low"
+    return status, confidence
+
+
 def classify(observations: NatObservations, *, duration_ms: float | None = None) -> NatReport:
     """Turn observed exchanges into a :class:`NatReport` (RFC 5780 §4.3-§4.6, RFC 4787 terms).
 
@@ -766,143 +909,30 @@ def classify(observations: NatObservations, *, duration_ms: float | None = None)
     :func:`validate_primary` or answer CHANGE-REQUEST from the wrong address
     are reported as unsuitable and never decide a verdict.
     """
-    notes: list[str] = []
-    inconsistent: list[str] = []
     evals = [_evaluate_server(s) for s in observations.servers]
-
     all_answers = [ex for s in observations.servers for ex in s.exchanges if ex.ok]
     first_answers = [ex for s in observations.servers for ex in s.exchanges if ex.test in (TEST_I, FILTER_I) and ex.ok]
-    resolved = [s for s in observations.servers if s.address is not None]
 
-    # --- UDP blocked?
-    if first_answers:
-        udp_blocked = Fact(False, f"{len({ex.destination for ex in first_answers})} server address(es) answered over UDP")
-    elif not resolved:
-        udp_blocked = Fact(None, "no server address could be resolved")
-    elif any(ex.answered for s in observations.servers for ex in s.exchanges):
-        udp_blocked = Fact(False, "servers answered, but only with errors")
-    else:
-        udp_blocked = Fact(True, f"no answer from {len(resolved)} server(s) within {observations.timeout_s:g} s: outbound UDP is blocked, or every server is down")
-
-    # --- NAT present? (mapped address equals the local address, RFC 5780 §4.3)
-    plain = [ex for ex in all_answers if ex.change_request == 0 and ex.local is not None]
-    same = [ex for ex in plain if ex.reflexive == ex.local]
-    if not plain:
-        nat_present = Fact(None, "no mapped address observed" if not all_answers else "local address unknown")
-    elif len(same) == len(plain):
-        nat_present = Fact(False, f"the mapped address equals the local address ({plain[0].local}) in all {len(plain)} answers")
-    elif not same:
-        ex = plain[0]
-        nat_present = Fact(True, f"local {ex.local} is seen as {ex.reflexive}")
-    else:
-        nat_present = Fact(True, f"some answers show the local address ({same[0].local}) and some a translated one "
-                                 f"({next(ex for ex in plain if ex.reflexive != ex.local).reflexive})")
-        inconsistent.append("the local address is translated toward some destinations only (multi-homed host, or a server on your own network?)")
-
-    # --- mapping (RFC 5780 §4.3): one decision per mapping socket, the first decisive one wins
-    rfc5780_dests: set[TransportAddress] = set()
-    for ev in evals:
-        if ev.mapping_ok and ev.primary is not None:
-            rfc5780_dests.add(ev.primary.destination)
-            rfc5780_dests.update(alternate_addresses(ev.primary.destination, ev.other)[t] for t in (TEST_II, TEST_III, TEST_IV))
-    sockets: dict[str, list[Exchange]] = {}
-    for ex in all_answers:
-        if ex.socket.startswith("mapping") and ex.change_request == 0 and ex.source == ex.destination:
-            sockets.setdefault(ex.socket, []).append(ex)
-    mapping = _MappingResult(None, frozenset(), "no answer on the mapping socket", False)
-    if nat_present.value is False:
-        mapping = _MappingResult(Mapping.NONE, frozenset({Mapping.NONE}), nat_present.reason, any(ev.mapping_ok for ev in evals))
-    elif nat_present.value is True and inconsistent:
-        mapping = _MappingResult(None, frozenset(), "the local address is translated toward some destinations only", False, True)
-    elif sockets:
-        results = [_mapping_from_pairs(exs, rfc5780_dests) for exs in sockets.values()]
-        decided = [r for r in results if r.value is not None]
-        mapping = decided[0] if decided else results[0]
-        if len({r.value for r in decided}) > 1:
-            inconsistent.append("IPv4 and IPv6 mappings behave differently: " + "; ".join(f"{r.value.value}" for r in decided))
-        for r in results:
-            if r.inconsistent:
-                inconsistent.append(r.reason)
-    if mapping.value is not None and mapping.value is not Mapping.NONE and not mapping.rfc5780 and any(ev.mapping_ok for ev in evals):
-        notes.append("the mapping decision rests on a comparison across servers")
-    mapping_fact = Fact(mapping.value, mapping.reason)
-
-    # --- filtering (RFC 5780 §4.4)
-    for ev in evals:
-        _evaluate_filtering(ev, mapping.value)
-    usable_filter = [ev for ev in evals if ev.filtering is not None and ev.filtering.known]
-    filtering_fact: Fact
-    filtering_verified = False
-    if usable_filter:
-        chosen = usable_filter[0]
-        filtering_fact = chosen.filtering
-        filtering_verified = chosen.filtering_verified
-        inconsistent.extend(chosen.inconsistent)
-        others = {ev.filtering.value for ev in usable_filter[1:]} - {filtering_fact.value}
-        if others:
-            inconsistent.append(f"servers disagree on filtering: {filtering_fact.value.value} vs " + ", ".join(sorted(o.value for o in others)))
-    else:
-        reasons = [f"{ev.obs.server}: {ev.filtering.reason}" for ev in evals if ev.filtering is not None]
-        if not reasons:
-            unusable = [f"{ev.obs.server}: {ev.issues[0]}" for ev in evals if ev.issues]
-            reasons = unusable or ["no server answered"]
-        filtering_fact = Fact(None, "no server could run the RFC 5780 filtering tests: " + "; ".join(reasons))
+    udp_blocked = _udp_blocked(observations, first_answers)
+    nat_present, inconsistent = _nat_present(all_answers)
+    mapping, mapping_inconsistent, notes = _mapping(evals, all_answers, nat_present, bool(inconsistent))
+    inconsistent += mapping_inconsistent
+    filts = [_evaluate_filtering(ev, mapping.value) for ev in evals]
+    filtering_fact, filtering_verified, filtering_inconsistent, usable_filter = _filtering(evals, filts)
+    inconsistent += filtering_inconsistent
     filtering_value: Filtering | None = filtering_fact.value
-
-    # --- server reports
-    server_reports = []
-    for ev in evals:
-        first = ev.obs.get(TEST_I) or ev.obs.get(FILTER_I)
-        answered = [ex for ex in (ev.obs.get(TEST_I), ev.obs.get(FILTER_I)) if ex is not None and ex.ok]
-        usable_5780 = ev.mapping_ok and ev.filtering is not None and ev.filtering.known
-        if usable_5780:
-            rfc = Fact(True, f"OTHER-ADDRESS {ev.other} answered and CHANGE-REQUEST answers came from the expected addresses")
-        elif ev.issues:
-            rfc = Fact(False, ev.issues[0])
-        elif ev.filtering is not None:
-            rfc = Fact(False, ev.filtering.reason)
-        else:
-            rfc = Fact(None, "not enough answers to judge")
-        if not answered and not ev.obs.error:
-            rfc = Fact(None, ev.issues[0] if ev.issues else "no answer")
-        server_reports.append(ServerReport(
-            server=ev.obs.server, uri=ev.obs.uri, address=ev.obs.address, answered=bool(answered),
-            rtt_ms=min((ex.rtt_ms for ex in answered if ex.rtt_ms is not None), default=None),
-            software=first.software if first else None,
-            other_address=next((ex.other_address for ex in answered if ex.other_address), None),
-            rfc5780=rfc, issues=tuple(dict.fromkeys(ev.issues)),
-        ))
-    rfc5780_server = next((ev.obs.server for ev in evals if ev.mapping_ok and ev.filtering is not None and ev.filtering.known), None)
+    server_reports = _server_reports(evals, filts)
+    rfc5780_server = next((ev.obs.server for ev, f in zip(evals, filts)
+                           if ev.mapping_ok and f.filtering is not None and f.filtering.known), None)
     if rfc5780_server is None:
-        rfc5780_server = next((ev.obs.server for ev in usable_filter), None) or next((ev.obs.server for ev in evals if ev.mapping_ok), None)
+        rfc5780_server = next((evals[i].obs.server for i in usable_filter), None) or next((ev.obs.server for ev in evals if ev.mapping_ok), None)
 
-    # --- other findings
     nat = nat_present.value
     lifetime_fact, lifetime_notes = _lifetime(observations.lifetime, nat)
     notes.extend(lifetime_notes)
     anchor = next((ev.primary for ev in evals if ev.primary is not None), None) or (first_answers[0] if first_answers else None)
-
-    # --- verdict
     blocked = udp_blocked.value is True
-    determined = mapping.value is not None and filtering_value is not None
-    if blocked:
-        status = "udp_blocked"
-    elif determined:
-        status = "determined"
-    elif not any(sr.rfc5780.value is True for sr in server_reports):
-        status = "no_usable_server"  # no server passed every RFC 5780 check
-    else:
-        status = "inconclusive"
-    if blocked or (mapping.value is None and filtering_value is None and not mapping.candidates):
-        confidence = "none"
-    elif determined and not inconsistent:
-        confidence = "high" if (mapping.rfc5780 and filtering_verified) else "medium"
-    elif determined:
-        confidence = "medium"
-    else:
-        confidence = "low"
-    notes = inconsistent + notes
-
+    status, confidence = _status_and_confidence(blocked, mapping, filtering_value, filtering_verified, inconsistent, server_reports)
     rtts = [ex.rtt_ms for ex in first_answers if ex.rtt_ms is not None]
     return NatReport(
         schema=SCHEMA,
@@ -911,10 +941,10 @@ def classify(observations: NatObservations, *, duration_ms: float | None = None)
         classic=Fact("UDP blocked", udp_blocked.reason) if blocked else classic_name(mapping.value, mapping.candidates, filtering_value),
         p2p=p2p_line(mapping.value, mapping.candidates, filtering_value, blocked),
         confidence=confidence,
-        determined=determined,
+        determined=mapping.value is not None and filtering_value is not None,
         udp_blocked=udp_blocked,
         nat_present=nat_present,
-        mapping=mapping_fact,
+        mapping=Fact(mapping.value, mapping.reason),
         filtering=filtering_fact,
         public_address=anchor.reflexive if anchor else None,
         local_address=anchor.local if anchor else None,
@@ -925,7 +955,7 @@ def classify(observations: NatObservations, *, duration_ms: float | None = None)
         mapping_lifetime=lifetime_fact,
         rfc5780_server=rfc5780_server,
         servers=tuple(server_reports),
-        notes=tuple(dict.fromkeys(notes)),
+        notes=tuple(dict.fromkeys(inconsistent + notes)),
         rtt_ms=min(rtts) if rtts else None,
         window_ms=observations.window_s * 1000.0 if observations.window_s is not None else None,
         duration_ms=duration_ms,

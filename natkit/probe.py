@@ -133,20 +133,20 @@ def _result(server: str, uri: ServerURI, addr, *, resp=None, local=None, exc: Na
 
 def summarise(results: list[BindingResult], transport: str, started: float) -> ProbeReport:
     """Build the :class:`ProbeReport` summary from per-server results (pure)."""
-    answered = [r for r in results if r.ok and r.mapped_address]
-    ips = tuple(dict.fromkeys(r.mapped_address.host for r in answered))
+    answered = [(r, r.mapped_address) for r in results if r.ok and r.mapped_address is not None]
+    ips = tuple(dict.fromkeys(mapped.host for _, mapped in answered))
     varies = None
     if transport == "udp":
         # only servers asked from the same local socket are comparable
-        by_local: dict[TransportAddress, list[TransportAddress]] = {}
-        for r in answered:
-            by_local.setdefault(r.local_address, []).append(r.mapped_address)
+        by_local: dict[TransportAddress | None, list[TransportAddress]] = {}
+        for r, mapped in answered:
+            by_local.setdefault(r.local_address, []).append(mapped)
         groups = [g for g in by_local.values() if len(g) >= 2]
         if groups:
             varies = any(len(set(g)) > 1 for g in groups)
     behind = None
     if answered:
-        behind = any(r.mapped_address != r.local_address for r in answered)
+        behind = any(mapped != r.local_address for r, mapped in answered)
     return ProbeReport(
         schema=SCHEMA,
         transport=transport,
@@ -171,8 +171,8 @@ async def probe_async(
     """Send a Binding request to every server concurrently; see :func:`probe`."""
     if not servers:
         raise UsageError("no STUN server given", hint="natkit probe stun:HOST[:PORT]")
-    if timeout <= 0:
-        raise UsageError(f"timeout must be positive, got {timeout}")
+    if not 0 < timeout < float("inf"):  # also nan
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
     if transport not in ("udp", "tcp"):
         raise UsageError(f"unknown transport {transport!r}", hint="use udp or tcp")
     started = time.monotonic()

@@ -24,20 +24,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import (
-    AllocationRefused,
     AuthenticationRefused,
     Failure,
-    InternalError,
     NatkitError,
     NoRelayConnectivity,
-    ServerUnreachable,
     StunTimeout,
     TurnError,
     UsageError,
     exit_code_for,
     most_severe,
 )
-from .model import TransportAddress
+from .model import TransportAddress, format_duration
 from .uri import ServerURI, parse_turn_uri
 from .webrtc.metrics import CandidateInfo, PathMetrics, SelectedPair, parse_candidates  # noqa: F401 - CandidateInfo, SelectedPair: public here too
 from .webrtc.session import IceServer, PeerSetup, ice_url, measure, rto_from_rtt
@@ -46,8 +43,6 @@ if TYPE_CHECKING:
     from .media import MediaReport
 
 SCHEMA = "natkit.relay/2"
-AUTH_CODES = {401, 441}  # Unauthorized, Wrong Credentials (RFC 8656 §18)
-ALLOCATION_CODES = {403, 437, 442, 486, 508}  # Forbidden, Allocation Mismatch, Unsupported Transport, Quota, Capacity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,37 +78,6 @@ class RelayReport:
     media: MediaReport | None = None  # with media=True: what the answerer received
 
 
-def _turn_error(exc, server: str) -> NatkitError:
-    from aioice import stun as aioice_stun
-
-    if isinstance(exc, aioice_stun.TransactionFailed):
-        code, reason = exc.response.attributes.get("ERROR-CODE", (0, ""))
-        if code in AUTH_CODES:
-            return AuthenticationRefused(
-                f"authentication refused: {code} {reason}", server=server, step="allocate",
-                error_code=code, reason=reason, hint="check the username/password or the shared secret (and the clock, for REST credentials)",
-            )
-        if code in ALLOCATION_CODES:
-            return AllocationRefused(
-                f"allocation refused: {code} {reason}", server=server, step="allocate",
-                error_code=code, reason=reason, hint="quota reached (486), server full (508) or the request is not allowed (403)",
-            )
-        return TurnError(f"Allocate failed: {code} {reason}", server=server, step="allocate", error_code=code, reason=reason)
-    if isinstance(exc, aioice_stun.TransactionTimeout):
-        return StunTimeout("no answer to Allocate", server=server, step="allocate")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ServerUnreachable(f"TLS certificate not trusted: {exc.verify_message}", server=server, step="tls", hint="pass --ca FILE, or --insecure for a test server")
-    if isinstance(exc, ssl.SSLError):
-        return ServerUnreachable(f"TLS handshake failed: {exc.reason or exc}", server=server, step="tls")
-    if isinstance(exc, ConnectionRefusedError):
-        return ServerUnreachable("connection refused", server=server, step="connect", hint="is the server listening on this port and transport?")
-    if isinstance(exc, OSError):
-        return ServerUnreachable(f"cannot reach the server: {exc.strerror or exc}", server=server, step="connect")
-    if isinstance(exc, ConnectionError):
-        return TurnError(f"bad Allocate response: {exc}", server=server, step="allocate")
-    return InternalError(f"unexpected {exc.__class__.__name__} during Allocate: {exc}", server=server, step="allocate")
-
-
 def tls_context(uri: ServerURI, *, verify: bool = True, cafile: str | None = None) -> ssl.SSLContext | None:
     """The client TLS context for a ``turns:`` URI (None for plain turn:)."""
     if not uri.secure:
@@ -132,52 +96,77 @@ async def preflight_allocate(
     timeout: float,
     ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[float, TransportAddress, TransportAddress | None]:
-    """One Allocate with long-term credentials (RFC 8656 §7.1, RFC 8489 §9.2).
+    """One Allocate with long-term credentials (RFC 8656 §7.1, RFC 8489 §9.2), within ONE budget.
 
-    Returns ``(milliseconds, relayed address, mapped address)`` and releases the
-    allocation. Raises :class:`AuthenticationRefused`, :class:`AllocationRefused`,
-    :class:`ServerUnreachable` / :class:`StunTimeout`, or :class:`TurnError`.
+    ``timeout`` seconds cover everything: over UDP a Binding first (on a
+    connected socket, so an ICMP port-unreachable fails at once), connecting
+    (TCP/TLS), the 401 challenge and the signed Allocate. Returns
+    ``(milliseconds of the Allocate incl. the challenge, relayed address,
+    mapped address)`` and releases the allocation (Refresh LIFETIME=0).
+
+    Raises :class:`AuthenticationRefused` (401/441, or a server that answered
+    the challenge and then went silent or sent an unsigned 400 to the signed
+    request: credentials probably refused), :class:`AllocationRefused`,
+    :class:`ServerUnreachable` / :class:`StunTimeout` (``limit`` names the
+    limit that fired), :class:`~natkit.errors.MalformedMessage` or
+    :class:`TurnError`; every one names the URI and the step.
     """
-    from aioice import turn as aioice_turn
+    from .stun.aio import UdpStunEndpoint, binding_request, relabel
+    from .stun.aio_turn import TurnClient
 
     server = str(uri)
-    if uri.transport == "udp":
-        # a connected UDP Binding first: an ICMP "port unreachable" fails fast
-        from .stun import UdpStunEndpoint, binding_request
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
 
-        ep = await UdpStunEndpoint.open("::" if addr.family == 6 else "0.0.0.0", remote=addr)
-        try:
-            await ep.request(binding_request(), addr, timeout=timeout)
-        except NatkitError as exc:
-            exc.step = exc.step or "binding"
-            exc.server = server
-            raise
-        finally:
-            ep.close()
-    from . import relay_postmortem
+    def left() -> float:
+        return max(0.001, deadline - loop.time())
 
-    rescue = relay_postmortem.reserve(timeout)  # kept to ask again when aioice hears nothing
-    started = time.monotonic()
-    transport = None
+    transport = "tls" if uri.secure else uri.transport
     try:
-        transport, _ = await asyncio.wait_for(
-            aioice_turn.create_turn_endpoint(
-                asyncio.DatagramProtocol, (addr.host, addr.port), username, password,
-                lifetime=60, ssl=ssl_context if ssl_context is not None else None, transport=uri.transport,
-            ),
-            timeout - rescue,
-        )
-    except TimeoutError:
-        raise await relay_postmortem.unanswered_allocate(uri, addr, username, password, timeout=rescue, waited=timeout - rescue,
-                                                         ssl_context=ssl_context) from None
-    except Exception as exc:  # noqa: BLE001 - aioice raises its own and OS errors: each gets its diagnosis
-        raise _turn_error(exc, server) from None
-    elapsed = (time.monotonic() - started) * 1000.0
-    relayed = transport.get_extra_info("sockname")
-    mapped = transport.get_extra_info("related_address")
-    transport.close()
-    await asyncio.sleep(0)  # let the Refresh(lifetime=0) go out
-    return elapsed, TransportAddress.of(relayed), TransportAddress.of(mapped) if mapped else None
+        client = await TurnClient.open(addr, transport=transport, username=username, password=password, ssl=ssl_context,
+                                       server_hostname=uri.host, timeout=left())
+    except NatkitError as exc:
+        raise relabel(exc, server=server, step="connect") from None
+    try:
+        if isinstance(client.conn, UdpStunEndpoint):
+            try:
+                await client.conn.request(binding_request(), addr, timeout=left())
+            except StunTimeout as exc:
+                raise StunTimeout(f"no Binding answer within the {format_duration(timeout)} budget ({exc.message})", server=server,
+                                  step="binding", limit=exc.limit, hint=exc.hint) from None
+            except NatkitError as exc:
+                raise relabel(exc, server=server, step="binding") from None
+        started = loop.time()
+        try:
+            reply = await client.allocate(lifetime=60, timeout=left(), check=False)
+        except StunTimeout as exc:
+            if client.session.key is not None:  # the server sent its 401 challenge, then nothing
+                raise AuthenticationRefused(
+                    "credentials probably refused: the server answered the 401 challenge, then nothing after "
+                    "the credentials were sent", server=server, step="allocate", error_code=None,
+                    hint="check the username/password or the shared secret (and the clock, for REST credentials)") from None
+            raise StunTimeout(f"no Allocate answer within the {format_duration(timeout)} budget ({exc.message})", server=server,
+                              step="allocate", limit=exc.limit) from None
+        except NatkitError as exc:
+            raise relabel(exc, server=server) from None
+        if not reply.ok:
+            if reply.code == 400 and reply.signed is None and reply.attempts > 1:
+                raise AuthenticationRefused(
+                    "credentials probably refused: the server answered the 401 challenge, then an unsigned "
+                    f"{reply.code} {reply.reason} to the request carrying the credentials",
+                    server=server, step="allocate", error_code=reply.code, reason=reply.reason,
+                    hint="check the username/password or the shared secret (and the clock, for REST credentials)")
+            raise reply.error(server=server, step="allocate")
+        elapsed = (loop.time() - started) * 1000.0
+        relayed = client.relayed
+        if relayed is None:
+            raise TurnError("Allocate succeeded without XOR-RELAYED-ADDRESS", server=server, step="allocate")
+        return elapsed, relayed, client.mapped
+    finally:
+        try:
+            await client.release(timeout=min(0.5, left()))
+        finally:
+            client.conn.close()
 
 
 def _validate(messages: int, payload_bytes: int, timeout: float, media: bool, media_seconds: float) -> None:

@@ -7,18 +7,16 @@ authenticated request without a valid MESSAGE-INTEGRITY is dropped, so an
 unsigned 400 to a wrong password or an unsigned ChannelBind success look like
 silence), or relay only some of the ways TURN can carry data. This module
 asks the server again with natkit's own client, which sees every answer, and
-names what happened:
+names what happened (the pre-flight Allocate itself runs on natkit's client,
+:func:`natkit.relay.preflight_allocate`, so it needs no post-mortem):
 
-* :func:`unanswered_allocate`: aioice's Allocate got no answer. Was the 401
-  challenge answered and the credentials then refused (unsigned 400 or
-  silence)? -> :class:`AuthenticationRefused` (exit 5) instead of "unreachable".
 * :func:`no_connectivity`: relay candidates were gathered but ICE found no
   pair. Two allocations relay to each other by CreatePermission + Send
   indication (RFC 8656 §9, §11), then by ChannelBind + ChannelData (§12):
   which of them worked -> :class:`NoRelayConnectivity` (exit 7) with the
   finding as its message, the evidence in ``details`` and what to check.
 
-Both run within a slice of relay-check's own ``--timeout`` kept for them
+It runs within a slice of relay-check's own ``--timeout`` kept for it
 (:func:`reserve`). The post-mortem sends nothing but requests to the TURN
 server and data between two relayed addresses of that same server.
 """
@@ -31,11 +29,9 @@ import os
 import ssl
 
 from .errors import (
-    AuthenticationRefused,
     NatkitError,
     NoRelayConnectivity,
     StunTimeout,
-    TurnError,
 )
 from .model import TransportAddress, format_duration
 from .uri import ServerURI
@@ -121,45 +117,6 @@ async def _client(uri: ServerURI, addr: TransportAddress, username: str, passwor
     transport = "tls" if uri.secure else uri.transport
     return await TurnClient.open(addr, transport=transport, username=username, password=password, ssl=ssl_context,
                                  server_hostname=uri.host, timeout=timeout)
-
-
-async def unanswered_allocate(uri: ServerURI, addr: TransportAddress, username: str, password: str, *, timeout: float,
-                              waited: float, ssl_context: ssl.SSLContext | None = None) -> NatkitError:
-    """The error to raise when aioice's pre-flight Allocate got no answer within ``waited`` seconds.
-
-    Asks once more with natkit's client (``timeout`` seconds at most):
-    :class:`AuthenticationRefused` when the server answers the 401 challenge
-    and then refuses the credentials (401/441, an unsigned 400) or goes
-    silent after them; the mapped error for other answers aioice dropped;
-    else :class:`StunTimeout`.
-    """
-    server = str(uri)
-    silent = StunTimeout(f"no Allocate answer within {format_duration(waited)}", server=server, step="allocate")
-    try:
-        client = await _client(uri, addr, username, password, timeout, ssl_context)
-    except NatkitError:
-        return silent
-    try:
-        reply = await client.allocate(lifetime=60, check=False)
-    except StunTimeout:
-        if client.session.key is None:
-            return silent
-        return AuthenticationRefused("credentials probably refused: the server answered the 401 challenge, then nothing after "
-                                     "the credentials were sent", server=server, step="allocate", hint=_AUTH_HINT)
-    except NatkitError:
-        return silent
-    finally:
-        await client.close()
-    if reply.ok:  # answered natkit, not aioice: say what aioice could not accept
-        return TurnError(f"the server answered natkit's own Allocate ({reply.describe()}) but not aioice's", server=server, step="allocate")
-    if reply.code == 400 and reply.signed is None and "USERNAME" in reply.request:
-        return AuthenticationRefused("credentials probably refused: the server answered the 401 challenge, then an unsigned "
-                                     f"{reply.describe().replace(' (unsigned)', '')} to the request carrying the credentials",
-                                     server=server, step="allocate", error_code=400, reason=reply.reason, hint=_AUTH_HINT)
-    return reply.error(server=server, step="allocate")
-
-
-_AUTH_HINT = "check the username/password or the shared secret (and the clock, for REST credentials)"
 
 
 async def examine_relay(uri: ServerURI, addr: TransportAddress, username: str, password: str, *, timeout: float,

@@ -232,17 +232,17 @@ _SEND = "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s
 
 _RECV = """
 import socket, sys, time
-from natkit._aioice import stun
+from natkit.stun import codec
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0)); s.settimeout(0.2)
-req = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+req = codec.binding_request()
 for _ in range(30):  # retransmit: the path may be lossy
-    s.sendto(bytes(req), ("203.0.113.10", 3478))
+    s.sendto(req.encode(), ("203.0.113.10", 3478))
     try:
-        resp = stun.parse_message(s.recv(2048))
+        resp = codec.decode(s.recv(2048))
         break
     except socket.timeout:
         continue
-print("%s:%d" % resp.attributes["XOR-MAPPED-ADDRESS"], flush=True)
+print(resp["XOR-MAPPED-ADDRESS"], flush=True)
 s.settimeout(0.2)
 end = time.time() + float(sys.argv[1])
 while time.time() < end:

@@ -115,14 +115,14 @@ def test_message_type_bits_for_every_method_and_class():
 # --------------------------------------------------------------------------- aioice cross-check
 
 
-def _aioice():
+def _aioice_stun():
     import aioice.stun as s
 
     return s
 
 
 def test_encode_with_natkit_decode_with_aioice():
-    s = _aioice()
+    s = _aioice_stun()
     txid = codec.new_transaction_id()
     msg = Message(Method.ALLOCATE, Class.RESPONSE, txid, [
         ("XOR-RELAYED-ADDRESS", TA("203.0.113.5", 50000)),
@@ -145,7 +145,7 @@ def test_encode_with_natkit_decode_with_aioice():
 
 
 def test_encode_with_aioice_decode_with_natkit():
-    s = _aioice()
+    s = _aioice_stun()
     msg = s.Message(message_method=s.Method.CHANNEL_BIND, message_class=s.Class.REQUEST, attributes={
         "CHANNEL-NUMBER": 0x4FFF, "XOR-PEER-ADDRESS": ("198.51.100.7", 9), "USERNAME": "1700000000:natkit",
         "REALM": "natkit.test", "NONCE": b"0123456789abcdef", "REQUESTED-TRANSPORT": 17 << 24, "PRIORITY": 7,
@@ -331,13 +331,13 @@ def _mutated(draw):
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mutated())
 def test_fuzz_decode_raises_only_malformed_and_is_fast(data):
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time of this thread: the bound is on work, not on the machine's load
     try:
         m = decode(data)
         m.encode()  # whatever decodes re-encodes
     except MalformedMessage:
         pass
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.05
 
 
 @settings(max_examples=500, deadline=None)
@@ -358,7 +358,7 @@ def test_fuzz_random_bytes(data):
 def test_huge_message_is_linear():
     body = struct.pack("!HH", 0x0013, 65_000) + b"9" * 65_000
     data = struct.pack("!HHI", 0x0117, len(body), codec.MAGIC_COOKIE) + bytes(12) + body
-    started = time.perf_counter()
+    started = time.thread_time()
     for _ in range(20):
         decode(data)
-    assert (time.perf_counter() - started) / 20 < 0.005
+    assert (time.thread_time() - started) / 20 < 0.005

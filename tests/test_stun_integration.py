@@ -270,3 +270,159 @@ def test_binding_against_stund(stund):
     assert m.cls == Class.RESPONSE and m["MAPPED-ADDRESS"] == local
     assert m["SOURCE-ADDRESS"] == stund and m["CHANGED-ADDRESS"] == TA("127.0.0.2", stund.port + 1)
     assert changed.source == TA("127.0.0.1", stund.port + 1)  # answered from the other port, matched by transaction ID
+
+
+# --------------------------------------------------------------------------- TLS (turns:, stuns:)
+
+
+@pytest.fixture(scope="module")
+def tls_coturn(tmp_path_factory):
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.pytest_plugin import require_coturn
+    from natkit.tls import self_signed
+
+    require_coturn()
+    cert, key = self_signed(["127.0.0.1"], days=1)
+    ca = tmp_path_factory.mktemp("stack-tls") / "ca.pem"
+    ca.write_bytes(cert)
+    port, tls_port = free_port(), free_port()
+    cfg = CoturnConfig(listening_port=port, tls_listening_port=tls_port, cert="cert.pem", pkey="key.pem",
+                       static_auth_secrets=("stack-tls",), allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1",))
+    old = os.environ.get("NATKIT_STATE_DIR")
+    os.environ["NATKIT_STATE_DIR"] = str(tmp_path_factory.mktemp("stack-tls-state"))
+    server = CoturnServer(cfg, backend="native", name=f"stack-tls-{tls_port}", extra_files={"cert.pem": cert, "key.pem": key})
+    try:
+        server.start()
+    finally:
+        if old is None:
+            os.environ.pop("NATKIT_STATE_DIR", None)
+        else:
+            os.environ["NATKIT_STATE_DIR"] = old
+    try:
+        yield TA("127.0.0.1", tls_port), str(ca)
+    finally:
+        server.stop()
+
+
+def test_turn_over_tls_relays_and_verifies_the_certificate(tls_coturn):
+    from natkit.credentials import mint
+    from natkit.stun.aio import client_ssl_context
+
+    addr, ca = tls_coturn
+    verified = client_ssl_context(True, ca)
+
+    async def main():
+        binding = await stream_transaction(binding_request(), addr, timeout=3, ssl=verified, server_hostname="127.0.0.1")
+        ca_, cb_ = mint("stack-tls", "a", 600), mint("stack-tls", "b", 600)
+        async with await TurnClient.open(addr, transport="tls", username=ca_.username, password=ca_.password, ssl=verified) as a, \
+                await TurnClient.open(addr, transport="tls", username=cb_.username, password=cb_.password, ssl=verified) as b:
+            await a.allocate()
+            await b.allocate()
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)
+            a.send(b.relayed, b"over TLS, padded")
+            b.send(a.relayed, b"back over TLS")
+            return binding, await b.recv(3), await a.recv(3)
+
+    binding, to_b, to_a = asyncio.run(main())
+    assert binding.message.cls == Class.RESPONSE and binding.message["XOR-MAPPED-ADDRESS"] == binding.local
+    assert to_b is not None and to_b.data == b"over TLS, padded" and to_b.channel is None  # b has no channel: Data indication
+    assert to_a is not None and to_a.data == b"back over TLS" and to_a.channel == 0x4000
+    with sync.SyncTurnClient(addr, transport="tls", username=mint("stack-tls", "s", 60).username,
+                             password=mint("stack-tls", "s", 60).password, ssl=verified) as s:
+        assert s.allocate().ok and s.relayed.host == "127.0.0.1"
+
+
+def test_untrusted_tls_certificate_is_unreachable_with_a_hint(tls_coturn):
+    addr, _ = tls_coturn
+    from natkit.stun.aio import client_ssl_context
+
+    with pytest.raises(ServerUnreachable, match="certificate not trusted") as exc:
+        asyncio.run(stream_transaction(binding_request(), addr, timeout=3, ssl=client_ssl_context(True)))
+    assert exc.value.step == "tls" and "--ca" in exc.value.hint
+
+
+# --------------------------------------------------------------------------- IPv6 (RFC 6156 / RFC 8656 address families)
+
+
+def test_ipv6_allocations_relay_on_loopback(tmp_path, monkeypatch):
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.credentials import mint
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port("::1")
+    cfg = CoturnConfig(listening_ips=("::1",), listening_port=port, static_auth_secrets=("v6",),
+                       allow_loopback_peers=True, allowed_peer_ranges=("::1",))
+    addr = TA("::1", port)
+
+    async def main():
+        ca, cb = mint("v6", "a", 60), mint("v6", "b", 60)
+        async with await TurnClient.open(addr, username=ca.username, password=ca.password) as a, \
+                await TurnClient.open(addr, transport="tcp", username=cb.username, password=cb.password) as b:
+            reply = await a.allocate(family=2)  # REQUESTED-ADDRESS-FAMILY IPv6
+            await b.allocate(family=2)
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)
+            a.send(b.relayed, b"over IPv6")
+            return reply, a.relayed, a.mapped, await b.recv(3)
+
+    with CoturnServer(cfg, backend="native", name=f"stack-v6-{port}"):
+        reply, relayed, mapped, got = asyncio.run(main())
+        binding, _, _ = sync.request(codec.binding_request(), addr, timeout=2)
+    assert reply.ok and reply.signed is True and relayed.host == "::1" and relayed.family == 6 and mapped.host == "::1"
+    assert got is not None and got.data == b"over IPv6" and got.peer == relayed
+    assert binding["XOR-MAPPED-ADDRESS"].host == "::1"
+
+
+def test_stale_nonce_is_retried_with_the_new_nonce():
+    """coturn with stale-nonce=1: a request after the nonce expired gets 438 and the session retries once."""
+    from natkit.coturn.config import CoturnConfig
+    from natkit.coturn.server import CoturnServer, free_port
+    from natkit.credentials import mint
+    from natkit.pytest_plugin import require_coturn
+
+    require_coturn()
+    port = free_port()
+    cfg = CoturnConfig(listening_port=port, static_auth_secrets=("stale",), stale_nonce=1)
+
+    async def main():
+        c = mint("stale", "a", 600)
+        async with await TurnClient.open(TA("127.0.0.1", port), username=c.username, password=c.password) as t:
+            await t.allocate()
+            first_nonce = t.session.nonce
+            await asyncio.sleep(2.2)  # let the server's 1 s nonce lifetime run out (a server timer, not synchronisation)
+            reply = await t.refresh(600)
+            return reply, first_nonce, t.session.nonce
+
+    with CoturnServer(cfg, backend="native", name=f"stack-stale-{port}"):
+        reply, before, after = asyncio.run(main())
+    assert reply.ok and reply.signed is True and reply.attempts == 2
+    assert reply.trail().startswith("438") and before != after
+
+
+def test_refreshes_keep_allocation_permissions_and_channels_alive(turn_server):
+    addr = _addr(turn_server)
+
+    async def main():
+        ca, cb = _creds(turn_server, "keep-a"), _creds(turn_server, "keep-b")
+        async with await TurnClient.open(addr, username=ca.username, password=ca.password) as a, \
+                await TurnClient.open(addr, username=cb.username, password=cb.password) as b:
+            await a.allocate()
+            await b.allocate()
+            await a.channel_bind(b.relayed)
+            await b.create_permission(a.relayed)  # a permission without a channel
+            replies = await a.refresh_due(margin=10_000) + await b.refresh_due(margin=10_000)  # everything is "due"
+            keeper = asyncio.ensure_future(a.maintain(margin=10_000, every=0.05))
+            await asyncio.sleep(0.3)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            a.send(b.relayed, b"still bound")
+            return replies, list(a.refresh_failures), await b.recv(2)
+
+    replies, failures, got = asyncio.run(main())
+    assert [r.request.method for r in replies] == [Method.REFRESH, Method.CHANNEL_BIND, Method.REFRESH, Method.CREATE_PERMISSION]
+    assert all(r.ok and r.signed for r in replies) and failures == []
+    assert got is not None and got.data == b"still bound"

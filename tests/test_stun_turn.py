@@ -59,6 +59,7 @@ def test_401_challenge_then_signed_success():
     reply = s.handle(retry, answer(retry, Class.RESPONSE, [("XOR-RELAYED-ADDRESS", RELAYED), ("XOR-MAPPED-ADDRESS", MAPPED),
                                                              ("LIFETIME", 300)], key), 10.0)
     assert isinstance(reply, Reply) and reply.ok and reply.signed is True and reply.attempts == 2
+    assert reply.trail() == "401 Unauthorized → success" and reply.sent_bytes == len(retry.data)
     assert s.relayed_address == RELAYED and s.mapped == MAPPED and s.lifetime == 300 and s.expires_at == 310.0
 
 
@@ -155,3 +156,12 @@ def test_error_mapping_lives_here_once(code, cls, exit_code):
     err = error_for(code, "reason", server="turn:h")
     assert type(err) is cls and err.exit_code == exit_code and err.error_code == code and err.step == "allocate"
     assert error_for(403, "Forbidden", method=Method.CREATE_PERMISSION).message == "CreatePermission refused: 403 Forbidden"
+
+
+def test_success_with_unknown_comprehension_required_attribute_fails():
+    s = allocated(TurnSession("user", "pw"))
+    p = s.create_permission(PEER)
+    reply = s.handle(p, answer(p, Class.RESPONSE, [("0x0033", b"??")], s.key), 1.0)
+    assert not reply.ok and not s.permissions
+    with pytest.raises(TurnError, match=r"0x0033.*RFC 8489 §6.3.3"):
+        reply.raise_for_error()

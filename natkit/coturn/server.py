@@ -14,7 +14,6 @@ exception or Ctrl-C during startup stops the server and removes its state.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import json
@@ -35,7 +34,7 @@ from ..errors import (
     ServerStartFailed,
     UsageError,
 )
-from ..model import TransportAddress
+from ..model import TransportAddress, format_duration
 from ..ownership import current_owner, owner_alive
 from .backend import Backend
 from .backend import get as get_backend
@@ -298,44 +297,90 @@ def stop_all(state_dir: StateDir = None) -> list[str]:
     return names
 
 
-async def _stun_ready(addr: TransportAddress, timeout: float) -> bool:
-    from ..stun import UdpStunEndpoint, binding_request
+READY_POLL = 0.05  # s between readiness rounds
+TLS_GRACE = 3.0  # s the TLS listener may lag behind UDP before startup counts as failed
 
-    async with await UdpStunEndpoint.open("::" if addr.family == 6 else "0.0.0.0") as ep:
-        try:
-            resp = await ep.request(binding_request(), addr, timeout=timeout, rto=timeout)
-        except NatkitError:
-            return False
-        return not resp.is_error and "XOR-MAPPED-ADDRESS" in resp.message
+
+def _listeners(info: ServerInfo) -> list[tuple[str, TransportAddress]]:
+    """Every listener the server advertises (``info.uris``): UDP and TCP on ``port``, TLS on ``tls_port``."""
+    host = info.listen[0]
+    out = [("udp", TransportAddress(host, info.port)), ("tcp", TransportAddress(host, info.port))]
+    if info.tls_port:
+        out.append(("tls", TransportAddress(host, info.tls_port)))
+    return out
+
+
+def _listener_answers(kind: str, addr: TransportAddress) -> str | None:
+    """None when a STUN Binding over ``kind`` (udp, tcp, tls) is answered with XOR-MAPPED-ADDRESS, else why not.
+
+    Blocking sockets and no event loop (readiness is polled from sync code).
+    TLS is not verified here: the check is that the listener completes a
+    handshake and speaks STUN, whatever certificate it presents.
+    """
+    import ssl as ssl_module
+
+    from ..stun import codec, sync
+
+    ctx = None
+    if kind == "tls":
+        ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl_module.CERT_NONE
+    try:
+        msg, _, _ = sync.request(codec.binding_request(), addr, timeout=0.1 if kind == "udp" else 1.0, rto=0.1,
+                                 transport="udp" if kind == "udp" else "tcp", ssl=ctx)
+    except NatkitError as exc:
+        return exc.message
+    if not msg.is_success or "XOR-MAPPED-ADDRESS" not in msg:
+        return f"answered the Binding with {msg.describe()}"
+    return None
 
 
 def wait_ready(info: ServerInfo, timeout: float = 20.0) -> float:
-    """Poll with STUN Bindings until the server answers; return seconds waited.
+    """Poll every advertised listener (UDP, TCP, TLS) with STUN Bindings until all answer; return seconds waited.
 
     Raises :class:`ServerStartFailed` (with the server's last log lines) when
-    the server exits or does not answer within ``timeout`` seconds.
+    the server exits, when a listener does not answer within ``timeout``
+    seconds, or when the TLS listener still fails its handshake
+    :data:`TLS_GRACE` seconds after UDP answered (a certificate or key that is
+    not PEM: coturn runs, but ``turns:`` cannot work).
     """
-    addr = TransportAddress(info.listen[0], info.port)
     started = time.monotonic()
+    waiting = dict(_listeners(info))
+    why: dict[str, str] = {}
+    udp_ready_at: float | None = None
+    seen_down = False
     while True:
-        if asyncio.run(_stun_ready(addr, 0.1)):
-            return time.monotonic() - started
-        if not is_running(info):
+        for kind, addr in list(waiting.items()):
+            reason = _listener_answers(kind, addr)
+            if reason is None:
+                del waiting[kind]
+            else:
+                why[kind] = reason
+        now = time.monotonic()
+        if not waiting:
+            return now - started
+        if "udp" not in waiting and udp_ready_at is None:
+            udp_ready_at = now
+        # two observations one poll apart: right after exec, /proc/PID/cmdline can still be empty
+        # (the kernel sets the new argv after the exec is reported to the parent)
+        down = not is_running(info)
+        if down and seen_down:
             raise ServerStartFailed(
-                f"coturn ({info.backend}) exited during startup",
-                server=info.name,
-                step="turn up",
-                details=server_logs(info, 15),
-                hint="see the server log above",
-            )
-        if time.monotonic() - started > timeout:
+                f"coturn ({info.backend}) exited during startup", server=info.name, step="turn up",
+                details=server_logs(info, 15), hint="see the server log above")
+        seen_down = down
+        if set(waiting) == {"tls"} and udp_ready_at is not None and now - udp_ready_at > TLS_GRACE:
             raise ServerStartFailed(
-                f"coturn ({info.backend}) did not answer a STUN Binding on {addr} within {timeout:g}s",
-                server=info.name,
-                step="turn up",
-                details=server_logs(info, 15),
-            )
-        time.sleep(0.05)
+                f"coturn ({info.backend}) answers STUN over UDP and TCP but its TLS listener {waiting['tls']} does not: {why['tls']}",
+                server=info.name, step="turn up", details=server_logs(info, 15),
+                hint="are --cert and --key a PEM certificate and its PEM private key?")
+        if now - started > timeout:
+            listed = ", ".join(f"{kind.upper()} {addr} ({why.get(kind, 'no answer')})" for kind, addr in waiting.items())
+            raise ServerStartFailed(
+                f"coturn ({info.backend}) did not answer a STUN Binding within {format_duration(timeout)} on {listed}",
+                server=info.name, step="turn up", details=server_logs(info, 15))
+        time.sleep(READY_POLL)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -10,7 +10,8 @@ module                 what it owns
 ``stun.turn``          the TURN client session (credentials, nonces,
                        allocation, permissions, channels) and the
                        ERROR-CODE → natkit error mapping
-``stun.aio``           asyncio drivers: UDP endpoint, stream client, TURN client
+``stun.aio``           asyncio drivers: UDP endpoint, stream connection
+``stun.aio_turn``      the asyncio TURN client (``TurnClient``)
 ``stun.sync``          blocking drivers (plain sockets; gevent-friendly)
 =====================  ======================================================
 
@@ -18,7 +19,7 @@ Only the standard library is imported here: ``natkit probe`` stays light.
 """
 
 _AIO_NAMES = frozenset({
-    "UdpStunEndpoint", "StreamConnection", "StunResponse", "TurnClient", "binding_request", "resolve",
+    "UdpStunEndpoint", "StreamConnection", "StunResponse", "binding_request", "resolve",
     "client_ssl_context", "stream_transaction",
 })
 
@@ -28,4 +29,8 @@ def __getattr__(name: str):  # the asyncio driver's names, imported on first use
         from . import aio
 
         return getattr(aio, name)
+    if name == "TurnClient":
+        from .aio_turn import TurnClient
+
+        return TurnClient
     raise AttributeError(f"module 'natkit.stun' has no attribute {name!r}")

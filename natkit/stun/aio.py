@@ -9,8 +9,10 @@
   (STUN and ChannelData interleaved, RFC 8656 §12.5); transactions are sent
   once and wait for one deadline (RFC 8489 §6.2.2).
 * :func:`stream_transaction`: one transaction over a fresh TCP/TLS connection.
-* :class:`TurnClient`: a TURN client over UDP, TCP or TLS built on
-  :class:`natkit.stun.turn.TurnSession`.
+* :class:`TurnClient` (in :mod:`natkit.stun.aio_turn`, importable from
+  here): a TURN client over UDP, TCP or TLS built on
+  :class:`natkit.stun.turn.TurnSession`. STUN-only users (``natkit probe``)
+  never import the TURN session.
 
 Every receive path treats bytes that do not parse as a malformed response:
 counted (``malformed``), kept (``last_malformed``, the last few), and, when
@@ -41,12 +43,10 @@ from ..errors import (
 )
 from ..model import TransportAddress, format_duration
 from .codec import (
-    HEADER_LENGTH,
     PROTO_TCP,
     PROTO_UDP,
     Class,
     Message,
-    Method,
     decode,
     peek_transaction_id,
 )
@@ -57,7 +57,6 @@ from .transaction import (
     ClientTransaction,
     Retransmission,
 )
-from .turn import PeerData, Pending, Reply, TurnSession
 
 if TYPE_CHECKING:
     import ssl as ssl_module
@@ -191,6 +190,78 @@ class _Receiver:
                 fut.cancel()
 
 
+class _BatchedUdp:
+    """A non-blocking UDP socket on the event loop, read in batches.
+
+    asyncio's datagram transport reads one datagram per wake-up of the
+    selector; a TURN load generator receiving tens of thousands of
+    ChannelData messages per second needs to drain the socket instead. The
+    interface is the part of ``asyncio.DatagramTransport`` natkit uses
+    (``sendto``, ``get_extra_info``, ``close``). Send errors and ICMP errors
+    (ECONNREFUSED on a connected socket) go to ``protocol.error_received``; a
+    full send buffer drops the datagram (counted in ``dropped``), as a network
+    would.
+    """
+
+    BATCH = 256  # datagrams read per wake-up, so one busy socket cannot starve the loop
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.DatagramProtocol) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._closed = False
+        self.dropped = 0
+        loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        recvfrom, deliver = self._sock.recvfrom, self._protocol.datagram_received
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            deliver(data, addr)
+
+    def sendto(self, data: bytes, addr: tuple | None = None) -> None:
+        if self._closed:
+            return
+        try:
+            if addr is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._closed:
+            return default
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "peername":
+            try:
+                return self._sock.getpeername()
+            except OSError:
+                return default
+        if name == "socket":
+            return self._sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
 class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
     """One local UDP socket running concurrent STUN transactions.
 
@@ -207,29 +278,36 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
 
     @classmethod
     async def open(cls, local_host: str = "0.0.0.0", local_port: int = 0, *,
-                   remote: TransportAddress | None = None) -> UdpStunEndpoint:
+                   remote: TransportAddress | None = None, rcvbuf: int | None = None) -> UdpStunEndpoint:
         """Bind a UDP socket on ``local_host:local_port`` (port 0: any).
 
         With ``remote`` the socket is connected to that one server, so an ICMP
         "port unreachable" fails pending requests at once (:class:`ServerUnreachable`).
-        Raises :class:`~natkit.errors.LocalBindFailed` (an environment problem,
-        exit 3) when the socket cannot be bound, :class:`ServerUnreachable` when
-        there is no route to ``remote``.
+        ``rcvbuf``: SO_RCVBUF in bytes (capped by the kernel's net.core.rmem_max) for
+        receivers of high packet rates. Raises :class:`~natkit.errors.LocalBindFailed`
+        (an environment problem, exit 3) when the socket cannot be bound,
+        :class:`ServerUnreachable` when there is no route to ``remote``.
         """
         from ..errors import LocalBindFailed
 
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            _, protocol = await loop.create_datagram_endpoint(
-                cls, local_addr=(local_host, local_port), family=family,
-                remote_addr=(remote.host, remote.port) if remote else None,
-            )
+            sock.setblocking(False)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((local_host, local_port))
+            if remote is not None:
+                sock.connect((remote.host, remote.port))  # nothing is sent; ICMP errors now reach this socket
         except OSError as exc:
+            sock.close()
             if remote is not None and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 raise ServerUnreachable(f"no route to {remote}: {exc.strerror}", server=str(remote), step="connect") from None
             raise LocalBindFailed(f"cannot bind UDP {local_host}:{local_port}: {exc.strerror or exc}", step="bind") from None
+        protocol = cls()
         protocol.remote = remote
+        protocol.connection_made(_BatchedUdp(loop, sock, protocol))
         return protocol
 
     async def __aenter__(self) -> Self:
@@ -242,8 +320,8 @@ class UdpStunEndpoint(_Receiver, asyncio.DatagramProtocol):
     def local_address(self) -> TransportAddress:
         return TransportAddress.of(self.transport.get_extra_info("sockname"))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Any) -> None:  # a _BatchedUdp
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         source = TransportAddress(addr[0], addr[1])
@@ -421,7 +499,7 @@ class StreamConnection(_Receiver, asyncio.Protocol):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending[transaction_id] = fut
-        tx = ClientTransaction(dataclasses.replace(policy, reliable=True), loop.time())
+        tx = ClientTransaction(policy.replace(reliable=True), loop.time())
         try:
             while True:
                 action = tx.poll(loop.time())
@@ -429,6 +507,8 @@ class StreamConnection(_Receiver, asyncio.Protocol):
                     self.send(data)
                     continue
                 if action is Action.TIMEOUT:
+                    if self.framer.pending:
+                        raise self.framer.incomplete(tx.describe_timeout()).from_source(str(self.server))
                     raise tx.timeout_error(str(self.server), hint="is the server answering STUN on this TCP/TLS port?")
                 await asyncio.wait((fut,), timeout=max(0.0, tx.wakeup - loop.time()))
                 if fut.done():
@@ -463,266 +543,38 @@ async def stream_transaction(message: Message, addr: TransportAddress, *, timeou
         conn.close()
 
 
-# ---------------------------------------------------------------------------
-# TURN
-
-
-class TurnClient:
-    """A TURN client (RFC 8656, RFC 6062) over UDP, TCP or TLS, on one :class:`TurnSession`.
-
-    Open with :meth:`open`; use as an async context manager (leaving it
-    releases the allocation with Refresh LIFETIME=0 and closes the socket).
-    Every request takes ``timeout`` seconds at most, 401 challenge and 438
-    retries included (default: the client's ``timeout``). Requests return a
-    :class:`~natkit.stun.turn.Reply`; with ``check=True`` an error reply
-    raises the mapped natkit error instead (:func:`natkit.stun.turn.error_for`).
-
-    Data from peers goes to ``on_data(PeerData)`` when set, else to a queue
-    read with :meth:`recv`.
-    """
-
-    def __init__(self, conn: UdpStunEndpoint | StreamConnection, server: TransportAddress, session: TurnSession, *,
-                 transport: str, timeout: float, rto: float, ssl: ssl_module.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
-        self.conn = conn
-        self.server = server
-        self.session = session
-        self.transport = transport
-        self.timeout = timeout
-        self.rto = rto
-        self.ssl = ssl
-        self.server_hostname = server_hostname
-        self.on_data: Callable[[PeerData], None] | None = None
-        self._queue: asyncio.Queue[PeerData] = asyncio.Queue(maxsize=10_000)
-        self.dropped = 0  # peer data lost to a full queue
-        self.indications: collections.deque[Message] = collections.deque(maxlen=MAX_UNMATCHED)
-        conn.on_packet = self._packet
-        conn.on_message = self._message
-
-    @classmethod
-    async def open(cls, server: TransportAddress, *, transport: str = "udp", username: str | None = None,
-                   password: str | None = None, ssl: ssl_module.SSLContext | None = None,
-                   server_hostname: str | None = None, timeout: float = 3.0, rto: float = 0.25,
-                   local_host: str | None = None, software: str | None = None) -> TurnClient:
-        """Open the control connection: ``transport`` "udp", "tcp" or "tls" (``ssl`` needed for tls).
-
-        UDP sockets are connected to the server (ICMP errors fail requests at
-        once). Raises :class:`ServerUnreachable` / :class:`StunTimeout` /
-        :class:`~natkit.errors.EnvironmentProblem`.
-        """
-        _check_budget(timeout)
-        if transport not in ("udp", "tcp", "tls"):
-            raise UsageError(f"unknown transport {transport!r}", hint="use udp, tcp or tls")
-        if transport == "tls" and ssl is None:
-            ssl = client_ssl_context()
-        conn: UdpStunEndpoint | StreamConnection
-        if transport == "udp":
-            conn = await UdpStunEndpoint.open(local_host or ("::" if server.family == 6 else "0.0.0.0"), remote=server)
-        else:
-            conn = await StreamConnection.open(server, ssl=ssl if transport == "tls" else None,
-                                               server_hostname=server_hostname, timeout=timeout)
-        session = TurnSession(username, password, stream=transport != "udp", software=software)
-        return cls(conn, server, session, transport=transport, timeout=timeout, rto=rto,
-                   ssl=ssl if transport == "tls" else None, server_hostname=server_hostname)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # ------------------------------------------------------------- counters
-    @property
-    def malformed(self) -> int:
-        """Messages from the server that did not parse."""
-        return self.conn.malformed
-
-    @property
-    def relayed(self) -> TransportAddress | None:
-        return self.session.relayed_address
-
-    @property
-    def mapped(self) -> TransportAddress | None:
-        return self.session.mapped
-
-    # ------------------------------------------------------------- receive
-    def _packet(self, data: bytes, source: TransportAddress) -> None:
-        try:
-            item = self.session.receive(data)
-        except MalformedMessage as exc:
-            self.conn._malformed(data, source, exc)
-            return
-        if isinstance(item, PeerData):
-            self._deliver(item)
-
-    def _message(self, msg: Message, source: TransportAddress) -> None:
-        if msg.method == Method.DATA and msg.cls == Class.INDICATION and msg.get("DATA") is not None:
-            self._deliver(PeerData(msg.get("XOR-PEER-ADDRESS"), msg["DATA"], None))
-        else:
-            self.indications.append(msg)
-
-    def _deliver(self, item: PeerData) -> None:
-        if self.on_data is not None:
-            self.on_data(item)
-            return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def recv(self, timeout: float | None = None) -> PeerData | None:
-        """The next data from a peer, None when nothing arrives within ``timeout`` seconds."""
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
-
-    # ------------------------------------------------------------- requests
-    def _policy(self, budget: float) -> Retransmission:
-        return Retransmission(rto=self.rto, budget=budget, reliable=self.transport != "udp")
-
-    async def call(self, pending: Pending, *, timeout: float | None = None, check: bool = False,
-                   step: str | None = None) -> Reply:
-        """Run ``pending`` (with its 401/438 retries) within ``timeout`` seconds; return the :class:`Reply`."""
-        budget = self.timeout if timeout is None else timeout
-        _check_budget(budget)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise StunTimeout(f"no final answer within the {format_duration(budget)} budget", server=str(self.server),
-                                  step=step or _step(pending), limit="budget")
-            try:
-                msg, _, _, _ = await self.conn.transact(pending.data, pending.transaction_id, None, self._policy(left))
-            except NatkitError as exc:
-                raise _with_step(exc, step or _step(pending)) from None
-            outcome = self.session.handle(pending, msg, loop.time())
-            if isinstance(outcome, Pending):
-                pending = outcome
-                continue
-            if check:
-                outcome.raise_for_error(server=str(self.server), step=step)
-            return outcome
-
-    async def allocate(self, *, transport: int = PROTO_UDP, family: int | None = None, lifetime: int | None = None,
-                       dont_fragment: bool = False, even_port: bool | None = None, timeout: float | None = None,
-                       check: bool = True) -> Reply:
-        """Allocate (RFC 8656 §7); see :meth:`TurnSession.allocate`."""
-        return await self.call(self.session.allocate(transport=transport, family=family, lifetime=lifetime,
-                                                     dont_fragment=dont_fragment, even_port=even_port),
-                               timeout=timeout, check=check)
-
-    async def refresh(self, lifetime: int | None = None, *, timeout: float | None = None, check: bool = True) -> Reply:
-        return await self.call(self.session.refresh(lifetime), timeout=timeout, check=check)
-
-    async def create_permission(self, *peers: TransportAddress, timeout: float | None = None, check: bool = True) -> Reply:
-        return await self.call(self.session.create_permission(*peers), timeout=timeout, check=check)
-
-    async def channel_bind(self, peer: TransportAddress, *, timeout: float | None = None, check: bool = True) -> Reply:
-        return await self.call(self.session.channel_bind(peer), timeout=timeout, check=check)
-
-    async def connect(self, peer: TransportAddress, *, timeout: float | None = None, check: bool = True) -> Reply:
-        """RFC 6062 Connect on a TCP allocation; the reply's CONNECTION-ID feeds :meth:`open_data_connection`."""
-        return await self.call(self.session.connect(peer), timeout=timeout, check=check)
-
-    async def release(self, *, timeout: float | None = None) -> bool:
-        """Refresh with LIFETIME 0 (RFC 8656 §8). True when the server confirmed; never raises."""
-        if not self.session.allocated or getattr(self.conn, "closed", False):
-            return False
-        try:
-            reply = await self.call(self.session.refresh(0), timeout=timeout or min(self.timeout, 1.0))
-        except NatkitError:
-            return False
-        self.session._released()
-        return reply.ok
-
-    def send(self, peer: TransportAddress, payload: bytes) -> None:
-        """Send ``payload`` to ``peer``: ChannelData on a bound channel, else a Send indication."""
-        data = self.session.send(peer, payload)
-        if self.transport == "udp":
-            self.conn.sendto(data)  # type: ignore[union-attr]
-        else:
-            self.conn.send(data)  # type: ignore[union-attr]
-
-    def send_channel(self, channel: int, payload: bytes) -> None:
-        """Send ChannelData on ``channel`` (the load generator's fast path: no lookup)."""
-        data = self.session.channel_data(channel, payload)
-        if self.transport == "udp":
-            self.conn.transport.sendto(data)  # type: ignore[union-attr]
-        else:
-            self.conn.transport.write(data)  # type: ignore[union-attr]
-
-    async def open_data_connection(self, connection_id: int, *, timeout: float | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """RFC 6062 §4.4: a new TCP/TLS connection to the server bound with ConnectionBind to ``connection_id``.
-
-        Returns ``(reader, writer)`` carrying the peer's bytes. Raises the
-        mapped error when the server refuses the binding.
-        """
-        budget = self.timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                self.server.host, self.server.port, ssl=self.ssl,
-                server_hostname=(self.server_hostname or self.server.host) if self.ssl else None), budget)
-        except (TimeoutError, OSError) as exc:
-            raise _connect_error(exc, str(self.server), budget) from None
-        try:
-            pending = self.session.connection_bind(connection_id)
-            while True:
-                writer.write(pending.data)
-                msg = await _read_one(reader, deadline - loop.time(), str(self.server))
-                outcome = self.session.handle(pending, msg, loop.time())
-                if isinstance(outcome, Pending):
-                    pending = outcome
-                    continue
-                outcome.raise_for_error(server=str(self.server), step="connectionbind")
-                return reader, writer
-        except BaseException:
-            writer.close()
-            raise
-
-    async def close(self, *, release: bool = True) -> None:
-        """Release the allocation (when ``release``) and close the connection."""
-        try:
-            if release:
-                await self.release()
-        finally:
-            self.conn.close()
-
-
-async def _read_one(reader: asyncio.StreamReader, timeout: float, server: str) -> Message:
-    """One STUN message from a stream (the ConnectionBind answer), within ``timeout`` seconds."""
-    try:
-        header = await asyncio.wait_for(reader.readexactly(HEADER_LENGTH), max(0.001, timeout))
-        body = await asyncio.wait_for(reader.readexactly(int.from_bytes(header[2:4], "big")), max(0.001, timeout))
-    except TimeoutError:
-        raise StunTimeout(f"no ConnectionBind answer within {format_duration(timeout)}", server=server, step="connectionbind", limit="budget") from None
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        raise ServerUnreachable(f"connection closed before the ConnectionBind answer ({exc.__class__.__name__})", server=server) from None
-    try:
-        return decode(header + body)
-    except MalformedMessage as exc:
-        raise exc.from_source(server) from None
-
-
-def _step(pending: Pending) -> str:
-    from .codec import method_name
-
-    return method_name(pending.method).lower()
-
-
 def _with_step(exc: NatkitError, step: str) -> NatkitError:
     """A copy of a transport error that names the TURN step (the original is not mutated)."""
-    if exc.step:
-        return exc
+    return exc if exc.step else relabel(exc, step=step)
+
+
+def relabel(exc: NatkitError, *, server: str | None = None, step: str | None = None) -> NatkitError:
+    """A copy of ``exc`` with ``server`` and/or ``step`` replaced (errors are never mutated after raising).
+
+    Keeps the class and its extra fields (``limit``, ``error_code``, the
+    malformed attribute and offset).
+    """
+    from ..errors import TurnError
+
+    kw: dict[str, Any] = {"server": server or exc.server, "step": step or exc.step, "hint": exc.hint, "details": exc.details}
     if isinstance(exc, MalformedMessage):
-        return MalformedMessage(exc.detail, attribute=exc.attribute, offset=exc.offset, source=exc.source, step=step)
-    kw: dict[str, Any] = {"server": exc.server, "step": step, "hint": exc.hint, "details": exc.details}
+        return MalformedMessage(exc.detail, attribute=exc.attribute, offset=exc.offset, source=exc.source, **kw)
     if isinstance(exc, StunTimeout):
         kw["limit"] = exc.limit
-    return type(exc)(exc.message, **kw)
+    elif isinstance(exc, TurnError):
+        kw.update(error_code=exc.error_code, reason=exc.reason)
+    try:
+        return type(exc)(exc.message, **kw)
+    except TypeError:  # a subclass with other constructor arguments: keep the original
+        return exc
+
+
+def __getattr__(name: str) -> Any:  # TurnClient lives in aio_turn: probe does not pay for the TURN session
+    if name == "TurnClient":
+        from .aio_turn import TurnClient
+
+        return TurnClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -731,10 +583,10 @@ __all__ = [
     "PROTO_UDP",
     "StreamConnection",
     "StunResponse",
-    "TurnClient",
     "UdpStunEndpoint",
     "binding_request",
     "client_ssl_context",
+    "relabel",
     "resolve",
     "stream_transaction",
 ]

@@ -79,6 +79,12 @@ class StreamFramer:
         """Bytes buffered toward an incomplete frame."""
         return len(self._buf)
 
+    def incomplete(self, why: str) -> MalformedMessage:
+        """The error for a stream that stopped inside a frame (its length field promised more bytes)."""
+        return MalformedMessage(
+            f"{self.pending} bytes of a frame arrived and the rest never did ({why}): "
+            "a length field that does not match the bytes sent", attribute="stream", offset=self.offset)
+
     def feed(self, data: bytes) -> list[bytes]:
         if self.broken is not None:
             raise self.broken

@@ -94,7 +94,7 @@ class _Conn:
         """One transaction: ``(response, rtt_ms, sends)``. Raises :class:`StunTimeout`, :class:`ServerUnreachable`,
         :class:`MalformedMessage`."""
         if self.reliable:
-            policy = Retransmission(rto=policy.rto, budget=policy.budget, reliable=True, ti=policy.ti)
+            policy = policy.replace(reliable=True)
         tx = ClientTransaction(policy, self.clock())
         while True:
             action = tx.poll(self.clock())
@@ -102,6 +102,9 @@ class _Conn:
                 self.send(data)
                 continue
             if action is Action.TIMEOUT:
+                framer = getattr(self, "framer", None)
+                if framer is not None and framer.pending:
+                    raise framer.incomplete(tx.describe_timeout()).from_source(str(self.server))
                 raise tx.timeout_error(str(self.server))
             for frame in self._read(max(0.0, tx.wakeup - self.clock())):
                 msg = self._dispatch(frame, transaction_id)

@@ -23,7 +23,6 @@ which limit fired (:class:`Limit`).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 
 from ..errors import StunTimeout, UsageError
@@ -50,31 +49,53 @@ class Limit(str, enum.Enum):
     BUDGET = "budget"  # the caller's total time budget
 
 
-@dataclasses.dataclass(frozen=True)
 class Retransmission:
-    """Retransmission parameters (RFC 8489 §6.2.1, §6.2.2). Times in seconds.
+    """Retransmission parameters (RFC 8489 §6.2.1, §6.2.2). Times in seconds. Immutable.
 
     ``rto``: initial retransmission timeout; ``rc``: most sends; ``rm``:
     after the last send wait ``rm * rto``; ``budget``: total time from the
     first send (None: no budget); ``reliable``: TCP/TLS, one send and a wait
     of ``ti``. Raises :class:`~natkit.errors.UsageError` for values that are
-    not finite and positive.
+    not finite and positive. (A plain class, not a dataclass: ``natkit probe``
+    imports it and start-up time is part of the product.)
     """
 
-    rto: float = DEFAULT_RTO
-    rc: int = DEFAULT_RC
-    rm: int = DEFAULT_RM
-    budget: float | None = None
-    reliable: bool = False
-    ti: float = DEFAULT_TI
+    _FIELDS = ("rto", "rc", "rm", "budget", "reliable", "ti")
+    __slots__ = ("budget", "rc", "reliable", "rm", "rto", "ti")
+    rto: float
+    rc: int
+    rm: int
+    budget: float | None
+    reliable: bool
+    ti: float
 
-    def __post_init__(self) -> None:
-        for name in ("rto", "ti") + (("budget",) if self.budget is not None else ()):
-            value = getattr(self, name)
-            if not 0 < value < float("inf"):  # also rejects nan
+    def __init__(self, rto: float = DEFAULT_RTO, rc: int = DEFAULT_RC, rm: int = DEFAULT_RM, budget: float | None = None,
+                 reliable: bool = False, ti: float = DEFAULT_TI) -> None:
+        for name, value in (("rto", rto), ("ti", ti), ("budget", budget)):
+            if value is not None and not 0 < value < float("inf"):  # also rejects nan
                 raise UsageError(f"{name} must be a positive number of seconds, got {value}")
-        if self.rc < 1 or self.rm < 1:
-            raise UsageError(f"Rc and Rm must be at least 1, got Rc={self.rc} Rm={self.rm}")
+        if rc < 1 or rm < 1:
+            raise UsageError(f"Rc and Rm must be at least 1, got Rc={rc} Rm={rm}")
+        for name, value in (("rto", rto), ("rc", rc), ("rm", rm), ("budget", budget), ("reliable", reliable), ("ti", ti)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Retransmission is immutable; use replace()")
+
+    def replace(self, **changes: object) -> Retransmission:
+        """A copy with some parameters changed."""
+        args = {name: getattr(self, name) for name in self._FIELDS}
+        args.update(changes)
+        return Retransmission(**args)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Retransmission) and all(getattr(self, n) == getattr(other, n) for n in self._FIELDS)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self._FIELDS))
+
+    def __repr__(self) -> str:
+        return "Retransmission(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS) + ")"
 
     def schedule(self) -> tuple[float, ...]:
         """Send times from 0 without a budget (UDP), e.g. (0, .5, 1.5, 3.5, 7.5, 15.5, 31.5)."""
@@ -161,7 +182,7 @@ class ClientTransaction:
         """One line: what was sent and which limit fired."""
         p, sends = self.policy, f"{self.sends} send{'s' if self.sends != 1 else ''}"
         if self.limit is Limit.BUDGET:
-            return f"no response within the {format_duration(p.budget)} budget ({sends})"
+            return f"no response within the {format_duration(p.budget or 0.0)} budget ({sends})"
         if self.limit is Limit.TI:
             return f"no response within Ti={format_duration(p.ti)} over a reliable transport ({sends})"
         return f"no response after Rc={p.rc} sends and the final Rm x RTO={format_duration(p.rm * p.rto)} wait ({sends})"

@@ -140,7 +140,8 @@ class Pending:
     """One request ready to send: ``data`` are its bytes, ``transaction_id`` what the answer carries.
 
     ``attempt`` counts the sends of this call (1 for the first, 2 after a 401
-    challenge ...); ``signed`` whether it carries MESSAGE-INTEGRITY.
+    challenge ...); ``signed`` whether it carries MESSAGE-INTEGRITY;
+    ``history`` the answers that led to this retry (the 401, a 438 ...).
     """
 
     method: int
@@ -149,6 +150,7 @@ class Pending:
     data: bytes
     attempt: int = 1
     nonce_retries: int = 0
+    history: tuple[Message, ...] = ()
 
     @property
     def transaction_id(self) -> bytes:
@@ -165,17 +167,26 @@ class Reply:
 
     ``signed``: True MESSAGE-INTEGRITY verified, False present but wrong,
     None unsigned. ``attempts``: requests sent for this call (401 challenge
-    and retry count as two).
+    and retry count as two). ``history``: every answer of the call in order,
+    the final one last (evidence such as "401 → 438 → success").
+    ``sent_bytes``: size of the final request on the wire.
     """
 
     request: Message
     response: Message
     signed: bool | None
     attempts: int
+    history: tuple[Message, ...] = ()
+    sent_bytes: int = 0
+
+    def trail(self) -> str:
+        """The call's answers as one line: "401 Unauthorized → success"."""
+        return " → ".join(m.describe() for m in self.history or (self.response,))
 
     @property
     def ok(self) -> bool:
-        return self.response.cls == Class.RESPONSE
+        """A success response without unknown comprehension-required attributes (RFC 8489 §6.3.3)."""
+        return self.response.cls == Class.RESPONSE and not self.response.unknown_required
 
     @property
     def code(self) -> int | None:
@@ -197,6 +208,11 @@ class Reply:
 
     def error(self, *, server: str | None = None, step: str | None = None) -> TurnError:
         """The natkit error for this (error) reply; see :func:`error_for`."""
+        if self.response.cls == Class.RESPONSE and self.response.unknown_required:
+            unknown = ", ".join(f"0x{t:04X}" for t in self.response.unknown_required)
+            return TurnError(f"{method_name(self.request.method)} success response with unknown comprehension-required "
+                             f"attributes {unknown}: treated as failed (RFC 8489 §6.3.3)", server=server,
+                             step=step or method_name(self.request.method).lower())
         return error_for(self.code, self.reason, method=self.request.method, server=server, step=step)
 
     def raise_for_error(self, *, server: str | None = None, step: str | None = None) -> Reply:
@@ -337,27 +353,28 @@ class TurnSession:
             if realm is not None and nonce is not None:
                 self.realm, self.nonce = realm, nonce
                 self.key = long_term_key(self.username, realm, self.password)
-                return self._retry(pending, nonce_retries=pending.nonce_retries)
+                return self._retry(pending, response, nonce_retries=pending.nonce_retries)
         if code == 438 and pending.signed and pending.nonce_retries < self.max_nonce_retries:
             nonce = response.get("NONCE")
             if nonce is not None:
                 self.nonce = nonce
                 self.realm = response.get("REALM", self.realm)
-                return self._retry(pending, nonce_retries=pending.nonce_retries + 1)
+                return self._retry(pending, response, nonce_retries=pending.nonce_retries + 1)
         signed = response.check_integrity(self.key) if self.key is not None else None
         if pending.signed:
             if signed is None:
                 self.unsigned_replies += 1
             elif signed is False:
                 self.bad_signatures += 1
-        reply = Reply(pending.message, response, signed, pending.attempt)
+        reply = Reply(pending.message, response, signed, pending.attempt, pending.history + (response,), len(pending.data))
         if reply.ok:
             self._apply(pending, response, now)
         return reply
 
-    def _retry(self, pending: Pending, *, nonce_retries: int) -> Pending:
+    def _retry(self, pending: Pending, answer: Message, *, nonce_retries: int) -> Pending:
         msg, data = self._build(pending.method, pending.attributes)
-        return Pending(pending.method, pending.attributes, msg, data, pending.attempt + 1, nonce_retries)
+        return Pending(pending.method, pending.attributes, msg, data, pending.attempt + 1, nonce_retries,
+                       pending.history + (answer,))
 
     def _apply(self, pending: Pending, response: Message, now: float) -> None:
         method = pending.method
