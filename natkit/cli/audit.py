@@ -25,7 +25,7 @@ def audit_cmd(
     uris: List[str] = typer.Argument(None, help="turn:HOST[:PORT] and turns:HOST:PORT URIs; several hosts are audited concurrently"),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (mints valid, expired and forged credentials)"),
     user: Optional[str] = typer.Option(None, "--user", help="long-term username; with --secret, the REST user part ('' for a bare expiry)"),
-    password: Optional[str] = typer.Option(None, "--password", help="long-term password"),
+    password: Optional[str] = typer.Option(None, "--password", envvar="NATKIT_TURN_PASSWORD", help="long-term password"),
     name: Optional[str] = typer.Option(None, "--name", help="audit a natkit-managed coturn (its URIs and secret) when no URI is given"),
     fail_on: str = typer.Option("high", "--fail-on", help="exit 1 when a finding at or above this severity fails: info, low, medium, high, critical"),
     checks: List[str] = typer.Option([], "--check", help="run only these checks (repeatable)"),
