@@ -1,0 +1,79 @@
+"""``natkit doctor URI...``: name the cause when relay candidates appear but calls fail.
+
+Exit codes: the verdict's (``docs/doctor.md``): 0 healthy (warnings included),
+1 a check failed (TLS certificate, open relay), 2 bad input, 4 unreachable
+(UDP blocked, nothing listening), 5 authentication refused, 6 allocation
+refused (quota, ports, address family), 7 relay candidates that cannot carry
+a call (external-ip, deny list, relay ports).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from . import output
+
+_STATUS = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]", "skip": "[dim]skip[/]"}
+
+
+def doctor_cmd(
+    uris: List[str] = typer.Argument(..., help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment"),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", show_envvar=True,
+                                         help="REST shared secret (coturn static-auth-secret); prefer the environment variable"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="long-term username (with --password), or the REST user part (with --secret)"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", show_envvar=True,
+                                           help="long-term password; prefer the environment variable"),
+    peers: List[str] = typer.Option([], "--peer", help="an IP address that must be reachable through the relay (repeatable; only asked about, never sent to)"),
+    ca: Optional[str] = typer.Option(None, "--ca", help="CA bundle (PEM) for turns: certificates"),
+    no_fallbacks: bool = typer.Option(False, "--no-fallbacks", help="try only the URIs given (no TCP on the same port, no TLS on 5349)"),
+    timeout: float = typer.Option(1.5, "--timeout", help="seconds per STUN/TURN request", min=0.05, max=60),
+    data_timeout: float = typer.Option(1.0, "--data-timeout", help="seconds to wait for data through the relay", min=0.05, max=60),
+    json_out: bool = typer.Option(False, "--json", help="print the report as one JSON document"),
+) -> None:
+    """Diagnose a TURN server: reachability per transport, authentication, allocations, relayed address, permissions, data both ways, TLS.
+
+    Every finding names a cause, shows the exact responses and the coturn
+    option that fixes it; the exit code is the verdict's.
+    """
+
+    def body() -> int:
+        import os
+
+        from ..doctor import doctor
+        from ..errors import UsageError
+
+        if ca is not None and not os.path.isfile(ca):
+            raise UsageError(f"--ca {ca}: no such file")
+        username = user if password else None
+        rest_user = user if secret and not password else None
+        if user and not password and not secret:
+            raise UsageError("--user needs --password (or NATKIT_TURN_PASSWORD), or --secret for a REST user part")
+        output.progress(f"diagnosing {', '.join(uris)}")
+        report = doctor(list(uris), secret=secret if not password else None, username=username, password=password,
+                        user=rest_user, peers=list(peers), cafile=ca, fallbacks=not no_fallbacks, timeout=timeout,
+                        data_timeout=data_timeout)
+        if json_out:
+            output.emit_json(report)
+        else:
+            render(report)
+        return report.exit_code
+
+    output.run(json_out, body)
+
+
+def render(report) -> None:
+    """The report as a step table, then the findings (cause, evidence, fix) and the verdict."""
+    con = output.console()
+    rows = [[_STATUS.get(c.status, c.status), c.id, c.target, c.summary] for c in report.checks]
+    con.print(output.table(None, ["", "step", "target", "result"], rows))
+    for f in report.findings:
+        style = "red" if f.severity == "fail" else "yellow"
+        con.print(f"\n[{style}]{f.cause}[/]: {f.title} (exit {f.exit_code})")
+        for line in f.evidence:
+            con.print(f"  evidence: {line}", markup=False)
+        if f.fix:
+            con.print(f"  fix: {f.fix}", markup=False)
+    verdict = "[green]healthy[/]" if report.ok else f"[red]{report.verdict}[/]"
+    con.print(f"\nverdict: {verdict} (exit {report.exit_code}, {report.duration_ms / 1000:.2f} s)")
