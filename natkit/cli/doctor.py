@@ -9,7 +9,7 @@ a call (external-ip, deny list, relay ports).
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,18 +19,18 @@ _STATUS = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn
 
 
 def doctor_cmd(
-    uris: List[str] = typer.Argument(..., help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", show_envvar=True,
-                                         help="REST shared secret (coturn static-auth-secret); prefer the environment variable"),
-    user: Optional[str] = typer.Option(None, "--user", "-u", help="long-term username (with --password), or the REST user part (with --secret)"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", show_envvar=True,
-                                           help="long-term password; prefer the environment variable"),
-    peers: List[str] = typer.Option([], "--peer", help="an IP address that must be reachable through the relay (repeatable; only asked about, never sent to)"),
-    ca: Optional[str] = typer.Option(None, "--ca", help="CA bundle (PEM) for turns: certificates"),
-    no_fallbacks: bool = typer.Option(False, "--no-fallbacks", help="try only the URIs given (no TCP on the same port, no TLS on 5349)"),
-    timeout: float = typer.Option(1.5, "--timeout", help="seconds per STUN/TURN request", min=0.05, max=60),
-    data_timeout: float = typer.Option(1.0, "--data-timeout", help="seconds to wait for data through the relay", min=0.05, max=60),
-    json_out: bool = typer.Option(False, "--json", help="print the report as one JSON document"),
+    uris: Annotated[list[str], typer.Argument(help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment")],
+    secret: Annotated[str | None, typer.Option("--secret", envvar="NATKIT_TURN_SECRET", show_envvar=True,
+                                                  help="REST shared secret (coturn static-auth-secret); prefer the environment variable")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="long-term username (with --password), or the REST user part (with --secret)")] = None,
+    password: Annotated[str | None, typer.Option("--password", "-p", envvar="NATKIT_TURN_PASSWORD", show_envvar=True,
+                                                    help="long-term password; prefer the environment variable")] = None,
+    peers: Annotated[list[str] | None, typer.Option("--peer", help="an IP address that must be reachable through the relay (repeatable; only asked about, never sent to)")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", help="CA bundle (PEM) for turns: certificates")] = None,
+    no_fallbacks: Annotated[bool, typer.Option("--no-fallbacks", help="try only the URIs given (no TCP on the same port, no TLS on 5349)")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds per STUN/TURN request", min=0.05, max=60)] = 1.5,
+    data_timeout: Annotated[float, typer.Option("--data-timeout", help="seconds to wait for data through the relay", min=0.05, max=60)] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as one JSON document")] = False,
 ) -> None:
     """Diagnose a TURN server: reachability per transport, authentication, allocations, relayed address, permissions, data both ways, TLS.
 
@@ -52,7 +52,7 @@ def doctor_cmd(
             raise UsageError("--user needs --password (or NATKIT_TURN_PASSWORD), or --secret for a REST user part")
         output.progress(f"diagnosing {', '.join(uris)}")
         report = doctor(list(uris), secret=secret if not password else None, username=username, password=password,
-                        user=rest_user, peers=list(peers), cafile=ca, fallbacks=not no_fallbacks, timeout=timeout,
+                        user=rest_user, peers=list(peers or []), cafile=ca, fallbacks=not no_fallbacks, timeout=timeout,
                         data_timeout=data_timeout)
         if json_out:
             output.emit_json(report)
@@ -65,12 +65,14 @@ def doctor_cmd(
 
 def render(report) -> None:
     """The report as a step table, then the findings (cause, evidence, fix) and the verdict."""
+    from rich.markup import escape
+
     con = output.console()
-    rows = [[_STATUS.get(c.status, c.status), c.id, c.target, c.summary] for c in report.checks]
+    rows = [[_STATUS.get(c.status, c.status), c.id, escape(c.target), escape(c.summary)] for c in report.checks]
     con.print(output.table(None, ["", "step", "target", "result"], rows))
     for f in report.findings:
         style = "red" if f.severity == "fail" else "yellow"
-        con.print(f"\n[{style}]{f.cause}[/]: {f.title} (exit {f.exit_code})")
+        con.print(f"\n[{style}]{f.cause}[/]: {escape(f.title)} (exit {f.exit_code})")
         for line in f.evidence:
             con.print(f"  evidence: {line}", markup=False)
         if f.fix:

@@ -72,8 +72,8 @@ def _reachability(facts: Facts) -> tuple[list[Check], list[Finding]]:
             return checks, [finding("server-not-listening", ev)]
         if by["udp"] and all(r.error == "timeout" for r in by["udp"]) and stream_refused:
             return checks, [finding("udp-blocked-no-fallback", ev + [
-                "UDP is dropped silently (no ICMP error) while TCP connections are refused: the host is up, a firewall drops UDP, "
-                "and there is no TCP/TLS listener to fall back to"])]
+                ("UDP is dropped silently (no ICMP error) while TCP connections are refused: the host is up, a firewall drops UDP, "
+                "and there is no TCP/TLS listener to fall back to")])]
         del errors
         return checks, [finding("server-unreachable", ev)]
     if by["udp"] and not ok["udp"]:
@@ -201,18 +201,18 @@ def _auth_cause(a, ev: list[str]) -> Finding:
                        f"the server's clock runs {_duration(lo)}–{_duration(hi)} ahead of this machine's ({_when(a.now)})"]
             return finding("auth-clock-skew", ev, data={"server_ahead_s": [lo, hi]})
         if far is not None and not far.accepted:
-            ev = ev + [f"a credential minted with the same secret and an expiry {_duration(far.ttl)} ahead → refused too: "
-                       "not a clock problem, the secret differs"]
+            ev = ev + [(f"a credential minted with the same secret and an expiry {_duration(far.ttl)} ahead → refused too: "
+                       "not a clock problem, the secret differs")]
             return finding("auth-wrong-secret", ev)
         return finding("auth-refused", ev)
     if a.mode == "long-term" and a.expiry is not None:
         left = a.expiry - a.now
         if left < 0:
-            ev = ev + [f"the username's timestamp {a.expiry} is {_when(a.expiry)}: expired {_duration(left)} ago by this "
-                       f"machine's clock ({_when(a.now)})"]
+            ev = ev + [(f"the username's timestamp {a.expiry} is {_when(a.expiry)}: expired {_duration(left)} ago by this "
+                       f"machine's clock ({_when(a.now)})")]
             return finding("auth-credential-expired", ev, data={"expiry": a.expiry, "expired_s": -left})
-        ev = ev + [f"the username's timestamp {a.expiry} ({_when(a.expiry)}) is {_duration(left)} ahead: not expired here, so "
-                   f"a wrong password/secret, or a server clock more than {_duration(left)} ahead (give --secret to tell)"]
+        ev = ev + [(f"the username's timestamp {a.expiry} ({_when(a.expiry)}) is {_duration(left)} ahead: not expired here, so "
+                   f"a wrong password/secret, or a server clock more than {_duration(left)} ahead (give --secret to tell)")]
         return finding("auth-refused", ev, data={"expiry": a.expiry})
     if a.mode == "none":
         ev = ev + ["no credentials were given: pass --secret (REST) or --user/--password"]
@@ -229,17 +229,17 @@ def _allocations(facts: Facts) -> tuple[list[Check], list[Finding]]:
         fam = "IPv6" if a.family == 2 else "IPv4"
         label = f"{a.target.label} {fam} [{a.role}]"
         if a.ok:
-            checks.append(Check("allocate", label, "pass", f"relayed {a.relayed}", (f"Allocate → {a.response}, XOR-RELAYED-ADDRESS "
-                                f"{a.relayed}, XOR-MAPPED-ADDRESS {a.mapped}, LIFETIME {a.lifetime}",), facts.timings.get("allocate")))
+            checks.append(Check("allocate", label, "pass", f"relayed {a.relayed}", ((f"Allocate → {a.response}, XOR-RELAYED-ADDRESS "
+                                f"{a.relayed}, XOR-MAPPED-ADDRESS {a.mapped}, LIFETIME {a.lifetime}"),), facts.timings.get("allocate")))
             if a.family == 2 and a.relayed is not None and a.relayed.family == 4:
-                findings.append(finding("ipv6-relay-advertised-ipv4", [f"Allocate REQUESTED-ADDRESS-FAMILY=IPv6 → success with "
-                                                                       f"XOR-RELAYED-ADDRESS {a.relayed}"]))
+                findings.append(finding("ipv6-relay-advertised-ipv4", [(f"Allocate REQUESTED-ADDRESS-FAMILY=IPv6 → success with "
+                                                                       f"XOR-RELAYED-ADDRESS {a.relayed}")]))
             continue
         if auth_refused and a.role == "A":
             checks.append(Check("allocate", label, "skip", "not allocated: authentication failed", (a.response,)))
             continue
-        ev = [f"Allocate REQUESTED-TRANSPORT=UDP{' REQUESTED-ADDRESS-FAMILY=IPv6' if a.family == 2 else ''} on {a.target.label} "
-              f"→ {a.response}"]
+        ev = [(f"Allocate REQUESTED-TRANSPORT=UDP{' REQUESTED-ADDRESS-FAMILY=IPv6' if a.family == 2 else ''} on {a.target.label} "
+              f"→ {a.response}")]
         if a.family == 2 and a.code == 440:
             checks.append(Check("allocate", label, "warn" if facts.wanted_ipv6 else "skip",
                                 "no IPv6 relay" + ("" if facts.wanted_ipv6 else " (no IPv6 peer or URI asked for one)"), tuple(ev)))
@@ -309,8 +309,8 @@ def _permissions(facts: Facts) -> tuple[list[Check], list[Finding]]:
             continue
         if p.code == 403 and p.peer.host in own_relays:
             if relayed_kind == "public":
-                findings.append(finding("deny-list-own-relay", ev + [f"{p.peer.host} is this server's own relayed address: two "
-                                                                     "clients of this server cannot reach each other"]))
+                findings.append(finding("deny-list-own-relay", ev + [(f"{p.peer.host} is this server's own relayed address: two "
+                                                                     "clients of this server cannot reach each other")]))
             continue  # a private relayed address: external-ip-missing says it
         if p.code == 443:
             findings.append(finding("family-mismatch", ev + _family_evidence(facts), data={"peer": p.peer.host}))
@@ -349,13 +349,13 @@ def _data(facts: Facts) -> tuple[list[Check], list[Finding]]:
     if inbound is not None and not inbound.delivered:
         note = (" while the relay's own traffic toward the client gets through: a stateful firewall lets replies in and drops "
                 "new flows toward the relay ports") if outbound is not None and outbound.delivered else ""
-        return checks, [finding("relay-ports-blocked", ev + [f"nothing sent to the relayed port {inbound.sent_to} reached the "
-                                                             f"allocation{note}"], data={"relayed": str(a.relayed)})]
+        return checks, [finding("relay-ports-blocked", ev + [(f"nothing sent to the relayed port {inbound.sent_to} reached the "
+                                                             f"allocation{note}")], data={"relayed": str(a.relayed)})]
     if pair and not any(d.delivered for d in pair):
         if inbound is not None and inbound.delivered:
-            return checks, [finding("data-not-relayed", ev + ["this client reaches the relay from outside, but the server's two "
+            return checks, [finding("data-not-relayed", ev + [("this client reaches the relay from outside, but the server's two "
                                                               "allocations cannot reach each other: the server cannot reach its "
-                                                              "own public address (a NAT without hairpinning)"])]
+                                                              "own public address (a NAT without hairpinning)")])]
         return checks, [finding("relay-ports-blocked" if inbound is None else "data-not-relayed", ev)]
     return checks, []
 
