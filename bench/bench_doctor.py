@@ -22,14 +22,13 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from natkit.lab import faults as F  # noqa: E402
+from natkit.lab import faults as F
 
 
 def uclient(lab: F.FaultLab) -> tuple[float, str]:
