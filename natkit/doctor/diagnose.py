@@ -349,8 +349,12 @@ def _data(facts: Facts) -> tuple[list[Check], list[Finding]]:
     if inbound is not None and not inbound.delivered:
         note = (" while the relay's own traffic toward the client gets through: a stateful firewall lets replies in and drops "
                 "new flows toward the relay ports") if outbound is not None and outbound.delivered else ""
-        return checks, [finding("relay-ports-blocked", ev + [(f"nothing sent to the relayed port {inbound.sent_to} reached the "
-                                                             f"allocation{note}")], data={"relayed": str(a.relayed)})]
+        ev = [e for e in ev if e.startswith(("peer→relay", "relay→peer"))]
+        if any(d.delivered for d in pair):
+            ev.append("between two allocations of this server data flows: the server relays to its own addresses without "
+                      "crossing the firewall in front of it")
+        return checks, [finding("relay-ports-blocked", ev + [f"nothing sent to the relayed port {inbound.sent_to} reached the "
+                                                             f"allocation{note}"], data={"relayed": str(a.relayed)})]
     if pair and not any(d.delivered for d in pair):
         if inbound is not None and inbound.delivered:
             return checks, [finding("data-not-relayed", ev + [("this client reaches the relay from outside, but the server's two "
