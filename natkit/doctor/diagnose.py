@@ -307,7 +307,8 @@ def _permissions(facts: Facts) -> tuple[list[Check], list[Finding]]:
                             "granted" if p.ok else p.response, tuple(ev)))
         if p.ok:
             continue
-        if p.code == 403 and p.peer.host in own_relays:
+        refused = p.code == 403 or (p.code is None and p.response.startswith("error without ERROR-CODE"))  # pion: no code
+        if refused and p.peer.host in own_relays:
             if relayed_kind == "public":
                 findings.append(finding("deny-list-own-relay", ev + [(f"{p.peer.host} is this server's own relayed address: two "
                                                                      "clients of this server cannot reach each other")]))
@@ -353,8 +354,8 @@ def _data(facts: Facts) -> tuple[list[Check], list[Finding]]:
         if any(d.delivered for d in pair):
             ev.append("between two allocations of this server data flows: the server relays to its own addresses without "
                       "crossing the firewall in front of it")
-        return checks, [finding("relay-ports-blocked", ev + [f"nothing sent to the relayed port {inbound.sent_to} reached the "
-                                                             f"allocation{note}"], data={"relayed": str(a.relayed)})]
+        return checks, [finding("relay-ports-blocked", ev + [(f"nothing sent to the relayed port {inbound.sent_to} reached the "
+                                                             f"allocation{note}")], data={"relayed": str(a.relayed)})]
     if pair and not any(d.delivered for d in pair):
         if inbound is not None and inbound.delivered:
             return checks, [finding("data-not-relayed", ev + [("this client reaches the relay from outside, but the server's two "

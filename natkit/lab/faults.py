@@ -142,35 +142,34 @@ class FaultSpec:
         return out
 
 
-_TLS_ONLY_COTURN = ("coturn",)
+_COTURN_ONLY = ("coturn",)
 FAULTS: dict[str, FaultSpec] = {f.id: f for f in (
     FaultSpec("healthy", "healthy", "a correct deployment behind the 1:1 NAT"),
     FaultSpec("healthy-tls", "healthy", "a correct deployment with turns: and a CA-signed certificate", tls="good",
-              servers=_TLS_ONLY_COTURN),
+              servers=_COTURN_ONLY),
     FaultSpec("external-ip-missing", "external-ip-missing", "behind a 1:1 NAT without external-ip", external_ip="missing"),
-    FaultSpec("external-ip-wrong", "external-ip-wrong", "external-ip names an address that is not the server's", external_ip="wrong",
-              servers=_TLS_ONLY_COTURN),
+    FaultSpec("external-ip-wrong", "external-ip-wrong", "external-ip names an address that is not the server's", external_ip="wrong"),
     FaultSpec("deny-own-relay", "deny-list-own-relay",
               "external-ip=PUBLIC (no /PRIVATE): coturn checks its own private relay address against the deny list",
               external_ip="public-only", deny_own_relay=True),
     FaultSpec("relay-ports-blocked", "relay-ports-blocked", "the cloud firewall drops the relay port range", relay_ports_dropped=True),
     FaultSpec("udp-blocked", "udp-blocked", "the client's network drops UDP; TCP and TLS listeners exist", client_udp_blocked=True,
-              tls="good", servers=_TLS_ONLY_COTURN),
+              tls="good", servers=_COTURN_ONLY),
     FaultSpec("udp-blocked-no-fallback", "udp-blocked-no-fallback", "the client's network drops UDP and the server listens on UDP only",
               client_udp_blocked=True, tcp=False),
     FaultSpec("tls-wrong-name", "tls-cert-wrong-name", "the turns: certificate is for another name", tls="wrong-name",
-              servers=_TLS_ONLY_COTURN),
-    FaultSpec("tls-expired", "tls-cert-expired", "the turns: certificate has expired", tls="expired", servers=_TLS_ONLY_COTURN),
+              servers=_COTURN_ONLY),
+    FaultSpec("tls-expired", "tls-cert-expired", "the turns: certificate has expired", tls="expired", servers=_COTURN_ONLY),
     FaultSpec("tls-self-signed", "tls-cert-self-signed", "the turns: certificate is self-signed", tls="self-signed",
-              servers=_TLS_ONLY_COTURN),
+              servers=_COTURN_ONLY),
     FaultSpec("wrong-secret", "auth-wrong-secret", "the doctor's shared secret is not the server's", credential="wrong-secret"),
     FaultSpec("clock-skew", "auth-clock-skew", "the server's clock runs two days ahead", clock_offset="+2d",
-              servers=_TLS_ONLY_COTURN),
+              servers=_COTURN_ONLY),
     FaultSpec("credential-expired", "auth-credential-expired", "the credential handed to the client has expired", credential="expired"),
     FaultSpec("quota-reached", "quota-reached", "the user already holds its user-quota of allocations", user_quota=2, hold=2,
-              credential="user", servers=_TLS_ONLY_COTURN),
+              credential="user", servers=_COTURN_ONLY),
     FaultSpec("ports-exhausted", "capacity-exhausted", "every port of the relay range is allocated", exhausted=True,
-              servers=_TLS_ONLY_COTURN),
+              servers=_COTURN_ONLY),
     FaultSpec("ipv6-peer-ipv4-relay", "family-mismatch", "an IPv6-only peer, a server that relays IPv4 only", ipv6_relay=False,
               peer6=True),
 )}
@@ -197,14 +196,15 @@ class FaultPlan:
         raise UsageError(f"no node {name!r} in fault lab {self.lab!r}")
 
 
-def cloudnat_ruleset(*, relay_range: tuple[int, int] = RELAY_RANGE, drop_relay_ports: bool = False) -> str:
+def cloudnat_ruleset(*, drop_relay_ports: bool = False) -> str:
     """The 1:1 NAT of the cloud box (pure): every port of the public address to the server and back.
 
     DNAT in prerouting and SNAT in postrouting both act on traffic from the
     LAN too, so the server reaching its own public address (two relayed
     addresses talking to each other) is hairpinned. With
-    ``drop_relay_ports`` a stateful firewall drops new UDP flows toward the
-    relay range: the cloud security group that only opened 3478/5349.
+    ``drop_relay_ports`` a stateful firewall drops new UDP flows toward any
+    port of the server but 3478, the relay ports included: the cloud security
+    group that only opened the TURN port.
     """
     lines = [
         "table ip natkit_cloudnat {",
@@ -219,13 +219,14 @@ def cloudnat_ruleset(*, relay_range: tuple[int, int] = RELAY_RANGE, drop_relay_p
         "}",
     ]
     if drop_relay_ports:
-        lo, hi = relay_range
+        # only the TURN port was opened: every other new UDP flow toward the server, the relay ports
+        # included, is dropped (whatever range the server allocates from)
         lines += [
             "table inet natkit_fault {",
             "  chain forward {",
             "    type filter hook forward priority filter; policy accept;",
-            f"    ip daddr {SERVER_IP} udp dport {lo}-{hi} ct state new counter drop",
-            f"    ip6 daddr {SERVER_IP6} udp dport {lo}-{hi} ct state new counter drop",
+            f"    ip daddr {SERVER_IP} udp dport != {PORT} ct state new counter drop",
+            f"    ip6 daddr {SERVER_IP6} udp dport != {PORT} ct state new counter drop",
             "  }",
             "}",
         ]
@@ -266,7 +267,6 @@ def fault_plan(lab: str, fault: FaultSpec, *, stun_servers: bool = False) -> Fau
     internet (:data:`STUN_IPS`), for ``natkit turn up``'s external-ip detection.
     """
     ns = lambda n: namespace_name(lab, n)
-    relay_range = EXHAUSTED_RANGE if fault.exhausted else RELAY_RANGE
     nodes = [
         Node("internet", "internet", ns("internet"), bridges=("br0",), sysctls=_V6_SYSCTLS + (("net.ipv4.ip_forward", "0"),)),
         Node("cloudnat", "nat", ns("cloudnat"),
@@ -274,7 +274,7 @@ def fault_plan(lab: str, fault: FaultSpec, *, stun_servers: bool = False) -> Fau
                         ("lan", "2001:db8:10::1/64 nodad")),
              routes=("198.51.100.0/24 dev wan scope link", "2001:db8:2::/64 via " + CLIENTFW_WAN6 + " dev wan"),
              sysctls=_V6_SYSCTLS + _NO_REDIRECTS + (("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")),
-             nft=cloudnat_ruleset(relay_range=relay_range, drop_relay_ports=fault.relay_ports_dropped)),
+             nft=cloudnat_ruleset(drop_relay_ports=fault.relay_ports_dropped)),
         Node("server", "server", ns("server"),
              addresses=(("eth0", f"{SERVER_IP}/24"), ("eth0", f"{SERVER_IP6}/64 nodad")),
              routes=tuple(f"{net} via {CLOUDNAT_LAN} dev eth0" for net in INTERNET_NETS) + (f"{INTERNET_NET6} via 2001:db8:10::1 dev eth0",),
@@ -340,6 +340,27 @@ def coturn_config(fault: FaultSpec, secret: str, *, state_dir: str, cert: str | 
         conf, allowed_peer_ranges=allowed, extra=tuple(extra),
         pidfile=f"{state_dir}/turnserver.pid", userdb=f"{state_dir}/turndb",
     )
+
+
+def pion_args(fault: FaultSpec) -> list[str]:
+    """Flags of natkit's pion/turn test server (tests/servers/pionturn) for one fault (pure).
+
+    pion has no external-ip mapping of its own: ``-external-ip`` is the
+    relayed address it tells clients while it binds the private one;
+    ``public-only`` behaves as ``correct`` there. The deny list covering the
+    own relay address is ``-deny 203.0.113.0/24``. TCP is the ``tcp``
+    argument of ``PionTurn``, not a flag.
+    """
+    if not set(fault.servers) & {"pion"}:
+        raise UsageError(f"fault {fault.id!r} cannot be built on pion/turn", hint="faults for pion: " + ", ".join(
+            f.id for f in FAULTS.values() if "pion" in f.servers))
+    args = ["-realm", REALM]
+    external = {"correct": PUBLIC_IP, "public-only": PUBLIC_IP, "wrong": WRONG_PUBLIC_IP, "missing": None}[fault.external_ip]
+    if external:
+        args += ["-external-ip", external]
+    if fault.deny_own_relay:
+        args += ["-deny", "203.0.113.0/24"]
+    return args
 
 
 # ---------------------------------------------------------------- certificates
