@@ -173,3 +173,46 @@ def test_text_output_shows_steps_evidence_fix_and_verdict():
     assert "403 Forbidden IP" in out and "fix: allowed-peer-ip=" in out
     assert "verdict: deny-list-own-relay (exit 7" in out
     assert lab.secret not in out + r.stderr
+
+
+def test_sigterm_tears_the_fault_lab_down(tmp_path):
+    import sys
+
+    script = tmp_path / "lab.py"
+    script.write_text(
+        "import sys, time\n"
+        "from natkit.lab.faults import FaultLab\n"
+        "with FaultLab('quota-reached') as lab:\n"
+        "    print(lab.name, flush=True)\n"
+        "    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = p.stdout.readline().strip()
+    assert name, p.stderr.read()
+    from natkit.lab import netns
+
+    namespaces = [ns for ns in netns.list_namespaces() if netns.lab_of_namespace(ns) == name]
+    assert len(namespaces) == 6
+    pids = [pid for found in netns.namespace_pids(namespaces).values() for pid in found]
+    assert pids  # coturn and the holder
+    p.terminate()
+    assert p.wait(15) != 0
+    assert not [ns for ns in netns.list_namespaces() if netns.lab_of_namespace(ns) == name]
+    assert netns.read_state(name) is None
+    assert not [pid for pid in pids if netns._alive(pid)]
+
+
+def test_sigterm_stops_the_doctor_mid_run():
+    from natkit.lab import netns
+
+    with F.FaultLab("udp-blocked") as lab:  # the UDP timeout keeps the doctor busy for ~2 s
+        argv, env = lab.doctor_command()
+        full = netns.installation_env()
+        full.update(env)
+        p = subprocess.Popen(netns.netns_argv(lab.ns("client"), argv), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        time.sleep(0.8)
+        p.terminate()
+        out, err = p.communicate(timeout=15)
+        assert p.returncode == 130, err
+        assert "Traceback" not in err
+        assert netns.namespace_pids([lab.ns("client")])[lab.ns("client")] == []

@@ -33,6 +33,7 @@ take values and return a plan and a config, unit-tested without root.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import glob
 import json
@@ -40,7 +41,9 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -430,6 +433,15 @@ def faketime_library() -> str | None:
 
 # ---------------------------------------------------------------- a running fault
 
+_LIVE: weakref.WeakSet[FaultLab] = weakref.WeakSet()
+
+
+@atexit.register
+def _teardown_leftovers() -> None:  # a fault lab never closed by its owner still goes away
+    for lab in list(_LIVE):
+        lab.down()
+
+
 class FaultLab:
     """One :class:`FaultSpec` built for real; a context manager that removes everything it made.
 
@@ -455,6 +467,7 @@ class FaultLab:
         self._holders: list[subprocess.Popen] = []
         self._coturn: subprocess.Popen | None = None
         self._up = False
+        self._old_sigterm: Any = None
 
     # ---- naming
     def ns(self, node: str) -> str:
@@ -479,6 +492,8 @@ class FaultLab:
             return self
         preflight()
         self._up = True
+        _LIVE.add(self)
+        self._install_sigterm()
         try:
             netns.write_state(self.name, self._state())
             t = time.monotonic()
@@ -513,6 +528,25 @@ class FaultLab:
                 p.kill()
                 p.wait(2.0)
         netns.remove_state(self.name)
+        _LIVE.discard(self)
+        self._restore_sigterm()
+
+    def _install_sigterm(self) -> None:
+        # SIGTERM while the lab is up raises KeyboardInterrupt in the main thread: the with-block tears down
+        import signal
+
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            def on_term(signum: int, frame: Any) -> None:
+                raise KeyboardInterrupt("SIGTERM")
+
+            self._old_sigterm = signal.signal(signal.SIGTERM, on_term)
+
+    def _restore_sigterm(self) -> None:
+        import signal
+
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def _state(self) -> dict:
         pid = os.getpid()
