@@ -214,10 +214,11 @@ async def _tls_probe(t: Target, opts: Options) -> TlsFacts:
     from ..tls import cert_info
 
     assert t.addr is not None
+    addr = t.addr
 
     async def handshake(verify: bool) -> tuple[bytes | None, str | None]:
         ctx = client_ssl_context(verify=verify, cafile=opts.cafile)
-        _, writer = await asyncio.wait_for(asyncio.open_connection(t.addr.host, t.addr.port, ssl=ctx, server_hostname=t.host),
+        _, writer = await asyncio.wait_for(asyncio.open_connection(addr.host, addr.port, ssl=ctx, server_hostname=t.host),
                                            opts.timeout)
         try:
             obj = writer.get_extra_info("ssl_object")
@@ -475,7 +476,7 @@ async def _relay_steps(base: Facts, primary: Target, opts: Options, clients: lis
         return facts
     t0 = time.monotonic()
     reachable = {r.target.transport: r.target for r in base.reach if r.ok}
-    jobs = [("B", primary, None)]
+    jobs: list[tuple[str, Target, int | None]] = [("B", primary, None)]
     jobs += [(tr, reachable[tr], None) for tr in ("tcp", "tls") if tr in reachable and tr != primary.transport]
     jobs.append(("v6", primary, 2))
     results = await asyncio.gather(*(_allocate(role, t, opts, creds, family=fam) for role, t, fam in jobs))

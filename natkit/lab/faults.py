@@ -479,12 +479,13 @@ class FaultLab:
 
     # ---- lifecycle
     def __enter__(self) -> Self:
-        return self.up()
+        self.up()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def up(self) -> FaultLab:
+    def up(self) -> Self:
         """Build the namespaces and rules, start the server and the holders; tear down and re-raise on failure."""
         from .lab import preflight
 
