@@ -3,6 +3,8 @@ side by side with coturn's own turnutils_uclient on the same fault.
 
     sudo .venv/bin/python bench/bench_doctor.py [--runs 3] [--faults a,b] [--pion PATH] [--no-uclient] [--json FILE]
 
+(PATH: the pionturn binary tests/servers builds, e.g. .pytest_cache/d/natkit-pionturn/pionturn)
+
 For each fault the lab is built once (namespaces, nftables, coturn behind the
 1:1 NAT) and ``natkit doctor --json`` runs ``--runs`` times inside the
 client's namespace. Printed: a Markdown table (fault, expected cause,
@@ -55,16 +57,24 @@ def uclient(lab: F.FaultLab) -> tuple[float, str]:
     return seconds, (err[-1].strip()[:60] if err else f"exit {r.returncode}")
 
 
-def run_fault(fault: F.FaultSpec, runs: int, *, with_uclient: bool) -> dict:
-    with F.FaultLab(fault) as lab:
+def run_fault(fault: F.FaultSpec, runs: int, *, with_uclient: bool, pion: Path | None = None) -> dict:
+    import contextlib
+
+    with F.FaultLab(fault, server="none" if pion else "coturn") as lab, contextlib.ExitStack() as stack:
+        if pion is not None:
+            from tests.servers import PionTurn
+
+            stack.enter_context(PionTurn(pion, F.SERVER_IP, F.PORT, ns=lab.ns("server"), secret=lab.secret,
+                                         args=F.pion_args(fault), tcp=fault.tcp, workdir=lab.dir))
+            lab.start_holders()
         verdicts, doctor_s, wall_s = [], [], []
         for _ in range(runs):
             report, wall, _ = lab.run_doctor()
             verdicts.append(report.get("verdict"))
             doctor_s.append(report.get("duration_ms", 0.0) / 1000.0)
             wall_s.append(wall)
-        uc = uclient(lab) if with_uclient else None
-    return {"fault": fault.id, "expected": fault.cause, "verdicts": verdicts,
+        uc = uclient(lab) if with_uclient and pion is None else None
+    return {"fault": fault.id + (" (pion)" if pion else ""), "expected": fault.cause, "verdicts": verdicts,
             "correct": sum(v == fault.cause for v in verdicts), "runs": runs,
             "doctor_median_s": statistics.median(doctor_s), "doctor_max_s": max(doctor_s),
             "wall_median_s": statistics.median(wall_s), "uclient": uc}
@@ -76,13 +86,18 @@ def main() -> int:
     ap.add_argument("--faults", default="", help="comma-separated fault ids (default: all)")
     ap.add_argument("--no-uclient", action="store_true", help="skip the turnutils_uclient comparison")
     ap.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    ap.add_argument("--pion", type=Path, default=None, help="a built tests/servers pionturn: run pion's faults on it too")
     args = ap.parse_args()
     ids = [f for f in args.faults.split(",") if f] or list(F.FAULTS)
+    plan = [(fid, None) for fid in ids]
+    if args.pion:
+        plan += [(fid, args.pion) for fid in ids if "pion" in F.FAULTS[fid].servers]
     rows = []
-    for fid in ids:
-        row = run_fault(F.FAULTS[fid], args.runs, with_uclient=not args.no_uclient)
+    for fid, pion in plan:
+        row = run_fault(F.FAULTS[fid], args.runs, with_uclient=not args.no_uclient, pion=pion)
         rows.append(row)
-        print(f"… {fid}: {row['correct']}/{row['runs']} {row['verdicts'][0]} {row['doctor_max_s']:.2f} s", file=sys.stderr, flush=True)
+        print(f"… {row['fault']}: {row['correct']}/{row['runs']} {row['verdicts'][0]} {row['doctor_max_s']:.2f} s", file=sys.stderr,
+              flush=True)
     print("| fault | expected cause | verdicts | correct | doctor median / max | wall median | turnutils_uclient -y |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -350,13 +350,15 @@ async def _leg(router: _Router, leg: str, send, sent_to: TransportAddress, wait:
     tok = router.token(leg)
     fut = router.waiting[tok]
     t0 = time.monotonic()
-    for delay in (0.0, 0.1, 0.2):
-        await asyncio.sleep(delay)
-        if fut.done():
-            break
+    for gap in (0.1, 0.2, None):  # send, wait 0.1 s, resend, wait 0.2 s, resend
         try:
             send(tok)
         except (NatkitError, OSError):
+            break
+        if gap is None:
+            break
+        done, _ = await asyncio.wait({fut}, timeout=min(gap, max(0.0, wait - (time.monotonic() - t0))))
+        if done:
             break
     try:
         source, t1 = await asyncio.wait_for(asyncio.shield(fut), max(0.0, wait - (time.monotonic() - t0)))
