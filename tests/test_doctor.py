@@ -365,3 +365,52 @@ def test_loopback_port_without_server_exits_4_and_names_it():
     r = _cli("turn:127.0.0.1:9", "--timeout", "0.3", "--data-timeout", "0.1", env={"NATKIT_TURN_SECRET": "x"})
     assert r.returncode == EXIT_UNREACHABLE
     assert "server-not-listening" in r.stdout and "verdict" in r.stdout
+
+
+# ---------------------------------------------------------------- the fault lab's pure parts
+
+def test_fault_plan_puts_the_public_address_on_the_nat_box_only():
+    from natkit.lab import faults as F
+
+    plan = F.fault_plan("t1", F.FAULTS["healthy"])
+    assert F.PUBLIC_IP in plan.node("cloudnat").ips and F.PUBLIC_IP not in plan.node("server").ips
+    nft = plan.node("cloudnat").nft
+    assert f"ip daddr {F.PUBLIC_IP} dnat to {F.SERVER_IP}" in nft and f"ip saddr {F.SERVER_IP} snat to {F.PUBLIC_IP}" in nft
+    assert "natkit_fault" not in nft
+    assert all(not r.startswith("default") for n in plan.nodes for r in n.routes)  # nothing leaves the lab
+    assert all(ns.startswith("natkit-t1-") for ns in plan.namespaces)
+    blocked = F.fault_plan("t1", F.FAULTS["relay-ports-blocked"]).node("cloudnat").nft
+    assert f"udp dport != {F.PORT} ct state new counter drop" in blocked
+    assert 'iifname "lan" meta l4proto udp counter drop' in F.fault_plan("t1", F.FAULTS["udp-blocked"]).node("clientfw").nft
+
+
+def test_neighbour_commands_cover_every_ipv6_segment_both_ways():
+    from natkit.lab import faults as F
+
+    plan = F.fault_plan("t1", F.FAULTS["healthy"])
+    macs = {(n, d): f"02:00:00:00:00:{i:02x}" for i, (n, d) in enumerate(x for seg in F.V6_SEGMENTS for x in seg)}
+    cmds = F.neighbour_commands(plan, macs)
+    assert any(f"neigh replace {F.SERVER_IP6} lladdr" in c and "dev lan" in c for c in cmds[plan.node("cloudnat").ns])
+    assert any("neigh replace 2001:db8:10::1 lladdr" in c and "dev eth0" in c for c in cmds[plan.node("server").ns])
+    assert any(f"neigh replace {F.PEER6_IP} " in c for c in cmds[plan.node("clientfw").ns])
+    assert all("nud permanent" in c for lines in cmds.values() for c in lines)
+
+
+@pytest.mark.parametrize("fault_id", ["healthy", "deny-own-relay", "external-ip-missing", "external-ip-wrong", "ports-exhausted",
+                                      "quota-reached", "udp-blocked-no-fallback", "ipv6-peer-ipv4-relay"])
+def test_coturn_config_of_each_fault(fault_id):
+    from natkit.lab import faults as F
+
+    fault = F.FAULTS[fault_id]
+    text = F.coturn_config(fault, "s3cr3t", state_dir="/tmp/x").render()
+    ext = {"correct": f"external-ip={F.PUBLIC_IP}/{F.SERVER_IP}\n", "public-only": f"external-ip={F.PUBLIC_IP}\n",
+           "wrong": f"external-ip={F.WRONG_PUBLIC_IP}/{F.SERVER_IP}\n", "missing": None}[fault.external_ip]
+    assert (ext in text) if ext else ("external-ip" not in text)
+    assert ("no-tcp" in text.splitlines()) == (not fault.tcp)
+    assert ("relay-ip=2001:db8:10::10" in text) == fault.ipv6_relay
+    if fault.exhausted:
+        assert "min-port=49152\nmax-port=49155" in text
+    if fault.user_quota:
+        assert f"user-quota={fault.user_quota}" in text
+    assert "denied-peer-ip=10.0.0.0-10.255.255.255" in text  # the IANA list stays
+    assert F.pion_args(fault) if "pion" in fault.servers else True

@@ -216,3 +216,22 @@ def test_sigterm_stops_the_doctor_mid_run():
         assert p.returncode == 130, err
         assert "Traceback" not in err
         assert netns.namespace_pids([lab.ns("client")])[lab.ns("client")] == []
+
+
+@pytest.mark.parametrize("fault_id, cause", [("healthy", "healthy"), ("ipv6-peer-ipv4-relay", "family-mismatch")])
+def test_over_ipv6(fault_id, cause):
+    """The server's IPv6 address as the URI (routed, not NATed): an IPv6 client's view."""
+    from natkit.lab import netns
+
+    with F.FaultLab(fault_id) as lab:
+        argv, env = lab.doctor_command()
+        argv = ["natkit", "doctor", f"turn:[{F.SERVER_IP6}]:{F.PORT}", *argv[argv.index("--json"):]]
+        full = netns.installation_env()
+        full.update(env, NATKIT_QUIET="1")
+        r = subprocess.run(netns.netns_argv(lab.ns("client"), argv), env=full, capture_output=True, text=True, timeout=60,
+                           check=False)
+    report = json.loads(r.stdout)
+    assert report["verdict"] == cause, report["findings"]
+    assert report["facts"]["server_addresses"][0] == F.SERVER_IP6
+    if cause == "healthy":
+        assert report["facts"]["relayed"]["v6"].startswith(f"[{F.SERVER_IP6}]:")

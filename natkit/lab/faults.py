@@ -82,6 +82,14 @@ _V6_SYSCTLS = (
     ("net.ipv6.conf.all.accept_ra", "0"),
     ("net.ipv6.conf.default.accept_ra", "0"),
 )
+
+
+def _no_dad(*devs: str) -> tuple[tuple[str, str], ...]:
+    # per interface, before it comes up: its link-local address skips DAD too (the "all"/"default" values came
+    # too late for interfaces created before them), else the first IPv6 packets across the bridge wait ~2 s
+    return tuple((f"net.ipv6.conf.{d}.accept_dad", "0") for d in devs)
+
+
 _NO_REDIRECTS = (
     ("net.ipv4.conf.all.send_redirects", "0"),
     ("net.ipv4.conf.default.send_redirects", "0"),
@@ -263,6 +271,35 @@ def clientfw_ruleset(*, udp_blocked: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the IPv6 links, as (node, interface) per layer-2 segment: neighbours are entered statically (see FaultLab.up)
+V6_SEGMENTS: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("client", "eth0"), ("clientfw", "lan")),
+    (("clientfw", "wan"), ("cloudnat", "wan"), ("peer6", "eth0")),
+    (("cloudnat", "lan"), ("server", "eth0")),
+)
+
+
+def neighbour_commands(plan: FaultPlan, macs: dict[tuple[str, str], str]) -> dict[str, list[str]]:
+    """``ip -batch`` lines per namespace that enter every IPv6 neighbour of each segment as permanent (pure).
+
+    ``macs`` maps (node, interface) to its MAC address. Without them the first
+    IPv6 packets wait for neighbour discovery across freshly made veths and
+    the bridge (seen: up to 2 s), longer than a doctor's timeout.
+    """
+    out: dict[str, list[str]] = {}
+    for segment in V6_SEGMENTS:
+        for node, dev in segment:
+            for other, odev in segment:
+                if other == node or (other, odev) not in macs:
+                    continue
+                for d, cidr in plan.node(other).addresses:
+                    if d == odev and ":" in cidr:
+                        addr = cidr.split("/")[0]
+                        out.setdefault(plan.node(node).ns, []).append(
+                            f"neigh replace {addr} lladdr {macs[(other, odev)]} dev {dev} nud permanent")
+    return out
+
+
 def fault_plan(lab: str, fault: FaultSpec, *, stun_servers: bool = False) -> FaultPlan:
     """The namespaces, links, addresses, routes and rules of one fault (pure).
 
@@ -276,25 +313,27 @@ def fault_plan(lab: str, fault: FaultSpec, *, stun_servers: bool = False) -> Fau
              addresses=(("wan", f"{PUBLIC_IP}/24"), ("wan", f"{CLOUDNAT_WAN6}/64 nodad"), ("lan", f"{CLOUDNAT_LAN}/24"),
                         ("lan", "2001:db8:10::1/64 nodad")),
              routes=("198.51.100.0/24 dev wan scope link", "2001:db8:2::/64 via " + CLIENTFW_WAN6 + " dev wan"),
-             sysctls=_V6_SYSCTLS + _NO_REDIRECTS + (("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")),
+             sysctls=_V6_SYSCTLS + _no_dad("wan", "lan") + _NO_REDIRECTS + (("net.ipv4.ip_forward", "1"),
+                                                                             ("net.ipv6.conf.all.forwarding", "1")),
              nft=cloudnat_ruleset(drop_relay_ports=fault.relay_ports_dropped)),
         Node("server", "server", ns("server"),
              addresses=(("eth0", f"{SERVER_IP}/24"), ("eth0", f"{SERVER_IP6}/64 nodad")),
              routes=tuple(f"{net} via {CLOUDNAT_LAN} dev eth0" for net in INTERNET_NETS) + (f"{INTERNET_NET6} via 2001:db8:10::1 dev eth0",),
-             sysctls=_V6_SYSCTLS + _NO_REDIRECTS + (("net.ipv4.ip_forward", "0"),)),
+             sysctls=_V6_SYSCTLS + _no_dad("eth0") + _NO_REDIRECTS + (("net.ipv4.ip_forward", "0"),)),
         Node("clientfw", "nat", ns("clientfw"),
              addresses=(("wan", f"{CLIENTFW_WAN}/24"), ("wan", f"{CLIENTFW_WAN6}/64 nodad"), ("lan", "10.1.0.1/24"), ("lan", "2001:db8:2::1/64 nodad")),
              routes=("203.0.113.0/24 dev wan scope link", "2001:db8:10::/64 via " + CLOUDNAT_WAN6 + " dev wan"),
-             sysctls=_V6_SYSCTLS + _NO_REDIRECTS + (("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")),
+             sysctls=_V6_SYSCTLS + _no_dad("wan", "lan") + _NO_REDIRECTS + (("net.ipv4.ip_forward", "1"),
+                                                                             ("net.ipv6.conf.all.forwarding", "1")),
              nft=clientfw_ruleset(udp_blocked=fault.client_udp_blocked)),
         Node("client", "host", ns("client"),
              addresses=(("eth0", f"{CLIENT_IP}/24"), ("eth0", f"{CLIENT_IP6}/64 nodad")),
              routes=tuple(f"{net} via 10.1.0.1 dev eth0" for net in INTERNET_NETS) + (f"{INTERNET_NET6} via 2001:db8:2::1 dev eth0",),
-             sysctls=_V6_SYSCTLS + (("net.ipv4.ip_forward", "0"),)),
+             sysctls=_V6_SYSCTLS + _no_dad("eth0") + (("net.ipv4.ip_forward", "0"),)),
         Node("peer6", "host", ns("peer6"),
              addresses=(("eth0", f"{PEER6_IP}/64 nodad"),),
              routes=(f"2001:db8:10::/64 via {CLOUDNAT_WAN6} dev eth0", f"2001:db8:2::/64 via {CLIENTFW_WAN6} dev eth0"),
-             sysctls=_V6_SYSCTLS + (("net.ipv4.ip_forward", "0"),)),
+             sysctls=_V6_SYSCTLS + _no_dad("eth0") + (("net.ipv4.ip_forward", "0"),)),
     ]
     veths = [
         Veth(ns("internet"), "v0", ns("cloudnat"), "wan", "br0"),
@@ -499,6 +538,7 @@ class FaultLab:
             netns.write_state(self.name, self._state())
             t = time.monotonic()
             netns.build(self.plan)  # type: ignore[arg-type]  # FaultPlan has Plan's shape
+            self._static_neighbours()
             self.timings["build_ms"] = (time.monotonic() - t) * 1000.0
             if self.fault.tls:
                 self.tls = tls_fixture(self.fault.tls, self.dir / "tls")
@@ -548,6 +588,15 @@ class FaultLab:
         if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
+
+    def _static_neighbours(self) -> None:
+        macs: dict[tuple[str, str], str] = {}
+        for segment in V6_SEGMENTS:
+            for node, dev in segment:
+                links = json.loads(netns._run(["ip", "-n", self.ns(node), "-j", "link", "show", "dev", dev], step="neighbours").stdout)
+                macs[(node, dev)] = links[0]["address"]
+        for ns, lines in neighbour_commands(self.plan, macs).items():
+            netns._run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n", step="neighbours")
 
     def _state(self) -> dict:
         pid = os.getpid()
