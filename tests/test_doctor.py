@@ -94,8 +94,12 @@ def test_every_cause_has_a_priority_fix_and_documented_exit_code():
         assert (c.exit_code == 0) == (c.severity != "fail"), c.id
 
 
-def test_docs_name_every_cause_with_its_exit_code():
+def test_docs_carry_the_catalogue_as_generated():
+    from natkit.doctor.causes import markdown_table
+
     text = (Path(__file__).resolve().parent.parent / "docs" / "doctor.md").read_text()
+    m = re.search(r"<!-- causes:begin[^>]*-->\n(.*?)<!-- causes:end -->", text, re.DOTALL)
+    assert m and m.group(1) == markdown_table(), "regenerate the table in docs/doctor.md from natkit.doctor.causes.markdown_table()"
     for c in CAUSES.values():
         assert re.search(rf"`{re.escape(c.id)}`.*\| {c.exit_code} \|", text), f"{c.id} (exit {c.exit_code}) missing in docs/doctor.md"
 
@@ -132,6 +136,15 @@ def test_healthy_facts_are_healthy():
     checks, findings = diagnose(healthy())
     assert findings == []
     assert all(c.status in ("pass", "skip") for c in checks), [c for c in checks if c.status not in ("pass", "skip")]
+
+
+def test_binding_answered_allocate_not_is_a_stun_server():
+    auth = AuthFacts("rest", UDP, "timeout", "allocate: no response within the 1.5s budget")
+    f = healthy(auth=auth, allocs=(Alloc("A", UDP, 1, False, "no response"),),
+                perms=(), data=())
+    assert verdict(f)[:2] == ("not-a-turn-server", EXIT_UNREACHABLE)
+    auth = AuthFacts("rest", UDP, "ok", "420 Unknown Attribute", 420, False)
+    assert verdict(healthy(auth=auth, allocs=(alloc("A", None, code=420),), perms=(), data=()))[0] == "not-a-turn-server"
 
 
 def test_nothing_answers():

@@ -54,6 +54,10 @@ CAUSES: dict[str, Cause] = {c.id: c for c in (
     _C("udp-not-listening", "no UDP listener", "fail", EXIT_UNREACHABLE,
        "remove no-udp; check listening-port and listening-ip",
        "UDP answers with ICMP port unreachable while TCP/TLS work: the server does not listen on UDP."),
+    _C("not-a-turn-server", "a STUN server, not a TURN server", "fail", EXIT_UNREACHABLE,
+       "point turn: URIs at a TURN server (coturn without stun-only; stund and other STUN-only servers cannot relay)",
+       "The Binding is answered but an Allocate is not, or is refused as unknown (420 Unknown Attribute, 400 without a "
+       "challenge): nothing on that port speaks TURN."),
     _C("auth-not-required", "the server relays without credentials", "fail", EXIT_CHECK_FAILED,
        "use-auth-secret with static-auth-secret= (REST credentials) or lt-cred-mech with user=; never no-auth on a public server; "
        "run natkit turn audit",
@@ -150,7 +154,7 @@ CAUSES: dict[str, Cause] = {c.id: c for c in (
 
 # The verdict is the first failing cause in this order: what to fix first.
 PRIORITY: tuple[str, ...] = (
-    "server-unreachable", "server-not-listening", "udp-blocked-no-fallback", "udp-not-listening",
+    "server-unreachable", "server-not-listening", "udp-blocked-no-fallback", "udp-not-listening", "not-a-turn-server",
     "auth-not-required", "auth-wrong-secret", "auth-clock-skew", "auth-credential-expired", "auth-refused",
     "quota-reached", "capacity-exhausted",
     "external-ip-missing", "external-ip-wrong", "deny-list-own-relay", "relay-ports-blocked",
@@ -160,3 +164,15 @@ PRIORITY: tuple[str, ...] = (
     "no-tcp-fallback", "ipv6-relay-advertised-ipv4", "tls-cert-expiring",
 )
 assert set(PRIORITY) | {"healthy"} == set(CAUSES), "every cause has a priority"
+
+
+def markdown_table() -> str:
+    """The catalogue as the Markdown table docs/doctor.md carries (between its ``causes`` markers)."""
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| cause | meaning | severity | exit | fix (coturn) |", "|---|---|---|---|---|"]
+    for cid in ("healthy", *PRIORITY):
+        c = CAUSES[cid]
+        lines.append(f"| `{c.id}` | {esc(c.meaning)} | {c.severity} | {c.exit_code} | {esc(c.fix) or '–'} |")
+    return "\n".join(lines) + "\n"

@@ -173,6 +173,9 @@ def _authentication(facts: Facts) -> tuple[list[Check], list[Finding]]:
     target = a.target.label if a.target else ""
     ms = facts.timings.get("auth")
     ev = [f"Allocate on {target} → {a.response}"]
+    if a.outcome == "ok" and a.code in (400, 420) and not a.challenged:
+        ev = [*ev, "an unsigned Allocate refused as unknown, without a 401 challenge: the server does not speak TURN"]
+        return [Check("auth", target, "fail", a.response, tuple(ev), ms)], [finding("not-a-turn-server", ev)]
     if a.outcome == "ok":
         note = "credential accepted" if a.mode != "none" else "no credentials given; the server asked for none"
         if a.code in (486, 508):
@@ -183,6 +186,10 @@ def _authentication(facts: Facts) -> tuple[list[Check], list[Finding]]:
     if a.outcome == "not-reached":
         return [Check("auth", target, "skip", "not checked: the Allocate could not be sent", tuple(ev), ms)], []
     if a.outcome == "timeout" and not a.challenged:
+        binding = next((r for r in facts.reach if r.ok and a.target is not None and r.target == a.target), None)
+        if binding is not None:
+            ev = [f"Binding on {target} → {binding.detail}", *ev]
+            return [Check("auth", target, "fail", "Binding answered, Allocate not", tuple(ev), ms)], [finding("not-a-turn-server", ev)]
         return [Check("auth", target, "fail", "no answer to the Allocate", tuple(ev), ms)], [finding("server-unreachable", ev)]
     if a.outcome == "timeout":
         ev.append("the server challenged (401 with REALM and NONCE), then did not answer the signed request: servers that drop "
@@ -235,7 +242,7 @@ def _allocations(facts: Facts) -> tuple[list[Check], list[Finding]]:
                 findings.append(finding("ipv6-relay-advertised-ipv4", [(f"Allocate REQUESTED-ADDRESS-FAMILY=IPv6 → success with "
                                                                        f"XOR-RELAYED-ADDRESS {a.relayed}")]))
             continue
-        if auth_refused and a.role == "A":
+        if (auth_refused or (facts.auth is not None and facts.auth.code in (400, 420) and not facts.auth.challenged)) and a.role == "A":
             checks.append(Check("allocate", label, "skip", "not allocated: authentication failed", (a.response,)))
             continue
         ev = [(f"Allocate REQUESTED-TRANSPORT=UDP{' REQUESTED-ADDRESS-FAMILY=IPv6' if a.family == 2 else ''} on {a.target.label} "
