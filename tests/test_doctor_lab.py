@@ -212,7 +212,7 @@ def test_sigterm_stops_the_doctor_mid_run():
                              text=True)
         time.sleep(0.8)
         p.terminate()
-        out, err = p.communicate(timeout=15)
+        _, err = p.communicate(timeout=15)
         assert p.returncode == 130, err
         assert "Traceback" not in err
         assert netns.namespace_pids([lab.ns("client")])[lab.ns("client")] == []
@@ -235,3 +235,34 @@ def test_over_ipv6(fault_id, cause):
     assert report["facts"]["server_addresses"][0] == F.SERVER_IP6
     if cause == "healthy":
         assert report["facts"]["relayed"]["v6"].startswith(f"[{F.SERVER_IP6}]:")
+
+
+def test_a_stun_only_server_is_named_so():
+    """Debian's stund (RFC 3489, STUN only) on loopback: the Binding is answered, an Allocate is not."""
+    import os
+    import shutil
+    import sys
+
+    from natkit.coturn.server import free_port
+
+    if shutil.which("stund") is None:
+        if os.environ.get("NATKIT_REQUIRE_NETNS") == "1":
+            pytest.fail("stund (apt-get install stun-server) is needed here")
+        pytest.skip("stund is not installed")
+    port = free_port("127.0.0.1")
+    p = subprocess.Popen(["stund", "-h", "127.0.0.1", "-a", "127.0.0.2", "-p", str(port), "-o", str(free_port("127.0.0.1"))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while f"127.0.0.1:{port}" not in subprocess.run(["ss", "-Hlun"], capture_output=True, text=True, check=False).stdout:
+            assert time.monotonic() < deadline and p.poll() is None, "stund did not bind its port"
+            time.sleep(0.01)
+        r = subprocess.run([sys.executable, "-m", "natkit.cli.app", "doctor", f"turn:127.0.0.1:{port}", "--no-fallbacks", "--json",
+                            "--timeout", "0.5"], capture_output=True, text=True, timeout=30, check=False,
+                           env=dict(os.environ, NATKIT_TURN_SECRET="x", NATKIT_QUIET="1"))
+    finally:
+        p.terminate()
+        p.wait(5)
+    report = json.loads(r.stdout)
+    assert report["verdict"] == "not-a-turn-server" and r.returncode == 4
+    assert any("Binding" in e for e in report["findings"][0]["evidence"])
