@@ -107,7 +107,9 @@ def test_docs_carry_the_catalogue_as_generated():
 def test_verdict_is_the_first_failing_cause_in_priority_order():
     fs = [finding("udp-blocked", ["x"]), finding("tls-cert-expiring", ["y"]), finding("external-ip-missing", ["z"])]
     assert [f.cause for f in order(fs)] == ["external-ip-missing", "udp-blocked", "tls-cert-expiring"]
-    assert verdict_of(order(fs)) == ("external-ip-missing", EXIT_NO_CONNECTIVITY)
+    # the verdict is what to fix first; the exit code natkit's most severe (udp-blocked's 4 outranks 7)
+    assert verdict_of(order(fs)) == ("external-ip-missing", EXIT_UNREACHABLE)
+    assert verdict_of(order(fs[1:])) == ("external-ip-missing", EXIT_NO_CONNECTIVITY)
     assert verdict_of(order([finding("no-tcp-fallback", ["w"])])) == ("healthy", 0)
 
 

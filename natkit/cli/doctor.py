@@ -1,6 +1,6 @@
 """``natkit doctor URI...``: name the cause when relay candidates appear but calls fail.
 
-Exit codes: the verdict's (``docs/doctor.md``): 0 healthy (warnings included),
+Exit codes: the failing cause's, the most severe one when several fail (``docs/doctor.md``): 0 healthy (warnings included),
 1 a check failed (TLS certificate, open relay), 2 bad input, 4 unreachable
 (UDP blocked, nothing listening), 5 authentication refused, 6 allocation
 refused (quota, ports, address family), 7 relay candidates that cannot carry
@@ -35,7 +35,7 @@ def doctor_cmd(
     """Diagnose a TURN server: reachability per transport, authentication, allocations, relayed address, permissions, data both ways, TLS.
 
     Every finding names a cause, shows the exact responses and the coturn
-    option that fixes it; the exit code is the verdict's.
+    option that fixes it; the exit code is the cause's (the most severe when several fail).
     """
 
     def body() -> int:

@@ -93,7 +93,7 @@ def doctor(uris: list[str] | tuple[str, ...], **kwargs) -> DoctorReport:
     transport and family, relayed address, permissions, data both ways) and
     stops at none. Raises :class:`~natkit.errors.UsageError` (exit 2) for bad
     input; everything the network does is a finding, with ``exit_code`` the
-    verdict's (:mod:`natkit.doctor.causes`).
+    most severe failing cause's (:mod:`natkit.doctor.causes`).
     """
     return asyncio.run(doctor_async(uris, **kwargs))
 

@@ -65,8 +65,9 @@ class DoctorReport:
 
     ``verdict``: the cause to fix first (the first failing finding in
     :data:`~natkit.doctor.causes.PRIORITY`), "healthy" when nothing fails;
-    ``exit_code``: that cause's exit code (0 when healthy, warnings
-    included); ``credential``: "rest", "long-term" or "none" (never the
+    ``exit_code``: the most severe exit code among the failing findings
+    (natkit's rule for several failures; the verdict's own when it is the
+    only one), 0 when healthy, warnings included; ``credential``: "rest", "long-term" or "none" (never the
     secret); ``facts``: what was observed (addresses, relayed addresses,
     codes, clock offset), for scripts; ``duration_ms``: the whole run.
     """
@@ -96,8 +97,12 @@ def order(findings: list[Finding]) -> list[Finding]:
 
 
 def verdict_of(findings: list[Finding]) -> tuple[str, int]:
-    """``(verdict, exit_code)``: the first failing cause, else ("healthy", 0)."""
-    for f in order(findings):
-        if f.severity == "fail":
-            return f.cause, f.exit_code
-    return "healthy", 0
+    """``(verdict, exit_code)``: the first failing cause in :data:`PRIORITY` (what to fix first), and
+    natkit's exit code for several failures: the most severe of the failing findings' codes
+    (:data:`natkit.errors.SEVERITY`); with one failing cause both name the same. ("healthy", 0) without one."""
+    from ..errors import most_severe
+
+    failing = [f for f in order(findings) if f.severity == "fail"]
+    if not failing:
+        return "healthy", 0
+    return failing[0].cause, most_severe(f.exit_code for f in failing)
