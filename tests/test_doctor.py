@@ -352,6 +352,9 @@ def test_report_json_round_trip_has_no_secret():
     assert doc["verdict"] == "server-not-listening" and doc["exit_code"] == EXIT_UNREACHABLE
     assert doc["credential"] == "rest"
     assert secret not in json.dumps(doc)
+    from natkit.errors import exit_code_for
+
+    assert exit_code_for(report.failures) == report.exit_code and report.failures[0].step == "server-not-listening"
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

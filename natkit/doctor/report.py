@@ -87,6 +87,27 @@ class DoctorReport:
     def causes(self) -> list[str]:
         return [f.cause for f in self.findings]
 
+    @property
+    def failures(self) -> list:
+        """The failing findings as :class:`natkit.errors.Failure` (kind from the exit code, step the cause id), as
+        every natkit report gives them; ``exit_code_for(report.failures) == report.exit_code``."""
+        from ..errors import (
+            EXIT_ALLOCATION_REFUSED,
+            EXIT_AUTH_REFUSED,
+            EXIT_NO_CONNECTIVITY,
+            EXIT_UNREACHABLE,
+            AllocationRefused,
+            AuthenticationRefused,
+            CheckFailed,
+            Failure,
+            NoRelayConnectivity,
+            ServerUnreachable,
+        )
+
+        kinds = {EXIT_UNREACHABLE: ServerUnreachable.kind, EXIT_AUTH_REFUSED: AuthenticationRefused.kind,
+                 EXIT_ALLOCATION_REFUSED: AllocationRefused.kind, EXIT_NO_CONNECTIVITY: NoRelayConnectivity.kind}
+        return [Failure(kinds.get(f.exit_code, CheckFailed.kind), f.cause, f.title) for f in self.findings if f.severity == "fail"]
+
 
 def order(findings: list[Finding]) -> list[Finding]:
     """Findings in :data:`PRIORITY` order, each cause once (the first finding of a cause wins)."""
