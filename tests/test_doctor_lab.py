@@ -266,3 +266,27 @@ def test_a_stun_only_server_is_named_so():
     report = json.loads(r.stdout)
     assert report["verdict"] == "not-a-turn-server" and r.returncode == 4
     assert any("Binding" in e for e in report["findings"][0]["evidence"])
+
+
+def test_turn_up_then_doctor_without_arguments_is_healthy(tmp_path):
+    """natkit's own server, found by name: its URIs and secret, no URI on the command line (loopback self-test)."""
+    import os
+    import sys
+
+    from natkit.coturn.server import free_port
+
+    env = dict(os.environ, NATKIT_STATE_DIR=str(tmp_path), NATKIT_QUIET="1")
+    port = free_port("127.0.0.1")
+    natkit = [sys.executable, "-m", "natkit.cli.app"]
+    up = subprocess.run([*natkit, "turn", "up", "--backend", "native", "--port", str(port), "--name", "dr", "--json"], env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+    try:
+        assert up.returncode == 0, up.stderr
+        r = subprocess.run([*natkit, "doctor", "--name", "dr", "--json"], env=env, capture_output=True, text=True, timeout=60,
+                           check=False)
+    finally:
+        subprocess.run([*natkit, "turn", "down", "--name", "dr"], env=env, capture_output=True, timeout=30, check=False)
+    report = json.loads(r.stdout)
+    assert report["verdict"] == "healthy" and r.returncode == 0, report["findings"]
+    assert report["credential"] == "rest" and report["servers"][0].endswith(f":{port}")
+    assert report["duration_ms"] <= HEALTHY_BUDGET_S * 1000

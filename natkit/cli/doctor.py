@@ -19,7 +19,8 @@ _STATUS = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn
 
 
 def doctor_cmd(
-    uris: Annotated[list[str], typer.Argument(help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment")],
+    uris: Annotated[list[str] | None, typer.Argument(help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment "
+                                                          "(none: the natkit-managed coturn's own)")] = None,
     secret: Annotated[str | None, typer.Option("--secret", envvar="NATKIT_TURN_SECRET", show_envvar=True,
                                                   help="REST shared secret (coturn static-auth-secret); prefer the environment variable")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="long-term username (with --password), or the REST user part (with --secret)")] = None,
@@ -27,6 +28,7 @@ def doctor_cmd(
                                                     help="long-term password; prefer the environment variable")] = None,
     peers: Annotated[list[str] | None, typer.Option("--peer", help="an IP address that must be reachable through the relay (repeatable; only asked about, never sent to)")] = None,
     ca: Annotated[str | None, typer.Option("--ca", help="CA bundle (PEM) for turns: certificates")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="diagnose the natkit-managed coturn with this name (its URIs and secret)")] = None,
     no_fallbacks: Annotated[bool, typer.Option("--no-fallbacks", help="try only the URIs given (no TCP on the same port, no TLS on 5349)")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds per STUN/TURN request", min=0.05, max=60)] = 1.5,
     data_timeout: Annotated[float, typer.Option("--data-timeout", help="seconds to wait for data through the relay", min=0.05, max=60)] = 1.0,
@@ -41,19 +43,25 @@ def doctor_cmd(
     def body() -> int:
         import os
 
+        from ..credentials import resolve
         from ..doctor import doctor
         from ..errors import UsageError
 
         if ca is not None and not os.path.isfile(ca):
             raise UsageError(f"--ca {ca}: no such file")
-        username = user if password else None
-        rest_user = user if secret and not password else None
-        if user and not password and not secret:
+        # one credential rule for every command; URIs without credentials get the unauthenticated steps
+        creds = resolve(secret=secret, user=user, password=password, uris=tuple(uris or ()), name=name, required=False)
+        if user and creds.kind != "rest" and not password:
             raise UsageError("--user needs --password (or NATKIT_TURN_PASSWORD), or --secret for a REST user part")
-        output.progress(f"diagnosing {', '.join(uris)}")
-        report = doctor(list(uris), secret=secret if not password else None, username=username, password=password,
-                        user=rest_user, peers=list(peers or []), cafile=ca, fallbacks=not no_fallbacks, timeout=timeout,
-                        data_timeout=data_timeout)
+        targets = list(uris or creds.uris)
+        if not targets:
+            raise UsageError("no server given", hint="natkit doctor turn:HOST[:PORT] [turns:HOST:5349], or --name of a managed coturn")
+        output.progress(f"diagnosing {', '.join(targets)}")
+        report = doctor(targets, secret=creds.secret if creds.kind == "rest" else None,
+                        username=creds.username if creds.kind == "long-term" else None,
+                        password=creds.password if creds.kind == "long-term" else None,
+                        user=user if creds.kind == "rest" else None, peers=list(peers or []), cafile=ca,
+                        fallbacks=not no_fallbacks, timeout=timeout, data_timeout=data_timeout)
         if json_out:
             output.emit_json(report)
         else:
