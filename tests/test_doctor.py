@@ -20,6 +20,7 @@ from natkit.doctor.diagnose import address_kind, diagnose
 from natkit.doctor.facts import (
     Alloc,
     AuthFacts,
+    ChannelFacts,
     ClockProbe,
     Delivery,
     Facts,
@@ -326,6 +327,22 @@ def test_no_ipv6_relay_without_ipv6_wanted_is_not_a_fault():
 def test_ipv6_request_answered_with_ipv4_relay_warns():
     f = healthy(allocs=(alloc("A", f"{SRV}:50000"), alloc("B", f"{SRV}:50002"), alloc("v6", f"{SRV}:50010", family=2)))
     assert verdict(f) == ("healthy", 0, ["ipv6-relay-advertised-ipv4"])
+
+
+@pytest.mark.parametrize("answers, confirmed, relayed, broken", [
+    (("signed success",), True, True, False),
+    (("unsigned success",) * 3, False, True, True),
+    (("signed success",), True, False, True),
+    (("no answer",) * 3, False, False, True),
+])
+def test_channelbind_post_mortem(answers, confirmed, relayed, broken):
+    ch = ChannelFacts(True, True, answers, confirmed, relayed, ("post-mortem lines",), "sign ChannelBind answers")
+    v, code, _ = verdict(healthy(channel=ch))
+    assert (v == "channel-bind-broken") == broken
+    if broken:
+        assert code == EXIT_NO_CONNECTIVITY and order(diagnose(healthy(channel=ch))[1])[0].fix == "sign ChannelBind answers"
+    # the post-mortem's own allocations not relaying says nothing about channels
+    assert verdict(healthy(channel=ChannelFacts(True, False, answers, confirmed, relayed, (), "")))[0] == "healthy"
 
 
 def test_peer_in_the_deny_list():

@@ -117,6 +117,12 @@ CAUSES: dict[str, Cause] = {c.id: c for c in (
        "read the server's log for the allocation; check max-bps, the relay-ip and the firewall between relay and peers",
        "Allocations and permissions succeed, the relayed address is the server's, yet data between two allocations does "
        "not arrive in either direction."),
+    _C("channel-bind-broken", "ChannelBind or ChannelData broken", "fail", EXIT_NO_CONNECTIVITY,
+       "sign ChannelBind answers with MESSAGE-INTEGRITY (RFC 8489 §9.2.4) and relay ChannelData (RFC 8656 §12); a proxy or "
+       "load balancer in front of the server must pass packets that are not STUN",
+       "Send indications are relayed, but ChannelBind is never confirmed by a signed answer or ChannelData is dropped: "
+       "clients that move to channels (aiortc/aioice, libwebrtc after its first packets) lose the call. Found by "
+       "natkit's relay-check post-mortem, run by the doctor."),
     _C("allocation-refused", "allocation refused", "fail", EXIT_ALLOCATION_REFUSED,
        "read the error: 403 (the server refuses this client), 437 (stale allocation), 442 (transport not supported)",
        "An Allocate was answered with another error."),
@@ -158,7 +164,7 @@ PRIORITY: tuple[str, ...] = (
     "auth-not-required", "auth-wrong-secret", "auth-clock-skew", "auth-credential-expired", "auth-refused",
     "quota-reached", "capacity-exhausted",
     "external-ip-missing", "external-ip-wrong", "deny-list-own-relay", "relay-ports-blocked",
-    "family-mismatch", "peer-denied", "data-not-relayed", "allocation-refused",
+    "family-mismatch", "peer-denied", "data-not-relayed", "channel-bind-broken", "allocation-refused",
     "udp-blocked",
     "tls-cert-expired", "tls-cert-self-signed", "tls-cert-untrusted", "tls-cert-wrong-name", "tls-handshake-failed",
     "no-tcp-fallback", "ipv6-relay-advertised-ipv4", "tls-cert-expiring",

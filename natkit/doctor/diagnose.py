@@ -47,7 +47,7 @@ def diagnose(facts: Facts) -> tuple[list[Check], list[Finding]]:
     """The step table and the findings for ``facts``."""
     checks: list[Check] = []
     findings: list[Finding] = []
-    for step in (_reachability, _tls, _authentication, _allocations, _relayed_address, _permissions, _data, _family):
+    for step in (_reachability, _tls, _authentication, _allocations, _relayed_address, _permissions, _data, _channel, _family):
         c, f = step(facts)
         checks += c
         findings += f
@@ -370,6 +370,25 @@ def _data(facts: Facts) -> tuple[list[Check], list[Finding]]:
                                                               "own public address (a NAT without hairpinning)")])]
         return checks, [finding("relay-ports-blocked" if inbound is None else "data-not-relayed", ev)]
     return checks, []
+
+
+# ---------------------------------------------------------------- channels (relay-check's post-mortem)
+
+def _channel(facts: Facts) -> tuple[list[Check], list[Finding]]:
+    ch = facts.channel
+    if ch is None:
+        return [], []
+    ms = facts.timings.get("channel")
+    answers = ", ".join(ch.channel_bind) or "none"
+    if ch.permission is not True or not ch.send_relayed:
+        return [Check("channel", "ChannelBind", "skip", "not checked: the post-mortem's own allocations did not relay",
+                      ch.lines, ms)], []
+    if ch.channel_confirmed and ch.channeldata_relayed:
+        return [Check("channel", "ChannelBind", "pass", "ChannelBind confirmed (signed), ChannelData relayed", ch.lines, ms)], []
+    summary = ("ChannelBind never confirmed: " + answers) if not ch.channel_confirmed else "ChannelData not relayed"
+    return ([Check("channel", "ChannelBind", "fail", summary, ch.lines, ms)],
+            [finding("channel-bind-broken", [*ch.lines, summary], fix=ch.hint or None,
+                     data={"channel_bind": list(ch.channel_bind), "channeldata_relayed": ch.channeldata_relayed})])
 
 
 # ---------------------------------------------------------------- address family

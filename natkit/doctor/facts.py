@@ -139,6 +139,22 @@ class Delivery:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChannelFacts:
+    """What natkit's relay-check post-mortem (:func:`natkit.relay_postmortem.examine_relay`) saw on two
+    fresh allocations: Send indications relayed, each ChannelBind answer ("signed success",
+    "unsigned success", "403 Forbidden", "no answer" ...), a signed confirmation, ChannelData relayed;
+    ``lines`` its evidence, ``hint`` its advice."""
+
+    permission: bool | None
+    send_relayed: bool | None
+    channel_bind: tuple[str, ...]
+    channel_confirmed: bool
+    channeldata_relayed: bool | None
+    lines: tuple[str, ...]
+    hint: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Facts:
     """Everything observed in one run; ``timings`` maps a step id to milliseconds."""
 
@@ -152,6 +168,7 @@ class Facts:
     perms: tuple[Perm, ...] = ()
     data: tuple[Delivery, ...] = ()
     peers: tuple[TransportAddress, ...] = ()
+    channel: ChannelFacts | None = None
     wanted_ipv6: bool = False
     timings: dict = dataclasses.field(default_factory=dict)
 

@@ -17,6 +17,8 @@
 5. Data both ways between the two allocations, and between this client (a
    plain UDP socket, as a peer would be) and a relayed address: the source
    of what the relay sends names the address relay traffic really leaves from.
+6. When Send indications are relayed: ChannelBind and ChannelData, with
+   relay-check's post-mortem (:func:`natkit.relay_postmortem.examine_relay`).
 
 What it sends goes only to the server's own addresses (the resolved URIs)
 and its relayed ports; toward anything else (the other allocation, this
@@ -46,6 +48,7 @@ from ..uri import DEFAULT_TLS_PORT, parse_turn_uri
 from .facts import (
     Alloc,
     AuthFacts,
+    ChannelFacts,
     ClockProbe,
     Delivery,
     Facts,
@@ -494,7 +497,25 @@ async def _relay_steps(base: Facts, primary: Target, opts: Options, clients: lis
     t0 = time.monotonic()
     perms, data = await _paths(handles, primary, base, opts)
     timings["paths"] = (time.monotonic() - t0) * 1000.0
-    return dataclasses.replace(facts, perms=tuple(perms), data=tuple(data))
+    channel = None
+    if handles.get("A") is not None and handles.get("B") is not None and any(d.delivered for d in data if d.leg in ("A→B", "B→A")):
+        t0 = time.monotonic()
+        channel = await _channel(primary, opts, creds)
+        timings["channel"] = (time.monotonic() - t0) * 1000.0
+    return dataclasses.replace(facts, perms=tuple(perms), data=tuple(data), channel=channel)
+
+
+async def _channel(t: Target, opts: Options, creds: _Creds) -> ChannelFacts:
+    """ChannelBind and ChannelData on two fresh allocations: relay-check's post-mortem, reused as it is."""
+    from ..relay_postmortem import examine_relay
+    from ..stun.aio import client_ssl_context
+
+    assert t.addr is not None
+    username, password = creds.pair("channel")
+    pm = await examine_relay(parse_turn_uri(t.uri), t.addr, username or "", password or "", timeout=max(1.2, 2 * opts.data_timeout),
+                             ssl_context=client_ssl_context(verify=False) if t.transport == "tls" else None)
+    return ChannelFacts(pm.permission, pm.send_relayed, tuple(pm.channel_bind), pm.channel_confirmed, pm.channeldata_relayed,
+                        tuple(pm.lines), pm.hint())
 
 
 async def _paths(handles: dict[str, Any], primary: Target, base: Facts, opts: Options) -> tuple[list[Perm], list[Delivery]]:

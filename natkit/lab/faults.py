@@ -125,6 +125,11 @@ class FaultSpec:
     ``peer6``: ``--peer`` names the IPv6-only peer; ``hold``: this many
     allocations are held by another process with the doctor's own
     credential before the doctor runs (quota).
+
+    ``servers``: the implementations the fault can be built on ("coturn",
+    "pion": tests/servers/pionturn); ``pion_knobs``: pionturn flags that
+    reproduce a behaviour coturn does not have (unsigned ChannelBind answers,
+    ChannelData dropped).
     """
 
     id: str
@@ -144,6 +149,7 @@ class FaultSpec:
     peer6: bool = False
     hold: int = 0
     servers: tuple[str, ...] = ("coturn", "pion")  # implementations the fault can be built on
+    pion_knobs: tuple[str, ...] = ()  # pionturn flags that reproduce other servers' behaviour
 
     def uris(self) -> list[str]:
         """The URIs the doctor is given for this fault."""
@@ -154,10 +160,10 @@ class FaultSpec:
 
 
 _COTURN_ONLY = ("coturn",)
+_PION_ONLY = ("pion",)
 FAULTS: dict[str, FaultSpec] = {f.id: f for f in (
     FaultSpec("healthy", "healthy", "a correct deployment behind the 1:1 NAT"),
-    FaultSpec("healthy-tls", "healthy", "a correct deployment with turns: and a CA-signed certificate", tls="good",
-              servers=_COTURN_ONLY),
+    FaultSpec("healthy-tls", "healthy", "a correct deployment with turns: and a CA-signed certificate", tls="good"),
     FaultSpec("external-ip-missing", "external-ip-missing", "behind a 1:1 NAT without external-ip", external_ip="missing"),
     FaultSpec("external-ip-wrong", "external-ip-wrong", "external-ip names an address that is not the server's", external_ip="wrong"),
     FaultSpec("deny-own-relay", "deny-list-own-relay",
@@ -165,14 +171,12 @@ FAULTS: dict[str, FaultSpec] = {f.id: f for f in (
               external_ip="public-only", deny_own_relay=True),
     FaultSpec("relay-ports-blocked", "relay-ports-blocked", "the cloud firewall drops the relay port range", relay_ports_dropped=True),
     FaultSpec("udp-blocked", "udp-blocked", "the client's network drops UDP; TCP and TLS listeners exist", client_udp_blocked=True,
-              tls="good", servers=_COTURN_ONLY),
+              tls="good"),
     FaultSpec("udp-blocked-no-fallback", "udp-blocked-no-fallback", "the client's network drops UDP and the server listens on UDP only",
               client_udp_blocked=True, tcp=False),
-    FaultSpec("tls-wrong-name", "tls-cert-wrong-name", "the turns: certificate is for another name", tls="wrong-name",
-              servers=_COTURN_ONLY),
-    FaultSpec("tls-expired", "tls-cert-expired", "the turns: certificate has expired", tls="expired", servers=_COTURN_ONLY),
-    FaultSpec("tls-self-signed", "tls-cert-self-signed", "the turns: certificate is self-signed", tls="self-signed",
-              servers=_COTURN_ONLY),
+    FaultSpec("tls-wrong-name", "tls-cert-wrong-name", "the turns: certificate is for another name", tls="wrong-name"),
+    FaultSpec("tls-expired", "tls-cert-expired", "the turns: certificate has expired", tls="expired"),
+    FaultSpec("tls-self-signed", "tls-cert-self-signed", "the turns: certificate is self-signed", tls="self-signed"),
     FaultSpec("wrong-secret", "auth-wrong-secret", "the doctor's shared secret is not the server's", credential="wrong-secret"),
     FaultSpec("clock-skew", "auth-clock-skew", "the server's clock runs two days ahead", clock_offset="+2d",
               servers=_COTURN_ONLY),
@@ -183,6 +187,10 @@ FAULTS: dict[str, FaultSpec] = {f.id: f for f in (
               servers=_COTURN_ONLY),
     FaultSpec("ipv6-peer-ipv4-relay", "family-mismatch", "an IPv6-only peer, a server that relays IPv4 only", ipv6_relay=False,
               peer6=True),
+    FaultSpec("channelbind-unsigned", "channel-bind-broken", "ChannelBind answers carry no MESSAGE-INTEGRITY",
+              servers=_PION_ONLY, pion_knobs=("-unsigned-channelbind",)),
+    FaultSpec("channeldata-dropped", "channel-bind-broken", "the server (or a proxy in front) drops ChannelData",
+              servers=_PION_ONLY, pion_knobs=("-ignore-channeldata",)),
 )}
 
 
@@ -390,8 +398,8 @@ def pion_args(fault: FaultSpec) -> list[str]:
     pion has no external-ip mapping of its own: ``-external-ip`` is the
     relayed address it tells clients while it binds the private one;
     ``public-only`` behaves as ``correct`` there. The deny list covering the
-    own relay address is ``-deny 203.0.113.0/24``. TCP is the ``tcp``
-    argument of ``PionTurn``, not a flag.
+    own relay address is ``-deny 203.0.113.0/24``. TCP and TLS are the ``tcp``
+    and ``tls`` arguments of ``PionTurn`` (tests/servers), not flags here.
     """
     if not set(fault.servers) & {"pion"}:
         raise UsageError(f"fault {fault.id!r} cannot be built on pion/turn", hint="faults for pion: " + ", ".join(
@@ -402,7 +410,7 @@ def pion_args(fault: FaultSpec) -> list[str]:
         args += ["-external-ip", external]
     if fault.deny_own_relay:
         args += ["-deny", "203.0.113.0/24"]
-    return args
+    return args + list(fault.pion_knobs)
 
 
 # ---------------------------------------------------------------- certificates
@@ -495,6 +503,8 @@ class FaultLab:
         self.fault = FAULTS[fault] if isinstance(fault, str) else fault
         if server not in ("coturn", "none"):
             raise UsageError(f"unknown server {server!r}", hint="coturn or none")
+        if server == "coturn" and "coturn" not in self.fault.servers:
+            raise UsageError(f"fault {self.fault.id!r} cannot be built on coturn", hint="start another server: server='none'")
         self.name = name or "f" + secrets.token_hex(3)
         self.server_kind = server
         self.plan = fault_plan(self.name, self.fault, stun_servers=stun_servers)
