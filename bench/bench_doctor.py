@@ -64,8 +64,9 @@ def run_fault(fault: F.FaultSpec, runs: int, *, with_uclient: bool, pion: Path |
         if pion is not None:
             from tests.servers import PionTurn
 
+            tls = (lab.tls["cert"], lab.tls["key"]) if lab.tls else None
             stack.enter_context(PionTurn(pion, F.SERVER_IP, F.PORT, ns=lab.ns("server"), secret=lab.secret,
-                                         args=F.pion_args(fault), tcp=fault.tcp, workdir=lab.dir))
+                                         args=F.pion_args(fault), tcp=fault.tcp, tls=tls, tls_port=F.TLS_PORT, workdir=lab.dir))
             lab.start_holders()
         verdicts, doctor_s, wall_s = [], [], []
         for _ in range(runs):
@@ -89,7 +90,7 @@ def main() -> int:
     ap.add_argument("--pion", type=Path, default=None, help="a built tests/servers pionturn: run pion's faults on it too")
     args = ap.parse_args()
     ids = [f for f in args.faults.split(",") if f] or list(F.FAULTS)
-    plan = [(fid, None) for fid in ids]
+    plan = [(fid, None) for fid in ids if "coturn" in F.FAULTS[fid].servers]
     if args.pion:
         plan += [(fid, args.pion) for fid in ids if "pion" in F.FAULTS[fid].servers]
     rows = []
