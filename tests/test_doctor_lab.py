@@ -38,7 +38,7 @@ def _needs_lab():
 
 
 def _conf(lab: F.FaultLab) -> str:
-    return (lab.dir / "turnserver.conf").read_text()
+    return lab.coturn_config_path.read_text()
 
 
 def _nft_counter(lab: F.FaultLab, node: str) -> int:
@@ -96,7 +96,7 @@ def check_fault_is_real(lab: F.FaultLab) -> None:
         skewed = subprocess.run(["ip", "netns", "exec", lab.ns("server"), "date", "+%s"], env=env, capture_output=True, text=True,
                                 check=True)
         assert abs(int(skewed.stdout) - time.time() - 2 * 86400) < 60
-        pid = lab._coturn.pid
+        pid = lab.coturn.pid
         with open(f"/proc/{pid}/environ", "rb") as environ:
             assert b"FAKETIME=+2d" in environ.read()
     if f.user_quota:

@@ -114,10 +114,8 @@ def test_turn_up_behind_the_cloud_nat(external, tmp_path):
     with F.FaultLab("healthy", server="none", stun_servers=True) as lab:
         lab.popen("stun", ["stund", "-h", F.STUN_IPS[0], "-a", F.STUN_IPS[1]])
         env = netns.installation_env()
-        env.update(NATKIT_STATE_DIR=str(state), NATKIT_QUIET="1")
-        secret = lab.secret
-        argv = ["natkit", "turn", "up", "--backend", "native", "--listen", F.SERVER_IP, "--secret", secret, "--realm", F.REALM,
-                "--name", "cloud", "--json"]
+        env.update(NATKIT_STATE_DIR=str(state), NATKIT_QUIET="1", NATKIT_TURN_SECRET=lab.secret)  # never on argv
+        argv = ["natkit", "turn", "up", "--backend", "native", "--listen", F.SERVER_IP, "--realm", F.REALM, "--name", "cloud", "--json"]
         if external:
             argv += ["--external-ip", external, "--stun", f"stun:{F.STUN_IPS[0]}", "--stun", f"stun:{F.STUN_IPS[1]}"]
         import subprocess

@@ -378,16 +378,13 @@ def coturn_config(fault: FaultSpec, secret: str, *, state_dir: str, cert: str | 
         min_port=lo, max_port=hi, realm=REALM, external_ip=external,
         limits=Limits(user_quota=fault.user_quota or 0, total_quota=0, max_bps=0),
     ).config
-    extra = list(conf.extra)
-    if not fault.tcp:
-        extra.append("no-tcp")
     allowed = conf.allowed_peer_ranges
     if fault.deny_own_relay:
         # the IANA deny list covers 10/8 and nobody added allowed-peer-ip for the server's own private relay
         # address, to which coturn maps a peer address equal to external-ip before checking the lists
         allowed = tuple(r for r in allowed if r != SERVER_IP)
     return dataclasses.replace(
-        conf, allowed_peer_ranges=allowed, extra=tuple(extra),
+        conf, allowed_peer_ranges=allowed, no_tcp=not fault.tcp,
         pidfile=f"{state_dir}/turnserver.pid", userdb=f"{state_dir}/turndb",
     )
 
@@ -514,7 +511,7 @@ class FaultLab:
         self.timings: dict[str, float] = {}
         self._procs: list[subprocess.Popen] = []
         self._holders: list[subprocess.Popen] = []
-        self._coturn: subprocess.Popen | None = None
+        self._coturn: Any = None  # a natkit.coturn.server.CoturnServer
         self._up = False
         self._old_sigterm: Any = None
 
@@ -568,9 +565,16 @@ class FaultLab:
         if not self._up:
             return
         self._up = False
-        procs = [*self._holders, *self._procs, *([self._coturn] if self._coturn else [])]
+        procs = [*self._holders, *self._procs]
         for p in self._holders:
             _close_stdin(p)
+        if self._coturn is not None:
+            from ..errors import NatkitError
+
+            try:
+                self._coturn.stop()  # SIGTERM, wait for it to exit, remove its state
+            except NatkitError:
+                pass  # the namespace teardown below kills whatever is left in it
         netns.destroy(self.plan.namespaces, extra_pids=[p.pid for p in procs if p.poll() is None])
         for p in procs:
             try:
@@ -612,47 +616,52 @@ class FaultLab:
         pid = os.getpid()
         return {"lab": self.name, "kind": "faults", "fault": self.fault.id, "namespaces": list(self.plan.namespaces),
                 "owner_pid": pid, "owner_start": netns.process_start_time(pid), "created": time.time(),
-                "pids": {"coturn": self._coturn.pid} if self._coturn else {}}
+                "pids": {"coturn": self._coturn.pid} if self._coturn is not None and self._coturn.pid else {}}
 
     # ---- the server
     def _start_coturn(self) -> None:
-        from ..coturn.native import find_binary
-        from .lab import _hex_addr, _listening, _tail
+        """coturn through natkit's one launcher (:class:`~natkit.coturn.server.CoturnServer`, native backend) behind
+        ``ip netns exec`` in the server's namespace, ready once its listeners are open; under libfaketime
+        (``env LD_PRELOAD=...`` execs in place, so the PID stays turnserver's) for a skewed clock."""
+        from ..coturn.native import find_binary, missing_reason
+        from ..coturn.server import CoturnServer
+        from ..errors import NatkitError
 
-        binary = find_binary()
-        if binary is None:
-            raise ServerStartFailed("coturn's turnserver is not installed", step="coturn", hint="apt-get install coturn")
+        if find_binary() is None:
+            raise ServerStartFailed(f"coturn cannot run: {missing_reason()}", step="coturn", hint="apt-get install coturn")
         conf = coturn_config(self.fault, self.secret, state_dir=str(self.dir), cert=self.tls.get("cert"), pkey=self.tls.get("key"))
-        conf_path = self.dir / "turnserver.conf"
-        fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf.render())
-        env = dict(os.environ)
+        prefix: list[str] = []
         if self.fault.clock_offset:
             lib = faketime_library()
             if lib is None:
                 raise LabError("the clock-skew fault needs libfaketime", step="coturn", hint="apt-get install faketime")
             # the wall clock only: coturn's timers run on the monotonic clock
-            env.update(LD_PRELOAD=lib, FAKETIME=self.fault.clock_offset, FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1")
-        log_path = self.dir / "turnserver.log"
-        with open(log_path, "wb") as log:
-            self._coturn = subprocess.Popen(netns.netns_argv(self.ns("server"), [binary, "-c", str(conf_path)]), env=env,
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        want_udp = {_hex_addr(SERVER_IP, PORT)}
-        want_tcp = ({_hex_addr(SERVER_IP, PORT)} if self.fault.tcp else set()) | ({_hex_addr(SERVER_IP, TLS_PORT)} if self.fault.tls else set())
-        deadline = time.monotonic() + 15.0
-        while not (want_udp <= _listening(self._coturn.pid, "udp") and want_tcp <= _listening(self._coturn.pid, "tcp")):
-            if self._coturn.poll() is not None:
-                raise ServerStartFailed(f"coturn exited with code {self._coturn.returncode} in the fault lab", step="coturn",
-                                        details=_tail(log_path))
-            if time.monotonic() > deadline:
-                raise ServerStartFailed("coturn did not open its listeners within 15 s", step="coturn", details=_tail(log_path))
-            time.sleep(0.005)
+            prefix = ["env", f"LD_PRELOAD={lib}", f"FAKETIME={self.fault.clock_offset}", "FAKETIME_DONT_FAKE_MONOTONIC=1",
+                      "FAKETIME_NO_CACHE=1"]
+        server = CoturnServer(conf, backend="native", name="coturn", state_dir=self.dir, ready_timeout=15.0,
+                              argv_prefix=netns.netns_argv(self.ns("server"), prefix), ephemeral=True)
+        self._coturn = server
+        try:
+            server.start()
+        except NatkitError as exc:
+            raise ServerStartFailed(f"coturn did not start in the fault lab: {exc.message}", step="coturn", details=exc.details) from None
+
+    @property
+    def coturn(self) -> Any:
+        """The fault's :class:`~natkit.coturn.server.CoturnServer` (None when another server runs)."""
+        return self._coturn
+
+    @property
+    def coturn_config_path(self) -> Path | None:
+        return Path(self._coturn.info.config_path) if self._coturn is not None and self._coturn.info else None
 
     def server_log(self, tail: int = 30) -> list[str]:
-        from .lab import _tail
-
-        return _tail(self.dir / "turnserver.log", tail)
+        if self._coturn is None or self._coturn.info is None:
+            return []
+        try:
+            return Path(self._coturn.info.log_path).read_text(errors="replace").splitlines()[-tail:]
+        except OSError:
+            return []
 
     # ---- holders (allocations that fill a quota or the port range)
     def start_holders(self) -> None:
