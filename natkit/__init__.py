@@ -6,6 +6,7 @@ Public API (imported lazily, so ``import natkit`` stays cheap):
 - :func:`discover_nat` -> :class:`NatReport` (RFC 5780 NAT behaviour discovery)
 - :func:`relay_check` -> :class:`RelayReport` (relay-only ICE proof)
 - :func:`check` -> :class:`CheckReport` (probe + relay check, embedded coturn)
+- :func:`doctor` -> :class:`DoctorReport` (why relay candidates appear but calls fail)
 - :class:`CoturnServer`, :class:`CoturnConfig` (coturn provisioning)
 - :func:`mint` (TURN REST credentials)
 - :class:`TurnClient` (asyncio), :class:`SyncTurnClient` (blocking), :class:`TurnSession` (sans-I/O):
@@ -43,6 +44,8 @@ _LAZY = {
     "MediaReport": "natkit.media",
     "audit": "natkit.audit",
     "AuditReport": "natkit.audit",
+    "doctor": "natkit.doctor",
+    "DoctorReport": "natkit.doctor",
     "NatkitError": "natkit.errors",
     "Failure": "natkit.errors",
     "PathMetrics": "natkit.webrtc.metrics",

@@ -266,7 +266,8 @@ def test_turn_up_and_config_share_their_options():
 
     leaves = dict((" ".join(p), c) for p, c in _leaf_commands())
     shared = {opt for _, _, o in PROFILE_OPTIONS for decl in o.param_decls for opt in decl.split("/")}
-    assert "--allow-loopback-peers" in shared and "--lt-user" in shared and "--secret-file" in shared and len(PROFILE_OPTIONS) == 17
+    assert "--allow-loopback-peers" in shared and "--lt-user" in shared and "--secret-file" in shared and "--stun" in shared
+    assert len(PROFILE_OPTIONS) == 18
     assert shared <= _flags(leaves["turn up"]) and shared <= _flags(leaves["turn config"])
 
 

@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nat": ("natkit.cli.nat:nat_cmd", "Discover how the NAT between you and the STUN servers behaves (RFC 5780)."),
     "relay-check": ("natkit.cli.relay:relay_check_cmd",
                     "Prove that a TURN server relays: two aiortc peers, relay-only ICE, data-channel echo."),
+    "doctor": ("natkit.cli.doctor:doctor_cmd",
+               "Diagnose a TURN server: reachability per transport, authentication, allocations, relayed address, permissions, "
+               "data both ways, TLS."),
     "creds": ("natkit.cli.creds:creds_cmd",
               'Mint a time-limited TURN credential: username "<expiry>:<user>", password base64(HMAC-SHA1(secret, username)).'),
     "turn": ("natkit.cli.turn:turn_app", "Provision coturn (Docker or the native turnserver) with a hardened configuration."),

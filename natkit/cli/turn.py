@@ -29,6 +29,24 @@ def parse_users(users: List[str]) -> tuple[tuple[str, str], ...]:
     return tuple(parsed)
 
 
+def resolve_external_ip(external_ip: Optional[str], stun: List[str], listen: List[str]) -> Optional[str]:
+    """``--external-ip auto``: detected with the ``--stun`` servers (PUBLIC/PRIVATE behind a 1:1 NAT, none without
+    a NAT); a given value with ``--stun``: cross-checked against what they see. Raises CheckFailed/UsageError."""
+    if external_ip != "auto" and not stun:
+        return external_ip
+    from ..coturn.profiles import detect_external_ip, detect_external_ip_value
+    from ..errors import UsageError
+
+    if not stun:
+        raise UsageError("--external-ip auto needs --stun stun:HOST[:PORT] (two or more to cross-check)")
+    if external_ip == "auto":
+        value = detect_external_ip_value(list(stun), listening_ips=list(listen))
+        output.progress(f"external-ip detected with STUN: {value or 'none needed (no NAT in front of this host)'}")
+        return value
+    detect_external_ip(list(stun), expected=external_ip)
+    return external_ip
+
+
 # The options that describe a hardened coturn, shared by `turn up` and `turn config`:
 # one definition; a command decorated with @profile_options gets them all, as one
 # ProfileOptions argument named `opts`.
@@ -39,7 +57,8 @@ PROFILE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("secrets", List[str], typer.Option([], "--secret", help="REST shared secret (repeat to rotate: newest first; default: $NATKIT_TURN_SECRET, else a fresh random one); visible in ps: prefer --secret-file")),
     ("secret_file", Optional[str], typer.Option(None, "--secret-file", help="file with the REST secret(s), one per line, newest first (keep it 0600)")),
     ("realm", str, typer.Option("natkit", "--realm", help="realm")),
-    ("external_ip", Optional[str], typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE")),
+    ("external_ip", Optional[str], typer.Option(None, "--external-ip", help="public address (coturn external-ip), PUBLIC or PUBLIC/PRIVATE; auto: detect it with --stun")),
+    ("stun", List[str], typer.Option([], "--stun", help="STUN server for --external-ip auto, or to cross-check a given one (repeat: all must agree)")),
     ("min_port", int, options.integer(49152, "--min-port", help="lowest relay port", low=1, high=65535)),
     ("max_port", int, options.integer(65535, "--max-port", help="highest relay port", low=1, high=65535)),
     ("allow_loopback", Optional[bool], typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers",
@@ -65,6 +84,7 @@ class ProfileOptions:
     secret_file: Optional[str]
     realm: str
     external_ip: Optional[str]
+    stun: List[str]
     min_port: int
     max_port: int
     allow_loopback: Optional[bool]
@@ -85,7 +105,7 @@ class ProfileOptions:
         secrets, secret_warnings = resolve(self.secrets, self.secret_file)
         built = from_options(
             self.profile, listen=tuple(self.listen), port=self.port, secrets=secrets, realm=self.realm,
-            external_ip=self.external_ip, min_port=self.min_port, max_port=self.max_port,
+            external_ip=resolve_external_ip(self.external_ip, self.stun, self.listen), min_port=self.min_port, max_port=self.max_port,
             allow_loopback=self.allow_loopback, users=parse_users(self.users), tls=self.tls, tls_port=self.tls_port,
             cert_file=self.cert, key_file=self.key, tcp_relay=self.tcp_relay, nat_discovery=self.nat_discovery,
         )

@@ -77,6 +77,7 @@ class CoturnConfig:
     no_cli: bool = True  # no-cli
     fingerprint: bool = True  # fingerprint
     no_tcp_relay: bool = False  # no-tcp-relay (RFC 6062 TCP allocations)
+    no_tcp: bool = False  # no-tcp: no TURN over TCP on listening-port (UDP, and TLS when configured, only)
     no_rfc5780: bool = False  # no-rfc5780
     cert: str | None = None  # cert (PEM path as the server sees it)
     pkey: str | None = None  # pkey
@@ -173,6 +174,8 @@ class CoturnConfig:
             lines.append("no-multicast-peers")
         if self.no_tcp_relay:
             lines.append("no-tcp-relay")
+        if self.no_tcp:
+            lines.append("no-tcp")
         if self.no_rfc5780:
             lines.append("no-rfc5780")
         if self.allow_loopback_peers:

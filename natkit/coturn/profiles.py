@@ -351,13 +351,52 @@ def detect_external_ip(
     Returns the public IP. Raises :class:`CheckFailed` when no server answers,
     the servers disagree, or the answer differs from ``expected``.
     """
+    report = _probe_for_external_ip(stun_servers, timeout=timeout, probe=probe)
+    return _cross_checked_ip(report, expected)
+
+
+def detect_external_ip_value(
+    stun_servers: list[str],
+    *,
+    listening_ips: tuple[str, ...] | list[str] = (),
+    timeout: float = 3.0,
+    probe: Callable | None = None,
+) -> str | None:
+    """The coturn ``external-ip`` value for this host, detected with STUN (cross-checked as in
+    :func:`detect_external_ip`), or None when no NAT is in the way.
+
+    Behind a 1:1 NAT (the cloud elastic-IP pattern: the public address is not
+    on any interface) the value is ``PUBLIC/PRIVATE``, PRIVATE being the local
+    address the probe left from (bound to the one listening address when
+    exactly one is given). ``PUBLIC`` alone is not enough there: coturn maps a
+    peer equal to its external-ip to the private relay address and checks
+    *that* against ``denied-peer-ip``, so two clients of the server could not
+    reach each other. Raises :class:`CheckFailed` like :func:`detect_external_ip`.
+    """
+    bind = [ip for ip in listening_ips if ip not in ("0.0.0.0", "::")]
+    local_host = bind[0] if len(bind) == 1 else None
+    report = _probe_for_external_ip(stun_servers, timeout=timeout, probe=probe, local_host=local_host)
+    public = _cross_checked_ip(report, None)
+    locals_ = {r.local_address.host for r in report.results if r.ok and r.local_address is not None}
+    if public in locals_ or public in bind:
+        return None  # the public address is this host's own: no NAT to describe
+    private = local_host or next(iter(sorted(locals_)), None)
+    return f"{public}/{private}" if private else public
+
+
+def _probe_for_external_ip(stun_servers: list[str], *, timeout: float, probe: Callable | None, local_host: str | None = None):
     if not stun_servers:
         raise UsageError("external-ip detection needs at least one STUN server", hint="--stun stun:HOST[:PORT] (two or more to cross-check)")
     if probe is None:
         from ..probe import probe as probe_fn
     else:
         probe_fn = probe
-    report = probe_fn(list(stun_servers), timeout=timeout)
+    if local_host is None:
+        return probe_fn(list(stun_servers), timeout=timeout)
+    return probe_fn(list(stun_servers), timeout=timeout, local_host=local_host)
+
+
+def _cross_checked_ip(report, expected: str | None) -> str:
     if not report.ok or not report.public_ips:
         errors = "; ".join(f"{r.server}: {r.error}" for r in report.results if not r.ok)
         raise CheckFailed("no STUN server answered; cannot detect the external IP", step="external-ip", details=[errors] if errors else [])
@@ -367,12 +406,8 @@ def detect_external_ip(
             hint="several uplinks or a NAT with address-dependent mapping: set --external-ip explicitly",
         )
     ip = report.public_ips[0]
-    answered = sum(1 for r in report.results if r.ok)
     if expected is not None and _public_part(expected) != ip:
         raise CheckFailed(f"configured external-ip {expected} but STUN sees {ip}", step="external-ip", hint="fix --external-ip")
-    if answered < 2 and expected is None:
-        # one answer cannot be cross-checked; callers may warn
-        pass
     return ip
 
 

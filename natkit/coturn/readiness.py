@@ -62,12 +62,14 @@ def wait_stun(address: TransportAddress, timeout: float = 20.0, *, alive: Callab
 
 
 def expected_listeners(config: CoturnConfig) -> set[tuple[str, str, int]]:
-    """``("udp"|"tcp", ip, port)`` sockets coturn opens for ``config``: UDP and TCP on every listening
-    address, TCP on the TLS port, and UDP on the RFC 5780 alternate port (port + 1) when two
-    listening addresses of one family enable it."""
+    """``("udp"|"tcp", ip, port)`` sockets coturn opens for ``config``: UDP and TCP (unless ``no-tcp``) on
+    every listening address, TCP on the TLS port, and UDP on the RFC 5780 alternate port (port + 1) when
+    two listening addresses of one family enable it."""
     want = set()
     for ip in config.listening_ips:
-        want |= {("udp", ip, config.listening_port), ("tcp", ip, config.listening_port)}
+        want.add(("udp", ip, config.listening_port))
+        if not config.no_tcp:
+            want.add(("tcp", ip, config.listening_port))
         if config.tls_listening_port:
             want.add(("tcp", ip, config.tls_listening_port))
     if not config.no_rfc5780:

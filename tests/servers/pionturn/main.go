@@ -12,6 +12,9 @@
 // TLS with Go's crypto/tls; -tls-min 1.0|1.1|1.2|1.3 (default 1.0: Go's own
 // server default, which accepts TLS 1.0 and 1.1).
 //
+// Behind a 1:1 NAT: -external-ip is the relayed address told to clients while
+// pion binds -relay-ip (the private address).
+//
 // Peer ACL: -deny and -allow (comma-separated CIDRs) become pion's
 // PermissionHandler; without -deny every peer is admitted (pion's default).
 //
@@ -276,6 +279,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:3478", "UDP (and with -tcp also TCP) listening address IP:PORT")
 	tcp := flag.Bool("tcp", false, "also listen on TCP at the same address")
 	relayIP := flag.String("relay-ip", "", "relayed address IP (default: the listening IP)")
+	externalIP := flag.String("external-ip", "", "relayed address told to clients when it is not -relay-ip (a 1:1 NAT's public address)")
 	realm := flag.String("realm", "pion.natkit.test", "REALM")
 	secretFile := flag.String("secret-file", "", "file holding the REST shared secret")
 	pionRest := flag.Bool("pion-rest", false, "REST usernames as pion's NewLongTermAuthHandler takes them (bare expiry)")
@@ -322,6 +326,11 @@ func main() {
 	relay := net.ParseIP(rip)
 	if relay == nil {
 		fatal("-relay-ip %q is not an IP address", rip)
+	}
+	if *externalIP != "" { // bind rip, advertise the NAT's public address (natkit.lab.faults' cloud NAT)
+		if relay = net.ParseIP(*externalIP); relay == nil {
+			fatal("-external-ip %q is not an IP address", *externalIP)
+		}
 	}
 
 	factory := logging.NewDefaultLoggerFactory()
