@@ -14,6 +14,7 @@ Nothing here leaves the lab: no namespace has a default route.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -290,3 +291,23 @@ def test_turn_up_then_doctor_without_arguments_is_healthy(tmp_path):
     assert report["verdict"] == "healthy" and r.returncode == 0, report["findings"]
     assert report["credential"] == "rest" and report["servers"][0].endswith(f":{port}")
     assert report["duration_ms"] <= HEALTHY_BUDGET_S * 1000
+
+
+def test_a_bare_public_external_ip_from_natkits_profile_is_healthy(monkeypatch):
+    """The deny-own-relay fault is coturn's bare external-ip=PUBLIC; natkit's profile
+    completes it to PUBLIC/PRIVATE, and the same server behind the 1:1 NAT is healthy."""
+    from natkit.coturn.profiles import build
+
+    original = F.coturn_config
+
+    def through_the_profile(fault, secret, **kw):
+        conf = original(fault, secret, **kw)
+        assert conf.external_ip == F.PUBLIC_IP  # the fault as coturn gets it without natkit
+        profile = build("recommended", secrets=(secret,), listening_ips=(F.SERVER_IP,), external_ip=F.PUBLIC_IP)
+        return dataclasses.replace(conf, external_ip=profile.config.external_ip)
+
+    monkeypatch.setattr(F, "coturn_config", through_the_profile)
+    spec = dataclasses.replace(F.FAULTS["deny-own-relay"], id="bare-public-through-profile", cause="healthy")
+    with F.FaultLab(spec) as lab:
+        report, _, code = lab.run_doctor()
+    assert report["verdict"] == "healthy" and code == 0, json.dumps(report["findings"], indent=1)

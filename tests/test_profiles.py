@@ -184,3 +184,23 @@ def test_container_hardening_options():
     h = container_hardening()
     assert h["network_mode"] == "host" and h["read_only"] and h["cap_drop"] == ["ALL"] and h["cap_add"] == ["NET_BIND_SERVICE"]
     assert h["user"] == "nobody" and h["ulimits"][0]["soft"] >= 65536
+
+
+def test_bare_public_external_ip_is_completed_with_the_private_relay_address():
+    """Behind a 1:1 NAT a bare external-ip=PUBLIC makes coturn refuse its own relay
+    addresses (403 on CreatePermission): the profile names the private part."""
+    prof = build("recommended", secrets=("s",), listening_ips=("10.0.0.10",), external_ip="203.0.113.10")
+    assert prof.config.external_ip == "203.0.113.10/10.0.0.10"
+    assert "external-ip=203.0.113.10/10.0.0.10" in prof.config.render()
+    assert any("completed to 203.0.113.10/10.0.0.10" in w for w in prof.warnings)
+    assert "203.0.113.10" in prof.config.allowed_peer_ranges
+    # relay-ip wins over the listening address; the same family only
+    prof = build("recommended", secrets=("s",), listening_ips=("10.0.0.10", "2001:db8::10"), relay_ips=("10.0.1.10",),
+                 external_ip="203.0.113.10")
+    assert prof.config.external_ip == "203.0.113.10/10.0.1.10"
+    # nothing to complete: already PUBLIC/PRIVATE, the public address is local, or a wildcard listener
+    for listen, ext in ((("10.0.0.10",), "203.0.113.10/10.0.0.9"), (("203.0.113.10",), "203.0.113.10"),
+                        (("0.0.0.0",), "203.0.113.10"), (("2001:db8::10",), "203.0.113.10")):
+        prof = build("recommended", secrets=("s",), listening_ips=listen, external_ip=ext)
+        assert prof.config.external_ip == ext, listen
+        assert not any("completed" in w for w in prof.warnings)

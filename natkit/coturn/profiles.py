@@ -120,6 +120,27 @@ def _public_part(external_ip: str | None) -> str | None:
     return external_ip.split("/", 1)[0]
 
 
+def _with_private_part(external_ip: str | None, relay_ips, warnings: list[str]) -> str | None:
+    """``PUBLIC`` -> ``PUBLIC/PRIVATE`` when the server relays from another, concrete address.
+
+    Behind a 1:1 NAT with a bare ``external-ip=PUBLIC``, coturn checks a peer
+    equal to its own public address as its private relay address against
+    ``denied-peer-ip`` (10/8 and friends), so CreatePermission toward the other
+    party's relay candidate is refused with 403 (coturn#584, #735): relay
+    candidates appear, calls fail. Naming the private part avoids it.
+    """
+    if not external_ip or "/" in external_ip:
+        return external_ip
+    relays = [ip for ip in relay_ips if ip not in ("0.0.0.0", "::")]
+    same_family = [ip for ip in relays if (":" in ip) == (":" in external_ip)]
+    if not same_family or external_ip in same_family:
+        return external_ip
+    completed = f"{external_ip}/{same_family[0]}"
+    warnings.append(f"external-ip {external_ip} completed to {completed}: the server relays from {same_family[0]}, "
+                    "and a bare public external-ip makes coturn refuse its own relay addresses (403)")
+    return completed
+
+
 def _check_ip(value: str, what: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -176,6 +197,7 @@ def build(
     public = _public_part(external_ip)
     if public:
         _check_ip(public, "the public part of external-ip")
+    external_ip = _with_private_part(external_ip, relay_ips or listening_ips, warnings)
     allowed: list[str] = []
     if public:
         allowed.append(public)

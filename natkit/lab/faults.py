@@ -384,7 +384,8 @@ def coturn_config(fault: FaultSpec, secret: str, *, state_dir: str, cert: str | 
         # address, to which coturn maps a peer address equal to external-ip before checking the lists
         allowed = tuple(r for r in allowed if r != SERVER_IP)
     return dataclasses.replace(
-        conf, allowed_peer_ranges=allowed, no_tcp=not fault.tcp,
+        # "public-only" is the fault itself: the profile would complete it to PUBLIC/PRIVATE
+        conf, external_ip=external, allowed_peer_ranges=allowed, no_tcp=not fault.tcp,
         pidfile=f"{state_dir}/turnserver.pid", userdb=f"{state_dir}/turndb",
     )
 
