@@ -296,3 +296,20 @@ def test_outcome_matching():
     assert outcome_matches("direct (prflx)", "direct prflx")
     assert not outcome_matches("direct (prflx)", "direct srflx")
     assert not outcome_matches("relay", "direct host") and outcome_matches("failed", "failed")
+
+
+def test_error_text_carries_hint_and_details():
+    """A failing test shows str(exc): the cause is in details, the way out in the hint (issue 9 §9)."""
+    from natkit.errors import LabError, NatkitError
+
+    exc = LabError("python -m my_client failed in natkit-x-alice (exit 1)", step="exec", hint="install my_client in this venv",
+                   details=["Traceback (most recent call last):", "ModuleNotFoundError: No module named 'my_client'"])
+    text = str(exc)
+    assert text.splitlines() == [
+        "exec: python -m my_client failed in natkit-x-alice (exit 1) (install my_client in this venv)",
+        "  | Traceback (most recent call last):",
+        "  | ModuleNotFoundError: No module named 'my_client'",
+    ]
+    assert str(NatkitError("plain")) == "plain" and exc.args[0] == exc.message
+    with pytest.raises(LabError, match="No module named 'my_client'"):
+        raise exc
