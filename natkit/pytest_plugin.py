@@ -179,7 +179,7 @@ def nat_lab():
     labs = []
 
     def make(*spec, **kw):
-        require_lab(kw.get("turn", True))
+        require_lab(kw.get("turn", True) or kw.get("stun", True))
         if len(spec) == 1 and isinstance(spec[0], LabSpec):
             lab_spec = spec[0]
         else:
