@@ -644,7 +644,7 @@ def classic_name(mapping: Mapping | None, candidates: frozenset[Mapping], filter
 def p2p_line(mapping: Mapping | None, candidates: frozenset[Mapping], filtering: Filtering | None, udp_blocked: bool) -> str:
     """One line on what the behaviour means for peer-to-peer (ICE, RFC 8445) connections.
 
-    Follows the expected-outcome matrix in NATLAB.md (libwebrtc's own transport tests).
+    Follows the expected-outcome matrix of docs/lab.md (libwebrtc's own transport tests).
     """
     if udp_blocked:
         return "no UDP at all: peer-to-peer needs TURN over TCP or TLS (turn:?transport=tcp, turns:)"

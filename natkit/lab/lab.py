@@ -19,7 +19,6 @@ stops every process it started and deletes every namespace.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import dataclasses
 import os
 import secrets
@@ -417,11 +416,6 @@ class NatLab:
         p = subprocess.Popen(netns.netns_argv(self.ns(node), list(argv)), **kw)
         self._procs.append(p)
         return p
-
-    def run_many(self, fn, items, *, workers: int = 4) -> list:
-        """Apply ``fn`` to ``items`` on a thread pool, results in order."""
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(fn, items))
 
 
 def preflight() -> None:

@@ -425,7 +425,7 @@ FAILED = "failed"
 
 
 def expected_outcome(a: str, b: str, *, turn: bool) -> str:
-    """The NATLAB.md matrix (the one libwebrtc's transport tests assert).
+    """The expected matrix of docs/lab.md (the one libwebrtc's P2P transport channel tests assert).
 
     Between two hosts that gather host, srflx (and with ``turn``, relay)
     candidates: ``"direct"``, ``"direct (prflx)"`` (a symmetric NAT on one
@@ -479,7 +479,7 @@ def render_nat_ruleset(nat: NatSpec, wan_ip: str, lan_net: str, *, wan: str = "w
       filtering); restricted cone only when ``(source address, port)`` is in
       ``@adf`` (address-dependent). Port-restricted and symmetric boxes
       rely on conntrack alone (address-and-port-dependent).
-    - ``input``: the conntrack-trap fix of NATLAB.md: new inbound traffic on
+    - ``input``: the conntrack-trap fix (docs/lab.md): new inbound traffic on
       the WAN to the box itself is dropped before its conntrack entry is
       confirmed, so an early packet from a remote peer cannot claim the
       tuple and push MASQUERADE to another port.
