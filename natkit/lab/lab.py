@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from typing import Self
 
 from ..errors import LabVerificationFailed, NatkitError, ServerStartFailed, UsageError
+from ..nat_classify import Mapping
 from . import netns
 from .netns import LabError
-from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan
+from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan, word
 
 SCHEMA_CHECK = "natkit.lab.check/1"
 
@@ -68,7 +69,7 @@ def judge(expected: dict, measured: dict) -> list[str]:
         return problems
     if not measured.get("udp"):
         return ["no STUN answer over UDP from the lab server" + _notes(measured)]
-    if expected.get("mapping") is None:
+    if expected.get("mapping") in (None, Mapping.NONE):
         if measured.get("nat"):
             problems.append(f"declared open, but the server saw {measured.get('public')} for local {measured.get('local')}")
         return problems
@@ -77,7 +78,8 @@ def judge(expected: dict, measured: dict) -> list[str]:
         return problems
     for key in ("mapping", "filtering"):
         if measured.get(key) != expected[key]:
-            problems.append(f"{key}: declared {expected[key]}, measured {measured.get(key) or 'unknown'}" + (_notes(measured) if not measured.get(key) else ""))
+            problems.append(f"{key}: declared {word(expected[key])}, measured {measured.get(key) or 'unknown'}"
+                            + (_notes(measured) if not measured.get(key) else ""))
     if expected.get("hairpin") is not None and measured.get("hairpin") is not None and measured["hairpin"] != expected["hairpin"]:
         problems.append(f"hairpinning: declared {'on' if expected['hairpin'] else 'off'}, measured {'on' if measured['hairpin'] else 'off'}")
     return problems
@@ -383,7 +385,7 @@ class NatLab:
             problems = judge(expected, measured)
             checks.append(HostCheck(
                 host=h, declared=self.spec.behaviour_of(h), expected=expected, measured=measured,
-                measured_label=classify(*(None if measured.get(k) in (None, "none") else measured.get(k) for k in ("mapping", "filtering"))),
+                measured_label=classify(measured.get("mapping"), measured.get("filtering")),
                 problems=tuple(problems), ok=not problems,
             ))
         return tuple(checks)
