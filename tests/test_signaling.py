@@ -269,11 +269,11 @@ def test_oversized_frame_closes_only_that_connection():
     run(main())
 
 
-def _raw_handshake(port: int) -> socket.socket:
+def _raw_handshake(port: int, extra: str = "") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=3)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
@@ -584,6 +584,23 @@ def test_malformed_requests_are_one_line_each_and_rate_limited():
     assert len(rejected) == 10, rejected
     assert any("35 more refused requests" in x for x in proc.stderr_lines), proc.stderr_lines[-5:]
     assert "400 Missing 'Host' header" in text and "Too many headers" in text
+
+
+def test_websocket_handshake_warnings_are_rate_limited_lines():
+    """aiohttp warns once per handshake whose Sec-WebSocket-Protocol list has no match, echoing the
+    client's text: that goes through the same rate-limited, escaped one-line log."""
+    from natkit.signaling.process import SignalProcess
+
+    with SignalProcess() as proc:
+        port = int(proc.ws_url.rsplit(":", 1)[1].split("/")[0])
+        for _ in range(30):
+            sock = _raw_handshake(port, extra="Sec-WebSocket-Protocol: " + "x" * 4000 + "\r\n")
+            sock.close()
+        assert _read_all(_partial(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 3.0).startswith(b"HTTP/1.1 200")
+    _wait_for(lambda: any("stopped" in x for x in proc.stderr_lines), 5)
+    warned = [x for x in proc.stderr_lines if x.startswith("natkit signal: websocket: 127.0.0.1: Client protocols")]
+    assert len(warned) == 10 and all(len(x) < 260 for x in warned), warned[:2]  # 4000 characters cut
+    assert any("20 more refused requests" in x for x in proc.stderr_lines), proc.stderr_lines[-3:]
 
 
 def test_low_open_file_limit_caps_connections_without_log_flood():

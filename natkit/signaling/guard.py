@@ -92,8 +92,14 @@ class AiohttpLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is None:  # aiohttp's debug chatter ("Ignored premature client disconnection")
-            return
+        if exc is None:
+            if record.levelno >= logging.WARNING:  # e.g. a client's Sec-WebSocket-Protocol list, echoed
+                try:
+                    text = record.getMessage()
+                except Exception:  # noqa: BLE001 - a log record with bad arguments still gives one line
+                    text = str(record.msg)
+                self.log.emit(printable(f"{record.name.removeprefix('aiohttp.')}: {text}", 200))
+            return  # below: aiohttp's debug chatter ("Ignored premature client disconnection")
         self.on_reject()
         code = getattr(exc, "code", None)
         if isinstance(code, int) and code:
@@ -113,6 +119,21 @@ def server_logger(log: RejectLog, on_reject: Callable[[], None]) -> logging.Logg
     logger.propagate = False
     logger.addHandler(AiohttpLogHandler(log, on_reject))
     return logger
+
+
+WEBSOCKET_LOGGER = "aiohttp.websocket"  # aiohttp's global logger for WebSocket handshakes
+
+
+def attach_websocket_log(log: RejectLog) -> logging.Handler:
+    """Route aiohttp's WebSocket handshake warnings (one per request, client text included)
+    through ``log`` while a server runs; returns the handler for :func:`detach_websocket_log`."""
+    handler = AiohttpLogHandler(log, lambda: None)
+    logging.getLogger(WEBSOCKET_LOGGER).addHandler(handler)
+    return handler
+
+
+def detach_websocket_log(handler: logging.Handler) -> None:
+    logging.getLogger(WEBSOCKET_LOGGER).removeHandler(handler)
 
 
 def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> tuple[int, str | None]:

@@ -175,6 +175,7 @@ class SignalingServer:
         self.admission = None  # natkit.signaling.guard.Admission once started
         self._runner = None
         self._accept_task: asyncio.Task | None = None
+        self._ws_log = None  # our handler on aiohttp's WebSocket logger while running
         self._sock: socket.socket | None = None
         self._page: dict[str, bytes] = {}
 
@@ -183,7 +184,7 @@ class SignalingServer:
         from aiohttp import web
 
         from ..errors import EnvironmentProblem
-        from .guard import Admission, connection_cap, server_logger
+        from .guard import Admission, attach_websocket_log, connection_cap, server_logger
 
         if self.config.serve_page:
             self._page = load_page()
@@ -225,6 +226,7 @@ class SignalingServer:
         self.admission = Admission(self._runner.server, cap=self.cap, request_timeout=timeout, ssl_context=ssl_context,
                                    log=self.reject_log, stats=self.stats)
         self._sock = sock
+        self._ws_log = attach_websocket_log(self.reject_log)
         self._accept_task = asyncio.get_running_loop().create_task(self.admission.serve(sock))
         self.port = sock.getsockname()[1]
         return self
@@ -290,6 +292,11 @@ class SignalingServer:
             self._runner = None
         if self.admission is not None:  # requests still arriving, handshakes under way
             self.admission.close_all()
+        if self._ws_log is not None:
+            from .guard import detach_websocket_log
+
+            detach_websocket_log(self._ws_log)
+            self._ws_log = None
         self.reject_log.flush()
 
     async def __aenter__(self) -> "SignalingServer":
