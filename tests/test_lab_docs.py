@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from natkit.lab.spec import MATRIX_BEHAVIOURS, NatSpec, expected_outcome, render_nat_ruleset
+from natkit.lab.spec import (
+    MATRIX_BEHAVIOURS,
+    NatSpec,
+    expected_outcome,
+    render_nat_ruleset,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_DOC = (ROOT / "docs" / "lab.md").read_text()
@@ -23,7 +28,7 @@ PLUGIN_DOC = (ROOT / "docs" / "pytest-plugin.md").read_text()
 
 
 def test_the_documented_ruleset_is_what_natkit_renders():
-    m = re.search(r"<!-- ruleset: [^>]*-->\n```\n(.*?)```", LAB_DOC, re.S)
+    m = re.search(r"<!-- ruleset: [^>]*-->\n```\n(.*?)```", LAB_DOC, re.DOTALL)
     assert m, "docs/lab.md lost its example ruleset"
     assert m.group(1) == render_nat_ruleset(NatSpec("home", "restricted", hairpin=True), "198.51.100.11", "10.0.1.0/24")
 
@@ -32,7 +37,7 @@ def _matrix_tables(text: str) -> list[dict[tuple[str, str], str]]:
     label = {"open": "open", "full cone": "full_cone", "restricted": "restricted", "port-restricted": "port_restricted",
              "symmetric": "symmetric"}
     tables = []
-    for block in re.findall(r"^\|  \| open \|.*?(?=\n\n|\Z)", text, re.S | re.M):
+    for block in re.findall(r"^\|  \| open \|.*?(?=\n\n|\Z)", text, re.DOTALL | re.MULTILINE):
         rows = block.splitlines()
         cols = [label[c.strip()] for c in rows[0].strip("|").split("|")[1:]]
         cells = {}
