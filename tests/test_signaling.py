@@ -496,14 +496,14 @@ def test_unfinished_requests_time_out_and_count_against_the_cap():
 
     async def main():
         loop = asyncio.get_running_loop()
-        async with serve(max_connections=len(UNFINISHED) * 3, request_timeout=0.5) as srv, aiohttp.ClientSession() as s:
+        async with serve(max_connections=len(UNFINISHED) * 3, request_timeout=1.5) as srv, aiohttp.ClientSession() as s:
             socks = [await loop.run_in_executor(None, _partial, srv.port, data) for data in UNFINISHED.values() for _ in range(3)]
             await asyncio.sleep(0.1)
             assert srv.admission.open == len(socks)
             with pytest.raises(RoomFull):  # the cap counts the unfinished requests
                 async with SignalingClient(srv.ws_url, timeout=3):
                     pass
-            answers = await asyncio.gather(*(loop.run_in_executor(None, _read_all, sk, 3.0) for sk in socks))
+            answers = await asyncio.gather(*(loop.run_in_executor(None, _read_all, sk, 5.0) for sk in socks))
             for (name, _), answer in zip([(n, d) for n, d in UNFINISHED.items() for _ in range(3)], answers):
                 assert not answer.endswith(b"<open>"), (name, answer[-80:])
                 if name != "body never ends":  # that one got its /healthz answer, then the connection went
