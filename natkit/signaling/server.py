@@ -172,10 +172,10 @@ class SignalingServer:
         self.cap = self.config.max_connections
         self.notes: list[str] = []
         self.reject_log = RejectLog()
-        self.admission = None  # natkit.signaling.guard.Admission once started
-        self._runner = None
+        self.admission: Any = None  # natkit.signaling.guard.Admission once started
+        self._runner: Any = None  # aiohttp's AppRunner (imported when the server starts)
         self._accept_task: asyncio.Task | None = None
-        self._ws_log = None  # our handler on aiohttp's WebSocket logger while running
+        self._ws_log: Any = None  # our logging.Handler on aiohttp's WebSocket logger while running
         self._sock: socket.socket | None = None
         self._page: dict[str, bytes] = {}
 
@@ -350,7 +350,7 @@ class SignalingServer:
         servers: list[dict[str, Any]] = []
         if self.config.stun_uris:
             servers.append({"urls": list(self.config.stun_uris)})
-        if self.config.turn_uris:
+        if self.config.turn_uris and self.config.turn_secret:  # validate() requires the secret with --turn
             from ..credentials import mint
 
             cred = mint(self.config.turn_secret, "natkit-web", self.config.credential_ttl)
@@ -463,7 +463,7 @@ class SignalingServer:
             await self._send(other, other.ws, {"type": "peer-joined", "id": peer.id, "meta": peer.meta})
 
     async def _relay(self, peer: _Peer, msg: dict) -> None:
-        room = self.rooms.get(peer.room, {})
+        room = self.rooms.get(peer.room or "", {})  # only joined peers get here
         to = msg.get("to")
         if to is not None:
             target = room.get(to)
