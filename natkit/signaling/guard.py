@@ -167,7 +167,7 @@ def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> tuple[int, str | N
                  f"not {wanted} (--max-connections): serving at most {cap}")
 
 
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CLIENT_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET}
 
 
 class Admission:
@@ -201,10 +201,11 @@ class Admission:
             try:
                 conn, addr = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    self.log.emit(f"cannot accept connections: {exc.strerror or exc}; retrying in 0.1 s")
-                    await asyncio.sleep(0.1)
-                # else ECONNABORTED and the like: that client is gone already
+                if exc.errno in _CLIENT_GONE:  # that client is gone already
+                    continue
+                # out of descriptors or buffers (or anything unexpected): say so, and do not spin
+                self.log.emit(f"cannot accept connections: {exc.strerror or exc}; retrying in 0.1 s")
+                await asyncio.sleep(0.1)
                 continue
             peer = str(addr[0]) if isinstance(addr, tuple) and addr else "unknown"
             if self.open >= self.cap:
