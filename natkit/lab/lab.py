@@ -105,7 +105,7 @@ class NatLab:
 
     ``name``: lab id (default: the spec's, else random); ``turn``: the lab's
     coturn also relays (TURN); with ``turn=False`` it runs as a STUN server only
-    (``--stun-only``: srflx candidates, RFC 5780 verification, no relay);
+    (coturn's ``stun-only``: srflx candidates, RFC 5780 verification, no relay);
     ``stun=False`` together with ``turn=False``: no server process at all
     (then ``verify`` must be False); ``verify``: measure every host's NAT at
     start; ``persistent``: leave the lab running when this object goes away
@@ -333,7 +333,8 @@ class NatLab:
 
     @property
     def coturn(self):
-        """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log paths); STUN-only with ``turn=False``, None with ``stun=False``."""
+        """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log
+        paths); STUN-only with ``turn=False``, None with ``stun=False``."""
         return self._coturn
 
     # ---- agents ---------------------------------------------------------
