@@ -211,7 +211,7 @@ class Admission:
             if self.open >= self.cap:
                 self.stats.rejected_full += 1
                 self.log.emit(f"refused connection from {peer}: server full ({self.cap} connections)")
-                _refuse(conn)
+                _refuse(conn, None if self.ssl_context else RESPONSE_FULL)  # no plain text into a TLS handshake
                 continue
             conn.setblocking(False)
             self.handshaking += 1  # counted from now: the task starts later
@@ -248,10 +248,11 @@ class Admission:
         self.conns.clear()
 
 
-def _refuse(conn) -> None:
+def _refuse(conn, response: bytes | None) -> None:
     try:
-        conn.setblocking(False)
-        conn.send(RESPONSE_FULL)  # a fresh socket's send buffer takes it whole, or not at all
+        if response:
+            conn.setblocking(False)
+            conn.send(response)  # a fresh socket's send buffer takes it whole
     except OSError:
         pass
     finally:
