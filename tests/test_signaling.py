@@ -504,7 +504,7 @@ def test_unfinished_requests_time_out_and_count_against_the_cap():
                 async with SignalingClient(srv.ws_url, timeout=3):
                     pass
             answers = await asyncio.gather(*(loop.run_in_executor(None, _read_all, sk, 5.0) for sk in socks))
-            for (name, _), answer in zip([(n, d) for n, d in UNFINISHED.items() for _ in range(3)], answers):
+            for (name, _), answer in zip([(n, d) for n, d in UNFINISHED.items() for _ in range(3)], answers, strict=True):
                 assert not answer.endswith(b"<open>"), (name, answer[-80:])
                 if name != "body never ends":  # that one got its /healthz answer, then the connection went
                     assert answer.startswith(b"HTTP/1.1 408"), (name, answer[:80])
@@ -513,6 +513,43 @@ def test_unfinished_requests_time_out_and_count_against_the_cap():
             await healthy_pair(s, srv.ws_url, "after-slow")  # and the server serves again
 
     run(main())
+
+
+def test_stopping_while_connections_arrive_raises_nothing_in_the_loop():
+    """Servers stopped while a thread keeps connecting (30 servers, at most 200 connections each):
+    no loop callback may fail (with loop.sock_accept, Python 3.11 raised InvalidStateError when
+    the accept was cancelled with a connection pending: a traceback as signal serve stopped)."""
+    import threading
+    import time
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        for i in range(30):
+            srv = await serve().start()
+            done = threading.Event()
+
+            def hammer(port=srv.port, done=done):
+                socks = []
+                while not done.is_set() and len(socks) < 200:
+                    sk = socket.socket()
+                    sk.setblocking(False)
+                    sk.connect_ex(("127.0.0.1", port))
+                    socks.append(sk)
+                time.sleep(0.05)
+                for sk in socks:
+                    sk.close()
+
+            thread = threading.Thread(target=hammer)
+            thread.start()
+            await asyncio.sleep(0.002 * (i % 5))
+            await srv.stop()
+            done.set()
+            await loop.run_in_executor(None, thread.join)
+        assert [str(c.get("exception") or c.get("message")) for c in errors] == []
+
+    run(main(), limit=60)
 
 
 def test_keep_alive_connection_must_send_its_next_request_in_time():

@@ -3,9 +3,10 @@
 aiohttp parses HTTP and WebSocket; this module decides which connections it
 gets to see and what the server says about the ones it refuses:
 
-- :class:`Admission` runs the accept loop, one connection at a time (asyncio's
-  own loop accepts up to its backlog in one go and, out of descriptors, logs
-  a traceback per attempt and schedules a retry per attempt). Every
+- :class:`Admission` runs the accept loop and decides on each connection as it
+  is accepted (asyncio's own server accepts up to its backlog in one go and,
+  out of descriptors, logs a traceback per attempt and schedules a retry per
+  attempt). Every
   connection counts against the cap from the moment it is accepted (a
   request still being sent, or a TLS handshake, holds a socket just like a
   WebSocket), so one over the cap is answered ``503`` and closed at once.
@@ -189,41 +190,73 @@ class Admission:
         self.conns: dict[Any, ConnectionGuard] = {}
         self.handshaking = 0  # accepted, TLS handshake under way
         self._tasks: set[asyncio.Task] = set()
+        self._sock: Any = None
+        self._loop: Any = None
+        self._resume: asyncio.TimerHandle | None = None
 
     @property
     def open(self) -> int:
         return len(self.conns) + self.handshaking
 
-    async def serve(self, sock) -> None:
-        """The accept loop (runs until cancelled)."""
-        loop = asyncio.get_running_loop()
-        while True:
+    def listen(self, sock) -> None:
+        """Start accepting on the non-blocking listening ``sock`` (until :meth:`stop_listening`).
+
+        A reader callback rather than ``loop.sock_accept``: cancelling a pending
+        ``sock_accept`` while a connection arrives makes Python 3.11's loop raise
+        ``InvalidStateError`` from a callback (a traceback on the way out) and leaks the socket.
+        """
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    def stop_listening(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock = None
+
+    def _on_readable(self) -> None:
+        for _ in range(64):  # a bounded batch per wakeup; every refused socket is closed at once
             try:
-                conn, addr = await loop.sock_accept(sock)
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 if exc.errno in _CLIENT_GONE:  # that client is gone already
                     continue
-                # out of descriptors or buffers (or anything unexpected): say so, and do not spin
+                # out of descriptors or buffers (or anything unexpected): say so, pause, never spin
                 self.log.emit(f"cannot accept connections: {exc.strerror or exc}; retrying in 0.1 s")
-                await asyncio.sleep(0.1)
-                continue
-            peer = str(addr[0]) if isinstance(addr, tuple) and addr else "unknown"
-            if self.open >= self.cap:
-                self.stats.rejected_full += 1
-                self.log.emit(f"refused connection from {peer}: server full ({self.cap} connections)")
-                _refuse(conn, None if self.ssl_context else RESPONSE_FULL)  # no plain text into a TLS handshake
-                continue
-            conn.setblocking(False)
-            self.handshaking += 1  # counted from now: the task starts later
-            task = loop.create_task(self._start(conn, peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+                self._loop.remove_reader(self._sock.fileno())
+                self._resume = self._loop.call_later(0.1, self._listen_again)
+                return
+            self._admit(conn, addr)
+
+    def _listen_again(self) -> None:
+        self._resume = None
+        if self._sock is not None:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _admit(self, conn, addr) -> None:
+        peer = str(addr[0]) if isinstance(addr, tuple) and addr else "unknown"
+        if self.open >= self.cap:
+            self.stats.rejected_full += 1
+            self.log.emit(f"refused connection from {peer}: server full ({self.cap} connections)")
+            _refuse(conn, None if self.ssl_context else RESPONSE_FULL)  # no plain text into a TLS handshake
+            return
+        conn.setblocking(False)
+        self.handshaking += 1  # counted from now: the task starts later
+        task = self._loop.create_task(self._start(conn, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _start(self, conn, peer: str) -> None:
         loop = asyncio.get_running_loop()
+        guard = ConnectionGuard(self)  # moves itself from `handshaking` to `conns` in connection_made
         try:
             await loop.connect_accepted_socket(
-                lambda: ConnectionGuard(self), conn, ssl=self.ssl_context,
+                lambda: guard, conn, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.request_timeout if self.ssl_context else None,
             )
         except (OSError, TimeoutError) as exc:  # TLS handshake failed or timed out
@@ -233,14 +266,16 @@ class Admission:
             self.log.emit(printable(f"closed connection from {peer}: {exc.__class__.__name__}: {exc}"))
             conn.close()
         finally:
-            self.handshaking -= 1
+            if not guard.made:  # never became a connection: give its place back
+                self.handshaking -= 1
 
     def timed_out(self, peer: str) -> None:
         self.stats.closed_request_timeout += 1
         self.log.emit(f"closed connection from {peer}: no complete request within {self.request_timeout:g}s")
 
     def close_all(self) -> None:
-        """Abort every connection still open and every handshake under way."""
+        """Stop accepting; abort every connection still open and every handshake under way."""
+        self.stop_listening()
         for task in list(self._tasks):
             task.cancel()
         for transport in list(self.conns):
@@ -268,10 +303,13 @@ class ConnectionGuard(asyncio.Protocol):
         self.transport: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False
+        self.made = False  # connection_made has run
 
     # -- asyncio protocol --------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
+        self.made = True
+        self.owner.handshaking -= 1  # one place, counted once: from handshaking to conns
         self.owner.conns[transport] = self
         self.inner = self.owner.make_inner()
         self.inner.connection_made(transport)

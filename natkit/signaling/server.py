@@ -174,7 +174,6 @@ class SignalingServer:
         self.reject_log = RejectLog()
         self.admission: Any = None  # natkit.signaling.guard.Admission once started
         self._runner: Any = None  # aiohttp's AppRunner (imported when the server starts)
-        self._accept_task: asyncio.Task | None = None
         self._ws_log: Any = None  # our logging.Handler on aiohttp's WebSocket logger while running
         self._sock: socket.socket | None = None
         self._page: dict[str, bytes] = {}
@@ -227,7 +226,7 @@ class SignalingServer:
                                    log=self.reject_log, stats=self.stats)
         self._sock = sock
         self._ws_log = attach_websocket_log(self.reject_log)
-        self._accept_task = asyncio.get_running_loop().create_task(self.admission.serve(sock))
+        self.admission.listen(sock)
         self.port = sock.getsockname()[1]
         return self
 
@@ -268,13 +267,8 @@ class SignalingServer:
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and the listener; bounded to a few seconds."""
-        if self._accept_task is not None:  # accept nothing more
-            self._accept_task.cancel()
-            try:
-                await self._accept_task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._accept_task = None
+        if self.admission is not None:  # accept nothing more
+            self.admission.stop_listening()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
