@@ -11,6 +11,8 @@ Public API (imported lazily, so ``import natkit`` stays cheap):
 - :func:`mint` (TURN REST credentials)
 - :class:`TurnClient` (asyncio), :class:`SyncTurnClient` (blocking), :class:`TurnSession` (sans-I/O):
   natkit's STUN/TURN client stack, :mod:`natkit.stun`
+- :class:`NatLab` with :class:`LabSpec`, :class:`NatSpec`, :class:`HostSpec`,
+  :class:`ServerSpec` (real NATs in network namespaces; docs/lab.md)
 - :class:`NatkitError` and its subclasses in :mod:`natkit.errors`; :class:`Failure`,
   the structured failure every report lists (its ``exit_code`` follows one policy)
 - :class:`PathMetrics`: what relay-check and natkit peer measured on a WebRTC path
@@ -36,6 +38,9 @@ _LAZY = {
     "mint": "natkit.credentials",
     "NatLab": "natkit.lab",
     "LabSpec": "natkit.lab",
+    "NatSpec": "natkit.lab",
+    "HostSpec": "natkit.lab",
+    "ServerSpec": "natkit.lab",
     "peer": "natkit.peer",
     "PeerOptions": "natkit.peer",
     "PeerReport": "natkit.peer",

@@ -111,6 +111,14 @@ class NatkitError(Exception):
             line += f" ({self.hint})"
         return line
 
+    def __str__(self) -> str:
+        """:meth:`one_line`, then each of ``details`` on its own ``  | `` line.
+
+        What a traceback or a failing test shows: the cause (a server's log, a
+        program's stderr) is usually in ``details``, the way out in ``hint``.
+        """
+        return self.one_line() + "".join(f"\n  | {line}" for line in self.details)
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,

@@ -644,21 +644,11 @@ def classic_name(mapping: Mapping | None, candidates: frozenset[Mapping], filter
 def p2p_line(mapping: Mapping | None, candidates: frozenset[Mapping], filtering: Filtering | None, udp_blocked: bool) -> str:
     """One line on what the behaviour means for peer-to-peer (ICE, RFC 8445) connections.
 
-    Follows the expected-outcome matrix in NATLAB.md (libwebrtc's own transport tests).
+    Read from the expected-outcome matrix of docs/lab.md (libwebrtc's own transport tests): :func:`natkit.p2p.p2p_line`.
     """
-    if udp_blocked:
-        return "no UDP at all: peer-to-peer needs TURN over TCP or TLS (turn:?transport=tcp, turns:)"
-    if candidates and Mapping.ENDPOINT_INDEPENDENT not in candidates and mapping is not Mapping.NONE:
-        return "direct only with open, full-cone and restricted-cone peers; needs TURN against port-restricted and symmetric peers"
-    if mapping in (Mapping.NONE, Mapping.ENDPOINT_INDEPENDENT):
-        if mapping is Mapping.NONE and filtering is Filtering.NONE:
-            return "direct connections expected with every peer: nothing translates or filters"
-        if filtering in (Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT):
-            return "direct connections likely with every peer, symmetric NATs included"
-        if filtering is Filtering.ADDRESS_AND_PORT_DEPENDENT:
-            return "direct connections likely, except with peers behind symmetric NATs: those need TURN"
-        return "direct connections likely with cone-NAT peers; against symmetric NATs it depends on the unknown filtering: keep TURN available"
-    return "behaviour unknown: keep a TURN server available"
+    from .p2p import p2p_line as from_matrix
+
+    return from_matrix(mapping, candidates, filtering, udp_blocked)
 
 
 def _verdict_text(mapping: _MappingResult, filtering: Filtering | None, udp_blocked: bool) -> str:

@@ -7,11 +7,11 @@ Fixtures:
   from the host's turnserver), started once per session, with REST
   credentials; yields a :class:`TurnServerHandle`.
 - ``nat_lab``: a factory of real NAT labs in network namespaces
-  (:class:`natkit.lab.NatLab`), torn down when the test ends.
+  (:class:`natkit.lab.NatLab`), torn down when the test ends;
+  ``nat_lab("open", turn=False)`` runs the lab's coturn STUN-only.
 - ``nat_matrix_lab``: one session lab with two hosts per NAT behaviour.
 - ``nat_pair``: two peers behind the behaviours of ``@pytest.mark.nat(a, b,
   expect=...)`` (or indirect parametrisation); ``.connect()`` / ``.check()``.
-  See docs/pytest-plugin.md.
 - ``nat_browser``: Playwright pages in a Debian Chromium inside lab hosts
   (``nat_browser("symmetric")``), the lab's ICE servers as ``window.NATKIT``;
   ``nat_server``: the user's server in the lab's server namespace;
@@ -21,6 +21,10 @@ Fixtures:
 Helpers: ``require_coturn``/``require_docker``/``require_root_netns``/``require_lab``
 (skip, or fail in CI), ``wait_for_stun`` (the readiness of a server a test
 started by hand).
+
+docs/pytest-plugin.md has the reference table of every fixture, attribute
+and environment variable; docs/lab.md how the NATs are built and the
+expected matrix.
 
 Environment switches: without root/namespaces/coturn/Docker the fixtures skip
 with the reason; with ``NATKIT_REQUIRE_NETNS=1`` (root, namespaces, coturn) or
@@ -68,7 +72,14 @@ def require_docker() -> None:
 
 @dataclasses.dataclass
 class TurnServerHandle:
-    """A running coturn for tests: ``uri`` (UDP), ``uris`` (all), ``secret``, ``host``, ``port``."""
+    """A running coturn for tests.
+
+    ``uri``: ``turn:127.0.0.1:PORT`` (UDP); ``uris``: every TURN URI it serves
+    (UDP, TCP); ``secret``: the REST shared secret; ``host``: ``127.0.0.1``;
+    ``port``: the listening port; ``backend``: ``native`` or ``docker``;
+    ``server``: the :class:`natkit.CoturnServer`; ``stun_uri``:
+    ``stun:127.0.0.1:PORT``.
+    """
 
     uri: str
     uris: tuple[str, ...]
@@ -77,9 +88,11 @@ class TurnServerHandle:
     port: int
     backend: str
     server: object
+    stun_uri: str = ""
 
     def credentials(self, user: str = "test", ttl: int = 600):
-        """A fresh REST credential (:class:`natkit.credentials.RestCredential`)."""
+        """A fresh REST credential (:class:`natkit.credentials.RestCredential`) for
+        ``user``, valid ``ttl`` seconds (coturn's TURN REST API, ``use-auth-secret``)."""
         from natkit.credentials import mint
 
         return mint(self.secret, user, ttl)
@@ -111,7 +124,8 @@ def turn_server(tmp_path_factory):
                           state_dir=tmp_path_factory.mktemp("natkit-turn-server"))
     try:
         info = server.start()
-        yield TurnServerHandle(info.uris[0], info.uris, secret, "127.0.0.1", port, info.backend, server)
+        yield TurnServerHandle(info.uris[0], info.uris, secret, "127.0.0.1", port, info.backend, server,
+                               stun_uri=f"stun:127.0.0.1:{port}")
     finally:
         server.stop()
 
@@ -150,7 +164,7 @@ def wait_for_stun(host: str, port: int, *, timeout: float = 15.0, process=None, 
 NAT_MARKER = (
     "nat(a, b, expect=None, turn=True, deadline=10.0): run the test's nat_pair between a host behind "
     "NAT behaviour a and one behind b (open, full_cone, restricted, port_restricted, symmetric); "
-    "expect: direct | direct (prflx) | relay | failed (default: NATLAB.md's matrix)"
+    "expect: direct | direct (prflx) | relay | failed (default: the expected matrix of docs/lab.md)"
 )
 
 
@@ -173,13 +187,16 @@ def nat_lab():
     ``nat_lab(spec_or_behaviours, **NatLab options) -> NatLab`` where the first
     argument is a :class:`natkit.lab.LabSpec` or behaviour names
     (``nat_lab("symmetric", "port_restricted")``: hosts ``sym1`` and ``prc1``).
+    Options: ``turn`` (False: STUN-only server), ``stun`` (False with
+    ``turn=False``: no server, needs ``verify=False``), ``verify``, ``agents``,
+    ``name``, ``agent_env``, ``persistent`` (see :class:`natkit.lab.NatLab`).
     """
     from natkit.lab import LabSpec, NatLab
 
     labs = []
 
     def make(*spec, **kw):
-        require_lab(kw.get("turn", True))
+        require_lab(kw.get("turn", True) or kw.get("stun", True))
         if len(spec) == 1 and isinstance(spec[0], LabSpec):
             lab_spec = spec[0]
         else:
@@ -214,9 +231,12 @@ def nat_matrix_lab():
 class NatPair:
     """Two hosts of the session lab behind the NAT behaviours of a ``nat`` marker.
 
-    ``a`` offers (ICE controlling), ``b`` answers. :meth:`connect` runs one
-    attempt and returns a :class:`natkit.lab.PairResult`; :meth:`check` also
-    asserts the expected outcome.
+    ``a`` offers (ICE controlling), ``b`` answers: host names in ``lab`` (the
+    session's ``nat_matrix_lab``); ``behaviours``: the two normalised
+    behaviours; ``expect``: the marker's expectation or the expected matrix;
+    ``turn``, ``deadline`` (seconds): the marker's options. :meth:`connect`
+    runs one attempt and returns a :class:`natkit.lab.PairResult`;
+    :meth:`check` also asserts the expected outcome.
     """
 
     def __init__(self, lab, a: str, b: str, *, expect=None, turn: bool = True, deadline: float = 10.0) -> None:

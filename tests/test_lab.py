@@ -66,7 +66,7 @@ def test_two_nat_topology_builds_and_tears_down_well_under_a_second():
 
     times = []
     for _ in range(3):
-        lab = NatLab(LabSpec.peers("port_restricted", "symmetric"), name=_name(), turn=False, verify=False, agents=False)
+        lab = NatLab(LabSpec.peers("port_restricted", "symmetric"), name=_name(), turn=False, stun=False, verify=False, agents=False)
         t = time.monotonic()
         lab.up()
         built = time.monotonic()
@@ -131,7 +131,7 @@ def test_down_all_removes_leftovers_of_a_killed_owner_and_keeps_live_labs(nat_la
         coturn = int(line[1])
         live = nat_lab("open")  # a lab whose owner (this test run) is alive
         res = netns.down_all(only_labs=[name, live.name])
-        assert res["kept"] == [name, live.name] or set(res["kept"]) == {name, live.name}
+        assert res["kept"] == sorted([name, live.name])  # down_all goes through labs in name order
         proc.kill()  # SIGKILL: no cleanup code runs
         proc.wait()
         leftovers = [ns for ns in netns.list_namespaces() if ns.startswith(f"natkit-{name}-")]
@@ -405,3 +405,37 @@ def test_teardown_when_a_test_fails_or_times_out(tmp_path):
     for name in names:
         assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"natkit-{name}-")]
         assert netns.read_state(name) is None
+
+
+# ---------------------------------------------------------------- without TURN
+
+def test_turn_false_lab_verifies_with_a_stun_only_server(nat_lab):
+    """nat_lab(..., turn=False) used to fail with "verification needs the lab's STUN server":
+    now the lab's coturn runs STUN-only, verification and STUN-only connections work, TURN is refused."""
+    from natkit.errors import UsageError
+
+    lab = nat_lab("open", "port_restricted", turn=False)
+    assert lab.turn is False and lab.stun is True
+    assert {c.host: c.ok for c in lab.checks} == {"open1": True, "prc1": True}
+    assert {c.host: c.measured_label for c in lab.checks} == {"open1": "open", "prc1": "port_restricted"}
+    assert lab.ice_servers("prc1", turn=False) == [{"urls": [lab.stun_uri]}]
+    with pytest.raises(UsageError, match="no TURN server"):
+        lab.ice_servers("prc1")
+    result = lab.connect("prc1", "open1", deadline=6)  # turn defaults to the lab's: none
+    assert result.turn is False and result.outcome == "direct srflx", result
+    # the server ignores TURN: an Allocate from a host is never answered, a Binding is
+    r = lab.exec("open1", ["natkit", "relay-check", lab.turn_uri(), "--secret", lab.secret, "--timeout", "3", "--json"])
+    err = json.loads(r.stdout)["error"]
+    assert r.returncode == 4 and (err["kind"], err["step"]) == ("timeout", "allocate"), r.stdout
+
+
+def test_stun_false_needs_verify_false():
+    from natkit.errors import UsageError
+    from natkit.lab import NatLab
+
+    with pytest.raises(UsageError) as exc:
+        NatLab(LabSpec.peers("symmetric"), name=_name(), turn=False, stun=False)
+    assert "verify=False" in str(exc.value)
+    lab = NatLab(LabSpec.peers("symmetric"), name=_name(), turn=False, stun=False, verify=False, agents=False)
+    with lab:
+        assert lab._coturn is None and lab.ice_servers("sym1", turn=False) == []

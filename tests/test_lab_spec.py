@@ -76,7 +76,50 @@ def test_rfc_terms_per_behaviour():
     assert BEHAVIOURS["symmetric"][:2] == (APDM, APDF)
     for key, (m, f, _) in BEHAVIOURS.items():
         assert classify(m, f) == key
-    assert classify(EIM, "weird") == f"{EIM}/weird"
+        assert classify(m.value, f.value) == key  # the words a measurement returns
+    assert classify(EIM, "weird") == "endpoint-independent/weird"
+
+
+def test_one_nat_vocabulary():
+    """The lab's behaviours are natkit.nat_classify's Mapping/Filtering values, the ones `natkit nat` reports."""
+    from natkit.nat_classify import Filtering, Mapping
+
+    assert BEHAVIOURS["open"][:2] == (Mapping.NONE, Filtering.NONE)
+    for m, f, _ in BEHAVIOURS.values():
+        assert type(m) is Mapping and type(f) is Filtering
+    assert (EIM, ADF) == (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT)
+    assert NatSpec("n", "symmetric").mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT
+    # the rendered ruleset and the verification messages speak RFC words, not enum names
+    assert "(mapping endpoint-independent, filtering address-dependent)" in render_nat_ruleset(
+        NatSpec("n", "restricted"), "198.51.100.11", "10.0.1.0/24")
+    from natkit.lab.lab import judge
+
+    problems = judge({"mapping": EIM, "filtering": APDF, "hairpin": None}, {"udp": True, "nat": True, "mapping": "endpoint-independent",
+                                                                          "filtering": "endpoint-independent"})
+    assert problems == ["filtering: declared address-and-port-dependent, measured endpoint-independent"]
+
+
+def test_the_matrix_is_written_once(monkeypatch):
+    """expected_outcome (lab, marker) and p2p_line (natkit nat) both read natkit.p2p.MATRIX."""
+    from natkit import p2p
+    from natkit.nat_classify import Filtering, Mapping, p2p_line
+
+    def line(behaviour):
+        m, f, _ = BEHAVIOURS[behaviour]
+        return p2p_line(m, frozenset({m}), f, False)
+
+    assert line("open") == "direct connections expected with every peer: nothing translates or filters"
+    assert line("full_cone") == line("restricted") == "direct connections likely with every peer, symmetric NATs included"
+    assert line("port_restricted") == "direct connections likely, except with peers behind symmetric NATs: those need TURN"
+    assert line("symmetric") == ("direct only with open, full-cone and restricted-cone peers; "
+                                 "needs TURN against port-restricted and symmetric peers")
+    assert "unknown filtering" in p2p_line(Mapping.ENDPOINT_INDEPENDENT, frozenset({Mapping.ENDPOINT_INDEPENDENT}), None, False)
+    assert p2p_line(Mapping.NONE, frozenset({Mapping.NONE}), Filtering.ADDRESS_AND_PORT_DEPENDENT, False) == line("port_restricted")
+    # change one cell: both readers follow
+    monkeypatch.setitem(p2p.MATRIX, ("port_restricted", "port_restricted"), p2p.RELAY)
+    assert expected_outcome("prc", "port-restricted", turn=True) == "relay"
+    assert expected_outcome("prc", "prc", turn=False) == "failed"
+    assert line("port_restricted") == "direct only with open, full-cone and restricted-cone peers; needs TURN against port-restricted and symmetric peers"
 
 
 # ---------------------------------------------------------------- nft rendering
@@ -239,7 +282,7 @@ def test_effective_behaviour_of_a_cascade_is_the_most_restrictive():
     )
     assert effective_behaviour(s, "a") == {"mapping": EIM, "filtering": ADF, "hairpin": None, "udp_blocked": False}
     assert effective_behaviour(s, "b") == {"mapping": APDM, "filtering": APDF, "hairpin": None, "udp_blocked": True}
-    assert effective_behaviour(s, "o") == {"mapping": None, "filtering": None, "hairpin": None, "udp_blocked": False}
+    assert effective_behaviour(s, "o") == {"mapping": "none", "filtering": "none", "hairpin": None, "udp_blocked": False}
     assert s.chain("a") == (s.nat("home"), s.nat("cgn"))
 
 
@@ -296,3 +339,20 @@ def test_outcome_matching():
     assert outcome_matches("direct (prflx)", "direct prflx")
     assert not outcome_matches("direct (prflx)", "direct srflx")
     assert not outcome_matches("relay", "direct host") and outcome_matches("failed", "failed")
+
+
+def test_error_text_carries_hint_and_details():
+    """A failing test shows str(exc): the cause is in details, the way out in the hint (issue 9 §9)."""
+    from natkit.errors import LabError, NatkitError
+
+    exc = LabError("python -m my_client failed in natkit-x-alice (exit 1)", step="exec", hint="install my_client in this venv",
+                   details=["Traceback (most recent call last):", "ModuleNotFoundError: No module named 'my_client'"])
+    text = str(exc)
+    assert text.splitlines() == [
+        "exec: python -m my_client failed in natkit-x-alice (exit 1) (install my_client in this venv)",
+        "  | Traceback (most recent call last):",
+        "  | ModuleNotFoundError: No module named 'my_client'",
+    ]
+    assert str(NatkitError("plain")) == "plain" and exc.args[0] == exc.message
+    with pytest.raises(LabError, match="No module named 'my_client'"):
+        raise exc

@@ -3,7 +3,7 @@
 The pure parts (outcome classification, rendering) run anywhere; the matrix
 itself needs root, namespaces and coturn (the ``nat_matrix_lab`` and
 ``nat_pair`` fixtures skip without them, and fail under NATKIT_REQUIRE_NETNS=1).
-Every cell of NATLAB.md's matrix is one test, STUN only and STUN+TURN.
+Every cell of the expected matrix (docs/lab.md) is one test, STUN only and STUN+TURN.
 """
 
 from __future__ import annotations

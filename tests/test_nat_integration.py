@@ -218,8 +218,12 @@ def test_stund_says_no_nat_open(stund_server):
     report = discover_nat([f"127.0.0.1:{stund_server}"], hairpin=True, lifetime=True, lifetime_max=5)
     assert_open(report, "Vovida")
     assert any("CHANGED-ADDRESS" in i for i in report.servers[0].issues)  # RFC 3489 attributes
-    assert report.observations.lifetime.response_port is not True  # stund predates RESPONSE-PORT
-    assert "RESPONSE-PORT" in report.mapping_lifetime.reason or "not applicable" in report.mapping_lifetime.reason
+    # stund predates RESPONSE-PORT (RFC 5780 §7.5) and drops requests that carry it
+    assert report.observations.lifetime.response_port is None
+    assert report.observations.lifetime.detail == "no answer to a request carrying RESPONSE-PORT"
+    # and with no NAT there is no mapping to time: the verdict says so, whatever the server supports
+    assert report.mapping_lifetime.value is None
+    assert report.mapping_lifetime.reason == "not applicable: no NAT, no mapping to expire"
 
 
 def test_stund_cli(stund_server):

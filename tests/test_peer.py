@@ -190,7 +190,7 @@ def test_peers_behind_real_nats(nat_lab, behaviours, expect):
     """The cross-machine test in a lab: signaling server in the lab's server namespace, each
     natkit peer behind its own NAT (nftables in namespaces; nothing leaves them), STUN + TURN
     offered, no --relay-only: ICE itself must pick relay for symmetric x symmetric and a
-    direct srflx pair for port-restricted x port-restricted (NATLAB.md's matrix)."""
+    direct srflx pair for port-restricted x port-restricted (the expected matrix of docs/lab.md)."""
     lab = nat_lab(*behaviours)
     a_host, b_host = lab.hosts
     with SignalProcess(host=lab.server_ips[0], popen=lambda argv, **kw: lab.popen("server", argv, **kw)) as sig:

@@ -269,11 +269,11 @@ def test_oversized_frame_closes_only_that_connection():
     run(main())
 
 
-def _raw_handshake(port: int) -> socket.socket:
+def _raw_handshake(port: int, extra: str = "") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=3)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
@@ -417,14 +417,272 @@ def test_rate_limit():
 
 
 def test_max_connections():
+    """The third connection of a server capped at 2 is refused with HTTP 503: the client says "full" (exit 6)."""
+
     async def main():
         async with serve(max_connections=2) as srv, aiohttp.ClientSession() as s:
-            async with Ws(s, srv.ws_url), Ws(s, srv.ws_url), Ws(s, srv.ws_url) as third:
-                m = await third.recv()
-                assert m["code"] == p.SERVER_FULL
-                assert (await third.recv())["code"] == 4002
+            async with Ws(s, srv.ws_url), Ws(s, srv.ws_url):
+                with pytest.raises(RoomFull) as exc:
+                    async with SignalingClient(srv.ws_url, timeout=3):
+                        pass
+                assert exc.value.exit_code == 6 and "full" in str(exc.value) and exc.value.code == p.SERVER_FULL
+                assert srv.stats.rejected_full == 1
+            await healthy_pair(s, srv.ws_url, "after-full")  # places are given back
 
     run(main())
+
+
+def test_non_ascii_token_is_refused_not_a_crash():
+    """hmac.compare_digest raises on non-ASCII str: the join must still get bad-token and /config.json 403."""
+
+    async def main():
+        async with serve(token="s3cret") as srv:
+            for token in ("é", "s3cret\u00e9", "\u2603" * 40):
+                async with SignalingClient(srv.ws_url, timeout=3) as c:
+                    with pytest.raises(SignalingAuthRefused) as exc:
+                        await c.join("r", token=token)
+                    assert exc.value.exit_code == 5
+            async with aiohttp.ClientSession() as s:
+                for query in ("%C3%A9", "%FF%FE", "%ED%A0%80", "s3cret%C3%A9"):
+                    async with s.get(srv.url + "config.json?token=" + query) as r:
+                        assert r.status == 403, query
+                        assert (await r.json())["error"] == "bad token"
+                async with s.get(srv.url + "config.json?token=s3cret") as r:
+                    assert r.status == 200
+            # a non-ASCII server token works too
+        async with serve(token="sécret") as srv, SignalingClient(srv.ws_url, timeout=3) as c:
+            assert (await c.join("r", token="sécret")).peers == ()
+
+    run(main())
+
+
+def _partial(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _read_all(sock: socket.socket, limit: float) -> bytes:
+    """What the server sends until it closes (b"" read) or ``limit`` seconds pass (then ``b"<open>"``)."""
+    sock.settimeout(limit)
+    out = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+    except socket.timeout:
+        return out + b"<open>"
+    except ConnectionResetError:
+        return out + b"<reset>"
+    finally:
+        sock.close()
+
+
+UNFINISHED = {
+    "headers never end": b"GET / HTTP/1.1\r\nHost: x\r\n",
+    "request line only": b"GET /healthz HTTP/1.1\r\n",
+    "half a request line": b"GE",
+    "body never ends": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100,
+    "nothing at all": b"",
+}
+
+
+def test_unfinished_requests_time_out_and_count_against_the_cap():
+    """Slow or half-sent HTTP requests hold connections: they count against --max-connections
+    (the next connection gets 503) and are closed after request_timeout (408)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with serve(max_connections=len(UNFINISHED) * 3, request_timeout=1.5) as srv, aiohttp.ClientSession() as s:
+            socks = [await loop.run_in_executor(None, _partial, srv.port, data) for data in UNFINISHED.values() for _ in range(3)]
+            await asyncio.sleep(0.1)
+            assert srv.admission.open == len(socks)
+            with pytest.raises(RoomFull):  # the cap counts the unfinished requests
+                async with SignalingClient(srv.ws_url, timeout=3):
+                    pass
+            answers = await asyncio.gather(*(loop.run_in_executor(None, _read_all, sk, 5.0) for sk in socks))
+            for (name, _), answer in zip([(n, d) for n, d in UNFINISHED.items() for _ in range(3)], answers, strict=True):
+                assert not answer.endswith(b"<open>"), (name, answer[-80:])
+                if name != "body never ends":  # that one got its /healthz answer, then the connection went
+                    assert answer.startswith(b"HTTP/1.1 408"), (name, answer[:80])
+            assert srv.stats.closed_request_timeout >= 4 * 3
+            assert srv.admission.open == 0
+            await healthy_pair(s, srv.ws_url, "after-slow")  # and the server serves again
+
+    run(main())
+
+
+def test_stopping_while_connections_arrive_raises_nothing_in_the_loop():
+    """Servers stopped while a thread keeps connecting (30 servers, at most 200 connections each):
+    no loop callback may fail (with loop.sock_accept, Python 3.11 raised InvalidStateError when
+    the accept was cancelled with a connection pending: a traceback as signal serve stopped)."""
+    import threading
+    import time
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        for i in range(30):
+            srv = await serve().start()
+            done = threading.Event()
+
+            def hammer(port=srv.port, done=done):
+                socks = []
+                while not done.is_set() and len(socks) < 200:
+                    sk = socket.socket()
+                    sk.setblocking(False)
+                    sk.connect_ex(("127.0.0.1", port))
+                    socks.append(sk)
+                time.sleep(0.05)
+                for sk in socks:
+                    sk.close()
+
+            thread = threading.Thread(target=hammer)
+            thread.start()
+            await asyncio.sleep(0.002 * (i % 5))
+            await srv.stop()
+            done.set()
+            await loop.run_in_executor(None, thread.join)
+        assert [str(c.get("exception") or c.get("message")) for c in errors] == []
+
+    run(main(), limit=60)
+
+
+def test_keep_alive_connection_must_send_its_next_request_in_time():
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with serve(request_timeout=0.5) as srv:
+            sock = await loop.run_in_executor(None, _partial, srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await loop.run_in_executor(None, _read_all, sock, 3.0)
+            assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer and not answer.endswith(b"<open>")
+
+    run(main())
+
+
+def test_reject_log_is_rate_limited():
+    from natkit.signaling.guard import RejectLog, printable
+
+    now = [0.0]
+    lines: list[str] = []
+    log = RejectLog(lines.append, burst=3, window=10.0, clock=lambda: now[0])
+    for i in range(10):
+        log.emit(f"bad {i}")
+    assert lines == ["natkit signal: bad 0", "natkit signal: bad 1", "natkit signal: bad 2"]
+    now[0] = 10.5
+    log.emit("later")
+    assert lines[3].startswith("natkit signal: … 7 more") and lines[4] == "natkit signal: later"
+    log.flush()
+    assert len(lines) == 5 and log.total == 11
+    assert printable("a\r\nb\x1b[31m" + "x" * 500, 20) == "a\\x0d\\x0ab\\x1b[31mx…"
+
+
+def _wait_for(predicate, limit: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _last_words(proc) -> str:
+    """Wait (at most 5 s) until the stopped server's stderr has been read to the end; its last line."""
+    import time
+
+    deadline = time.monotonic() + 5
+    seen = -1
+    while time.monotonic() < deadline and seen != len(proc.stderr_lines):
+        seen = len(proc.stderr_lines)
+        time.sleep(0.2)
+    return proc.stderr_lines[-1] if proc.stderr_lines else ""
+
+
+MALFORMED = [
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",  # header line too long
+    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",  # too many headers
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",  # no Host
+    b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
+    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",  # NUL in the target
+]
+
+
+def test_malformed_requests_are_one_line_each_and_rate_limited():
+    """Each malformed request is answered 400 and logged as one line (no aiohttp traceback);
+    a flood is cut to 10 lines per 10 s plus a count."""
+    from natkit.signaling.process import SignalProcess
+
+    with SignalProcess() as proc:
+        port = int(proc.ws_url.rsplit(":", 1)[1].split("/")[0])
+        for data in MALFORMED:
+            answer = _read_all(_partial(port, data), 3.0)
+            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0], answer[:80]
+        assert _wait_for(lambda: sum("rejected request" in x for x in proc.stderr_lines) == len(MALFORMED), 5), proc.stderr_lines
+        for _ in range(40):  # a flood
+            _read_all(_partial(port, MALFORMED[2]), 3.0)
+        assert _read_all(_partial(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 3.0).startswith(b"HTTP/1.1 200")
+    _last_words(proc)
+    text = "\n".join(proc.stderr_lines)
+    assert "Traceback" not in text and "aiohttp" not in text, text[-2000:]
+    rejected = [x for x in proc.stderr_lines if "rejected request" in x]
+    assert len(rejected) == 10, rejected
+    assert any("35 more refused requests" in x for x in proc.stderr_lines), proc.stderr_lines[-5:]
+    assert "400 Missing 'Host' header" in text and "Too many headers" in text
+
+
+def test_websocket_handshake_warnings_are_rate_limited_lines():
+    """aiohttp warns once per handshake whose Sec-WebSocket-Protocol list has no match, echoing the
+    client's text: that goes through the same rate-limited, escaped one-line log."""
+    from natkit.signaling.process import SignalProcess
+
+    with SignalProcess() as proc:
+        port = int(proc.ws_url.rsplit(":", 1)[1].split("/")[0])
+        for _ in range(30):
+            sock = _raw_handshake(port, extra="Sec-WebSocket-Protocol: " + "x" * 4000 + "\r\n")
+            sock.close()
+        assert _read_all(_partial(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 3.0).startswith(b"HTTP/1.1 200")
+    _last_words(proc)
+    warned = [x for x in proc.stderr_lines if x.startswith("natkit signal: websocket: 127.0.0.1: Client protocols")]
+    assert len(warned) == 10 and all(len(x) < 260 for x in warned), warned[:2]  # 4000 characters cut
+    assert any("20 more refused requests" in x for x in proc.stderr_lines), proc.stderr_lines[-3:]
+
+
+def test_low_open_file_limit_caps_connections_without_log_flood():
+    """At ulimit -n 64 and --max-connections 2000 the server says it serves fewer, refuses the rest
+    with 503, logs a bounded number of lines (was: a traceback per accept() at 100 % CPU)."""
+    import resource
+    import subprocess
+
+    from natkit.signaling.process import SignalProcess
+
+    def popen(argv, **kw):
+        return subprocess.Popen(argv, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)), **kw)
+
+    with SignalProcess("--max-connections", "2000", "--request-timeout", "1", popen=popen) as proc:
+        port = int(proc.ws_url.rsplit(":", 1)[1].split("/")[0])
+        assert any("open-file limit (64" in x for x in proc.stderr_lines), proc.stderr_lines
+        socks = [_partial(port, b"GET / HTTP/1.1\r\nHost: x\r\n") for _ in range(100)]
+        answers = [_read_all(s, 5.0) for s in socks]
+        assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) >= 60
+        assert all(a.startswith((b"HTTP/1.1 503", b"HTTP/1.1 408")) for a in answers), {a[:40] for a in answers}
+        assert _read_all(_partial(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 3.0).startswith(b"HTTP/1.1 200")
+        cpu = _cpu_seconds(proc.proc.pid)
+        import time
+
+        time.sleep(1.0)
+        assert _cpu_seconds(proc.proc.pid) - cpu < 0.3  # idle again, no accept storm
+    _last_words(proc)
+    assert len(proc.stderr_lines) < 30 and not any("Traceback" in x for x in proc.stderr_lines), proc.stderr_lines[:40]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_page_is_served_with_strict_csp_and_no_external_resources():
@@ -453,7 +711,11 @@ def test_page_is_served_with_strict_csp_and_no_external_resources():
     run(main())
 
 
-def test_cli_server_process_stops_on_sigint():
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_cli_server_process_stops_on_a_signal_with_130(signame):
+    """README: 130 = interrupted (Ctrl-C or SIGTERM); the server ends with one natkit line, no traceback."""
+    import signal
+
     from natkit.signaling.process import SignalProcess
 
     with SignalProcess("--room-size", "3") as proc:
@@ -463,8 +725,11 @@ def test_cli_server_process_stops_on_sigint():
                 assert j.room_size == 3
 
         run(main())
+        proc.proc.send_signal(getattr(signal, signame))
+        proc.proc.wait(10)
     assert proc.proc.returncode == 130  # the README's "interrupted", like every natkit command stopped by Ctrl-C
-    assert "Traceback" not in "\n".join(proc.stderr_lines)
+    last = _last_words(proc)
+    assert last.startswith("natkit") and not any("Traceback" in x for x in proc.stderr_lines), proc.stderr_lines
 
 
 # --------------------------------------------------------------------------- bounded load
@@ -472,9 +737,8 @@ def test_cli_server_process_stops_on_sigint():
 
 def test_load_200_concurrent_rooms():
     """200 rooms x 2 peers against a server process; hard cap 60 s (typically a few seconds)."""
-    from natkit.signaling.process import SignalProcess
-
     from natkit.signaling.load import load
+    from natkit.signaling.process import SignalProcess
 
     with SignalProcess("--max-connections", "1000") as proc:
         result = run(load(proc.ws_url, 200, limit=60.0), limit=90)
@@ -496,7 +760,7 @@ def test_tls_server_and_client(tmp_path):
     cert_path, key_path = write_pair(tmp_path, cert, key)
 
     async def main():
-        async with serve(cert=str(cert_path), key=str(key_path)) as srv:
+        async with serve(cert=str(cert_path), key=str(key_path), request_timeout=1.0) as srv:
             assert srv.url.startswith("https://") and srv.ws_url.startswith("wss://")
             async with SignalingClient(srv.ws_url, timeout=3, ssl_context=client_ssl_context(True, str(cert_path))) as c:
                 assert (await c.join("tls")).peers == ()
@@ -506,6 +770,12 @@ def test_tls_server_and_client(tmp_path):
             ctx = ssl.create_default_context(cafile=str(cert_path))
             async with aiohttp.ClientSession() as s, s.get(srv.url, ssl=ctx) as r:
                 assert r.status == 200 and "Content-Security-Policy" in r.headers
+            # a TCP connection that never starts its TLS handshake is closed after request_timeout
+            loop = asyncio.get_running_loop()
+            t = loop.time()
+            answer = await loop.run_in_executor(None, _read_all, _partial(srv.port, b""), 5.0)
+            assert not answer.endswith(b"<open>") and loop.time() - t < 2.5
+            assert srv.admission.open == 0
 
     run(main())
     with pytest.raises(UsageError):

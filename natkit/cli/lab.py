@@ -174,7 +174,7 @@ def matrix_cmd(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Connect peers behind every pair of NAT behaviours, STUN only and STUN+TURN,
-    and compare with the expected matrix (the one libwebrtc's transport tests assert).
+    and compare with the expected matrix (docs/lab.md: the one libwebrtc's transport tests assert).
 
     Exit codes: 0 every cell as expected, 1 a mismatch, 2 bad option, 3 no root/namespaces/coturn/Chromium or a NAT that does not behave as declared.
     """

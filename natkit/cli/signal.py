@@ -22,7 +22,8 @@ def serve_cmd(
     room_size: int = typer.Option(2, "--room-size", help="peers per room (2..64)"),
     max_message: int = typer.Option(64 * 1024, "--max-message", help="largest accepted message in bytes (bigger: error reply)"),
     idle_timeout: float = options.seconds(300.0, "--idle-timeout", help="close a connection silent for this many seconds", high=86_400),
-    max_connections: int = typer.Option(2000, "--max-connections", help="connections at once"),
+    max_connections: int = typer.Option(2000, "--max-connections", help="TCP connections at once, WebSockets and HTTP requests still arriving (beyond: 503)"),
+    request_timeout: float = options.seconds(10.0, "--request-timeout", help="seconds a connection has to send a complete HTTP request (beyond: 408, closed)", high=3600),
     turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST secret: the page gets fresh credentials"),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
@@ -39,6 +40,9 @@ def serve_cmd(
     http://HOST:PORT/ (add ?turn=...&username=...&credential=...&room=... or
     start with --turn/--secret so the page gets credentials from the server).
 
+    Malformed or refused requests are one line each on stderr (at most 10
+    per 10 s), never a traceback.
+
     Exit codes: 2 bad option, 3 cannot listen, 130 stopped by Ctrl-C, SIGTERM or SIGHUP.
     """
 
@@ -48,7 +52,7 @@ def serve_cmd(
 
         config = SignalConfig(
             host=host, port=port, token=token, room_size=room_size, max_message=max_message,
-            idle_timeout=idle_timeout, max_connections=max_connections, turn_uris=tuple(turn),
+            idle_timeout=idle_timeout, max_connections=max_connections, request_timeout=request_timeout, turn_uris=tuple(turn),
             turn_secret=secret, stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose, cert=cert, key=key,
         ).validate()
 

@@ -79,7 +79,7 @@ SPECIAL_PURPOSE_RANGES: tuple[tuple[str, str], ...] = (
 )
 DENIED_PEER_RANGES: tuple[str, ...] = tuple(r for r, _ in SPECIAL_PURPOSE_RANGES)
 
-# The lab's simulated internet (NATLAB.md): documentation ranges inside namespaces.
+# The lab's simulated internet (docs/lab.md, the address plan): documentation ranges inside namespaces.
 LAB_RANGES: tuple[str, ...] = ("203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32")
 
 

@@ -9,8 +9,8 @@
         assert result.outcome == "relay"
 
 ``up()`` builds the namespaces, starts coturn inside the server namespace
-(two addresses, so it answers RFC 5780), starts one agent per host and
-measures every host's NAT end to end; a NAT that does not behave as
+(two addresses, so it answers RFC 5780; STUN only with ``turn=False``),
+starts one agent per host and measures every host's NAT end to end; a NAT that does not behave as
 declared raises :class:`LabVerificationFailed` and the lab is torn down.
 ``down()`` (also on exceptions, Ctrl-C and SIGTERM while the lab is up)
 stops every process it started and deletes every namespace.
@@ -19,7 +19,6 @@ stops every process it started and deletes every namespace.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import dataclasses
 import os
 import secrets
@@ -32,9 +31,10 @@ from collections.abc import Sequence
 from typing import Self
 
 from ..errors import LabVerificationFailed, NatkitError, ServerStartFailed, UsageError
+from ..nat_classify import Mapping
 from . import netns
 from .netns import LabError
-from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan
+from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan, word
 
 SCHEMA_CHECK = "natkit.lab.check/1"
 
@@ -69,7 +69,7 @@ def judge(expected: dict, measured: dict) -> list[str]:
         return problems
     if not measured.get("udp"):
         return ["no STUN answer over UDP from the lab server" + _notes(measured)]
-    if expected.get("mapping") is None:
+    if expected.get("mapping") in (None, Mapping.NONE):
         if measured.get("nat"):
             problems.append(f"declared open, but the server saw {measured.get('public')} for local {measured.get('local')}")
         return problems
@@ -78,7 +78,8 @@ def judge(expected: dict, measured: dict) -> list[str]:
         return problems
     for key in ("mapping", "filtering"):
         if measured.get(key) != expected[key]:
-            problems.append(f"{key}: declared {expected[key]}, measured {measured.get(key) or 'unknown'}" + (_notes(measured) if not measured.get(key) else ""))
+            problems.append(f"{key}: declared {word(expected[key])}, measured {measured.get(key) or 'unknown'}"
+                            + (_notes(measured) if not measured.get(key) else ""))
     if expected.get("hairpin") is not None and measured.get("hairpin") is not None and measured["hairpin"] != expected["hairpin"]:
         problems.append(f"hairpinning: declared {'on' if expected['hairpin'] else 'off'}, measured {'on' if measured['hairpin'] else 'off'}")
     return problems
@@ -102,20 +103,29 @@ def _teardown_leftovers() -> None:  # a lab never closed by its owner still goes
 class NatLab:
     """A lab built from a :class:`LabSpec`.
 
-    ``name``: lab id (default: the spec's, else random); ``turn``: run coturn
-    in the server namespace; ``verify``: measure every host's NAT at start;
-    ``persistent``: leave the lab running when this object goes away
+    ``name``: lab id (default: the spec's, else random); ``turn``: the lab's
+    coturn also relays (TURN); with ``turn=False`` it runs as a STUN server only
+    (coturn's ``stun-only``: srflx candidates, RFC 5780 verification, no relay);
+    ``stun=False`` together with ``turn=False``: no server process at all
+    (then ``verify`` must be False); ``verify``: measure every host's NAT at
+    start; ``persistent``: leave the lab running when this object goes away
     (``natkit lab up``); ``agents``: keep one agent per host running for
     :meth:`connect` (else they stop after verification).
+
+    Raises :class:`UsageError` for ``verify=True`` without a STUN server.
     """
 
     def __init__(self, spec: LabSpec, *, name: str | None = None, turn: bool = True, verify: bool = True,
-                 persistent: bool = False, agents: bool = True, agent_env: dict | None = None) -> None:
+                 persistent: bool = False, agents: bool = True, agent_env: dict | None = None, stun: bool = True) -> None:
         spec.validate()
         self.spec = spec
         self.name = name or spec.name or secrets.token_hex(3)
         self.plan: Plan = plan(spec, self.name)
         self.turn = turn and spec.server.turn
+        self.stun = stun or self.turn  # coturn runs in the server namespace (STUN only without turn)
+        if verify and not self.stun:
+            raise UsageError("verification needs the lab's STUN server, and stun=False runs none",
+                             hint="keep stun=True (the default; turn=False still runs a STUN-only coturn) or pass verify=False")
         self.do_verify = verify
         self.persistent = persistent
         self.keep_agents = agents
@@ -137,6 +147,10 @@ class NatLab:
         return self.plan.node(node).ns
 
     def ip(self, node: str) -> str | None:
+        """The node's own address: a host's ``eth0`` (a LAN address behind a NAT),
+        a NAT box's public (WAN) side, the server's first address; None for the
+        internet bridge. What a peer elsewhere sees for a host is measured, not
+        planned: see :attr:`checks` (``measured["public"]``)."""
         return self.plan.node(node).ip
 
     @property
@@ -145,13 +159,17 @@ class NatLab:
 
     @property
     def server_ips(self) -> tuple[str, str]:
+        """The server namespace's two addresses (203.0.113.10, 203.0.113.11): coturn
+        listens on both, on ``port`` and ``port + 1`` (RFC 5780 alternate address and port)."""
         return SERVER_IPS
 
     @property
     def stun_uri(self) -> str:
+        """``stun:203.0.113.10:PORT`` (PORT: the spec's server port, 3478 by default)."""
         return f"stun:{SERVER_IPS[0]}:{self.spec.server.port}"
 
     def turn_uri(self, transport: str = "udp") -> str:
+        """``turn:203.0.113.10:PORT?transport=udp|tcp``; REST credentials from :meth:`credentials`."""
         return f"turn:{SERVER_IPS[0]}:{self.spec.server.port}?transport={transport}"
 
     def credentials(self, user: str = "lab", ttl: int = 3600):
@@ -161,9 +179,11 @@ class NatLab:
         return mint(self.secret, user, ttl)
 
     def ice_servers(self, host: str, *, turn: bool = True) -> list[dict]:
-        """ICE servers for a peer on ``host``: the lab STUN server, and with ``turn``
-        the lab coturn (over TCP when the host's UDP is blocked)."""
-        servers = [{"urls": [self.stun_uri]}]
+        """ICE servers for a peer on ``host``: the lab STUN server (none with
+        ``stun=False``), and with ``turn`` the lab coturn (over TCP when the
+        host's UDP is blocked). Raises :class:`UsageError` for ``turn`` in a
+        lab built with ``turn=False``."""
+        servers = [{"urls": [self.stun_uri]}] if self.stun else []
         if turn:
             if not self.turn:
                 raise UsageError("this lab runs no TURN server", hint="build it with turn=True")
@@ -208,7 +228,7 @@ class NatLab:
             t = time.monotonic()
             netns.build(self.plan)
             self.timings["build_ms"] = (time.monotonic() - t) * 1000.0
-            if self.turn:
+            if self.stun:
                 t = time.monotonic()
                 self._start_coturn()
                 self.timings["coturn_ms"] = (time.monotonic() - t) * 1000.0
@@ -290,7 +310,8 @@ class NatLab:
         from ..coturn.server import CoturnServer
 
         if find_binary() is None:
-            raise ServerStartFailed(f"coturn cannot run: {missing_reason()}", step="coturn", hint="apt-get install coturn, or NatLab(turn=False)")
+            raise ServerStartFailed(f"coturn cannot run: {missing_reason()}", step="coturn",
+                                    hint="apt-get install coturn, or NatLab(turn=False, stun=False, verify=False) for a lab without a server")
         s = self.spec.server
         # the hardened profile, with exceptions for exactly the lab's internet ranges,
         # RFC 5780 on (NAT verification) and quotas sized for a concurrent matrix
@@ -299,6 +320,8 @@ class NatLab:
             listening_ips=SERVER_IPS, port=s.port, relay_ips=SERVER_IPS, min_port=s.min_port, max_port=s.max_port,
             realm=s.realm, tcp_relay=True, nat_discovery=True, limits=Limits(user_quota=500, total_quota=5000, max_bps=0),
         ).config
+        if not self.turn:  # turn=False: STUN Binding (RFC 5780 included) only, every TURN request ignored
+            conf = dataclasses.replace(conf, extra=(*conf.extra, "stun-only"))
         server = CoturnServer(conf, backend="native", name="coturn", state_dir=self.dir, ready_timeout=15.0,
                               argv_prefix=netns.netns_argv(self.ns("server"), []), ephemeral=not self.persistent)
         self._coturn = server
@@ -310,7 +333,8 @@ class NatLab:
 
     @property
     def coturn(self):
-        """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log paths); None without TURN."""
+        """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log
+        paths); STUN-only with ``turn=False``, None with ``stun=False``."""
         return self._coturn
 
     # ---- agents ---------------------------------------------------------
@@ -351,8 +375,9 @@ class NatLab:
     def verify(self, hosts: Sequence[str] | None = None) -> tuple[HostCheck, ...]:
         """Measure every host's NAT (concurrently) and compare it with the spec."""
         hosts = list(hosts or self.hosts)
-        if not self.turn:
-            raise UsageError("verification needs the lab's STUN server", hint="build the lab with turn=True or verify=False")
+        if not self.stun:
+            raise UsageError("verification needs the lab's STUN server, and this lab runs none (stun=False)",
+                             hint="build the lab with stun=True (the default) or verify=False")
         futures = {h: self.agent(h).submit("measure", server=SERVER_IPS[0], port=self.spec.server.port) for h in hosts}
         checks = []
         for h, fut in futures.items():
@@ -361,16 +386,21 @@ class NatLab:
             problems = judge(expected, measured)
             checks.append(HostCheck(
                 host=h, declared=self.spec.behaviour_of(h), expected=expected, measured=measured,
-                measured_label=classify(*(None if measured.get(k) in (None, "none") else measured.get(k) for k in ("mapping", "filtering"))),
+                measured_label=classify(measured.get("mapping"), measured.get("filtering")),
                 problems=tuple(problems), ok=not problems,
             ))
         return tuple(checks)
 
-    def connect(self, a: str, b: str, *, turn: bool = True, deadline: float = 10.0, messages: int = 5, answer_delay: float | None = None):
+    def connect(self, a: str, b: str, *, turn: bool | None = None, deadline: float = 10.0, messages: int = 5,
+                answer_delay: float | None = None):
         """One WebRTC attempt from ``a`` (offerer) to ``b``; returns a :class:`~natkit.lab.peers.PairResult`.
 
-        See :func:`natkit.lab.peers.connect_pair` for ``deadline`` and ``answer_delay``.
+        ``turn``: offer the lab's TURN server to both peers (default: whether
+        the lab runs one). See :func:`natkit.lab.peers.connect_pair` for
+        ``deadline`` (seconds) and ``answer_delay``.
         """
+        if turn is None:
+            turn = self.turn
         from .peers import ANSWER_DELAY, connect_pair
 
         if not self._up:
@@ -389,11 +419,6 @@ class NatLab:
         p = subprocess.Popen(netns.netns_argv(self.ns(node), list(argv)), **kw)
         self._procs.append(p)
         return p
-
-    def run_many(self, fn, items, *, workers: int = 4) -> list:
-        """Apply ``fn`` to ``items`` on a thread pool, results in order."""
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(fn, items))
 
 
 def preflight() -> None:

@@ -4,8 +4,8 @@
 verifies every NAT, then runs each cell as one WebRTC attempt between a
 host of each behaviour (``X1`` offers to ``Y2``; ``X1`` to ``X2`` on the
 diagonal), several at a time, and compares the outcome with the expected
-matrix (:func:`natkit.lab.spec.expected_outcome`, what libwebrtc's own
-transport tests assert).
+matrix of docs/lab.md (:func:`natkit.lab.spec.expected_outcome`, what
+libwebrtc's own transport tests assert).
 
 The ICE agents (:data:`AGENTS`): ``aiortc`` (natkit's lab agent: aiortc with
 the adjustments of :mod:`natkit._aiortc_private`), ``stock`` (the same agent
@@ -405,7 +405,7 @@ def render_text(report: MatrixReport) -> str:
     agent = f" ({AGENT_LABELS.get(report.agent, report.agent)})" if report.agent != "aiortc" else ""
     for mode in dict.fromkeys(c.mode for c in report.cells):
         title = {"stun": "STUN only (host + srflx candidates)", "stun+turn": "STUN + TURN (host + srflx + relay candidates)"}[mode]
-        lines.append(f"== {title}: measured{agent} | expected")
+        lines.append(f"== {title}: measured{agent} | expected (docs/lab.md)")
         head = " " * width + "".join(f"{_label(b):<{cellw}}" for b in bs)
         lines.append(head + "  |  " + "".join(f"{_label(b):<{16}}" for b in bs))
         for i, a in enumerate(bs):

@@ -21,7 +21,10 @@ Address plan (no default route anywhere, so nothing can leave the lab):
   (a carrier-grade NAT); devices behind a box route only the two
   documentation prefixes through it.
 
-NAT behaviours (RFC 4787 mapping/filtering; classic RFC 3489 name second):
+NAT behaviours (RFC 4787 mapping/filtering, as :class:`natkit.nat_classify.Mapping`
+and :class:`~natkit.nat_classify.Filtering`: the words ``natkit nat`` measures;
+the table and the expected-outcome matrix live in :mod:`natkit.p2p`; classic
+RFC 3489 name second):
 
 ==================  ============================  ============================  ==================
 behaviour           mapping                       filtering                     classic name
@@ -44,30 +47,34 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import p2p
 from ..errors import UsageError
+from ..nat_classify import Filtering, Mapping
+from ..p2p import (  # noqa: F401  (re-exported: the lab's names for natkit.p2p's vocabulary)
+    BEHAVIOURS,
+    DIRECT,
+    DIRECT_PRFLX,
+    FAILED,
+    FULL_CONE,
+    MATRIX_BEHAVIOURS,
+    OPEN,
+    PORT_RESTRICTED,
+    RELAY,
+    RESTRICTED,
+    SYMMETRIC,
+)
 
-# RFC 4787 / RFC 5780 words
-EIM = EIF = "endpoint-independent"
-ADM = ADF = "address-dependent"
-APDM = APDF = "address-and-port-dependent"
-_RANK = {None: -1, EIM: 0, ADM: 1, APDM: 2}
+# RFC 4787 / RFC 5780 words, natkit.nat_classify's enums
+EIM, ADM, APDM = Mapping.ENDPOINT_INDEPENDENT, Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT
+EIF, ADF, APDF = Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT
+_MAPPING_RANK = {Mapping.NONE: -1, EIM: 0, ADM: 1, APDM: 2}
+_FILTERING_RANK = {Filtering.NONE: -1, EIF: 0, ADF: 1, APDF: 2}
 
-OPEN = "open"
-FULL_CONE = "full_cone"
-RESTRICTED = "restricted"
-PORT_RESTRICTED = "port_restricted"
-SYMMETRIC = "symmetric"
 
-#: behaviour -> (mapping, filtering, classic RFC 3489 label)
-BEHAVIOURS: dict[str, tuple[str | None, str | None, str]] = {
-    OPEN: (None, None, "open (no NAT)"),
-    FULL_CONE: (EIM, EIF, "full cone"),
-    RESTRICTED: (EIM, ADF, "restricted cone"),
-    PORT_RESTRICTED: (EIM, APDF, "port-restricted cone"),
-    SYMMETRIC: (APDM, APDF, "symmetric"),
-}
-#: the order rows and columns of the outcome matrix use
-MATRIX_BEHAVIOURS: tuple[str, ...] = (OPEN, FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC)
+def word(value) -> str:
+    """The RFC word of a Mapping/Filtering (``"endpoint-independent"``), any other value as text."""
+    return str(getattr(value, "value", value))
+
 #: short names for generated hosts
 SHORT = {OPEN: "open", FULL_CONE: "fc", RESTRICTED: "rc", PORT_RESTRICTED: "prc", SYMMETRIC: "sym"}
 
@@ -137,11 +144,11 @@ class NatSpec:
         object.__setattr__(self, "behaviour", normalise_behaviour(self.behaviour))
 
     @property
-    def mapping(self) -> str | None:
+    def mapping(self) -> Mapping:
         return BEHAVIOURS[self.behaviour][0]
 
     @property
-    def filtering(self) -> str | None:
+    def filtering(self) -> Filtering:
         return BEHAVIOURS[self.behaviour][1]
 
     def validate(self) -> None:
@@ -381,15 +388,17 @@ def effective_behaviour(spec: LabSpec, host: str) -> dict[str, Any]:
     keeps the remote address untouched on the way in, so every box's filter
     applies; one address-dependent mapping anywhere makes the whole path
     address-dependent). ``hairpin`` is None (not predicted) for cascades.
-    ``mapping``/``filtering`` are None for an open host.
+    ``mapping``/``filtering`` are :class:`Mapping`/:class:`Filtering`
+    (``Mapping.NONE``/``Filtering.NONE`` for an open host), comparable with
+    the strings a measurement returns.
     """
     chain = spec.chain(host)
     h = spec.host(host)
-    mapping = filtering = None
+    mapping, filtering = Mapping.NONE, Filtering.NONE
     for n in chain:
-        if _RANK[n.mapping] > _RANK[mapping]:
+        if _MAPPING_RANK[n.mapping] > _MAPPING_RANK[mapping]:
             mapping = n.mapping
-        if _RANK[n.filtering] > _RANK[filtering]:
+        if _FILTERING_RANK[n.filtering] > _FILTERING_RANK[filtering]:
             filtering = n.filtering
     if not chain:
         hairpin = None
@@ -405,40 +414,27 @@ def effective_behaviour(spec: LabSpec, host: str) -> dict[str, Any]:
     }
 
 
-def classify(mapping: str | None, filtering: str | None) -> str:
-    """The classic label for a measured (mapping, filtering) pair, e.g. ``"symmetric"``.
+def classify(mapping, filtering) -> str:
+    """The behaviour key for a measured (mapping, filtering) pair (enums or their
+    words, ``"none"`` without a NAT), e.g. ``"symmetric"``.
 
     Combinations that have no RFC 3489 name come back as ``"mapping/filtering"``.
     """
-    for key, (m, f, _) in BEHAVIOURS.items():
-        if (m, f) == (mapping, filtering):
-            return key
-    return f"{mapping}/{filtering}"
+    return p2p.behaviour_of(mapping, filtering) or f"{word(mapping)}/{word(filtering)}"
 
 
 # ---------------------------------------------------------------- expected outcomes
 
-DIRECT = "direct"
-DIRECT_PRFLX = "direct (prflx)"
-RELAY = "relay"
-FAILED = "failed"
-
-
 def expected_outcome(a: str, b: str, *, turn: bool) -> str:
-    """The NATLAB.md matrix (the one libwebrtc's transport tests assert).
+    """The expected matrix of docs/lab.md (the one libwebrtc's P2P transport channel tests assert).
 
     Between two hosts that gather host, srflx (and with ``turn``, relay)
     candidates: ``"direct"``, ``"direct (prflx)"`` (a symmetric NAT on one
     side: the pair needs a peer-reflexive candidate), ``"relay"``, or with
-    STUN only ``"failed"`` where a relay would be needed.
+    STUN only ``"failed"`` where a relay would be needed. Any spelling
+    :func:`normalise_behaviour` accepts; read from :data:`natkit.p2p.MATRIX`.
     """
-    a, b = normalise_behaviour(a), normalise_behaviour(b)
-    pair = {a, b}
-    if pair == {SYMMETRIC} or pair == {SYMMETRIC, PORT_RESTRICTED}:
-        return RELAY if turn else FAILED
-    if SYMMETRIC in pair:
-        return DIRECT_PRFLX
-    return DIRECT
+    return p2p.expected_outcome(normalise_behaviour(a), normalise_behaviour(b), turn=turn)
 
 
 def outcome_matches(expected: str, outcome: str) -> bool:
@@ -479,7 +475,7 @@ def render_nat_ruleset(nat: NatSpec, wan_ip: str, lan_net: str, *, wan: str = "w
       filtering); restricted cone only when ``(source address, port)`` is in
       ``@adf`` (address-dependent). Port-restricted and symmetric boxes
       rely on conntrack alone (address-and-port-dependent).
-    - ``input``: the conntrack-trap fix of NATLAB.md: new inbound traffic on
+    - ``input``: the conntrack-trap fix (docs/lab.md): new inbound traffic on
       the WAN to the box itself is dropped before its conntrack entry is
       confirmed, so an early packet from a remote peer cannot claim the
       tuple and push MASQUERADE to another port.
@@ -494,7 +490,7 @@ def render_nat_ruleset(nat: NatSpec, wan_ip: str, lan_net: str, *, wan: str = "w
     mapping, filtering, label = BEHAVIOURS[nat.behaviour]
     L: list[str] = []
     a = L.append
-    a(f"# natkit NAT box {nat.name!r}: {label} (mapping {mapping}, filtering {filtering})")
+    a(f"# natkit NAT box {nat.name!r}: {label} (mapping {word(mapping)}, filtering {word(filtering)})")
     opts = [k for k in ("hairpin", "udp_blocked") if getattr(nat, k)]
     if nat.loss:
         opts.append(f"loss {nat.loss}%")

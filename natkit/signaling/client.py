@@ -87,6 +87,9 @@ class SignalingClient:
             raise SignalingUnreachable(f"no WebSocket handshake within {self.timeout:g}s", server=self.url, step="signaling") from None
         except aiohttp.WSServerHandshakeError as exc:
             await self.close()
+            if exc.status == 503:
+                raise RoomFull("the signaling server is full (HTTP 503)", code=p.SERVER_FULL, server=self.url,
+                               step="signaling", hint="try again later, or raise the server's --max-connections") from None
             raise SignalingUnreachable(f"WebSocket handshake refused: HTTP {exc.status}", server=self.url, step="signaling",
                                        hint="is this a natkit signaling server? the path is usually /ws") from None
         except (aiohttp.ClientError, OSError) as exc:

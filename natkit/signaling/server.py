@@ -13,7 +13,15 @@ dropped; a frame larger than ``hard_max_message`` closes that connection
 (1008); a client that does not join within ``join_timeout`` seconds or sends
 nothing for ``idle_timeout`` seconds is closed (4000); messages beyond
 ``rate`` per second (bucket of ``burst``) are rejected; at most
-``max_connections`` connections and ``room_size`` peers per room.
+``room_size`` peers per room.
+
+Before any of that, every accepted TCP connection counts against
+``max_connections`` (fitted under the open-file limit), whether it is a
+WebSocket or an HTTP request still arriving: one over the cap is answered
+``503`` and closed; an HTTP request (headers and body) not complete within
+``request_timeout`` seconds is answered ``408`` and closed. A malformed
+request (aiohttp answers 400) or a refused connection is one line on stderr,
+rate-limited (:mod:`natkit.signaling.guard`), never a traceback.
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ CLOSE_POLICY = 1008  # RFC 6455 §7.4.1: policy violation
 CLOSE_TOO_BIG = 1009
 CLOSE_IDLE = 4000
 CLOSE_AUTH = 4001
-CLOSE_SERVER_FULL = 4002
 SEND_TIMEOUT = 5.0  # seconds a slow reader may hold up a send before it is dropped
 
 CSP = (
@@ -73,6 +80,7 @@ class SignalConfig:
     hard_max_message: int = 1024 * 1024
     idle_timeout: float = 300.0
     join_timeout: float = 15.0
+    request_timeout: float = 10.0  # a whole HTTP request (headers + body) after connecting or after the last response
     max_connections: int = 2000
     max_errors: int = 20
     rate: float = 50.0  # messages per second per connection, on average
@@ -96,8 +104,10 @@ class SignalConfig:
             raise UsageError(f"--room-size must be 2..64, got {self.room_size}")
         if not 1024 <= self.max_message <= self.hard_max_message:
             raise UsageError(f"--max-message must be 1024..{self.hard_max_message} bytes, got {self.max_message}")
-        if self.idle_timeout <= 0 or self.join_timeout <= 0:
-            raise UsageError("timeouts must be positive")
+        for name in ("idle_timeout", "join_timeout", "request_timeout"):
+            value = getattr(self, name)
+            if not 0 < value < 86400 * 365:  # also rejects nan and inf
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
         if self.max_connections < 1:
             raise UsageError("--max-connections must be at least 1")
         if bool(self.cert) != bool(self.key):
@@ -122,7 +132,9 @@ class Stats:
     closed_idle: int = 0
     closed_errors: int = 0
     closed_too_big: int = 0
-    rejected_full: int = 0
+    rejected_full: int = 0  # TCP connections refused (503) at the connection cap
+    rejected_requests: int = 0  # malformed HTTP requests (400) and failed handlers
+    closed_request_timeout: int = 0  # HTTP requests not complete within request_timeout (408)
 
 
 class _Peer:
@@ -143,17 +155,27 @@ class SignalingServer:
     """A running signaling server; use as ``async with SignalingServer(config) as srv``.
 
     ``srv.port`` is the bound port, ``srv.url`` the page's ``http://`` URL and
-    ``srv.ws_url`` the WebSocket URL. Raises
-    :class:`natkit.errors.EnvironmentProblem` when the port cannot be bound.
+    ``srv.ws_url`` the WebSocket URL; ``srv.cap`` the connection cap in force
+    and ``srv.notes`` why it is below ``max_connections`` (the open-file
+    limit). Raises :class:`natkit.errors.EnvironmentProblem` when the port
+    cannot be bound or no file descriptor is free for a connection.
     """
 
     def __init__(self, config: SignalConfig | None = None) -> None:
+        from .guard import RejectLog
+
         self.config = (config or SignalConfig()).validate()
         self.rooms: dict[str, dict[str, _Peer]] = {}
         self.peers: set[_Peer] = set()
         self.stats = Stats()
         self.port: int | None = None
-        self._runner = None
+        self.cap = self.config.max_connections
+        self.notes: list[str] = []
+        self.reject_log = RejectLog()
+        self.admission: Any = None  # natkit.signaling.guard.Admission once started
+        self._runner: Any = None  # aiohttp's AppRunner (imported when the server starts)
+        self._ws_log: Any = None  # our logging.Handler on aiohttp's WebSocket logger while running
+        self._sock: socket.socket | None = None
         self._page: dict[str, bytes] = {}
 
     # -- lifecycle -------------------------------------------------------
@@ -161,11 +183,19 @@ class SignalingServer:
         from aiohttp import web
 
         from ..errors import EnvironmentProblem
+        from .guard import Admission, attach_websocket_log, connection_cap, server_logger
 
         if self.config.serve_page:
             self._page = load_page()
         ssl_context = self._ssl_context()
-        app = web.Application(client_max_size=4096)
+        self.cap, note = connection_cap(self.config.max_connections)
+        if note:
+            self.notes.append(note)
+            print(f"natkit signal: {note}", file=sys.stderr, flush=True)
+        if self.cap < 1:
+            raise EnvironmentProblem("no file descriptor is free for a connection", step="listen",
+                                     hint="raise the open-file limit (ulimit -n)")
+        app = web.Application(client_max_size=4096, middlewares=[self._admission_middleware()])
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/config.json", self._ice_config)
@@ -173,15 +203,17 @@ class SignalingServer:
             for route in PAGE_FILES:
                 app.router.add_get(route, self._static)
             app.router.add_get("/favicon.ico", self._no_content)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        timeout = self.config.request_timeout
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+            logger=server_logger(self.reject_log, self._count_rejected), keepalive_timeout=2 * timeout, lingering_time=timeout,  # the guard's timer comes first
+        )
         await self._runner.setup()
         try:
             # bind ourselves: the bound port (for --port 0) is then known without aiohttp internals
             family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
             sock = socket.create_server((self.config.host, self.config.port), family=family, backlog=512)
             sock.setblocking(False)
-            site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
-            await site.start()
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
@@ -189,8 +221,34 @@ class SignalingServer:
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
                 step="listen", hint="choose another --port (0 picks a free one)",
             ) from None
+        # our own accept loop: every connection passes the cap and the request timer (guard.py)
+        self.admission = Admission(self._runner.server, cap=self.cap, request_timeout=timeout, ssl_context=ssl_context,
+                                   log=self.reject_log, stats=self.stats)
+        self._sock = sock
+        self._ws_log = attach_websocket_log(self.reject_log)
+        self.admission.listen(sock)
         self.port = sock.getsockname()[1]
         return self
+
+    # -- admission (natkit.signaling.guard) -------------------------------
+    def _admission_middleware(self):
+        from aiohttp import web
+
+        @web.middleware
+        async def admission(request, handler):
+            guard = self.admission.conns.get(request.transport) if self.admission else None
+            if guard is not None:
+                guard.handling()
+            try:
+                return await handler(request)
+            finally:
+                if guard is not None and guard.transport is not None and not guard.transport.is_closing():
+                    guard.arm()  # the next request on this connection is due within request_timeout
+
+        return admission
+
+    def _count_rejected(self) -> None:
+        self.stats.rejected_requests += 1
 
     def _ssl_context(self):
         if not self.config.cert:
@@ -209,6 +267,11 @@ class SignalingServer:
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and the listener; bounded to a few seconds."""
+        if self.admission is not None:  # accept nothing more
+            self.admission.stop_listening()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         for peer in list(self.peers):
             peer.closing = True
             try:
@@ -221,6 +284,14 @@ class SignalingServer:
             except asyncio.TimeoutError:
                 pass
             self._runner = None
+        if self.admission is not None:  # requests still arriving, handshakes under way
+            self.admission.close_all()
+        if self._ws_log is not None:
+            from .guard import detach_websocket_log
+
+            detach_websocket_log(self._ws_log)
+            self._ws_log = None
+        self.reject_log.flush()
 
     async def __aenter__(self) -> "SignalingServer":
         return await self.start()
@@ -264,7 +335,7 @@ class SignalingServer:
     async def _ice_config(self, request):
         from aiohttp import web
 
-        if self.config.token and not hmac.compare_digest(request.query.get("token", ""), self.config.token):
+        if self.config.token and not token_matches(request.query.get("token", ""), self.config.token):
             return web.json_response({"ok": False, "error": "bad token"}, status=403, headers=SECURITY_HEADERS)
         return web.json_response(self.ice_config(), headers=SECURITY_HEADERS)
 
@@ -273,7 +344,7 @@ class SignalingServer:
         servers: list[dict[str, Any]] = []
         if self.config.stun_uris:
             servers.append({"urls": list(self.config.stun_uris)})
-        if self.config.turn_uris:
+        if self.config.turn_uris and self.config.turn_secret:  # validate() requires the secret with --turn
             from ..credentials import mint
 
             cred = mint(self.config.turn_secret, "natkit-web", self.config.credential_ttl)
@@ -288,11 +359,6 @@ class SignalingServer:
         ws = web.WebSocketResponse(max_msg_size=cfg.hard_max_message, heartbeat=30.0, compress=False, autoping=True)
         await ws.prepare(request)
         self.stats.connections_total += 1
-        if len(self.peers) >= cfg.max_connections:
-            self.stats.rejected_full += 1
-            await self._send(None, ws, p.error_message(p.SERVER_FULL, f"server full ({cfg.max_connections} connections)"))
-            await ws.close(code=CLOSE_SERVER_FULL, message=b"server full")
-            return ws
         peer = _Peer(ws, cfg.burst)
         self.peers.add(peer)
         try:
@@ -369,7 +435,7 @@ class SignalingServer:
         if peer.room is not None:
             await self._error(peer, p.ALREADY_JOINED, f"already in room {peer.room!r}", "join")
             return
-        if cfg.token and not hmac.compare_digest(msg.get("token") or "", cfg.token):
+        if cfg.token and not token_matches(msg.get("token") or "", cfg.token):
             peer.errors += cfg.max_errors  # no guessing: the connection is closed
             await self._error(peer, p.BAD_TOKEN, "missing or wrong token", "join")
             await peer.ws.close(code=CLOSE_AUTH, message=b"bad token")
@@ -391,7 +457,7 @@ class SignalingServer:
             await self._send(other, other.ws, {"type": "peer-joined", "id": peer.id, "meta": peer.meta})
 
     async def _relay(self, peer: _Peer, msg: dict) -> None:
-        room = self.rooms.get(peer.room, {})
+        room = self.rooms.get(peer.room or "", {})  # only joined peers get here
         to = msg.get("to")
         if to is not None:
             target = room.get(to)
@@ -445,6 +511,11 @@ class SignalingServer:
     def _log(self, line: str) -> None:
         if self.config.verbose:
             print(f"natkit signal: {line}", file=sys.stderr, flush=True)
+
+
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time token comparison for any text (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def load_page() -> dict[str, bytes]:
