@@ -439,3 +439,16 @@ def test_stun_false_needs_verify_false():
     lab = NatLab(LabSpec.peers("symmetric"), name=_name(), turn=False, stun=False, verify=False, agents=False)
     with lab:
         assert lab._coturn is None and lab.ice_servers("sym1", turn=False) == []
+
+
+def test_cli_up_no_turn_still_verifies_every_nat():
+    """--no-turn runs coturn STUN-only in the server namespace: the NATs are still measured."""
+    name = _name()
+    try:
+        r = _cli("lab", "up", "symmetric", "--no-turn", "--name", name, "--json")
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["checks"] and all(c["ok"] for c in info["checks"]), info["checks"]
+        assert {h["measured"] for h in info["hosts"].values()} == {"symmetric"}
+    finally:
+        netns.down_all(only_labs=[name])

@@ -36,7 +36,7 @@ def up_cmd(
     spec: str = typer.Argument(..., metavar="SPEC", help="a lab spec file (.toml/.json), 'matrix', or behaviours separated by commas (symmetric,port_restricted)"),
     name: Optional[str] = typer.Option(None, "--name", help="lab name in namespace names (natkit-NAME-HOST); default: from the spec or random"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="measure every host's NAT before declaring the lab up"),
-    turn: bool = typer.Option(True, "--turn/--no-turn", help="run coturn in the server namespace (needed for --verify)"),
+    turn: bool = typer.Option(True, "--turn/--no-turn", help="relay with coturn in the server namespace (--no-turn: STUN only, still verified)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Build a lab and leave it running (remove it with natkit lab down).
@@ -50,7 +50,7 @@ def up_cmd(
         from ..lab.matrix import render_checks
 
         lab_spec = _spec_from(spec)
-        lab = NatLab(lab_spec, name=name, turn=turn, verify=verify and turn, persistent=True, agents=False)
+        lab = NatLab(lab_spec, name=name, turn=turn, verify=verify, persistent=True, agents=False)
         output.progress(f"building lab {lab.name}: {len(lab.plan.namespaces)} namespaces")
         lab.up()
         info = summary(lab)
