@@ -419,7 +419,8 @@ _FIX = {
     "credentials": "use-auth-secret with a long random static-auth-secret; keep the server clock in sync (NTP)",
     "quota": "set user-quota (e.g. 12) and total-quota so one credential cannot exhaust the relay ports",
     "software": "set no-software-attribute and keep coturn up to date",
-    "amplification": "set no-software-attribute, no-stun-backward-compatibility, response-origin-only-with-rfc5780 and no-rfc5780 unless NAT discovery is needed",
+    "amplification": ("set no-software-attribute, no-stun-backward-compatibility, response-origin-only-with-rfc5780 "
+                      "and no-rfc5780 unless NAT discovery is needed"),
     "admin-ports": "set no-cli (or cli-ip=127.0.0.1 with a cli-password) and bind Prometheus to loopback or firewall it",
 }
 
@@ -959,7 +960,8 @@ async def _check_quota(t: _Target, ctx: dict) -> Finding:
     if stopped is not None and stopped.code == 486:
         return _finding("quota", title, "pass", "info", [f"486 Allocation Quota Reached after {granted} allocations"], None, data, started)
     if stopped is not None and stopped.code == 508:
-        return _finding("quota", title, "fail", "low", [f"508 Insufficient Capacity after {granted} allocations: the server-wide limit, not a per-user quota, stopped the flood"],
+        return _finding("quota", title, "fail", "low",
+                        [f"508 Insufficient Capacity after {granted} allocations: the server-wide limit, not a per-user quota, stopped the flood"],
                         _FIX["quota"], data, started)
     if stopped is not None:
         why = sessions[-1].refusal(stopped) if granted == 0 else None

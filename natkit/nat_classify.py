@@ -686,11 +686,11 @@ def _port_preservation(answers: list[Exchange], nat: bool | None) -> Fact:
     mappings = sorted(set(pairs), key=str)
     if not mappings:
         return Fact(None, "local port unknown")
-    changed = [(l, r) for l, r in mappings if l.port != r.port]
+    changed = [(local, mapped) for local, mapped in mappings if local.port != mapped.port]
     if not changed:
         return Fact(True, f"mapped port equals local port on all {len(mappings)} mappings (RFC 4787 §4.2.1)")
-    l, r = changed[0]
-    return Fact(False, f"local port {l.port} was mapped to {r.port}" + (f" ({len(changed)} of {len(mappings)} mappings)" if len(mappings) > 1 else ""))
+    local, mapped = changed[0]
+    return Fact(False, f"local port {local.port} was mapped to {mapped.port}" + (f" ({len(changed)} of {len(mappings)} mappings)" if len(mappings) > 1 else ""))
 
 
 def _alg(answers: list[Exchange]) -> Fact:

@@ -284,7 +284,7 @@ def render_kubernetes(d: Deployment) -> dict[str, str]:
     if c.auth == "rest":
         files["secret.yaml"] = (
             "# the REST shared secret(s), newest first; replace before applying, or create it with:\n"
-            f"#   kubectl -n {d.namespace} create secret generic {d.name}-auth --from-literal=secret-0=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
+            f"#   kubectl -n {d.namespace} create secret generic {d.name}-auth --from-literal=secret-0=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"  # noqa: E501
             + _yaml({"apiVersion": "v1", "kind": "Secret", "metadata": meta(f"{d.name}-auth"), "type": "Opaque",
                      "stringData": {f"secret-{i}": "REPLACE-WITH-A-RANDOM-SECRET" for i in range(d.secrets())}})
         )

@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover - depends on the test environment
 
 needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML is not installed (pip install pyyaml kubernetes-validate)")
 
-from natkit.coturn.profiles import build
-from natkit.render import Deployment, examples, render, write
+from natkit.coturn.profiles import build  # noqa: E402 - after the optional yaml import
+from natkit.render import Deployment, examples, render, write  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAFE_CHECKS = ["open-relay", "credentials", "quota", "software", "amplification"]

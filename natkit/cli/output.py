@@ -97,18 +97,18 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         err(f"natkit: error: {exc.one_line()}")
         for line in exc.details:
             err(f"  | {line}")
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if json_mode and not _EMITTED:  # a server that printed its document ends normally with Ctrl-C
             emit_json({"ok": False, "error": Interrupted("interrupted").to_dict()})
         err("natkit: interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # the reader went away (natkit ... | head -1): stop quietly, as a SIGPIPE'd tool would
         from .app import _silence_stdout
 
         _silence_stdout()
-        raise typer.Exit(EXIT_BROKEN_PIPE)
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # a bug: still one line, traceback with --debug
@@ -119,7 +119,7 @@ def run(json_mode: bool, body: Callable[[], int | None]) -> None:
         if json_mode:
             emit_json({"ok": False, "error": InternalError(f"{exc.__class__.__name__}: {exc}").to_dict()})
         err(f"natkit: internal error: {exc.__class__.__name__}: {exc} (a natkit bug; rerun with --debug for the traceback)")
-        raise typer.Exit(EXIT_INTERNAL)
+        raise typer.Exit(EXIT_INTERNAL) from None
     raise typer.Exit(code)
 
 

@@ -60,7 +60,8 @@ _KNOWN_UIDS = {"": 0, "root": 0, "nobody": 65534}
 
 def build_hint(image: str) -> str:
     """What to do about a missing image (one line)."""
-    return f"build one offline from the host's turnserver with `natkit turn image build` and pass --image natkit/coturn:local, or `docker pull {image}` where a registry is reachable"
+    return (f"build one offline from the host's turnserver with `natkit turn image build` and pass --image natkit/coturn:local, "
+            f"or `docker pull {image}` where a registry is reachable")
 
 
 def describe(exc: BaseException) -> str:
@@ -334,7 +335,8 @@ def start(config_path: Path, log_path: Path, *, name: str, image: str, argv_pref
         except docker.errors.APIError as exc:
             if getattr(exc, "status_code", None) not in (400, 404):
                 raise
-            raise BackendUnavailable(f"Docker image {image!r} is not present locally ({describe(exc)})", server=name, step="turn up", hint=build_hint(image)) from None
+            raise BackendUnavailable(f"Docker image {image!r} is not present locally ({describe(exc)})", server=name, step="turn up",
+                                     hint=build_hint(image)) from None
         _clear_name(c, cname, name)
         files = _server_files(Path(config_path))
         user = _file_access(files, _image_uid(c, image, (img.attrs.get("Config") or {}).get("User", "")))

@@ -113,7 +113,8 @@ def port_in_use(ip: str, port: int) -> str | None:
             s.bind((ip, port))
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
-                raise EnvironmentProblem(f"{ip} is not an address of this host", step="turn up", hint="listen on an address this host has (ip -br addr)") from None
+                raise EnvironmentProblem(f"{ip} is not an address of this host", step="turn up",
+                                         hint="listen on an address this host has (ip -br addr)") from None
             return name
         finally:
             s.close()
@@ -503,7 +504,8 @@ class CoturnServer:
             for port in filter(None, (self.config.listening_port, self.config.tls_listening_port)):
                 busy = port_in_use(ip, port)
                 if busy:
-                    raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up", hint="choose another --port or stop what uses it")
+                    raise EnvironmentProblem(f"{busy.upper()} port {port} on {ip} is already in use", step="turn up",
+                                             hint="choose another --port or stop what uses it")
 
     def _write_files(self, backend: Backend, sdir: Path) -> CoturnConfig:
         """The server directory (0700) with its extra files and turnserver.conf (0600); returns the config written."""

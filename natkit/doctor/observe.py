@@ -121,7 +121,7 @@ def targets_for(uris: tuple[str, ...] | list[str], *, fallbacks: bool = True) ->
         transport = "tls" if u.secure else u.transport
         out.append((str(u), transport, u.host, u.port, True))
     if fallbacks:
-        for uri, transport, host, port, _ in list(out):
+        for _uri, transport, host, port, _ in list(out):
             if transport != "udp":
                 continue
             have = {(t, h) for _, t, h, _, _ in out}

@@ -438,7 +438,8 @@ def render_text(report: MatrixReport) -> str:
     )
     if report.agent_info.get("start_ms"):
         starts = [v for v in report.agent_info["start_ms"].values() if v is not None]
-        lines.append(f"{len(starts)} {report.agent_info.get('browser', '').capitalize()} {report.agent_info.get('version') or ''} browsers in the host namespaces, "
+        info = report.agent_info
+        lines.append(f"{len(starts)} {info.get('browser', '').capitalize()} {info.get('version') or ''} browsers in the host namespaces, "
                      f"page from {report.agent_info.get('page')}; start to loaded page: max {max(starts):.0f} ms, "
                      f"all concurrently {t.get('browsers_ms', 0):.0f} ms")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
         raise UsageError(f"--signal must be ws://HOST:PORT or wss://HOST:PORT, got {url!r}")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError:
         raise UsageError(f"bad port in --signal {url!r}") from None
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
