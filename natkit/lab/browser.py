@@ -32,6 +32,8 @@ import dataclasses
 import os
 import shlex
 import shutil
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -48,6 +50,8 @@ BASE_FLAGS = (
     "--disable-sync", "--no-first-run", "--disable-quic", "--disable-default-apps", "--disable-extensions",
     "--no-default-browser-check", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
     "--metrics-recording-only", "--disable-breakpad", "--disable-dev-shm-usage", "--mute-audio",
+    # neither --disable-breakpad nor --disable-crash-reporter keeps Debian's Chromium from starting
+    # chrome_crashpad_handler (double-forked, its own session): natkit.lab.reaper reaps it
     # WebRtcHideLocalIpsWithMdns: host candidates carry real addresses, not .local names
     "--disable-features=WebRtcHideLocalIpsWithMdns,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
 )
@@ -115,11 +119,54 @@ def agent_script() -> str:
     return resources.files("natkit.web").joinpath("lab-agent.js").read_text()
 
 
+_DRIVER_ENV_LOCK = threading.Lock()
+
+
+def playwright_node() -> str | None:
+    """The Node.js that Playwright runs its driver with (``$PLAYWRIGHT_NODEJS_PATH`` or the bundled one)."""
+    node = os.environ.get("PLAYWRIGHT_NODEJS_PATH")
+    if node:
+        return node
+    import playwright
+
+    bundled = Path(playwright.__file__).parent / "driver" / "node"
+    return str(bundled) if bundled.is_file() else None
+
+
+@contextlib.contextmanager
+def supervised_driver():
+    """While Playwright starts its driver in this block, it runs it under :mod:`natkit.lab.reaper`
+    (through ``$PLAYWRIGHT_NODEJS_PATH`` and a launcher script removed afterwards): stopping
+    Playwright then returns once every process of its browsers is reaped, crashpad handlers and
+    zygotes included, instead of leaving them to PID 1."""
+    from . import reaper
+
+    node = playwright_node()
+    if node is None:  # Playwright raises its own error
+        yield
+        return
+    with _DRIVER_ENV_LOCK, tempfile.TemporaryDirectory(prefix="natkit-driver-") as tmp:
+        launcher = Path(tmp) / "node"
+        argv = [sys.executable, "-I", "-S", reaper.__file__, node]
+        launcher.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n')
+        launcher.chmod(0o700)
+        before = os.environ.get("PLAYWRIGHT_NODEJS_PATH")
+        os.environ["PLAYWRIGHT_NODEJS_PATH"] = str(launcher)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("PLAYWRIGHT_NODEJS_PATH", None)
+            else:
+                os.environ["PLAYWRIGHT_NODEJS_PATH"] = before
+
+
 class BrowserDriver:
     """One Playwright (async API) on an event loop in its own thread; thread-safe ``submit``.
 
     Playwright objects are not thread-safe; everything that touches them runs
     on this loop, and callers get :class:`concurrent.futures.Future` results.
+    The driver runs under :func:`supervised_driver`.
     """
 
     def __init__(self) -> None:
@@ -139,7 +186,8 @@ class BrowserDriver:
         async def go():
             return await async_playwright().start()
 
-        self.pw = self.run(go(), 60.0)
+        with supervised_driver():
+            self.pw = self.run(go(), 60.0)
         return self
 
     def submit(self, coro) -> concurrent.futures.Future:
@@ -154,11 +202,12 @@ class BrowserDriver:
             raise
 
     def stop(self) -> None:
-        """Stop Playwright's driver process and the loop (idempotent, bounded)."""
+        """Stop Playwright's driver (and so every browser process, :func:`supervised_driver`)
+        and the loop (idempotent, bounded)."""
         if self.pw is not None:
             pw, self.pw = self.pw, None
-            with contextlib.suppress(Exception):  # the browsers die with their namespaces anyway
-                self.run(pw.stop(), 10.0)
+            with contextlib.suppress(Exception):  # the lab's teardown kills what is left in its namespaces
+                self.run(pw.stop(), 15.0)
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
@@ -595,7 +644,8 @@ class SyncBrowsers:
         ok, reason = browser_available()
         if not ok:
             raise EnvironmentProblem(reason, step="browser")
-        self._pw = sync_playwright().start()
+        with supervised_driver():
+            self._pw = sync_playwright().start()
         return self
 
     def info(self, host: str, *, turn: bool = True) -> LabPageInfo:
