@@ -119,6 +119,8 @@ def agent_script() -> str:
     return resources.files("natkit.web").joinpath("lab-agent.js").read_text()
 
 
+#: Seconds an interrupted or timed-out driver call gets to unwind (a launch aborts its browser).
+CANCEL_GRACE = 10.0
 _DRIVER_ENV_LOCK = threading.Lock()
 
 
@@ -194,21 +196,55 @@ class BrowserDriver:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro, timeout: float):
-        fut = self.submit(coro)
+        """``coro``'s result, run on the driver's loop. On a timeout or an interruption
+        (KeyboardInterrupt: Ctrl-C, SIGTERM, SIGHUP) the task is cancelled and awaited (up
+        to :data:`CANCEL_GRACE` seconds: Playwright aborts what it was doing, a launch
+        included) before the exception propagates."""
+        box: dict = {}
+
+        async def tracked():
+            box["task"] = asyncio.current_task()
+            return await coro
+
+        fut = self.submit(tracked())
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
+        except BaseException:
+            self._cancel(box)
             raise
 
+    def _cancel(self, box: dict) -> None:
+        # on the loop, after the task's first step (FIFO), so the coroutine has started and unwinds
+        async def cancel_and_wait():
+            task = box.get("task")
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=CANCEL_GRACE)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.submit(cancel_and_wait()).result(CANCEL_GRACE + 1.0)
+
     def stop(self) -> None:
-        """Stop Playwright's driver (and so every browser process, :func:`supervised_driver`)
-        and the loop (idempotent, bounded)."""
+        """Stop Playwright's driver (and so every browser process, :func:`supervised_driver`),
+        cancel and await what is left on the loop, stop the loop (idempotent, bounded)."""
         if self.pw is not None:
             pw, self.pw = self.pw, None
             with contextlib.suppress(Exception):  # the lab's teardown kills what is left in its namespaces
                 self.run(pw.stop(), 15.0)
         if self._thread.is_alive():
+            async def cancel_rest():
+                rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in rest:
+                    t.cancel()
+                if rest:
+                    await asyncio.wait(rest, timeout=5.0)
+                for t in rest:  # retrieved: no "exception was never retrieved" at exit
+                    if t.done() and not t.cancelled():
+                        t.exception()
+
+            with contextlib.suppress(Exception):
+                self.submit(cancel_rest()).result(6.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
 
@@ -407,23 +443,30 @@ class BrowserSession:
                             secure_origins=[self.origin] if self.origin else []) for h in hosts if h not in self.agents]
         if not new:
             return []
+        for a in new:  # stop() closes whatever got launched, even when this is interrupted
+            self.agents[a.host] = a
         t = time.monotonic()
 
-        gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
-
-        async def one(a):
-            async with gate:
-                return await a.launch()
-
         async def launch_all():
+            gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
+
+            async def one(a):
+                async with gate:
+                    return await a.launch()
+
             return await asyncio.gather(*(one(a) for a in new), return_exceptions=True)
 
-        results = self.driver.run(launch_all(), 90.0)
+        results = self.driver.run(launch_all(), 90.0)  # interrupted: the launches are aborted and awaited
+        failed = [(a, r) for a, r in zip(new, results) if isinstance(r, BaseException)]
         for a, r in zip(new, results):
-            self.agents[a.host] = a
-            if isinstance(r, BaseException):
-                raise r if isinstance(r, EnvironmentProblem) else EnvironmentProblem(f"browser on {a.host}: {r}", step="browser")
-            self.start_ms[a.host] = a.start_ms
+            if not isinstance(r, BaseException):
+                self.start_ms[a.host] = a.start_ms
+        for a, _ in failed:
+            if a.browser is None:
+                del self.agents[a.host]  # a later agent() tries again
+        if failed:
+            a, r = failed[0]
+            raise r if isinstance(r, EnvironmentProblem) else EnvironmentProblem(f"browser on {a.host}: {r}", step="browser")
         self.timings["browsers_ms"] = self.timings.get("browsers_ms", 0.0) + (time.monotonic() - t) * 1000.0
         return new
 
