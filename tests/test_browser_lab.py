@@ -155,6 +155,86 @@ def test_comparison_lines_up_the_agents():
     assert outcome_kind("direct host") == outcome_kind("direct srflx") == "direct" and outcome_kind("direct prflx") == "direct prflx"
 
 
+def _run_reaper(script: str, **kw) -> subprocess.CompletedProcess:
+    from natkit.lab import reaper
+
+    return subprocess.run([sys.executable, "-I", "-S", reaper.__file__, "sh", "-c", script], check=False, capture_output=True, text=True, timeout=30, **kw)
+
+
+def _gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_reaper_reaps_what_its_program_leaves_behind(tmp_path):
+    """A double-forked daemon (as Chromium's crashpad handler) is re-parented to the reaper, killed and
+    reaped before the reaper exits: not left running, not left as a zombie of PID 1."""
+    pidfile = tmp_path / "pid"
+    r = _run_reaper(f"(sleep 60 & echo $! > {pidfile}); echo out; exit 7")
+    pid = int(pidfile.read_text())
+    assert r.returncode == 7 and r.stdout == "out\n" and r.stderr == "", r  # code and streams are the program's
+    assert _gone(pid), _describe([pid])
+    # without the reaper the same daemon outlives its program (the test can fail)
+    subprocess.run(["sh", "-c", f"(sleep 60 & echo $! > {pidfile})"], check=True, timeout=30)
+    pid = int(pidfile.read_text())
+    try:
+        assert not _gone(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_reaper_ignores_ctrl_c_and_passes_sigterm_on(tmp_path):
+    from natkit.lab import reaper
+
+    p = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, "sh", "-c", "trap 'exit 5' TERM; while :; do sleep 0.05; done"])
+    try:
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group: natkit stops the driver
+        time.sleep(0.3)
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("stop", ["timeout", "interrupt"])
+def test_driver_call_is_cancelled_and_awaited(stop):
+    """An interrupted (Ctrl-C) or timed-out call has unwound on the driver's loop when run() raises,
+    so nothing it started is left pending (no "Task was destroyed but it is pending!")."""
+    import _thread
+    import asyncio
+
+    from natkit.lab.browser import BrowserDriver
+
+    unwound: list[str] = []
+
+    async def slow():
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.05)  # cleanup that itself awaits (a browser being closed)
+            unwound.append("done")
+
+    d = BrowserDriver()
+    d._thread.start()
+    try:
+        if stop == "timeout":
+            with pytest.raises(TimeoutError):
+                d.run(slow(), 0.2)
+        else:
+            timer = threading.Timer(0.2, _thread.interrupt_main)
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                d.run(slow(), 30)
+        assert unwound == ["done"]
+        assert d.run(asyncio.sleep(0, "still usable"), 5) == "still usable"
+    finally:
+        d.stop()
+    assert not d._thread.is_alive()
+
+
 # ---------------------------------------------------------------- one browser
 
 
@@ -186,6 +266,27 @@ def test_browser_lives_in_the_host_namespace_and_starts_fast(pair_lab):
     assert session.page_url.startswith("http://203.0.113.10:")
     assert agent.driver.run(agent.page.evaluate("() => location.href"), 10).startswith(session.page_url)
     assert agent.version.split(".")[0].isdigit()
+
+
+def test_session_stop_leaves_no_browser_process():
+    """When BrowserSession.stop() returns, every process of its browser is gone: the browser, its
+    zygotes (orphaned when the browser exits first) and crashpad handlers (double-forked at start),
+    none of them left to PID 1, not even as a zombie."""
+    require_browser_lab()
+    from natkit.lab import LabSpec, NatLab
+    from natkit.lab.browser import BrowserSession
+    from natkit.lab.netns import namespace_pids
+
+    with NatLab(LabSpec.peers("open"), turn=False, verify=False, agents=False) as lab:
+        session = BrowserSession(lab, ["open1"], signaling=False).__enter__()
+        try:
+            pids = namespace_pids([lab.ns("open1")])[lab.ns("open1")]
+            names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if os.path.exists(f"/proc/{p}/comm")}
+            assert "chromium" in names, names
+        finally:
+            session.stop()
+        left = [p for p in pids if os.path.exists(f"/proc/{p}")]
+        assert left == [], _describe(left)
 
 
 def test_chromium_pair_through_the_nats(pair_lab):
@@ -380,9 +481,10 @@ def test_cli_chromium_matrix_json(tmp_path):
     assert _leftovers(tmp_path) == ([], [])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_mid_matrix_leaves_nothing(tmp_path, sig):
-    """SIGTERM/Ctrl-C while the browsers run: lab, browsers, coturn, signaling server all gone."""
+    """SIGTERM/Ctrl-C/SIGHUP while the browsers start: one line, exit 130; lab, browsers, coturn,
+    signaling server all gone."""
     require_browser_lab()
     p = _run_cli_matrix(tmp_path, "--deadline", "20")
     deadline = time.monotonic() + 60
@@ -398,13 +500,26 @@ def test_signal_mid_matrix_leaves_nothing(tmp_path, sig):
     assert drivers, "no Playwright driver process found"
     os.kill(p.pid, sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode != 0
-    assert "Traceback" not in err, err
+    assert (p.returncode, err) == (130, "natkit: interrupted\n")  # nothing else: no asyncio warning, no traceback
     assert _leftovers(tmp_path)[1] == []
     time.sleep(0.2)
     alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
-    assert alive == [], alive  # chromium, coturn, signaling server, agents
-    assert [d for d in drivers if os.path.exists(f"/proc/{d}")] == []
+    assert alive == [], _describe(alive)  # chromium, coturn, signaling server, agents
+    left = [d for d in drivers if os.path.exists(f"/proc/{d}")]
+    assert left == [], _describe(left)
+
+
+def _describe(pids) -> list[str]:
+    """``PID STATE PPID cmdline`` of each process (what a failure message needs to name them)."""
+    out = []
+    for pid in pids:
+        try:
+            state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except (OSError, ValueError):
+            state, ppid, cmd = "?", "?", "(gone)"
+        out.append(f"{pid} {state} ppid={ppid} {cmd}")
+    return out
 
 
 def _children(pid: int) -> list[int]:

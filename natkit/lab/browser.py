@@ -32,6 +32,8 @@ import dataclasses
 import os
 import shlex
 import shutil
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -48,6 +50,8 @@ BASE_FLAGS = (
     "--disable-sync", "--no-first-run", "--disable-quic", "--disable-default-apps", "--disable-extensions",
     "--no-default-browser-check", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
     "--metrics-recording-only", "--disable-breakpad", "--disable-dev-shm-usage", "--mute-audio",
+    # neither --disable-breakpad nor --disable-crash-reporter keeps Debian's Chromium from starting
+    # chrome_crashpad_handler (double-forked, its own session): natkit.lab.reaper reaps it
     # WebRtcHideLocalIpsWithMdns: host candidates carry real addresses, not .local names
     "--disable-features=WebRtcHideLocalIpsWithMdns,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
 )
@@ -115,11 +119,56 @@ def agent_script() -> str:
     return resources.files("natkit.web").joinpath("lab-agent.js").read_text()
 
 
+#: Seconds an interrupted or timed-out driver call gets to unwind (a launch aborts its browser).
+CANCEL_GRACE = 10.0
+_DRIVER_ENV_LOCK = threading.Lock()
+
+
+def playwright_node() -> str | None:
+    """The Node.js that Playwright runs its driver with (``$PLAYWRIGHT_NODEJS_PATH`` or the bundled one)."""
+    node = os.environ.get("PLAYWRIGHT_NODEJS_PATH")
+    if node:
+        return node
+    import playwright
+
+    bundled = Path(playwright.__file__).parent / "driver" / "node"
+    return str(bundled) if bundled.is_file() else None
+
+
+@contextlib.contextmanager
+def supervised_driver():
+    """While Playwright starts its driver in this block, it runs it under :mod:`natkit.lab.reaper`
+    (through ``$PLAYWRIGHT_NODEJS_PATH`` and a launcher script removed afterwards): stopping
+    Playwright then returns once every process of its browsers is reaped, crashpad handlers and
+    zygotes included, instead of leaving them to PID 1."""
+    from . import reaper
+
+    node = playwright_node()
+    if node is None:  # Playwright raises its own error
+        yield
+        return
+    with _DRIVER_ENV_LOCK, tempfile.TemporaryDirectory(prefix="natkit-driver-") as tmp:
+        launcher = Path(tmp) / "node"
+        argv = [sys.executable, "-I", "-S", reaper.__file__, node]
+        launcher.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n')
+        launcher.chmod(0o700)
+        before = os.environ.get("PLAYWRIGHT_NODEJS_PATH")
+        os.environ["PLAYWRIGHT_NODEJS_PATH"] = str(launcher)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("PLAYWRIGHT_NODEJS_PATH", None)
+            else:
+                os.environ["PLAYWRIGHT_NODEJS_PATH"] = before
+
+
 class BrowserDriver:
     """One Playwright (async API) on an event loop in its own thread; thread-safe ``submit``.
 
     Playwright objects are not thread-safe; everything that touches them runs
     on this loop, and callers get :class:`concurrent.futures.Future` results.
+    The driver runs under :func:`supervised_driver`.
     """
 
     def __init__(self) -> None:
@@ -139,27 +188,63 @@ class BrowserDriver:
         async def go():
             return await async_playwright().start()
 
-        self.pw = self.run(go(), 60.0)
+        with supervised_driver():
+            self.pw = self.run(go(), 60.0)
         return self
 
     def submit(self, coro) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro, timeout: float):
-        fut = self.submit(coro)
+        """``coro``'s result, run on the driver's loop. On a timeout or an interruption
+        (KeyboardInterrupt: Ctrl-C, SIGTERM, SIGHUP) the task is cancelled and awaited (up
+        to :data:`CANCEL_GRACE` seconds: Playwright aborts what it was doing, a launch
+        included) before the exception propagates."""
+        box: dict = {}
+
+        async def tracked():
+            box["task"] = asyncio.current_task()
+            return await coro
+
+        fut = self.submit(tracked())
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
+        except BaseException:
+            self._cancel(box)
             raise
 
+    def _cancel(self, box: dict) -> None:
+        # on the loop, after the task's first step (FIFO), so the coroutine has started and unwinds
+        async def cancel_and_wait():
+            task = box.get("task")
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=CANCEL_GRACE)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.submit(cancel_and_wait()).result(CANCEL_GRACE + 1.0)
+
     def stop(self) -> None:
-        """Stop Playwright's driver process and the loop (idempotent, bounded)."""
+        """Stop Playwright's driver (and so every browser process, :func:`supervised_driver`),
+        cancel and await what is left on the loop, stop the loop (idempotent, bounded)."""
         if self.pw is not None:
             pw, self.pw = self.pw, None
-            with contextlib.suppress(Exception):  # the browsers die with their namespaces anyway
-                self.run(pw.stop(), 10.0)
+            with contextlib.suppress(Exception):  # the lab's teardown kills what is left in its namespaces
+                self.run(pw.stop(), 15.0)
         if self._thread.is_alive():
+            async def cancel_rest():
+                rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in rest:
+                    t.cancel()
+                if rest:
+                    await asyncio.wait(rest, timeout=5.0)
+                for t in rest:  # retrieved: no "exception was never retrieved" at exit
+                    if t.done() and not t.cancelled():
+                        t.exception()
+
+            with contextlib.suppress(Exception):
+                self.submit(cancel_rest()).result(6.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
 
@@ -358,23 +443,30 @@ class BrowserSession:
                             secure_origins=[self.origin] if self.origin else []) for h in hosts if h not in self.agents]
         if not new:
             return []
+        for a in new:  # stop() closes whatever got launched, even when this is interrupted
+            self.agents[a.host] = a
         t = time.monotonic()
 
-        gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
-
-        async def one(a):
-            async with gate:
-                return await a.launch()
-
         async def launch_all():
+            gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
+
+            async def one(a):
+                async with gate:
+                    return await a.launch()
+
             return await asyncio.gather(*(one(a) for a in new), return_exceptions=True)
 
-        results = self.driver.run(launch_all(), 90.0)
+        results = self.driver.run(launch_all(), 90.0)  # interrupted: the launches are aborted and awaited
+        failed = [(a, r) for a, r in zip(new, results) if isinstance(r, BaseException)]
         for a, r in zip(new, results):
-            self.agents[a.host] = a
-            if isinstance(r, BaseException):
-                raise r if isinstance(r, EnvironmentProblem) else EnvironmentProblem(f"browser on {a.host}: {r}", step="browser")
-            self.start_ms[a.host] = a.start_ms
+            if not isinstance(r, BaseException):
+                self.start_ms[a.host] = a.start_ms
+        for a, _ in failed:
+            if a.browser is None:
+                del self.agents[a.host]  # a later agent() tries again
+        if failed:
+            a, r = failed[0]
+            raise r if isinstance(r, EnvironmentProblem) else EnvironmentProblem(f"browser on {a.host}: {r}", step="browser")
         self.timings["browsers_ms"] = self.timings.get("browsers_ms", 0.0) + (time.monotonic() - t) * 1000.0
         return new
 
@@ -595,7 +687,8 @@ class SyncBrowsers:
         ok, reason = browser_available()
         if not ok:
             raise EnvironmentProblem(reason, step="browser")
-        self._pw = sync_playwright().start()
+        with supervised_driver():
+            self._pw = sync_playwright().start()
         return self
 
     def info(self, host: str, *, turn: bool = True) -> LabPageInfo:
