@@ -63,6 +63,26 @@ def _stun_from_turn(uri: str) -> str:
     return f"{'stuns' if u.secure else 'stun'}:{host}:{u.port}"
 
 
+def _credentials(secret: str | None, username: str | None, password: str | None) -> Callable[[int], tuple[str, str]]:
+    """``(username, password)`` for the n-th URI: minted from ``secret`` (one user part per URI: each leg's
+    allocations count against its own user-quota, and coturn frees the previous leg's only after its
+    Refresh(0) arrives), else the long-term pair. :class:`UsageError` without either."""
+    from .credentials import mint
+
+    if secret:
+        rest = secret
+
+        def minted(n: int) -> tuple[str, str]:
+            cred = mint(rest, f"natkit-check-{n}", 600)
+            return cred.username, cred.password
+
+        return minted
+    if username and password:
+        pair = (username, password)
+        return lambda _n: pair
+    raise UsageError("checking an existing server needs --secret or --user/--password")
+
+
 def check(
     turn: list[str] | None = None,
     *,
@@ -89,7 +109,6 @@ def check(
     Raises :class:`UsageError` / :class:`InvalidURI` for bad input and, for
     the embedded server, :class:`BackendUnavailable` / :class:`ServerStartFailed`.
     """
-    from .credentials import mint
     from .probe import probe
     from .relay import relay_check
 
@@ -98,8 +117,7 @@ def check(
     ready_ms = None
     backend_used = None
     if turn:
-        if not secret and not (username and password):
-            raise UsageError("checking an existing server needs --secret or --user/--password")
+        credentials = _credentials(secret, username, password)
         uris = list(turn)
     else:
         from .coturn.profiles import build
@@ -107,7 +125,7 @@ def check(
         from .credentials import new_secret
 
         secret = new_secret()
-        username = password = None
+        credentials = _credentials(secret, None, None)
         port = free_port("127.0.0.1")
         # the recommended hardened profile; only the loopback relay address is made relayable
         config = build("recommended", secrets=(secret,), listening_ips=("127.0.0.1",), port=port, realm="natkit.check",
@@ -119,7 +137,7 @@ def check(
         if server is not None:
             info = server.start()
             backend_used = info.backend
-            ready_ms = server.ready_seconds * 1000.0
+            ready_ms = server.ready_ms
             uris = list(info.uris)
             on_step(f"coturn ({info.backend}) answered STUN after {ready_ms:.0f} ms")
         stun_targets = list(dict.fromkeys(_stun_from_turn(u) for u in uris))
@@ -137,13 +155,7 @@ def check(
                 failures.append(Failure(silent[_stun_from_turn(uri)][0], "binding",
                                         "relay check skipped: the STUN Binding to this port was not answered", uri))
                 continue
-            if secret:
-                # one user part per URI: each leg's allocations count against its own user-quota
-                # (coturn frees the previous leg's allocations only after its Refresh(0) arrives)
-                cred = mint(secret, f"natkit-check-{n}", 600)
-                user, pw = cred.username, cred.password
-            else:
-                user, pw = username, password
+            user, pw = credentials(n)
             on_step(f"relay-only ICE through {uri}")
             try:
                 report = relay_check(uri, username=user, password=pw, messages=messages, payload_bytes=payload_bytes,

@@ -146,6 +146,19 @@ def test_stop_all_reaps_every_server(native):
     assert list_servers() == []
 
 
+def test_ready_ms_is_measured_by_start_and_an_error_before_it(native, tmp_path):
+    from natkit.errors import InternalError
+
+    port = free_port("127.0.0.1")
+    server = CoturnServer(CoturnConfig(listening_ips=("127.0.0.1",), listening_port=port, static_auth_secrets=(new_secret(),)),
+                          backend="native", name=f"ready-{port}", state_dir=tmp_path)
+    with pytest.raises(InternalError, match="not been started"):
+        _ = server.ready_ms
+    with server:
+        assert 0.0 < server.ready_ms < 20_000.0
+        assert server.ready_ms == server.ready_seconds * 1000.0
+
+
 def test_stop_returns_only_when_the_process_is_reaped_and_its_ports_are_free(native):
     """stop() waits for its own child (waitpid), not for /proc/PID/cmdline to empty:
     right after it returns there is no process (not even a zombie) and the port binds."""

@@ -131,10 +131,10 @@ def profile_options(func: Callable) -> Callable:
     return command
 
 
-def _print_started(info, ready_seconds: float, name: str) -> None:
+def _print_started(info, ready_ms: float, name: str) -> None:
     where = f"container {info.container_id[:12]}" if info.container_id else f"pid {info.pid}"
     named = f" --name {name}" if name != "default" else ""
-    print(f"coturn is running ({info.backend}, {where}), ready in {ready_seconds * 1000:.0f} ms")
+    print(f"coturn is running ({info.backend}, {where}), ready in {ready_ms:.0f} ms")
     for uri in (*info.uris, *info.stun_uris):
         print(f"  {uri}")
     if info.secret:
@@ -171,10 +171,10 @@ def up_cmd(
         info = server.start()
         try:
             if json_out:
-                output.emit_json({"ok": True, "ready_ms": server.ready_seconds * 1000, "profile": opts.profile,
+                output.emit_json({"ok": True, "ready_ms": server.ready_ms, "profile": opts.profile,
                                   "warnings": list(built.warnings), "server": info.public()})
             else:
-                _print_started(info, server.ready_seconds, name)
+                _print_started(info, server.ready_ms, name)
             sys.stdout.flush()  # a pipe (| tee, a supervisor) sees the URIs now, not when the server stops
             if not foreground:
                 return 0

@@ -29,6 +29,7 @@ from typing import Self
 from ..errors import (
     BackendUnavailable,
     EnvironmentProblem,
+    InternalError,
     NatkitError,
     NotRunning,
     ServerStartFailed,
@@ -443,6 +444,16 @@ class CoturnServer:
     @property
     def secret(self) -> str | None:
         return self.config.static_auth_secrets[0] if self.config.static_auth_secrets else None
+
+    @property
+    def ready_ms(self) -> float:
+        """Milliseconds the last :meth:`start` waited until every listener answered.
+
+        Raises :class:`InternalError` before a start (a caller's bug: there is nothing measured to report).
+        """
+        if self.ready_seconds is None:
+            raise InternalError(f"coturn {self.name!r} has not been started: no readiness was measured", step="turn up")
+        return self.ready_seconds * 1000.0
 
     @property
     def pid(self) -> int | None:
