@@ -431,6 +431,7 @@ class ProtocolError(SignalingError, ValueError):
 
     exit_code = EXIT_USAGE
     kind = "signaling_protocol"
+    code: str  # always set: the code the server sends back
 
     def __init__(self, code: str, message: str, ref: str | None = None) -> None:
         super().__init__(message, code=code, step="signaling")

@@ -215,6 +215,20 @@ def test_unreachable_server_is_exit_4():
     run(main())
 
 
+def test_recv_and_send_before_connect_are_signaling_errors():
+    """A client used before connect(): one natkit error each (recv raised AttributeError on None)."""
+
+    async def main():
+        client = SignalingClient("ws://127.0.0.1:9/ws", timeout=1)
+        with pytest.raises(SignalingUnreachable, match="not open"):
+            await client.recv(0.5)
+        with pytest.raises(SignalingUnreachable, match="closed"):
+            await client.send({"type": "ping"})
+        await client.close()  # idempotent, nothing to close
+
+    run(main())
+
+
 def test_bad_messages_get_errors_and_do_not_disturb_other_rooms():
     async def main():
         async with serve(max_message=4096, hard_max_message=64 * 1024, max_errors=100) as srv, aiohttp.ClientSession() as s:

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import (  # noqa: F401  (SignalingError & co. are this module's public errors)
@@ -24,6 +25,9 @@ from ..errors import (  # noqa: F401  (SignalingError & co. are this module's pu
     UsageError,
 )
 from . import protocol as p
+
+if TYPE_CHECKING:
+    import aiohttp
 
 KEEPALIVE = 20.0  # seconds between pings while the connection is otherwise quiet
 
@@ -68,18 +72,18 @@ class SignalingClient:
         self.url = check_url(url)
         self.timeout = timeout
         self.ssl_context = ssl_context
-        self._session = None
-        self._ws = None
-        self._keepalive = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self.joined: Joined | None = None
 
     async def connect(self) -> "SignalingClient":
         import aiohttp
 
-        self._session = aiohttp.ClientSession()
+        self._session = session = aiohttp.ClientSession()
         try:
             self._ws = await asyncio.wait_for(
-                self._session.ws_connect(self.url, ssl=self.ssl_context if self.ssl_context is not None else True,
+                session.ws_connect(self.url, ssl=self.ssl_context if self.ssl_context is not None else True,
                                          heartbeat=30.0, max_msg_size=4 * 1024 * 1024, autoping=True),
                 self.timeout)
         except asyncio.TimeoutError:
@@ -153,8 +157,11 @@ class SignalingClient:
         """
         import aiohttp
 
+        ws = self._ws
+        if ws is None:
+            raise SignalingUnreachable("the signaling connection is not open", server=self.url, step="signaling")
         while True:
-            msg = await asyncio.wait_for(self._ws.receive(), timeout)
+            msg = await asyncio.wait_for(ws.receive(), timeout)
             if msg.type == aiohttp.WSMsgType.TEXT:
                 try:
                     data = json.loads(msg.data)
@@ -168,7 +175,7 @@ class SignalingClient:
                     raise self._error(data)
                 return data
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                code = self._ws.close_code
+                code = ws.close_code
                 raise SignalingUnreachable(f"the signaling server closed the connection (code {code})",
                                            server=self.url, step="signaling")
 
