@@ -38,9 +38,19 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import EnvironmentProblem, LabAgentError
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright
+    from playwright.sync_api import Browser as SyncBrowser
+    from playwright.sync_api import Playwright as SyncPlaywright
+
+    from ..signaling.process import SignalProcess
+    from .peers import PairResult
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -174,13 +184,13 @@ class BrowserDriver:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="natkit-browser-driver", daemon=True)
-        self.pw = None
+        self.pw: Playwright | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def start(self) -> BrowserDriver:
+    def start(self) -> Self:
         from playwright.async_api import async_playwright
 
         self._thread.start()
@@ -191,6 +201,13 @@ class BrowserDriver:
         with supervised_driver():
             self.pw = self.run(go(), 60.0)
         return self
+
+    @property
+    def playwright(self) -> Playwright:
+        """The started Playwright; :class:`LabAgentError` once :meth:`stop` ran (or before :meth:`start`)."""
+        if self.pw is None:
+            raise LabAgentError("the browser driver is not running", step="browser")
+        return self.pw
 
     def submit(self, coro) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -269,9 +286,9 @@ class BrowserAgent:
         self.page_url = page_url
         self.media = media
         self.secure_origins = tuple(secure_origins)
-        self.browser = None
-        self.context = None
-        self.page = None
+        self.browser: Browser | None = None
+        self.context: BrowserContext | None = None
+        self.page: Page | None = None
         self.console: list[str] = []
         self.launch_ms: float | None = None
         self.start_ms: float | None = None
@@ -282,21 +299,24 @@ class BrowserAgent:
         t = time.monotonic()
         launcher = write_launcher(self.ns, self.directory)
         try:
-            self.browser = await self.driver.pw.chromium.launch(
+            browser = await self.driver.playwright.chromium.launch(
                 executable_path=str(launcher), args=chromium_flags(secure_origins=self.secure_origins, media=self.media),
                 headless=True, timeout=30_000, handle_sigint=False, handle_sigterm=False, handle_sighup=False,
             )
         except Exception as exc:  # noqa: BLE001 - Playwright's errors carry the browser's output
             raise EnvironmentProblem(f"Chromium did not start in {self.ns}: {str(exc).splitlines()[0]}", step="browser",
                                      details=str(exc).splitlines()[:20], hint="is Debian's chromium installed and runnable as this user?") from None
+        self.browser = browser
         self.launch_ms = (time.monotonic() - t) * 1000.0
-        self.version = self.browser.version
+        self.version = browser.version
         self.page = await self.new_page(self.page_url)
         self.start_ms = (time.monotonic() - t) * 1000.0
         return self
 
-    async def new_page(self, url: str | None = None, *, init_scripts: Iterable[str] = ()):
+    async def new_page(self, url: str | None = None, *, init_scripts: Iterable[str] = ()) -> Page:
         """A fresh context and page with the agent script installed (and ``init_scripts``), at ``url``."""
+        if self.browser is None:
+            raise LabAgentError(f"the browser on {self.host} is gone", step="page")
         context = await self.browser.new_context()
         if self.grant and self.secure_origins:
             # with camera/microphone permission Chromium enumerates every interface (host candidates
@@ -339,29 +359,35 @@ class BrowserAgent:
     async def _op_hello(self) -> dict:
         return {"host": self.host, "agent": "chromium", "version": self.version}
 
+    async def _evaluate(self, expression: str, arg: object) -> dict:
+        """``expression(arg)`` in the agent's page (its result, a JSON object)."""
+        if self.page is None:
+            raise LabAgentError(f"the browser on {self.host} has no page", step="page")
+        return await self.page.evaluate(expression, arg)
+
     @staticmethod
     def _config(ice: list, policy: str | None) -> dict:
         return {"iceServers": ice, "iceTransportPolicy": policy or "all"}
 
     async def _op_offer(self, conn: str, ice: list, media: dict | None = None, policy: str | None = None) -> dict:
-        return await self.page.evaluate("([c, s, m]) => natkitLab.offer(c, s, m)", [conn, self._config(ice, policy), media])
+        return await self._evaluate("([c, s, m]) => natkitLab.offer(c, s, m)", [conn, self._config(ice, policy), media])
 
     async def _op_answer(self, conn: str, ice: list, sdp: str, media: dict | None = None, policy: str | None = None) -> dict:
-        return await self.page.evaluate("([c, s, d, m]) => natkitLab.answer(c, s, d, m)", [conn, self._config(ice, policy), sdp, media])
+        return await self._evaluate("([c, s, d, m]) => natkitLab.answer(c, s, d, m)", [conn, self._config(ice, policy), sdp, media])
 
     async def _op_accept(self, conn: str, sdp: str) -> dict:
-        return await self.page.evaluate("([c, d]) => natkitLab.accept(c, d)", [conn, sdp])
+        return await self._evaluate("([c, d]) => natkitLab.accept(c, d)", [conn, sdp])
 
     async def _op_result(self, conn: str, timeout: float, messages: int = 5) -> dict:
-        r = await self.page.evaluate("([c, t, n]) => natkitLab.result(c, t, n)", [conn, timeout, messages])
+        r = await self._evaluate("([c, t, n]) => natkitLab.result(c, t, n)", [conn, timeout, messages])
         r["host"] = self.host
         return r
 
     async def _op_media(self, conn: str, seconds: float = 5.0) -> dict:
-        return await self.page.evaluate("([c, s]) => natkitLab.media(c, s)", [conn, seconds])
+        return await self._evaluate("([c, s]) => natkitLab.media(c, s)", [conn, seconds])
 
     async def _op_close(self, conn: str) -> dict:
-        return await self.page.evaluate("(c) => natkitLab.close(c)", conn)
+        return await self._evaluate("(c) => natkitLab.close(c)", conn)
 
     def submit(self, op: str, **args) -> concurrent.futures.Future:
         if self.browser is None:
@@ -399,7 +425,7 @@ class BrowserSession:
         self.hosts = list(dict.fromkeys(hosts))
         self.media = media
         self.signaling = signaling
-        self.signal = None
+        self.signal: SignalProcess | None = None
         self.driver: BrowserDriver | None = None
         self.agents: dict[str, BrowserAgent] = {}
         self.timings: dict[str, float] = {}
@@ -423,7 +449,7 @@ class BrowserSession:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> BrowserSession:
+    def start(self) -> Self:
         ok, reason = browser_available()
         if not ok:
             raise EnvironmentProblem(reason, step="browser")
@@ -439,7 +465,10 @@ class BrowserSession:
 
     def add(self, hosts: Iterable[str]) -> list[BrowserAgent]:
         """Start browsers in ``hosts`` (concurrently) and return their agents."""
-        new = [BrowserAgent(self.driver, h, self.lab.ns(h), directory=self.lab.dir, page_url=self.page_url, media=self.media,
+        driver = self.driver
+        if driver is None:
+            raise LabAgentError("the browser session is not started (or already stopped)", step="browser")
+        new = [BrowserAgent(driver, h, self.lab.ns(h), directory=self.lab.dir, page_url=self.page_url, media=self.media,
                             secure_origins=[self.origin] if self.origin else []) for h in hosts if h not in self.agents]
         if not new:
             return []
@@ -456,10 +485,10 @@ class BrowserSession:
 
             return await asyncio.gather(*(one(a) for a in new), return_exceptions=True)
 
-        results = self.driver.run(launch_all(), 90.0)  # interrupted: the launches are aborted and awaited
+        results = driver.run(launch_all(), 90.0)  # interrupted: the launches are aborted and awaited
         failed = [(a, r) for a, r in zip(new, results) if isinstance(r, BaseException)]
         for a, r in zip(new, results):
-            if not isinstance(r, BaseException):
+            if not isinstance(r, BaseException) and a.start_ms is not None:
                 self.start_ms[a.host] = a.start_ms
         for a, _ in failed:
             if a.browser is None:
@@ -545,7 +574,7 @@ class MediaCall:
     a: str  # offerer host
     b: str
     turn: bool
-    connection: object  # natkit.lab.peers.PairResult: the data channel of the same connection
+    connection: PairResult  # the data channel of the same connection
     window_s: float
     sides: tuple[MediaSide, ...]
     notes: tuple[str, ...] = ()
@@ -676,12 +705,12 @@ class SyncBrowsers:
     def __init__(self, lab, *, media: bool = False) -> None:
         self.lab = lab
         self.media = media
-        self._pw = None
-        self.browsers: dict[str, object] = {}
+        self._pw: SyncPlaywright | None = None
+        self.browsers: dict[str, SyncBrowser] = {}
         self.start_ms: dict[str, float] = {}
         self.pages: list = []
 
-    def start(self) -> SyncBrowsers:
+    def start(self) -> Self:
         from playwright.sync_api import sync_playwright
 
         ok, reason = browser_available()
@@ -697,7 +726,9 @@ class SyncBrowsers:
         return LabPageInfo(host, self.lab.spec.behaviour_of(host), self.lab.ns(host), self.lab.ip(host), servers, self.lab.stun_uri,
                            turn_srv["urls"][0] if turn_srv else None, turn_srv and turn_srv["username"], turn_srv and turn_srv["credential"])
 
-    def browser(self, host: str, secure_origins: Iterable[str] = ()):
+    def browser(self, host: str, secure_origins: Iterable[str] = ()) -> SyncBrowser:
+        if self._pw is None:
+            raise LabAgentError("the browsers are not started (or already stopped)", step="browser")
         if host not in self.browsers:
             t = time.monotonic()
             launcher = write_launcher(self.lab.ns(host), self.lab.dir)
@@ -726,7 +757,7 @@ class SyncBrowsers:
         info = self.info(host, turn=turn)
         context.add_init_script(script=info.script())
         context.add_init_script(script=PC_RECORDER)
-        page = context.new_page()
+        page: Any = context.new_page()  # a Playwright Page that also carries natkit and console_lines
         page.natkit = info
         page.console_lines = []
         page.on("console", lambda m: page.console_lines.append(f"{m.type}: {m.text}"))
@@ -779,7 +810,7 @@ class LabServer:
     host: str
     port: int
     url: str
-    proc: object
+    proc: subprocess.Popen
     log: Path
 
     @property

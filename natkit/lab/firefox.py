@@ -29,6 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
 
 FIREFOX = "/usr/bin/firefox-esr"
 
@@ -111,7 +115,7 @@ class FirefoxAgent:
         self.bidi: Bidi | None = None
         self.context: str | None = None
         self.version: str | None = None
-        self._http = None
+        self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
 
     async def start(self) -> dict:
@@ -122,8 +126,8 @@ class FirefoxAgent:
         t = time.monotonic()
         self._spawn()
         url = await asyncio.get_running_loop().run_in_executor(None, self._bidi_url)
-        self._http = aiohttp.ClientSession()
-        ws = await self._http.ws_connect(url + "/session", max_msg_size=64 * 1024 * 1024)
+        self._http = http = aiohttp.ClientSession()
+        ws = await http.ws_connect(url + "/session", max_msg_size=64 * 1024 * 1024)
         self.bidi = Bidi(ws)
         caps = await self.bidi.cmd("session.new", {"capabilities": {}})
         self.version = caps["capabilities"].get("browserVersion")
@@ -144,18 +148,24 @@ class FirefoxAgent:
         )
 
     def _bidi_url(self) -> str:
-        for line in self.proc.stderr:
+        proc = self.proc
+        if proc is None or proc.stderr is None:
+            raise RuntimeError("Firefox is not running")
+        stderr = proc.stderr
+        for line in stderr:
             if "WebDriver BiDi listening on " in line:
                 # keep draining Firefox's stderr so it never blocks on a full pipe
                 import threading
 
-                threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+                threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
                 return line.split("listening on ", 1)[1].strip()
-        raise RuntimeError(f"Firefox exited (code {self.proc.wait()}) before WebDriver BiDi listened")
+        raise RuntimeError(f"Firefox exited (code {proc.wait()}) before WebDriver BiDi listened")
 
     async def call(self, fn: str, *args):
         """``natkitLab[fn](...args)`` in the page, arguments and result as JSON."""
         declaration = "(fn, args) => natkitLab[fn](...JSON.parse(args)).then((r) => JSON.stringify(r))"
+        if self.bidi is None:
+            raise RuntimeError("Firefox's WebDriver BiDi session is not open")
         r = await self.bidi.cmd("script.callFunction", {
             "functionDeclaration": declaration, "awaitPromise": True, "target": {"context": self.context},
             "arguments": [{"type": "string", "value": fn}, {"type": "string", "value": json.dumps(list(args))}],

@@ -28,13 +28,19 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Self
+from types import FrameType
+from typing import TYPE_CHECKING, Callable, Self
 
 from ..errors import LabVerificationFailed, NatkitError, ServerStartFailed, UsageError
 from ..nat_classify import Mapping
 from . import netns
 from .netns import LabError
 from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan, word
+
+if TYPE_CHECKING:
+    from ..coturn.server import CoturnServer
+    from ..credentials import RestCredential
+    from .peers import AgentClient
 
 SCHEMA_CHECK = "natkit.lab.check/1"
 
@@ -134,12 +140,13 @@ class NatLab:
         self.dir = netns.lab_dir(self.name)
         self.timings: dict[str, float] = {}
         self.checks: tuple[HostCheck, ...] = ()
-        self._agents: dict[str, object] = {}
+        self._agents: dict[str, AgentClient] = {}
         self._agent_lock = threading.Lock()
         self._procs: list[subprocess.Popen] = []
-        self._coturn = None  # the lab's CoturnServer, once started
+        self._coturn: CoturnServer | None = None  # once started
         self._up = False
-        self._old_sigterm = None
+        # the SIGTERM handler this lab replaced (signal.getsignal's values), while it is up
+        self._old_sigterm: Callable[[int, FrameType | None], object] | int | None = None
 
     # ---- naming ---------------------------------------------------------
     def ns(self, node: str) -> str:
@@ -172,7 +179,7 @@ class NatLab:
         """``turn:203.0.113.10:PORT?transport=udp|tcp``; REST credentials from :meth:`credentials`."""
         return f"turn:{SERVER_IPS[0]}:{self.spec.server.port}?transport={transport}"
 
-    def credentials(self, user: str = "lab", ttl: int = 3600):
+    def credentials(self, user: str = "lab", ttl: int = 3600) -> RestCredential:
         """A TURN REST credential for the lab's coturn (:class:`natkit.credentials.RestCredential`)."""
         from ..credentials import mint
 
@@ -183,7 +190,7 @@ class NatLab:
         ``stun=False``), and with ``turn`` the lab coturn (over TCP when the
         host's UDP is blocked). Raises :class:`UsageError` for ``turn`` in a
         lab built with ``turn=False``."""
-        servers = [{"urls": [self.stun_uri]}] if self.stun else []
+        servers: list[dict[str, str | list[str]]] = [{"urls": [self.stun_uri]}] if self.stun else []
         if turn:
             if not self.turn:
                 raise UsageError("this lab runs no TURN server", hint="build it with turn=True")
@@ -215,7 +222,7 @@ class NatLab:
             "hosts": {h: self.ns(h) for h in self.hosts},
         }
 
-    def up(self) -> NatLab:
+    def up(self) -> Self:
         """Build, start coturn, start agents, verify. Tears down and re-raises on any failure."""
         if self._up:
             return self
@@ -332,7 +339,7 @@ class NatLab:
                                     details=exc.details) from None
 
     @property
-    def coturn(self):
+    def coturn(self) -> CoturnServer | None:
         """The lab's :class:`~natkit.coturn.server.CoturnServer` (its ``info`` has the config and log
         paths); STUN-only with ``turn=False``, None with ``stun=False``."""
         return self._coturn
@@ -359,7 +366,7 @@ class NatLab:
         for ag in agents:
             ag.close(grace=deadline - time.monotonic())
 
-    def agent(self, host: str):
+    def agent(self, host: str) -> AgentClient:
         """The agent process of ``host`` (started on first use)."""
         self.spec.host(host)
         if not self._up:
