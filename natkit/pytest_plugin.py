@@ -37,6 +37,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -347,7 +349,7 @@ def _pick_host(lab, what: str, taken: set) -> str:
 
 
 @pytest.fixture
-def nat_browser(request):
+def nat_browser(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """A factory of Playwright ``Page``\\ s inside lab hosts: ``nat_browser("symmetric", url=None, lab=None, media=False)``.
 
     The first argument is a NAT behaviour (the next free host behind one in the

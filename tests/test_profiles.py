@@ -204,3 +204,13 @@ def test_bare_public_external_ip_is_completed_with_the_private_relay_address():
         prof = build("recommended", secrets=("s",), listening_ips=listen, external_ip=ext)
         assert prof.config.external_ip == ext, listen
         assert not any("completed" in w for w in prof.warnings)
+
+
+def test_from_options_users_as_lists_become_pairs():
+    """``turn up --user`` pairs may arrive as lists (JSON, typer); the config holds (name, password) tuples."""
+    from natkit.coturn.profiles import from_options
+
+    prof = from_options(users=[["alice", "pw1"], ("bob", "pw2")], secrets=["x" * 24])
+    assert prof.config.auth == "long-term"
+    assert prof.config.users == (("alice", "pw1"), ("bob", "pw2"))
+    assert prof.config.static_auth_secrets == ()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from . import options, output
+
+if TYPE_CHECKING:
+    from ..relay import FleetEntry
 
 
 def relay_check_cmd(
@@ -64,17 +67,23 @@ def relay_check_cmd(
             for entry in report.servers:
                 if entry.report is not None:
                     render(entry.report, con)
-                else:
+                elif entry.error is not None:
                     con.print(f"[red]FAIL[/red] relay-check {entry.server}: {entry.error.one_line()}")
-            rows = [[e.server, "pass" if e.ok else "FAIL",
-                     output.fmt_ms(e.report.path.connected_ms) if e.report else None,
-                     output.fmt_ms(e.report.path.rtt_ms_p50) if e.report else None,
-                     "; ".join(f.message for f in e.report.failures) if e.report else e.error.message] for e in report.servers]
+            rows = [_fleet_row(e) for e in report.servers]
             con.print(output.table(f"fleet: {report.passed}/{len(report.servers)} relayed in {report.duration_ms / 1000:.2f} s",
                                    ["server", "result", "connected", "echo rtt p50", "detail"], rows))
         return report.exit_code
 
     output.run(json_out, body)
+
+
+def _fleet_row(e: FleetEntry) -> list[str | None]:
+    """One server's row of the fleet table: its report's figures, or the error that stopped it."""
+    result = "pass" if e.ok else "FAIL"
+    if e.report is not None:
+        path = e.report.path
+        return [e.server, result, output.fmt_ms(path.connected_ms), output.fmt_ms(path.rtt_ms_p50), "; ".join(f.message for f in e.report.failures)]
+    return [e.server, result, None, None, e.error.message if e.error is not None else None]
 
 
 def render(report, con=None, heading: str | None = None) -> None:

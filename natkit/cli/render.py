@@ -46,10 +46,11 @@ def render_cmd(
 
         if secrets < 1 or secrets > 8:
             raise UsageError(f"--secrets must be 1..8, got {secrets}")
-        names = {"cert": "/unused/cert.pem", "pkey": "/unused/key.pem"} if tls_port else {}
+        # placeholders: every target renders the paths where it mounts the certificate and key
+        cert, pkey = ("/unused/cert.pem", "/unused/key.pem") if tls_port else (None, None)
         prof = build(profile, secrets=tuple(f"placeholder-{i}" for i in range(secrets)), listening_ips=tuple(listen), port=port,
                      tls_port=tls_port, realm=realm, external_ip=external_ip, min_port=min_port, max_port=max_port,
-                     tcp_relay=tcp_relay, prometheus=prometheus, prometheus_address=prometheus_address, **names)
+                     tcp_relay=tcp_relay, prometheus=prometheus, prometheus_address=prometheus_address, cert=cert, pkey=pkey)
         dep = Deployment(config=prof.config, name=name, namespace=namespace, image=image or DEFAULT_IMAGE,
                          secret_count=secrets, service_monitor=service_monitor, fd_limit=fd_limit)
         files = render(target, dep)

@@ -321,7 +321,7 @@ def from_options(
     if files:
         built = dataclasses.replace(built, files={**built.files, **files})
     if users:
-        config = dataclasses.replace(built.config, auth="long-term", users=tuple(tuple(u) for u in users), static_auth_secrets=())
+        config = dataclasses.replace(built.config, auth="long-term", users=tuple((name, pw) for name, pw in users), static_auth_secrets=())
         built = dataclasses.replace(built, config=config)
     return built
 

@@ -148,9 +148,9 @@ def namespace_pids(namespaces: Iterable[str]) -> dict[str, list[int]]:
             ino = os.stat(f"/proc/{entry}/ns/net").st_ino
         except OSError:
             continue
-        ns = inodes.get(ino)
-        if ns is not None:
-            out[ns].append(int(entry))
+        owner = inodes.get(ino)
+        if owner is not None:
+            out[owner].append(int(entry))
     return out
 
 
@@ -310,12 +310,13 @@ def down_all(*, force: bool = False, only_labs: Iterable[str] | None = None) -> 
     "labs": [...], "kept": [...labs in use]}``.
     """
     namespaces = list_namespaces()
-    labs = set(registered_labs()) | {lab_of_namespace(ns) for ns in namespaces if lab_of_namespace(ns)}
+    labs = set(registered_labs()) | {lab for lab in map(lab_of_namespace, namespaces) if lab}
     if only_labs is not None:
         only = set(only_labs)
         labs &= only
         namespaces = [ns for ns in namespaces if lab_of_namespace(ns) in only]
-    kept, chosen_labs = [], []
+    kept: list[str] = []
+    chosen_labs: list[str] = []
     for lab in sorted(labs):
         state = read_state(lab)
         if state and owner_alive(state) and not force:

@@ -222,7 +222,9 @@ class LabSpec:
         ``h`` is ``h-nat``. ``nat_options`` (hairpin, udp_blocked, loss,
         mapping_timeout) apply to every box.
         """
-        nats, hosts, seen = [], [], {}
+        nats: list[NatSpec] = []
+        hosts: list[HostSpec] = []
+        seen: dict[str, int] = {}
         for b in behaviours:
             b = normalise_behaviour(b)
             seen[b] = seen.get(b, 0) + 1
@@ -286,6 +288,11 @@ class LabSpec:
                 return h
         raise UsageError(f"no host named {name!r} in this lab", hint="hosts: " + ", ".join(h.name for h in self.hosts))
 
+    @property
+    def devices(self) -> tuple[NatSpec | HostSpec, ...]:
+        """Every NAT box, then every host: the nodes that sit behind something (or on the internet)."""
+        return (*self.nats, *self.hosts)
+
     def chain(self, host: str) -> tuple[NatSpec, ...]:
         """The NAT boxes between ``host`` and the internet, innermost first."""
         out = []
@@ -334,7 +341,7 @@ class LabSpec:
         if len(self.nats) > 200:
             raise UsageError("at most 200 NAT boxes")
         for n in self.nats:
-            if sum(1 for x in (*self.nats, *self.hosts) if x.behind == n.name) > 200:
+            if sum(1 for x in self.devices if x.behind == n.name) > 200:
                 raise UsageError(f"too many devices behind NAT {n.name!r}")
 
 
@@ -644,7 +651,7 @@ class Plan:
         return INTERNET_NETS
 
 
-_BASE_SYSCTLS = (
+_BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
     ("net.ipv6.conf.all.disable_ipv6", "1"),
     ("net.ipv6.conf.default.disable_ipv6", "1"),
 )
@@ -679,19 +686,19 @@ def plan(spec: LabSpec, lab: str | None = None) -> Plan:
 
     nat_index = {n.name: i + 1 for i, n in enumerate(spec.nats)}
     behind_of: dict[str | None, list[str]] = {}
-    for x in (*spec.nats, *spec.hosts):
+    for x in spec.devices:
         behind_of.setdefault(x.behind, []).append(x.name)
     carrier = {n.name for n in spec.nats if any(m.behind == n.name for m in spec.nats)}
 
     def lan_net(nat: str) -> ipaddress.IPv4Network:
         k = nat_index[nat]
-        return ipaddress.ip_network(f"100.64.{k}.0/24" if nat in carrier else f"10.0.{k}.0/24")
+        return ipaddress.IPv4Network(f"100.64.{k}.0/24" if nat in carrier else f"10.0.{k}.0/24")
 
     # addresses of devices: (dev name) -> (cidr, gateway or None)
     addr_of: dict[str, tuple[str, str | None]] = {}
     top_nat = 0
     top_host = 0
-    for x in (*spec.nats, *spec.hosts):
+    for x in spec.devices:
         if x.behind is None:
             if isinstance(x, NatSpec):
                 top_nat += 1

@@ -306,7 +306,7 @@ class ConnectionGuard(asyncio.Protocol):
         self.made = False  # connection_made has run
 
     # -- asyncio protocol --------------------------------------------------
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
         self.made = True
         self.owner.handshaking -= 1  # one place, counted once: from handshaking to conns

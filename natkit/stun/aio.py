@@ -457,7 +457,7 @@ class StreamConnection(_Receiver, asyncio.Protocol):
         return TransportAddress.of(self.transport.get_extra_info("sockname"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         try:

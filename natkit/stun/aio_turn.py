@@ -241,9 +241,9 @@ class TurnClient:
         """Send ChannelData on ``channel`` (the load generator's fast path: no lookup)."""
         data = self.session.channel_data(channel, payload)
         if self.transport == "udp":
-            self.conn.transport.sendto(data)  # type: ignore[union-attr]
+            self.conn.transport.sendto(data)
         else:
-            self.conn.transport.write(data)  # type: ignore[union-attr]
+            self.conn.transport.write(data)
 
     async def open_data_connection(self, connection_id: int, *, timeout: float | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """RFC 6062 §4.4: a new TCP/TLS connection to the server bound with ConnectionBind to ``connection_id``.

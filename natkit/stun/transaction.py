@@ -86,7 +86,7 @@ class Retransmission:
         """A copy with some parameters changed."""
         args = {name: getattr(self, name) for name in self._FIELDS}
         args.update(changes)
-        return Retransmission(**args)  # type: ignore[arg-type]
+        return Retransmission(**args)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Retransmission) and all(getattr(self, n) == getattr(other, n) for n in self._FIELDS)
