@@ -9,6 +9,7 @@ with Refresh LIFETIME 0 before the worker exits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ..stun.aio import TurnClient
     from .config import LoadConfig
 
+QUARANTINE = 3.0  # s a released allocation's socket stays open, so its port is not reused at once (a reused
+# 5-tuple meets the server's record of the allocation just deleted: 437 Allocation Mismatch)
 REFUSALS = frozenset({"403", "437", "486", "508"})  # the server said no: the ceiling, not noise
 MAX_CONSECUTIVE_FAILURES = 10
 HOLD_CONCURRENCY = 32
@@ -64,6 +67,7 @@ class AllocLoad:
         self.running = True
         self._tasks: set[asyncio.Task] = set()
         self._rebase = True
+        self._quarantine: collections.deque[tuple[float, TurnClient]] = collections.deque()
 
     def set_rate(self, rate: float, epoch: int) -> None:
         self.rate, self.epoch, self._rebase = rate, epoch, True
@@ -78,6 +82,8 @@ class AllocLoad:
             due = int((now - base_t) * self.rate) - started
             started += due
             step = self.steps.setdefault(self.epoch, _Step())
+            while self._quarantine and now - self._quarantine[0][0] > QUARANTINE:
+                await _close(self._quarantine.popleft()[1])
             for _ in range(due):
                 step.offered += 1
                 if self.in_flight >= self.max_in_flight:
@@ -108,7 +114,8 @@ class AllocLoad:
                     if not r.ok:
                         key = f"{call.__name__} {r.code}"
                         step.step_errors[key] = step.step_errors.get(key, 0) + 1
-            ok = await release(client)
+            ok = await release(client, close=False)
+            self._quarantine.append((time.monotonic(), client))
             client = None
             if not ok:
                 step.step_errors["release"] = step.step_errors.get("release", 0) + 1
@@ -128,6 +135,8 @@ class AllocLoad:
         self.running = False
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.cfg.timeout + 2.0)
+        while self._quarantine:
+            await _close(self._quarantine.popleft()[1])
 
     def snapshot(self) -> dict:
         return {"in_flight": self.in_flight, "skipped": self.skipped, "rate": self.rate,

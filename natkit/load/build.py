@@ -45,7 +45,7 @@ def read_log(run: Run) -> list[str] | None:
     if reader is not None:
         try:
             return list(reader())
-        except Exception:  # a log that cannot be read is "not measured"
+        except Exception:  # noqa: BLE001 - a log that cannot be read is "not measured", whatever the backend raised
             return None
     if run.cfg.server_log:
         try:
@@ -297,11 +297,14 @@ def build_report(run: Run) -> LoadReport:
     released = (sum(f["released"][0] for f in _finals(run)), sum(f["released"][1] for f in _finals(run)))
     cpu = _cpu(run)
     d = run.drops()
-    drops = Drops(generator=d.get("generator"), server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),
+    own = [f.get("drops") for f in _finals(run)]
+    drops = Drops(generator=sum(own) if own and None not in own else None, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),
                   sndbuf_errors=d.get("sndbuf_errors"),
                   generator_send_skipped=run.total("skipped") + run.total("backpressure"))
     check = cross_check(run, sessions)
     failures = _failures(run, media, hold, released)
+    for message in run.worker_errors:
+        failures.append(Failure("internal", "worker", message))
     if len(run.finals) and any(f is None for f in run.finals):
         failures.append(Failure.check("workers", f"{sum(f is None for f in run.finals)} workers sent no final counters"))
     return LoadReport(

@@ -45,7 +45,7 @@ async def open_client(cfg: LoadConfig, ctx: ssl.SSLContext | None, *, rcvbuf: in
 
     client = await TurnClient.open(cfg.server, transport=cfg.transport, username=cfg.username, password=cfg.password,
                                    ssl=ctx, server_hostname=cfg.server_hostname, timeout=cfg.timeout,
-                                   rto=min(0.25, cfg.timeout / 4))
+                                   rto=min(0.25, cfg.timeout / 4), local_host=cfg.local_host)
     if rcvbuf and cfg.transport == "udp":
         sock = client.conn.transport.get_extra_info("socket")
         if sock is not None:

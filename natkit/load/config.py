@@ -94,6 +94,7 @@ class LoadConfig:
     ramp_factor: float = 1.5  # ramp / alloc: next step = previous x factor (then bisection)
     max_steps: int = 12
     echo_host: str = "127.0.0.1"
+    local_host: str | None = None  # address the client sockets bind (None: the wildcard address)
     verify_tls: bool = True
     cafile: str | None = None
     server_hostname: str | None = None

@@ -98,27 +98,7 @@ class EchoPeer:
 class MediaSession:
     """One call: client allocation ``a``, its peer (echo or allocation ``b``), counters."""
 
-    __slots__ = (
-        "a",
-        "b",
-        "bad",
-        "control_received",
-        "control_sent",
-        "index",
-        "jitter_fwd",
-        "jitter_ret",
-        "load",
-        "peer_addr",
-        "peer_received",
-        "peer_sent",
-        "returned",
-        "rtt",
-        "send",
-        "sent",
-        "seq",
-        "setup_ms",
-        "tracker",
-    )
+    __slots__ = ("a", "b", "bad", "control_received", "control_sent", "index", "jitter_fwd", "jitter_ret", "load", "local", "peer_addr", "peer_received", "peer_sent", "relayed", "returned", "rtt", "send", "sent", "seq", "setup_ms", "tracker")
 
     def __init__(self, index: int, load: MediaLoad) -> None:
         self.index = index
@@ -126,6 +106,8 @@ class MediaSession:
         self.a: TurnClient | None = None
         self.b: TurnClient | None = None
         self.peer_addr: TransportAddress | None = None
+        self.relayed: TransportAddress | None = None  # a's relayed address (kept after the release)
+        self.local: str | None = None  # a's local transport address (coturn's "remote")
         self.send: Any = None
         self.seq = 0
         self.sent = 0
@@ -142,8 +124,8 @@ class MediaSession:
         self.control_received = 0
 
     def count(self, reply: Any) -> Any:
-        self.control_sent += reply.attempts
-        self.control_received += len(reply.history)
+        self.control_sent += reply.attempts  # each request of the call (challenge, retry) got one answer
+        self.control_received += reply.attempts
         return reply
 
     def on_return(self, item: PeerData) -> None:
@@ -152,7 +134,7 @@ class MediaSession:
         if len(data) < _HDR:
             self.bad += 1
             return
-        _s, seq, ep, ts, tp = _unpack(data)
+        _s, seq, ep, _flags, ts, tp = _unpack(data)
         if not self.tracker.add(seq):
             return
         self.returned += 1
@@ -174,26 +156,20 @@ class MediaSession:
         out = bytearray(data)
         out[20:28] = _now_ns().to_bytes(8, "big")
         try:
-            self.b.send(self.a.relayed, bytes(out))  # type: ignore[union-attr,arg-type]
+            self.b.send(self.relayed, bytes(out))  # type: ignore[arg-type]
             self.peer_sent += 1
         except NatkitError:
             pass
 
     def result(self, echo: EchoPeer | None) -> dict:
-        peer_received = echo.received_from(self.a.relayed if self.a else None) if echo is not None else self.peer_received
-        local = None
-        if self.a is not None:
-            try:
-                local = str(self.a.conn.local_address)
-            except (OSError, AttributeError, TypeError):
-                local = None
+        peer_received = echo.received_from(self.relayed) if echo is not None else self.peer_received
         return {
             "index": self.index, "sent": self.sent, "peer_received": peer_received,
             "peer_sent": peer_received if echo is not None else self.peer_sent, "returned": self.returned,
             "duplicates": self.tracker.duplicates, "reordered": self.tracker.reordered, "malformed": self.bad,
             "jitter_ms": self.jitter_fwd.value / 1000.0, "jitter_return_ms": self.jitter_ret.value / 1000.0,
-            "rtt": self.rtt.to_dict(), "setup_ms": self.setup_ms, "local": local,
-            "relayed": str(self.a.relayed) if self.a is not None and self.a.relayed else None,
+            "rtt": self.rtt.to_dict(), "setup_ms": self.setup_ms, "local": self.local,
+            "relayed": str(self.relayed) if self.relayed else None,
             "peer": str(self.peer_addr) if self.peer_addr else None,
             "control_sent": self.control_sent, "control_received": self.control_received,
         }
@@ -276,6 +252,11 @@ class MediaLoad:
         s.setup_ms = (time.monotonic() - t0) * 1000.0
         self.setup.add(int(s.setup_ms * 1000))
         s.a.on_data = s.on_return
+        s.relayed = s.a.relayed
+        try:
+            s.local = str(s.a.conn.local_address)
+        except (OSError, AttributeError, TypeError):
+            s.local = None
         a, peer = s.a, s.peer_addr
         if cfg.send_indications:
             s.send = lambda payload: a.send(peer, payload)  # type: ignore[arg-type]
@@ -394,8 +375,8 @@ class MediaLoad:
         return ok, failed
 
 
-async def release(client: TurnClient, counted: Any = None) -> bool:
-    """Refresh LIFETIME 0 (RFC 8656 §8) and close; True when the server confirmed. Never raises."""
+async def release(client: TurnClient, counted: Any = None, *, close: bool = True) -> bool:
+    """Refresh LIFETIME 0 (RFC 8656 §8) and close (unless ``close`` is False); True when the server confirmed. Never raises."""
     try:
         if not client.session.allocated:
             return False
@@ -407,7 +388,8 @@ async def release(client: TurnClient, counted: Any = None) -> bool:
             counted.count(reply)
         return reply.ok
     finally:
-        await _close(client)
+        if close:
+            await _close(client)
 
 
 async def _close(client: TurnClient | None) -> None:

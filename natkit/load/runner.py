@@ -33,6 +33,10 @@ class TimeUp(Exception):
     """The run's hard time limit (``max_time``) passed."""
 
 
+class WorkerFailed(Exception):
+    """A worker reported an error it could not count (a bug): the run ends, the report says which."""
+
+
 class Run:
     """The state of one run on the coordinator's side."""
 
@@ -53,6 +57,7 @@ class Run:
         self.time_up = False
         self.steps: list[Any] = []
         self.notes: list[str] = []
+        self.worker_errors: list[str] = []
         self.phase = "starting"
         self.send_start: float | None = None
         self.send_end: float | None = None
@@ -132,6 +137,8 @@ class Run:
             self.grown += 1
         if kind == "final":
             self.finals[i] = msg
+        if kind == "error":
+            self.worker_errors.append(f"worker {i}: {msg.get('message')}")
 
     def wait(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         """Pump for ``seconds`` (or until ``until()``); raises :class:`TimeUp` past ``max_time``."""
@@ -141,6 +148,8 @@ class Run:
             if now - self.t0 > self.cfg.max_time:
                 self.time_up = True
                 raise TimeUp()
+            if self.worker_errors:
+                raise WorkerFailed(self.worker_errors[0])
             if (until is not None and until()) or now >= end:
                 return
             self.pump(min(0.1, end - now))
@@ -312,6 +321,8 @@ def run_load(cfg: LoadConfig, *, progress: ProgressFn | None = None, check_first
             run.notes.append("interrupted (Ctrl-C): the figures cover the run until then")
         except TimeUp:
             run.notes.append(f"the hard time limit ({cfg.max_time:g} s) ended the run")
+        except WorkerFailed:
+            pass  # in the report's failures already
     finally:
         try:
             run.stop()

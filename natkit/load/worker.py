@@ -74,6 +74,7 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
         self._pipe_open = True
         self._arrivals = False
+        self._drops0: int | None = None
 
     def _send(self, msg: dict) -> None:
         if not self._pipe_open:
@@ -97,6 +98,9 @@ class Worker:
         else:
             self.load = MediaLoad(self.cfg, self.workers)
             await self.load.start()
+        from .sysmon import drops_of
+
+        self._drops0 = drops_of([os.getpid()])
         loop.add_reader(self.conn.fileno(), self._commands)
         deadline = loop.call_later(self.cfg.max_time + 5.0, self._stop.set)  # the hard limit, even without the coordinator
         self._send({"type": "ready", "pid": os.getpid(), "fd_limit": self.fd_limit})
@@ -138,7 +142,17 @@ class Worker:
             self._spawn(load.keepalive())
 
     def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.ensure_future(coro))
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        """A workload task that raised is a bug: the coordinator learns it, and this worker stops."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._send({"type": "error", "message": f"{exc.__class__.__name__}: {exc}"})
+        self._stop.set()
 
     async def _grow(self, indices: list[int]) -> None:
         first = not self.load.sessions and not self.load.failed
@@ -158,6 +172,10 @@ class Worker:
         load.halt()
         if hasattr(load, "stop_sending"):
             await asyncio.sleep(DRAIN)  # packets in flight arrive and are counted
+        from .sysmon import drops_of
+
+        now = drops_of([os.getpid()])  # before the sockets close
+        drops = None if now is None or self._drops0 is None else max(0, now - self._drops0)
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=self.cfg.timeout * 3 + 2.0)
             for task in pending:
@@ -170,4 +188,4 @@ class Worker:
             await load.stop()
             if hasattr(load, "released"):
                 released = (load.released, load.release_failed)
-        self._send({"type": "final", "data": load.snapshot(), "results": load.results(), "released": released})
+        self._send({"type": "final", "data": load.snapshot(), "results": load.results(), "released": released, "drops": drops})
