@@ -270,23 +270,29 @@ class Run:
 
 
 def preflight(cfg: LoadConfig) -> None:
-    """One allocation and its release, so a server that refuses everything fails fast with its exit code.
+    """Fail fast when the server is unreachable or refuses the credentials, without allocating anything.
 
-    Raises :class:`~natkit.errors.ServerUnreachable` (4),
-    :class:`~natkit.errors.AuthenticationRefused` (5) or
-    :class:`~natkit.errors.AllocationRefused` (6).
+    A Refresh outside an allocation goes through coturn's authentication (401
+    challenge, then the signed request) and is answered 437 Allocation
+    Mismatch when the credentials are good; no allocation, no quota slot used
+    (an Allocate here would hold a quota slot until the server deletes it).
+    Raises :class:`~natkit.errors.ServerUnreachable` (4) or
+    :class:`~natkit.errors.AuthenticationRefused` (5).
     """
     import asyncio
 
+    from ..stun.turn import AUTH_CODES
     from .clients import open_client, ssl_context
-    from .media import release
+    from .media import _close
 
     async def check() -> None:
         client = await open_client(cfg, ssl_context(cfg))
         try:
-            await client.allocate()
+            reply = await client.call(client.session.refresh(600), step="preflight")
+            if reply.code in AUTH_CODES:
+                raise reply.error(server=str(cfg.server), step="preflight")
         finally:
-            await release(client)
+            await _close(client)
 
     asyncio.run(check())
 
