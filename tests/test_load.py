@@ -9,7 +9,15 @@ from natkit.load import coturn_log, packet
 from natkit.load.build import hold_reason
 from natkit.load.config import LoadConfig
 from natkit.load.report import SCHEMA, ServerFacts, compare
-from natkit.load.stats import Histogram, Jitter, SeqTracker, bucket_of, bucket_value, loss_pct, percentile
+from natkit.load.stats import (
+    Histogram,
+    Jitter,
+    SeqTracker,
+    bucket_of,
+    bucket_value,
+    loss_pct,
+    percentile,
+)
 from natkit.model import TransportAddress
 
 SERVER = TransportAddress("127.0.0.1", 3478)
@@ -40,7 +48,7 @@ def test_histogram_small_values_are_exact_and_merge_adds():
 
 def test_bucket_index_is_monotonic():
     last = -1
-    for v in list(range(0, 5000)) + [10**6, 10**7, 6 * 10**7]:
+    for v in list(range(5000)) + [10**6, 10**7, 6 * 10**7]:
         b = bucket_of(v)
         assert b >= last
         last = b

@@ -38,8 +38,8 @@ class Server:
 
     def config(self, profile: str, **kw) -> LoadConfig:
         cred = mint(SECRET, kw.pop("user", "load"), 600)
-        defaults = dict(username=cred.username, password=cred.password, echo_host="127.0.0.1", local_host="127.0.0.1",
-                        server_pid=self.pid, timeout=2.0, max_time=60.0, step_duration=1.0)
+        defaults = {"username": cred.username, "password": cred.password, "echo_host": "127.0.0.1", "local_host": "127.0.0.1",
+                        "server_pid": self.pid, "timeout": 2.0, "max_time": 60.0, "step_duration": 1.0}
         defaults.update(kw)
         return LoadConfig(profile, TransportAddress("127.0.0.1", self.port), **defaults)
 
@@ -176,7 +176,7 @@ def _cli(server: Server, *args: str, timeout: float = 60.0, **popen):
     cmd = [sys.executable, "-m", "natkit.cli.app", "turn", "load", f"turn:127.0.0.1:{server.port}", "--name", server.name, *args]
     if popen:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_cli_json_schema_and_baseline_regression(coturn, tmp_path):
@@ -202,7 +202,7 @@ def test_cli_exit_codes(coturn):
     dead_port = free_port()
     env = dict(os.environ, NATKIT_QUIET="1")
     dead = subprocess.run([sys.executable, "-m", "natkit.cli.app", "turn", "load", f"turn:127.0.0.1:{dead_port}",
-                           "--secret", "s", "--timeout", "1"], capture_output=True, text=True, env=env, timeout=30)
+                           "--secret", "s", "--timeout", "1"], capture_output=True, text=True, env=env, timeout=30, check=False)
     assert dead.returncode == 4 and "Traceback" not in dead.stderr
     bad = _cli(coturn, "--profile", "rate")  # the rate profile needs --rate
     assert bad.returncode == 2 and "--rate" in bad.stderr

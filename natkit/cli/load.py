@@ -151,7 +151,7 @@ def _pid_of(info) -> int | None:
             import docker
 
             return docker.from_env(timeout=5).containers.get(info.container_id).attrs["State"]["Pid"] or None
-        except Exception:  # no engine, container gone: the server's CPU is then "not measured"
+        except Exception:  # noqa: BLE001 - no engine, container gone: the server's CPU is then "not measured"
             return None
     return None
 
