@@ -234,11 +234,13 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     notes = list(run.notes)
     gen_busy = cpu.worker_max_pct is not None and cpu.worker_max_pct > SATURATED_PCT
     failing = next((s for s in run.steps if not s.passed), None)
+    why = f"saturated (> {SATURATED_PCT:.0f} % of a core per worker)"
     if failing is not None and failing.reason and "generator" in failing.reason:
         gen_busy = True
+        why = next(p for p in failing.reason.split("; ") if "generator" in p).replace("generator ", "", 1)
     if gen_busy:
-        notes.append(f"the generator saturated (> {SATURATED_PCT:.0f} % of a core per worker): the figure is a lower "
-                     "bound of the server's capacity, not its limit; add --workers or another machine (Locust)")
+        notes.append(f"the generator was {why}: the figure is a lower bound of the server's capacity, not its limit; "
+                     "add --workers or another machine (Locust)")
     if cpu.server_busiest_thread_pct is not None and cpu.server_busiest_thread_pct > SATURATED_PCT:
         notes.append(f"the server's busiest thread ran at {cpu.server_busiest_thread_pct:.0f} % of a core")
     limited, value, figure = "duration", None, ""

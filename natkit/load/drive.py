@@ -88,7 +88,7 @@ def measure_media(run: Run, epoch: int, seconds: float, sessions: int) -> Step:
     behind = run.total("skipped") + run.total("backpressure") - skipped0
     if busy is not None:
         reasons.append(f"generator saturated (a worker at {busy:.0f} % of a core)")
-    elif behind > 0.005 * max(sent, 1):
+    elif behind > 0.01 * max(sent, 1):
         reasons.append(f"generator behind schedule ({behind} packets not sent)")
     step = Step(index=len(run.steps), seconds=elapsed, sessions=sessions, offered_per_s=cfg.offered_pps(sessions),
                 achieved_per_s=sent / elapsed if elapsed else None, returned_per_s=returned / elapsed if elapsed else None,

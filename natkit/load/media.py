@@ -11,7 +11,7 @@ round-trip time and both one-way transit times (one machine, one clock).
 :class:`MediaLoad` paces all sessions of the worker from one timer: frames
 are due at ``sessions / frame_interval`` per second in round-robin order,
 which spreads the sessions' phases evenly; a worker that falls behind by
-more than 100 ms of frames skips them (counted in ``skipped``: the offered
+more than 250 ms of frames skips them (counted in ``skipped``: the offered
 load was not sent, a generator limit).
 """
 
@@ -286,7 +286,7 @@ class MediaLoad:
             last = now
             due = int(credit)
             credit -= due
-            limit = max(n, int(0.1 * n / interval))  # more than 100 ms of frames behind: skip, count
+            limit = max(n, int(0.25 * n / interval))  # more than 250 ms of frames behind: skip them, count them
             if due > limit:
                 self.skipped += due - limit
                 due = limit
