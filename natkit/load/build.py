@@ -224,8 +224,10 @@ def _cpu(run: Run) -> Cpu:
     res = run.cpu_result
     srv = res.get(run.cfg.server_pid) if run.cfg.server_pid else None
     me = res.get(os.getpid())
+    load = (run.loadavg0, os.getloadavg()[0]) if getattr(run, "loadavg0", None) is not None else None
     return Cpu(workers_pct=tuple(res[p][0] for p in run.pids if p in res), coordinator_pct=me[0] if me else None,
-               server_pct=srv[0] if srv else None, server_busiest_thread_pct=srv[1] if srv else None)
+               server_pct=srv[0] if srv else None, server_busiest_thread_pct=srv[1] if srv else None,
+               host_loadavg=load, host_cpus=os.cpu_count())
 
 
 def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold: HoldTotals | None, cpu: Cpu) -> Verdict:
@@ -241,6 +243,11 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     if gen_busy:
         notes.append(f"the generator was {why}: the figure is a lower bound of the server's capacity, not its limit; "
                      "add --workers or another machine (Locust)")
+    if cpu.host_loadavg and cpu.host_cpus and max(cpu.host_loadavg) > cpu.host_cpus:
+        notes.append(f"the host's load average ({max(cpu.host_loadavg):.1f}) exceeded its {cpu.host_cpus} CPUs: other processes "
+                     "competed for the CPU, so the generator (or the server) may have waited to run; rerun on a quiet machine")
+    if d_gen := getattr(run, "_gen_drops", None):
+        notes.append(f"the generator's own sockets dropped {d_gen:,} datagrams: it did not read fast enough, the loss is not the server's")
     if cpu.server_busiest_thread_pct is not None and cpu.server_busiest_thread_pct > SATURATED_PCT:
         notes.append(f"the server's busiest thread ran at {cpu.server_busiest_thread_pct:.0f} % of a core")
     limited, value, figure = "duration", None, ""
@@ -266,6 +273,8 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         limited = "packet cap"
     if run.interrupted:
         limited = "interrupted"
+    if getattr(run, "_gen_drops", None):
+        gen_busy = True
     if gen_busy and limited in ("server", "errors"):
         limited = "generator"
     server_limit = not gen_busy and limited in ("server", "quota", "port range") and not run.interrupted
@@ -297,12 +306,13 @@ def build_report(run: Run) -> LoadReport:
     else:
         hold = _hold(run, facts)
     released = (sum(f["released"][0] for f in _finals(run)), sum(f["released"][1] for f in _finals(run)))
-    cpu = _cpu(run)
     d = run.drops()
     own = [f.get("drops") for f in _finals(run)]
-    drops = Drops(generator=sum(own) if own and None not in own else None, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),
+    run._gen_drops = sum(own) if own and None not in own else None  # type: ignore[attr-defined]
+    drops = Drops(generator=run._gen_drops, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),  # type: ignore[attr-defined]
                   sndbuf_errors=d.get("sndbuf_errors"),
                   generator_send_skipped=run.total("skipped") + run.total("backpressure"))
+    cpu = _cpu(run)
     check = cross_check(run, sessions)
     failures = _failures(run, media, hold, released)
     for message in run.worker_errors:

@@ -129,8 +129,8 @@ def _summary(report: LoadReport) -> list[tuple[str, Any]]:
                      + (", interrupted" if report.interrupted else "")),
         ("generator CPU", ", ".join(f"{p:.0f} %" for p in report.cpu.workers_pct) or "–"),
         ("server CPU", "–" if report.cpu.server_pct is None else f"{report.cpu.server_pct:.0f} %"),
-        ("socket drops", f"generator {report.drops.generator}, server {report.drops.server}, "
-                         f"host RcvbufErrors {report.drops.rcvbuf_errors}"),
+        ("socket drops", (f"generator {report.drops.generator}, server {report.drops.server}, "
+                         f"host RcvbufErrors {report.drops.rcvbuf_errors}")),
         ("released", f"{report.released} (not confirmed: {report.release_failed})"),
     ]
     m = report.media

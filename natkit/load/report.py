@@ -32,6 +32,8 @@ class Cpu:
     coordinator_pct: float | None = None
     server_pct: float | None = None  # all threads of the server process (None: not local / not measured)
     server_busiest_thread_pct: float | None = None
+    host_loadavg: tuple[float, float] | None = None  # 1-minute load average at the start and the end (run queue + running)
+    host_cpus: int | None = None
 
     @property
     def worker_max_pct(self) -> float | None:

@@ -91,6 +91,7 @@ class Run:
         pids = list(self.pids) + ([self.cfg.server_pid] if self.cfg.server_pid else [])
         self.cpu_total = CpuMeter(pids + [os.getpid()])
         self._udp0 = udp_counters()
+        self.loadavg0 = os.getloadavg()[0]
         self._drops0 = self._drops()
 
     def _drops(self) -> tuple[int | None, int | None]:

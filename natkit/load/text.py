@@ -161,6 +161,7 @@ def _generator(report: LoadReport, con: Any, output: Any) -> None:
     con.print(output.table("who was busy", ["", "value"], [
         ["generator workers CPU", f"{workers} of a core each"],
         ["server CPU", server],
+        ["host", "–" if not c.host_loadavg else f"load average {c.host_loadavg[0]:.1f} at the start, {c.host_loadavg[1]:.1f} at the end, {c.host_cpus} CPUs"],
         ["socket drops", (f"generator {_f(d.generator, '{:,.0f}')}, server {_f(d.server, '{:,.0f}')}, host RcvbufErrors "
                           f"{_f(d.rcvbuf_errors, '{:,.0f}')}, SndbufErrors {_f(d.sndbuf_errors, '{:,.0f}')}; not sent {d.generator_send_skipped:,}")],
         ["released", f"{report.released} allocations (Refresh LIFETIME 0), {report.release_failed} not confirmed"]]))
