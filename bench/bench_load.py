@@ -43,7 +43,8 @@ import time
 from natkit.coturn.config import CoturnConfig
 from natkit.coturn.server import CoturnServer, free_port
 from natkit.credentials import mint
-from natkit.load import LoadConfig, run_load
+from natkit.load import LoadConfig
+from natkit.load import run_load as _run_load
 from natkit.load.sysmon import CpuMeter
 from natkit.model import TransportAddress
 
@@ -80,6 +81,14 @@ def coturn(name: str, *, verbose: bool = False, min_port: int = 10000, max_port:
         server.stop()
         os.environ.pop("NATKIT_TURNSERVER", None)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def run_load(cfg: LoadConfig, **kw):
+    """natkit.load.run_load, and Ctrl-C ends the whole benchmark (the run releases what it allocated first)."""
+    report = _run_load(cfg, **kw)
+    if report.interrupted:
+        raise KeyboardInterrupt
+    return report
 
 
 def natkit_cfg(profile: str, port: int, server: CoturnServer, **kw) -> LoadConfig:

@@ -110,7 +110,10 @@ def test_hold_reasons_name_the_server_limit():
     r486 = hold_reason(50, 20, {"code": "486", "reason": "Allocation Quota Reached", "held": 20}, {"486": 1}, facts)
     assert r486.startswith("486 Allocation Quota Reached after 20 allocations") and "user-quota=20" in r486
     r508 = hold_reason(500, 100, {"code": "508", "reason": "", "held": 100}, {"508": 3}, facts)
-    assert "50000-50099 has 100 ports" in r508 and "fd limit 20000" in r508
+    assert r508.endswith("the relay port range 50000-50099 has 100 ports")
+    fd = ServerFacts(port_range=(10000, 32767), port_range_size=22768, fd_limit=2048)
+    r_fd = hold_reason(3000, 2014, {"code": "508", "reason": "Cannot create socket", "held": 2014}, {"508": 1}, fd)
+    assert "open-files limit is 2048" in r_fd and "22768 ports" in r_fd
     assert hold_reason(10, 10, None, {}, facts).startswith("target reached")
     assert "generator's own limit" in hold_reason(10, 5, {"code": "local:EMFILE", "reason": "", "held": 5}, {"local:EMFILE": 1}, facts)
 

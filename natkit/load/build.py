@@ -167,13 +167,7 @@ def hold_reason(target: int, reached: int, first: dict | None, errors: dict[str,
         return (f"486 Allocation Quota Reached after {reached} allocations" + (f" (coturn {known})" if known else "")
                 + (f": {reason}" if reason and "Quota" not in reason else ""))
     if code == "508":
-        text = f"508 Insufficient Capacity after {reached} allocations"
-        if facts.port_range_size:
-            lo, hi = facts.port_range or (0, 0)
-            text += f": the relay port range {lo}-{hi} has {facts.port_range_size} ports"
-        if facts.fd_limit:
-            text += f" (coturn's fd limit {facts.fd_limit}, ~{facts.max_sessions or facts.fd_limit // 2} sessions)"
-        return text
+        return f"508 Insufficient Capacity after {reached} allocations: " + capacity_cause(reached, facts)[1]
     if code and code.startswith("local"):
         return f"the generator's own limit ({code}) after {reached} allocations: not the server's"
     if code == "timeout":
@@ -184,6 +178,20 @@ def hold_reason(target: int, reached: int, first: dict | None, errors: dict[str,
     if code:
         return f"{code} {reason}".strip() + f" after {reached} allocations"
     return f"{reached} of {target} allocations held"
+
+
+def capacity_cause(reached: int, facts: ServerFacts) -> tuple[str, str]:
+    """Which of coturn's limits a 508 after ``reached`` allocations points to (one relay socket per UDP allocation):
+    ``("port range" | "fd limit" | "capacity", words)``."""
+    if facts.port_range_size and reached >= facts.port_range_size - 2:
+        lo, hi = facts.port_range or (0, 0)
+        return "port range", f"the relay port range {lo}-{hi} has {facts.port_range_size} ports"
+    if facts.fd_limit and reached >= facts.fd_limit * 0.9:
+        return "fd limit", (f"coturn's open-files limit is {facts.fd_limit} (its log at start), one socket per allocation"
+                            + (f"; the relay port range has {facts.port_range_size} ports" if facts.port_range_size else ""))
+    known = [f"relay port range of {facts.port_range_size} ports" if facts.port_range_size else "",
+             f"fd limit {facts.fd_limit}" if facts.fd_limit else ""]
+    return "capacity", "neither limit known to natkit is reached (" + (", ".join(k for k in known if k) or "pass --name or --server-log") + ")"
 
 
 def cross_check(run: Run, sessions: tuple[SessionResult, ...]) -> CrossCheck | None:
@@ -230,7 +238,8 @@ def _cpu(run: Run) -> Cpu:
                host_loadavg=load, host_cpus=os.cpu_count())
 
 
-def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold: HoldTotals | None, cpu: Cpu) -> Verdict:
+def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold: HoldTotals | None, cpu: Cpu,
+            facts: ServerFacts | None = None) -> Verdict:
     """The headline figure; ``server_limit`` only when the generator kept up and the server showed the limit."""
     cfg = run.cfg
     notes = list(run.notes)
@@ -254,7 +263,9 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     if cfg.profile == "hold" and hold is not None:
         figure, value = "concurrent_allocations", float(hold.reached)
         code = (hold.first_refusal or {}).get("code")
-        limited = {"486": "quota", "508": "port range"}.get(code or "", "sessions" if hold.reached >= hold.target else "errors")
+        limited = {"486": "quota"}.get(code or "", "sessions" if hold.reached >= hold.target else "errors")
+        if code == "508":
+            limited = capacity_cause(hold.reached, facts or ServerFacts())[0]
         if code and code.startswith("local"):
             limited, gen_busy = "generator", True
     elif cfg.profile == "alloc" and alloc is not None:
@@ -277,7 +288,7 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         gen_busy = True
     if gen_busy and limited in ("server", "errors"):
         limited = "generator"
-    server_limit = not gen_busy and limited in ("server", "quota", "port range") and not run.interrupted
+    server_limit = not gen_busy and limited in ("server", "quota", "port range", "fd limit", "capacity") and not run.interrupted
     return Verdict(figure, value, limited, server_limit, tuple(notes))
 
 
@@ -322,7 +333,7 @@ def build_report(run: Run) -> LoadReport:
     return LoadReport(
         schema=SCHEMA, profile=cfg.profile, server=cfg.uri or str(cfg.server), transport=cfg.transport, peer=cfg.peer,
         started=run.started, duration_s=time.monotonic() - run.t0, interrupted=run.interrupted, workers=run.nworkers,
-        config=cfg.public(), verdict=verdict(run, media, alloc, hold, cpu), cpu=cpu, drops=drops, server_facts=facts,
+        config=cfg.public(), verdict=verdict(run, media, alloc, hold, cpu, facts), cpu=cpu, drops=drops, server_facts=facts,
         steps=tuple(run.steps), media=media, alloc=alloc, hold=hold, sessions=sessions[:MAX_SESSIONS_IN_REPORT],
         released=released[0], release_failed=released[1], cross_check=check, failures=tuple(failures))
 

@@ -125,8 +125,8 @@ def drive_media(run: Run) -> None:
             passed = n
         else:
             failed = n
-            if step.reason and "generator" in step.reason:
-                break  # more sessions cannot tell anything about the server
+            if step.reason and "generator" in step.reason and passed is not None:
+                break  # more sessions cannot tell anything about the server (fewer still might: halve below)
         if passed is None:
             if n == 1:
                 break
