@@ -166,3 +166,21 @@ def test_traffic_shapes():
     assert LoadConfig("rate", SERVER, rate=60_000).worker_count(2) == 2
     assert LoadConfig("audio", SERVER, sessions=10).worker_count(2) == 1
     assert "password" not in LoadConfig("audio", SERVER, password="s3cret").public()
+
+
+def test_cpu_meter_sees_this_process_busy():
+    import os
+    import time
+
+    from natkit.load.sysmon import CpuMeter, udp_counters
+
+    meter = CpuMeter([os.getpid(), 999_999_999])
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    lap = meter.lap()
+    assert 999_999_999 not in lap  # a process that does not exist is "not measured", not 0 %
+    busy, thread, waited = lap[os.getpid()]
+    assert busy > 30 and thread > 30 and waited is not None and waited >= 0
+    counters = udp_counters()
+    assert counters is not None and "RcvbufErrors" in counters and "SndbufErrors" in counters

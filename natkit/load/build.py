@@ -233,7 +233,8 @@ def _cpu(run: Run) -> Cpu:
     srv = res.get(run.cfg.server_pid) if run.cfg.server_pid else None
     me = res.get(os.getpid())
     load = (run.loadavg0, os.getloadavg()[0]) if getattr(run, "loadavg0", None) is not None else None
-    return Cpu(workers_pct=tuple(res[p][0] for p in run.pids if p in res), coordinator_pct=me[0] if me else None,
+    return Cpu(workers_pct=tuple(res[p][0] for p in run.pids if p in res), workers_waiting_pct=tuple(res[p][2] for p in run.pids if p in res),
+               coordinator_pct=me[0] if me else None,
                server_pct=srv[0] if srv else None, server_busiest_thread_pct=srv[1] if srv else None,
                host_loadavg=load, host_cpus=os.cpu_count())
 
@@ -252,6 +253,10 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     if gen_busy:
         notes.append(f"the generator was {why}: the figure is a lower bound of the server's capacity, not its limit; "
                      "add --workers or another machine (Locust)")
+    waited = max((w for w in cpu.workers_waiting_pct if w is not None), default=None)
+    if waited is not None and waited > 10.0:
+        notes.append(f"a generator worker waited {waited:.0f} % of the run for a CPU (other processes on the host): "
+                     "its schedule slipped for want of a CPU, not of work")
     if cpu.host_loadavg and cpu.host_cpus and max(cpu.host_loadavg) > cpu.host_cpus:
         notes.append(f"the host's load average ({max(cpu.host_loadavg):.1f}) exceeded its {cpu.host_cpus} CPUs: other processes "
                      "competed for the CPU, so the generator (or the server) may have waited to run; rerun on a quiet machine")

@@ -29,6 +29,7 @@ class Cpu:
     """CPU use over the run (percent of one core). ``busiest_thread_pct``: the server's hottest thread."""
 
     workers_pct: tuple[float, ...] = ()  # each generator worker process
+    workers_waiting_pct: tuple[float | None, ...] = ()  # share of the time each worker was runnable but had no CPU
     coordinator_pct: float | None = None
     server_pct: float | None = None  # all threads of the server process (None: not local / not measured)
     server_busiest_thread_pct: float | None = None

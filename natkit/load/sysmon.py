@@ -54,11 +54,28 @@ def thread_ticks(pid: int) -> dict[int, int]:
     return out
 
 
+def run_queue_ns(pid: int) -> int | None:
+    """Nanoseconds the threads of ``pid`` spent runnable but waiting for a CPU (``/proc/PID/task/*/schedstat``)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 class CpuMeter:
     """CPU use of a set of processes since :meth:`start` (or the previous :meth:`lap`).
 
-    ``lap()`` returns ``{pid: (percent of one core, busiest thread's percent)}``;
-    a process that is gone or unreadable is left out.
+    ``lap()`` returns ``{pid: (percent of one core, busiest thread's percent,
+    percent of the time it waited for a CPU)}``: a process that waited much was
+    starved by others on the host, not busy itself. A process that is gone or
+    unreadable is left out.
     """
 
     def __init__(self, pids: Iterable[int]) -> None:
@@ -72,12 +89,14 @@ class CpuMeter:
         self._t = time.monotonic()
         self._proc = {p: t for p in self.pids if (t := process_ticks(p)) is not None}
         self._threads = {p: thread_ticks(p) for p in self.pids}
+        self._waits = {p: run_queue_ns(p) for p in self.pids}
 
-    def lap(self) -> dict[int, tuple[float, float]]:
+    def lap(self) -> dict[int, tuple[float, float, float | None]]:
         now = time.monotonic()
         wall = max(now - self._t, 1e-6)
-        out: dict[int, tuple[float, float]] = {}
+        out: dict[int, tuple[float, float, float | None]] = {}
         procs: dict[int, int] = {}
+        waits: dict[int, int | None] = {}
         threads: dict[int, dict[int, int]] = {}
         for pid in self.pids:
             ticks = process_ticks(pid)
@@ -87,8 +106,11 @@ class CpuMeter:
             threads[pid] = thread_ticks(pid)
             before = self._threads.get(pid, {})
             busiest = max((t - before.get(tid, t) for tid, t in threads[pid].items()), default=0)
-            out[pid] = (100.0 * (ticks - self._proc[pid]) / _TICK / wall, 100.0 * busiest / _TICK / wall)
-        self._t, self._proc, self._threads = now, procs, threads
+            waits[pid] = run_queue_ns(pid)
+            w0 = self._waits.get(pid)
+            waited = None if waits[pid] is None or w0 is None else 100.0 * (waits[pid] - w0) / 1e9 / wall  # type: ignore[operator]
+            out[pid] = (100.0 * (ticks - self._proc[pid]) / _TICK / wall, 100.0 * busiest / _TICK / wall, waited)
+        self._t, self._proc, self._threads, self._waits = now, procs, threads, waits
         return out
 
 

@@ -155,7 +155,8 @@ def _media(report: LoadReport, con: Any, output: Any) -> None:
 
 def _generator(report: LoadReport, con: Any, output: Any) -> None:
     c, d = report.cpu, report.drops
-    workers = ", ".join(f"{p:.0f} %" for p in c.workers_pct) or "–"
+    workers = ", ".join(f"{p:.0f} %" + ("" if w is None else f" (waited for a CPU {w:.0f} %)")
+                        for p, w in zip(c.workers_pct, c.workers_waiting_pct or (None,) * len(c.workers_pct))) or "–"
     server = "not measured (pass --server-pid or --name)" if c.server_pct is None else \
         f"{c.server_pct:.0f} % (busiest thread {_f(c.server_busiest_thread_pct, '{:.0f}', ' %')})"
     con.print(output.table("who was busy", ["", "value"], [
