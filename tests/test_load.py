@@ -181,6 +181,7 @@ def test_cpu_meter_sees_this_process_busy():
     lap = meter.lap()
     assert 999_999_999 not in lap  # a process that does not exist is "not measured", not 0 %
     busy, thread, waited = lap[os.getpid()]
-    assert busy > 30 and thread > 30 and waited is not None and waited >= 0
+    # a process that never sleeps either runs or waits for a CPU: the two add up to ~100 % on any host load
+    assert waited is not None and busy + waited > 70 and thread <= busy + 1
     counters = udp_counters()
     assert counters is not None and "RcvbufErrors" in counters and "SndbufErrors" in counters

@@ -225,3 +225,13 @@ def test_ctrl_c_still_reports_and_releases(coturn):
             break
         time.sleep(0.2)
     assert locals_ <= ended  # coturn ended every session now, not 600 s later
+
+
+def test_rest_secret_gives_every_call_its_own_user(quota_coturn):
+    """user-quota=5: 8 calls of 8 users all set up; 8 calls of one user (--same-user) meet the quota with 486."""
+    own = quota_coturn.run(quota_coturn.config("audio", sessions=8, duration=1.0, username=None, password=None, secret=SECRET))
+    assert own.ok and own.media.sessions == 8 and own.media.sessions_failed == 0, own.failures
+    same = quota_coturn.run(quota_coturn.config("audio", sessions=8, duration=1.0, username=None, password=None, secret=SECRET,
+                                                same_user=True))
+    assert same.media.sessions == 5 and same.media.sessions_failed == 3 and same.exit_code == 1
+    assert any(f.step == "setup" and "486 x3" in f.message for f in same.failures)

@@ -42,6 +42,7 @@ def load_cmd(
     step: float = options.seconds(3.0, "--step-duration", help="seconds per ramp / alloc step", high=600),
     peer: str | None = typer.Option(None, "--peer", help="echo (a UDP echo on this host, default for a server on loopback) or allocation (a second allocation per call, as browsers do)"),
     send_indications: bool = typer.Option(False, "--send-indications", help="Send/Data indications instead of ChannelData"),
+    same_user: bool = typer.Option(False, "--same-user", help="with --secret: one REST user for every allocation (default: a user each, as different people; --same-user meets coturn's user-quota)"),
     no_channel: bool = typer.Option(False, "--no-channel", help="alloc/hold: no CreatePermission + ChannelBind per allocation"),
     workers: int | None = options.integer(None, "--workers", "-w", help="generator processes (default: from the offered load, at most one per CPU)", low=1, high=64),
     lifetime: int | None = options.integer(None, "--lifetime", help="hold: LIFETIME to ask for (seconds)", low=1, high=86_400),
@@ -76,7 +77,8 @@ def load_cmd(
                                      max_latency=max_latency, step=step, peer=peer, send_indications=send_indications,
                                      channel=not no_channel, workers=workers, lifetime=lifetime, refresh=refresh,
                                      max_packets=max_packets, max_time=max_time, timeout=timeout, echo_host=echo_host,
-                                     server_pid=server_pid, server_log=server_log, cafile=cafile, insecure=insecure)
+                                     server_pid=server_pid, server_log=server_log, cafile=cafile, insecure=insecure,
+                                     same_user=same_user)
         base = load_baseline(baseline) if baseline else None
         if report_file:
             from ..load.html import require_plotting
@@ -89,7 +91,7 @@ def load_cmd(
 
 def build_config(turn_uri: str, *, profile: str, secret, user, password, name, sessions, duration, rate, size, ramp, max_loss,
                  max_latency, step, peer, send_indications, channel, workers, lifetime, refresh, max_packets, max_time,
-                 timeout, echo_host, server_pid, server_log, cafile, insecure):
+                 timeout, echo_host, server_pid, server_log, cafile, insecure, same_user=False):
     """The :class:`~natkit.load.LoadConfig` and a log reader for the options (a managed server fills in what it knows)."""
     import asyncio
 
@@ -105,6 +107,7 @@ def build_config(turn_uri: str, *, profile: str, secret, user, password, name, s
         raise UsageError(f"unknown profile {profile!r}", hint="use " + ", ".join(PROFILES))
     creds = resolve(secret=secret, user=user, password=password, uris=[turn_uri], name=name)
     username, pw = creds.pair(ttl=int(max_time) + 3600)
+    rest = {"secret": creds.secret, "user": creds.user or "natkit-load"} if creds.kind == "rest" else {}
     server = asyncio.run(resolve_host(parsed.host, parsed.port, transport=parsed.transport))
     transport = "tls" if parsed.secure else parsed.transport
     local = creds.server or _managed(turn_uri, name)
@@ -120,7 +123,8 @@ def build_config(turn_uri: str, *, profile: str, secret, user, password, name, s
     loopback = server.host.startswith("127.") or server.host == "::1"
     defaults = {"alloc": 200, "hold": 1000, "audio": 10, "video": 10, "rate": 10}
     cfg = LoadConfig(
-        profile=profile, server=server, transport=transport, uri=str(parsed), username=username, password=pw,
+        profile=profile, server=server, transport=transport, uri=str(parsed), username=username, password=pw, same_user=same_user,
+        **rest,
         sessions=sessions or defaults[profile], duration=duration, rate=rate, size=size, ramp=ramp, max_loss=max_loss,
         max_latency_ms=max_latency, peer=peer or ("echo" if loopback else "allocation"), send_indications=send_indications,
         channel=channel, workers=workers, max_packets=max_packets, max_time=max_time, timeout=timeout, lifetime=lifetime,

@@ -55,7 +55,7 @@ class _Step:
 class AllocLoad:
     """Allocate → (CreatePermission + ChannelBind) → release cycles started at ``rate`` per second (open loop)."""
 
-    def __init__(self, cfg: LoadConfig, workers: int) -> None:
+    def __init__(self, cfg: LoadConfig, workers: int, worker_index: int = 0) -> None:
         self.cfg = cfg
         self.ctx = ssl_context(cfg)
         self.max_in_flight = max(1, cfg.sessions // workers)
@@ -68,6 +68,8 @@ class AllocLoad:
         self._tasks: set[asyncio.Task] = set()
         self._rebase = True
         self._quarantine: collections.deque[tuple[float, TurnClient]] = collections.deque()
+        self._n = 0
+        self.worker = worker_index
 
     def set_rate(self, rate: float, epoch: int) -> None:
         self.rate, self.epoch, self._rebase = rate, epoch, True
@@ -99,8 +101,9 @@ class AllocLoad:
     async def _cycle(self, step: _Step) -> None:
         client: TurnClient | None = None
         t0 = time.monotonic()
+        self._n += 1
         try:
-            client = await open_client(self.cfg, self.ctx)
+            client = await open_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}")
             reply = await client.allocate(check=False)
             if not reply.ok:
                 code = str(reply.code)
@@ -168,6 +171,8 @@ class HoldLoad:
         self.released = 0
         self.release_failed = 0
         self.running = True
+        self._n = 0
+        self.worker = worker_index
         self._halt = asyncio.Event()
         self._refreshing: set[asyncio.Task] = set()
 
@@ -223,8 +228,9 @@ class HoldLoad:
     async def _open_one(self) -> tuple[str | None, str]:
         client: TurnClient | None = None
         t0 = time.monotonic()
+        self._n += 1
         try:
-            client = await open_client(self.cfg, self.ctx)
+            client = await open_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}")
             reply = await client.allocate(lifetime=self.cfg.lifetime, check=False)
             if not reply.ok:
                 await _close(client)

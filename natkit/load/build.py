@@ -196,7 +196,11 @@ def capacity_cause(reached: int, facts: ServerFacts) -> tuple[str, str]:
 
 def cross_check(run: Run, sessions: tuple[SessionResult, ...]) -> CrossCheck | None:
     """Compare the sessions' counts with coturn's ``usage`` / ``peer usage`` lines (needs ``server_log`` of a ``-v`` coturn)."""
-    if not sessions or run.cfg.peer != "echo" or read_log(run) is None:
+    lines = read_log(run) if sessions and run.cfg.peer == "echo" else None
+    if not lines:
+        return None
+    if not any("usage: realm=" in line or "incoming packet" in line or ": new, realm=" in line for line in lines):
+        run.notes.append("the server's log has no per-session usage lines: start coturn with -v (verbose) for the cross-check")
         return None
     want = {s.local: s for s in sessions if s.local}
     deadline = time.monotonic() + USAGE_WAIT
@@ -302,6 +306,10 @@ def _failures(run: Run, media: MediaTotals | None, hold: HoldTotals | None, rele
     out: list[Failure] = []
     if media is not None and not cfg.ramp and media.loss_pct is not None and media.loss_pct > cfg.max_loss:
         out.append(Failure.check("loss", f"round-trip loss {media.loss_pct:.2f} % is above --max-loss {cfg.max_loss:g} %"))
+    if media is not None and not cfg.ramp and media.sessions_failed:
+        codes = ", ".join(f"{k} x{v}" for k, v in sorted(run.errors().items()))
+        out.append(Failure.check("setup", f"{media.sessions_failed} of {media.sessions + media.sessions_failed} sessions could not be "
+                                          f"set up ({codes or 'no answer'})"))
     if media is not None and media.sessions == 0:
         codes = ", ".join(f"{k} x{v}" for k, v in run.errors().items())
         out.append(Failure.check("setup", f"no session could be set up ({codes or 'no answer'})"))

@@ -36,14 +36,30 @@ def ssl_context(cfg: LoadConfig) -> ssl.SSLContext | None:
     return client_ssl_context(cfg.verify_tls, cfg.cafile)
 
 
-async def open_client(cfg: LoadConfig, ctx: ssl.SSLContext | None, *, rcvbuf: int | None = None) -> TurnClient:
-    """A connected :class:`TurnClient` (a fresh 5-tuple) with the run's credentials.
+def credentials(cfg: LoadConfig, who: str | None) -> tuple[str | None, str | None]:
+    """``(username, password)`` for allocation ``who``: a REST user of its own (``secret``, not ``same_user``), else the run's."""
+    if cfg.secret and not cfg.same_user and who is not None:
+        from ..credentials import mint
+
+        cred = mint(cfg.secret, f"{cfg.user}-{who}", int(cfg.max_time) + 3600)
+        return cred.username, cred.password
+    if cfg.secret and cfg.username is None:
+        from ..credentials import mint
+
+        cred = mint(cfg.secret, cfg.user, int(cfg.max_time) + 3600)
+        return cred.username, cred.password
+    return cfg.username, cfg.password
+
+
+async def open_client(cfg: LoadConfig, ctx: ssl.SSLContext | None, *, rcvbuf: int | None = None, who: str | None = None) -> TurnClient:
+    """A connected :class:`TurnClient` (a fresh 5-tuple) with the run's credentials (see :func:`credentials`).
 
     ``rcvbuf`` sets SO_RCVBUF (bytes, capped by net.core.rmem_max) on a UDP socket.
     """
     from ..stun.aio import TurnClient
 
-    client = await TurnClient.open(cfg.server, transport=cfg.transport, username=cfg.username, password=cfg.password,
+    username, password = credentials(cfg, who)
+    client = await TurnClient.open(cfg.server, transport=cfg.transport, username=username, password=password,
                                    ssl=ctx, server_hostname=cfg.server_hostname, timeout=cfg.timeout,
                                    rto=min(0.25, cfg.timeout / 4), local_host=cfg.local_host)
     if rcvbuf and cfg.transport == "udp":

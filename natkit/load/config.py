@@ -66,6 +66,9 @@ class LoadConfig:
     ``ramp``: raise ``sessions`` step by step until loss exceeds ``max_loss`` %.
     ``peer``: "echo" (a UDP echo on this host reflects every packet) or
     "allocation" (a second allocation per session, as browsers do).
+    Credentials: ``username``/``password``, or ``secret`` (TURN REST): then
+    every allocation is a user of its own (``<user>-<n>``), as browsers of
+    different people are, unless ``same_user``.
     """
 
     profile: str
@@ -74,6 +77,9 @@ class LoadConfig:
     uri: str = ""
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
+    secret: str | None = dataclasses.field(default=None, repr=False)  # REST secret: every allocation gets its own user
+    user: str = "natkit-load"  # the user part of minted REST usernames ("<expiry>:<user>-<n>")
+    same_user: bool = False  # with a secret: one user for every allocation (to meet a per-user quota)
     sessions: int = 10
     duration: float = 10.0
     rate: float | None = None
@@ -169,6 +175,6 @@ class LoadConfig:
 
     def public(self) -> dict:
         """The configuration as the report shows it (no password)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("password",)}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("password", "secret")}
         d["server"] = str(self.server)
         return d

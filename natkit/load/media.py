@@ -230,10 +230,10 @@ class MediaLoad:
         s = MediaSession(index, self)
         t0 = time.monotonic()
         try:
-            s.a = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4)
+            s.a = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=str(index))
             s.count(await s.a.allocate())
             if cfg.peer == "allocation":
-                s.b = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4)
+                s.b = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=f"{index}p")
                 await s.b.allocate()
                 s.peer_addr = s.b.relayed
                 await self._bind(s.b, s.a.relayed, None)  # type: ignore[arg-type]

@@ -287,7 +287,7 @@ def preflight(cfg: LoadConfig) -> None:
     from .media import _close
 
     async def check() -> None:
-        client = await open_client(cfg, ssl_context(cfg))
+        client = await open_client(cfg, ssl_context(cfg), who="preflight")
         try:
             reply = await client.call(client.session.refresh(600), step="preflight")
             if reply.code in AUTH_CODES:

@@ -92,7 +92,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         profile = self.cfg.profile
         if profile == "alloc":
-            self.load = AllocLoad(self.cfg, self.workers)
+            self.load = AllocLoad(self.cfg, self.workers, self.index)
         elif profile == "hold":
             self.load = HoldLoad(self.cfg, self.workers, self.index)
         else:
