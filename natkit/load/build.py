@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .runner import Run
 
 MAX_SESSIONS_IN_REPORT = 2000
+STARVED_PCT = 20.0  # a worker that waited longer than this share of the run for a CPU did not pace its load
 USAGE_WAIT = 6.0  # s to wait for coturn's usage lines after the releases
 
 
@@ -258,9 +259,12 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         notes.append(f"the generator was {why}: the figure is a lower bound of the server's capacity, not its limit; "
                      "add --workers or another machine (Locust)")
     waited = max((w for w in cpu.workers_waiting_pct if w is not None), default=None)
-    if waited is not None and waited > 10.0:
+    if waited is not None and waited > STARVED_PCT:
+        gen_busy = True
         notes.append(f"a generator worker waited {waited:.0f} % of the run for a CPU (other processes on the host): "
-                     "its schedule slipped for want of a CPU, not of work")
+                     "it was starved, so the figure is not the server's limit")
+    elif waited is not None and waited > 5.0:
+        notes.append(f"a generator worker waited {waited:.0f} % of the run for a CPU")
     if cpu.host_loadavg and cpu.host_cpus and max(cpu.host_loadavg) > cpu.host_cpus:
         notes.append(f"the host's load average ({max(cpu.host_loadavg):.1f}) exceeded its {cpu.host_cpus} CPUs: other processes "
                      "competed for the CPU, so the generator (or the server) may have waited to run; rerun on a quiet machine")
@@ -297,7 +301,8 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         gen_busy = True
     if gen_busy and limited in ("server", "errors"):
         limited = "generator"
-    server_limit = not gen_busy and limited in ("server", "quota", "port range", "fd limit", "capacity") and not run.interrupted
+    # a refusal (486, 508) is the server's own word whatever the generator's state; a rate or a loss is not, from a busy generator
+    server_limit = not run.interrupted and (limited in ("quota", "port range", "fd limit", "capacity") or (limited == "server" and not gen_busy))
     return Verdict(figure, value, limited, server_limit, tuple(notes))
 
 
@@ -330,6 +335,8 @@ def build_report(run: Run) -> LoadReport:
     else:
         hold = _hold(run, facts)
     released = (sum(f["released"][0] for f in _finals(run)), sum(f["released"][1] for f in _finals(run)))
+    if alloc is not None:  # every cycle released its own allocation
+        released = (alloc.ok - alloc.step_errors.get("release", 0), alloc.step_errors.get("release", 0))
     d = run.drops()
     own = [f.get("drops") for f in _finals(run)]
     run._gen_drops = sum(own) if own and None not in own else None  # type: ignore[attr-defined]
