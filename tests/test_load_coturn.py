@@ -162,6 +162,7 @@ def test_alloc_counts_errors_by_code(coturn):
     report = run_load(cfg, check_first=False)
     assert report.alloc.ok == 0 and report.alloc.errors.get("401", 0) == report.alloc.attempts >= 20
     assert report.steps[0].passed is False and "401" in report.steps[0].reason
+    assert report.exit_code == 5 and report.failures[-1].kind == "auth_refused"  # nothing allocated: the server's answer decides
 
 
 def test_alloc_steps_and_releases(coturn):
@@ -180,8 +181,11 @@ def _cli(server: Server, *args: str, timeout: float = 60.0, **popen):
 
 
 def test_cli_json_schema_and_baseline_regression(coturn, tmp_path):
-    done = _cli(coturn, "--profile", "audio", "--sessions", "3", "--duration", "1", "--json")
+    page = tmp_path / "load.html"
+    done = _cli(coturn, "--profile", "audio", "--sessions", "3", "--duration", "1", "--json", "--report", str(page))
     assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert "<svg" in text and "<script" not in text and 'src="http' not in text and "Per session" in text
     doc = json.loads(done.stdout)
     assert doc["schema"] == "natkit.load/1" and doc["ok"] and doc["media"]["loss_pct"] == 0.0
     assert doc["server_facts"]["port_range"] == [61000, 61999] and doc["server_facts"]["fd_limit"] > 0

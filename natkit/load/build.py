@@ -316,11 +316,25 @@ def _failures(run: Run, media: MediaTotals | None, hold: HoldTotals | None, rele
         out.append(Failure.check("setup", f"{media.sessions_failed} of {media.sessions + media.sessions_failed} sessions could not be "
                                           f"set up ({codes or 'no answer'})"))
     if media is not None and media.sessions == 0:
-        codes = ", ".join(f"{k} x{v}" for k, v in run.errors().items())
-        out.append(Failure.check("setup", f"no session could be set up ({codes or 'no answer'})"))
+        out.append(nothing_allocated("setup", "no session could be set up", run.errors()))
+    if hold is not None and hold.reached == 0:
+        out.append(nothing_allocated("allocate", "no allocation succeeded", hold.errors))
     if released[1]:
         out.append(Failure.check("release", f"{released[1]} allocations were not confirmed released (Refresh LIFETIME 0)"))
     return out
+
+
+def nothing_allocated(step: str, what: str, errors: dict[str, int]) -> Failure:
+    """The failure of a run in which the server allocated nothing, with the exit code of its most frequent answer:
+    401/441 → 5, 403/437/486/508 … → 6, timeouts → 4, else 1."""
+    from ..stun.turn import ALLOCATION_CODES, AUTH_CODES
+
+    codes = ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "no answer"
+    top = max(errors, key=errors.get) if errors else "timeout"  # type: ignore[arg-type]
+    kind = ("auth_refused" if top.isdigit() and int(top) in AUTH_CODES else
+            "allocation_refused" if top.isdigit() and int(top) in ALLOCATION_CODES else
+            "unreachable" if top in ("timeout", "unreachable") else "check_failed")
+    return Failure(kind, step, f"{what} ({codes})")
 
 
 def build_report(run: Run) -> LoadReport:
@@ -346,6 +360,8 @@ def build_report(run: Run) -> LoadReport:
     cpu = _cpu(run)
     check = cross_check(run, sessions)
     failures = _failures(run, media, hold, released)
+    if alloc is not None and alloc.attempts and alloc.ok == 0:
+        failures.append(nothing_allocated("allocate", "no allocation succeeded", alloc.errors))
     for message in run.worker_errors:
         failures.append(Failure("internal", "worker", message))
     if len(run.finals) and any(f is None for f in run.finals):

@@ -136,12 +136,12 @@ def _summary(report: LoadReport) -> list[tuple[str, Any]]:
     m = report.media
     if m is not None:
         rows += [("packets", f"sent {m.sent:,}, to peer {m.to_peer:,}, back {m.returned:,}"),
-                 ("relayed", f"{m.relayed_pps:,.0f} packets/s"), ("loss", f"{m.loss_pct} %"),
-                 ("RTT", f"p50 {m.rtt_ms_p50} ms, p99 {m.rtt_ms_p99} ms"), ("jitter p95", f"{m.jitter_ms_p95} ms")]
+                 ("relayed", f"{m.relayed_pps:,.0f} packets/s"), ("loss", f"{_n(m.loss_pct, 3)} %"),
+                 ("RTT", f"p50 {_n(m.rtt_ms_p50, 2)} ms, p99 {_n(m.rtt_ms_p99, 2)} ms"), ("jitter p95", f"{_n(m.jitter_ms_p95, 3)} ms")]
     if report.alloc is not None:
         a = report.alloc
         rows += [("allocations", f"{a.ok} of {a.attempts}"), ("errors", a.errors or "none"),
-                 ("Allocate latency", f"p50 {a.latency_ms_p50} ms, p99 {a.latency_ms_p99} ms")]
+                 ("Allocate latency", f"p50 {_n(a.latency_ms_p50, 1)} ms, p99 {_n(a.latency_ms_p99, 1)} ms")]
     if report.hold is not None:
         rows += [("concurrent allocations", f"{report.hold.reached} of {report.hold.target}"), ("ceiling", report.hold.reason)]
     if report.cross_check is not None:
