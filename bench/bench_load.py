@@ -162,7 +162,7 @@ def bench_pps(quick: bool) -> None:
         finally:
             peer.terminate()
             peer.wait(5)
-        for rate in ((10_000, 20_000, 30_000) if quick else (10_000, 20_000, 30_000, 40_000, 50_000)):
+        for rate in ((10_000, 20_000, 30_000) if quick else (10_000, 15_000, 20_000, 30_000, 40_000, 50_000)):
             r = run_load(natkit_cfg("rate", port, server, rate=rate, sessions=100, size=120, duration=seconds))
             m = r.media
             rows.append({"tool": f"natkit --profile rate --rate {rate} --sessions 100", "sent": m.sent, "back": m.returned,
