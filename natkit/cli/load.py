@@ -11,6 +11,8 @@ measured is still printed).
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from . import options, output
@@ -107,10 +109,10 @@ def build_config(turn_uri: str, *, profile: str, secret, user, password, name, s
         raise UsageError(f"unknown profile {profile!r}", hint="use " + ", ".join(PROFILES))
     creds = resolve(secret=secret, user=user, password=password, uris=[turn_uri], name=name)
     username, pw = creds.pair(ttl=int(max_time) + 3600)
-    rest = {"secret": creds.secret, "user": creds.user or "natkit-load"} if creds.kind == "rest" else {}
+    rest: dict[str, Any] = {"secret": creds.secret, "user": creds.user or "natkit-load"} if creds.kind == "rest" else {}
     server = asyncio.run(resolve_host(parsed.host, parsed.port, transport=parsed.transport))
     transport = "tls" if parsed.secure else parsed.transport
-    local = creds.server or _managed(turn_uri, name)
+    local: Any = creds.server or _managed(turn_uri, name)
     read_log = None
     port_range = quotas = None
     if local is not None:

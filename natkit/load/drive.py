@@ -162,7 +162,11 @@ def drive_alloc(run: Run) -> None:
         elapsed = time.monotonic() - t0
         cpu = meter.lap()
         t1 = time.monotonic()
-        run.wait(cfg.timeout + 1.0, lambda t1=t1: all(t > t1 for t in run.snap_t) and run.total("in_flight") == 0)
+        
+        def settled(t1: float = t1) -> bool:
+            return all(t > t1 for t in run.snap_t) and run.total("in_flight") == 0
+
+        run.wait(cfg.timeout + 1.0, settled)
         step = _judge_alloc(run, epoch, rate, elapsed, cpu)
         run.steps.append(step)
         if not step.passed:

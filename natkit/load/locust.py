@@ -77,7 +77,7 @@ def _settings(host: str) -> dict[str, Any]:
         from ..stun.aio import client_ssl_context
 
         ssl = client_ssl_context(os.environ.get("NATKIT_TURN_INSECURE") != "1", os.environ.get("NATKIT_TURN_CA"))
-    return {"server": TransportAddress(info[0], info[1]), "transport": "tls" if uri.secure else uri.transport,
+    return {"server": TransportAddress(str(info[0]), int(info[1])), "transport": "tls" if uri.secure else uri.transport,
             "username": username, "password": password, "ssl": ssl, "server_hostname": uri.host if uri.secure else None}
 
 

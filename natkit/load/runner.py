@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_conns
 from typing import Any
 
@@ -63,7 +64,7 @@ class Run:
         self.send_end: float | None = None
         self.hold_seconds = 0.0
         self.cpu_total: CpuMeter | None = None
-        self.cpu_result: dict[int, tuple[float, float]] = {}
+        self.cpu_result: dict[int, tuple[float, float, float | None]] = {}
         self._last_progress = 0.0
         self._udp0: dict | None = None
         self._drops0: tuple[int | None, int | None] = (None, None)
@@ -80,7 +81,7 @@ class Run:
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)
-            self.pids.append(proc.pid)
+            self.pids.append(proc.pid or 0)
             self.snaps.append({})
             self.snap_t.append(0.0)
             self.finals.append(None)
@@ -118,6 +119,7 @@ class Run:
             time.sleep(max(0.0, timeout))
             return out
         for conn in wait_conns(live, timeout):
+            assert isinstance(conn, Connection)
             i = self.conns.index(conn)
             try:
                 while conn.poll():
@@ -264,7 +266,7 @@ class Run:
             out["sndbuf_errors"] = udp.get("SndbufErrors", 0) - self._udp0.get("SndbufErrors", 0)
         return out
 
-    def saturated(self, cpu: dict[int, tuple[float, float]]) -> float | None:
+    def saturated(self, cpu: dict[int, tuple[float, float, float | None]]) -> float | None:
         """The busiest worker's CPU % when above :data:`SATURATED_PCT`, else None."""
         busiest = max((cpu[p][0] for p in self.pids if p in cpu), default=0.0)
         return busiest if busiest > SATURATED_PCT else None
