@@ -116,6 +116,7 @@ def bench_alloc(quick: bool) -> None:
                                     max_latency_ms=250, max_steps=12), read_server_log=server.logs)
             a = r.alloc
             rows.append({"tool": f"natkit --profile alloc{'' if channel else ' --no-channel'}", "allocs_per_s": a.best_rate_per_s,
+                         "peak_allocs_per_s": a.peak_rate_per_s,
                          "p99_ms": a.latency_ms_p99, "errors": a.errors, "stopped": r.steps[-1].reason if r.steps else None,
                          "worker_cpu": r.cpu.worker_max_pct, "server_cpu": r.cpu.server_pct})
             log(f"alloc natkit channel={channel}: {a.best_rate_per_s} /s, stop: {rows[-1]['stopped']}")

@@ -127,7 +127,8 @@ def _alloc(run: Run) -> AllocTotals:
                        latency_ms_p50=_ms(lat.percentile(50)), latency_ms_p95=_ms(lat.percentile(95)),
                        latency_ms_p99=_ms(lat.percentile(99)),
                        best_rate_per_s=max((s.achieved_per_s or 0.0 for s in best), default=None),
-                       best_offered_per_s=max((s.offered_per_s or 0.0 for s in best), default=None))
+                       best_offered_per_s=max((s.offered_per_s or 0.0 for s in best), default=None),
+                       peak_rate_per_s=max((s.achieved_per_s or 0.0 for s in run.steps), default=None))
 
 
 def _hold(run: Run, facts: ServerFacts) -> HoldTotals:

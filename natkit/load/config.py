@@ -165,12 +165,14 @@ class LoadConfig:
         return self.traffic.pps * n if self.profile != "rate" else float(self.rate or 0)
 
     def worker_count(self, cpus: int) -> int:
-        """``workers``, or as many as the offered load needs (~15,000 packets/s each, at most one per CPU)."""
+        """``workers``, or as many as the offered load needs (~15,000 packets/s each), at most one per CPU
+        and, when the server runs on this host (``server_pid`` or a loopback address), one CPU left to it."""
         if self.workers is not None:
             return self.workers
         if self.profile in MEDIA_PROFILES:
+            local = self.server_pid is not None or self.server.host.startswith("127.") or self.server.host == "::1"
             peak = self.offered_pps(self.sessions * (4 if self.ramp else 1))
-            return max(1, min(cpus, math.ceil(peak / 15_000)))
+            return max(1, min(cpus - 1 if local else cpus, math.ceil(peak / 15_000)))
         return 1
 
     def public(self) -> dict:

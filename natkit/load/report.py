@@ -137,6 +137,7 @@ class AllocTotals:
     latency_ms_p99: float | None
     best_rate_per_s: float | None  # the highest step that passed: successful allocations/s
     best_offered_per_s: float | None
+    peak_rate_per_s: float | None = None  # the highest achieved rate of any step, passing or not
 
 
 @dataclasses.dataclass(frozen=True)
