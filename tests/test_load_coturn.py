@@ -239,3 +239,48 @@ def test_rest_secret_gives_every_call_its_own_user(quota_coturn):
                                                 same_user=True))
     assert same.media.sessions == 5 and same.media.sessions_failed == 3 and same.exit_code == 1
     assert any(f.step == "setup" and "486 x3" in f.message for f in same.failures)
+
+
+@pytest.fixture(scope="module")
+def docker_coturn(tmp_path_factory):
+    """The same -v coturn in a container (host networking, an image built offline from this host's turnserver)."""
+    import contextlib
+
+    from natkit.pytest_plugin import require_docker
+
+    require_docker()
+    require_coturn()
+    from natkit.coturn import docker as backend
+    from natkit.coturn.image import build_local_image
+
+    tag = build_local_image("natkit/coturn:pytest-load")
+    port = free_port()
+    cfg = CoturnConfig(listening_port=port, relay_ips=("127.0.0.2",), min_port=62000, max_port=62099, static_auth_secrets=(SECRET,),
+                       allow_loopback_peers=True, allowed_peer_ranges=("127.0.0.1", "127.0.0.2"), realm="natkit.load", extra=("verbose",))
+    state = str(tmp_path_factory.mktemp("docker-load-state"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NATKIT_STATE_DIR", state)
+        server = CoturnServer(cfg, backend="docker", image=tag, name="load-docker")
+        server.start()
+        try:
+            yield Server(server, port, None, state, None)
+        finally:
+            server.stop()
+            client = backend.client()
+            with contextlib.suppress(Exception):
+                client.images.remove(tag, noprune=False)
+            client.close()
+
+
+def test_docker_backend_audio_and_hold(docker_coturn):
+    """--name of a containerised coturn: its PID (docker inspect), its log (the usage cross-check), its port range."""
+    done = _cli(docker_coturn, "--profile", "audio", "--sessions", "3", "--duration", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["media"]["loss_pct"] == 0.0 and doc["released"] == 3
+    assert doc["cross_check"]["sessions_checked"] == 3 and not doc["cross_check"]["mismatches"]
+    assert doc["cpu"]["server_pct"] is not None and doc["server_facts"]["pid"]
+    hold = _cli(docker_coturn, "--profile", "hold", "--sessions", "150", "--duration", "1", "--json")
+    h = json.loads(hold.stdout)["hold"]
+    assert h["reached"] == 100 and h["first_refusal"]["code"] == "508"
+    assert h["reason"].endswith("the relay port range 62000-62099 has 100 ports"), h["reason"]
