@@ -212,10 +212,11 @@ def test_cli_exit_codes(coturn):
     assert bad.returncode == 2 and "--rate" in bad.stderr
 
 
-def test_ctrl_c_still_reports_and_releases(coturn):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_still_reports_and_releases(coturn, sig):
     proc = _cli(coturn, "--profile", "audio", "--sessions", "3", "--duration", "60", "--json", start_new_session=True)
     time.sleep(4.0)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole process group
+    os.killpg(proc.pid, sig)  # what a terminal (Ctrl-C) or a supervisor (SIGTERM) does: the whole process group
     out, err = proc.communicate(timeout=40)
     assert proc.returncode == 130, err
     doc = json.loads(out)

@@ -250,7 +250,10 @@ class Run:
         for proc in self.procs:
             proc.join(timeout=2.0)
             if proc.is_alive():
-                proc.terminate()
+                proc.terminate()  # the worker's SIGTERM: stop and release
+                proc.join(timeout=self.cfg.timeout + 3.0)
+            if proc.is_alive():
+                proc.kill()
                 proc.join(timeout=2.0)
         for conn in self.conns:
             conn.close()

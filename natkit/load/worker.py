@@ -16,9 +16,10 @@ command                                what the worker does
 =====================================  ===========================================
 
 The worker ignores SIGINT (Ctrl-C reaches the whole process group; the
-coordinator decides) and stops by itself when the pipe closes (the
-coordinator died) or its hard time limit passes: it never outlives a run
-and always releases what it allocated.
+coordinator decides), takes SIGTERM and SIGHUP as "stop" (release, report,
+exit), and stops by itself when the pipe closes (the coordinator died) or its
+hard time limit passes: it never outlives a run and always releases what it
+allocated.
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ def raise_fd_limit() -> int:
 
 def main(conn: Connection, cfg: LoadConfig, index: int, workers: int) -> None:
     """The worker process's entry point."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the coordinator decides
     fd_limit = raise_fd_limit()
     try:
         asyncio.run(Worker(conn, cfg, index, workers, fd_limit).run())
@@ -102,6 +102,8 @@ class Worker:
 
         self._drops0 = drops_of([os.getpid()])
         loop.add_reader(self.conn.fileno(), self._commands)
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a group-wide SIGTERM (timeout, systemd): stop, release, report
+            loop.add_signal_handler(sig, self._stop.set)
         deadline = loop.call_later(self.cfg.max_time + 5.0, self._stop.set)  # the hard limit, even without the coordinator
         self._send({"type": "ready", "pid": os.getpid(), "fd_limit": self.fd_limit})
         snapshots = asyncio.ensure_future(self._snapshots())
