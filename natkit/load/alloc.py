@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import NatkitError
 from ..model import TransportAddress
-from .clients import open_client, outcome_of, ssl_context
+from .clients import allocated_client, outcome_of, ssl_context
 from .media import _close, release
 from .stats import Histogram
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 QUARANTINE = 3.0  # s a released allocation's socket stays open, so its port is not reused at once (a reused
 # 5-tuple meets the server's record of the allocation just deleted: 437 Allocation Mismatch)
+RETRIED = "437 on a reused 5-tuple, retried"
 REFUSALS = frozenset({"403", "437", "486", "508"})  # the server said no: the ceiling, not noise
 MAX_CONSECUTIVE_FAILURES = 10
 HOLD_CONCURRENCY = 32
@@ -103,8 +104,9 @@ class AllocLoad:
         t0 = time.monotonic()
         self._n += 1
         try:
-            client = await open_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}")
-            reply = await client.allocate(check=False)
+            client, reply, retried = await allocated_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}")
+            if retried:
+                step.step_errors[RETRIED] = step.step_errors.get(RETRIED, 0) + 1
             if not reply.ok:
                 code = str(reply.code)
                 step.errors[code] = step.errors.get(code, 0) + 1
@@ -170,6 +172,7 @@ class HoldLoad:
         self.channels_failed: dict[str, int] = {}
         self.released = 0
         self.release_failed = 0
+        self.retried = 0  # 437 on a fresh socket, allocated again on another (see clients.allocated_client)
         self.running = True
         self._n = 0
         self.worker = worker_index
@@ -230,8 +233,9 @@ class HoldLoad:
         t0 = time.monotonic()
         self._n += 1
         try:
-            client = await open_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}")
-            reply = await client.allocate(lifetime=self.cfg.lifetime, check=False)
+            client, reply, retried = await allocated_client(self.cfg, self.ctx, who=f"{self.worker}.{self._n}",
+                                                            lifetime=self.cfg.lifetime)
+            self.retried += retried
             if not reply.ok:
                 await _close(client)
                 return str(reply.code), reply.reason
@@ -307,7 +311,7 @@ class HoldLoad:
                 "opening": self.opening, "errors": dict(self.errors), "first_refusal": self.first_refusal,
                 "latency": self.latency.to_dict(), "refreshes_ok": self.refreshes_ok,
                 "refreshes_failed": dict(self.refreshes_failed), "channels_failed": dict(self.channels_failed),
-                "released": self.released, "release_failed": self.release_failed}
+                "released": self.released, "release_failed": self.release_failed, "retried_437": self.retried}
 
     def results(self) -> dict:
         return {}

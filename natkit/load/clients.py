@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     EnvironmentProblem,
@@ -70,6 +70,33 @@ async def open_client(cfg: LoadConfig, ctx: ssl.SSLContext | None, *, rcvbuf: in
             except OSError:
                 pass
     return client
+
+
+async def allocated_client(cfg: LoadConfig, ctx: ssl.SSLContext | None, *, who: str | None = None, rcvbuf: int | None = None,
+                           lifetime: int | None = None) -> tuple[TurnClient, Any, bool]:
+    """``(client, Allocate reply, retried)``: a fresh client and its Allocate (``check=False``).
+
+    A 437 Allocation Mismatch on a brand-new socket means the kernel handed
+    out a local port whose previous 5-tuple the server still remembers (it
+    deletes a released allocation a moment later): like any client, take a new
+    socket and allocate once more (``retried`` True; counted, not an error).
+    Raises what :func:`open_client` and the request raise.
+    """
+    client = await open_client(cfg, ctx, rcvbuf=rcvbuf, who=who)
+    try:
+        reply = await client.allocate(lifetime=lifetime, check=False)
+    except BaseException:
+        await client.close(release=False)
+        raise
+    if reply.code != 437:
+        return client, reply, False
+    await client.close(release=False)
+    client = await open_client(cfg, ctx, rcvbuf=rcvbuf, who=who)
+    try:
+        return client, await client.allocate(lifetime=lifetime, check=False), True
+    except BaseException:
+        await client.close(release=False)
+        raise
 
 
 def outcome_of(exc: BaseException) -> str:

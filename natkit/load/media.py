@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NatkitError
 from ..model import TransportAddress
 from . import packet
-from .clients import open_client, outcome_of, ssl_context, writable
+from .clients import allocated_client, outcome_of, ssl_context, writable
 from .stats import Histogram, Jitter, SeqTracker
 
 if TYPE_CHECKING:
@@ -197,6 +197,7 @@ class MediaLoad:
         self.offered = 0
         self.skipped = 0  # frames not sent because the worker fell behind
         self.send_errors = 0
+        self.retried = 0  # 437 on a fresh socket, allocated again on another
         self.backpressure = 0  # packets not sent: a TCP/TLS connection's queue was full
         self.capped = False
         self.running = True  # False: set up no more sessions
@@ -230,11 +231,13 @@ class MediaLoad:
         s = MediaSession(index, self)
         t0 = time.monotonic()
         try:
-            s.a = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=str(index))
-            s.count(await s.a.allocate())
+            s.a, reply, retried = await allocated_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=str(index))
+            self.retried += retried
+            s.count(reply).raise_for_error(server=str(cfg.server), step="allocate")
             if cfg.peer == "allocation":
-                s.b = await open_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=f"{index}p")
-                await s.b.allocate()
+                s.b, reply, retried = await allocated_client(cfg, self.ctx, rcvbuf=cfg.rcvbuf // 4, who=f"{index}p")
+                self.retried += retried
+                reply.raise_for_error(server=str(cfg.server), step="allocate")
                 s.peer_addr = s.b.relayed
                 await self._bind(s.b, s.a.relayed, None)  # type: ignore[arg-type]
                 s.b.on_data = s.on_peer
@@ -344,7 +347,7 @@ class MediaLoad:
         return {
             "sessions": len(self.sessions), "sending": len(self._sending_sessions()), "failed": len(self.failed), "sent": self.sent, "offered": self.offered,
             "returned": sum(self.ep_returned), "peer_received": echo_recv, "skipped": self.skipped,
-            "backpressure": self.backpressure, "send_errors": self.send_errors, "errors": dict(self.errors), "capped": self.capped,
+            "backpressure": self.backpressure, "send_errors": self.send_errors, "retried_437": self.retried, "errors": dict(self.errors), "capped": self.capped,
             "epochs": {e: (self.ep_sent[e], self.ep_returned[e]) for e in range(last + 1) if self.ep_sent[e] or self.ep_returned[e]},
             "rtt": {e: self.ep_rtt[e].to_dict() for e in range(last + 1) if self.ep_rtt[e].count},
         }
