@@ -184,6 +184,7 @@ def test_cpu_meter_sees_this_process_busy():
     assert 999_999_999 not in lap  # a process that does not exist is "not measured", not 0 %
     busy, thread, waited = lap[os.getpid()]
     # a process that never sleeps either runs or waits for a CPU: the two add up to ~100 % on any host load
-    assert waited is not None and busy + waited > 70 and thread <= busy + 1
+    # (the busiest thread is read a moment after the process: one clock tick, 10 ms in 0.3 s, apart)
+    assert waited is not None and busy + waited > 70 and thread <= busy * 1.05 + 5
     counters = udp_counters()
     assert counters is not None and "RcvbufErrors" in counters and "SndbufErrors" in counters
