@@ -91,7 +91,8 @@ max supported number of TURN Sessions possible is: 2000 (approximately)
 8: : session 001000000000000001: new, realm=<natkit>, username=<1796121000:u1>, lifetime=600
 9: : session 001000000000000001: usage: realm=<natkit>, username=<1796121000:u1>, rp=14, rb=1392, sp=13, sb=1412
 9: : session 001000000000000001: peer usage: realm=<natkit>, username=<1796121000:u1>, rp=9, rb=900, sp=10, sb=1000
-9: : session 001000000000000001: closed (2nd stage), user <1796121000:u1> realm <natkit> origin <>, local 127.0.0.1:3478, remote 127.0.0.1:50583, reason: allocation timeout
+9: : session 001000000000000001: closed (2nd stage), user <1796121000:u1> realm <natkit> origin <>, \
+local 127.0.0.1:3478, remote 127.0.0.1:50583, reason: allocation timeout
 """
 
 

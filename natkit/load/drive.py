@@ -162,7 +162,7 @@ def drive_alloc(run: Run) -> None:
         elapsed = time.monotonic() - t0
         cpu = meter.lap()
         t1 = time.monotonic()
-        
+
         def settled(t1: float = t1) -> bool:
             return all(t > t1 for t in run.snap_t) and run.total("in_flight") == 0
 

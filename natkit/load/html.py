@@ -169,10 +169,20 @@ td,th{{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left;vertical-
 <table>{_rows(_summary(report))}</table>
 {"<ul>" + notes + "</ul>" if notes else ""}{'<ul class="fail">' + failures + "</ul>" if failures else ""}
 {plots}
-{"<h2>Steps</h2><table><tr><th>step</th><th>sessions</th><th>offered/s</th><th>achieved/s</th><th>loss %</th><th>RTT p99 ms</th><th>Allocate p99 ms</th><th>gen CPU %</th><th>server CPU %</th><th>result</th></tr>" + steps + "</table>" if steps else ""}
+{_steps_table(steps)}
 <h2>Configuration</h2><pre>{config}</pre>
 </body></html>
 """
+
+
+STEP_COLUMNS = ("step", "sessions", "offered/s", "achieved/s", "loss %", "RTT p99 ms", "Allocate p99 ms", "gen CPU %", "server CPU %", "result")
+
+
+def _steps_table(rows: str) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in STEP_COLUMNS)
+    return f"<h2>Steps</h2><table><tr>{head}</tr>{rows}</table>"
 
 
 def _n(value: float | None, digits: int = 0) -> str:

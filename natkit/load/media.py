@@ -98,7 +98,9 @@ class EchoPeer:
 class MediaSession:
     """One call: client allocation ``a``, its peer (echo or allocation ``b``), counters."""
 
-    __slots__ = ("a", "b", "bad", "control_received", "control_sent", "index", "jitter_fwd", "jitter_ret", "load", "local", "peer_addr", "peer_received", "peer_sent", "relayed", "returned", "rtt", "send", "sent", "seq", "setup_ms", "tracker")
+    __slots__ = ("a", "b", "bad", "control_received", "control_sent", "index", "jitter_fwd", "jitter_ret", "load",
+                 "local", "peer_addr", "peer_received", "peer_sent", "relayed", "returned", "rtt", "send", "sent",
+                 "seq", "setup_ms", "tracker")
 
     def __init__(self, index: int, load: MediaLoad) -> None:
         self.index = index

@@ -149,8 +149,10 @@ def _media(report: LoadReport, con: Any, output: Any) -> None:
         ["rates", f"offered {m.offered_pps:,.0f}/s  sent {m.sent_pps:,.0f}/s  relayed {m.relayed_pps:,.0f}/s (both directions)"],
         ["loss", (f"{_f(m.loss_pct, '{:.3f}', ' %')} round trip (forward {_f(m.forward_loss_pct, '{:.3f}', ' %')}, "
                   f"return {_f(m.return_loss_pct, '{:.3f}', ' %')}); reordered {m.reordered}, duplicates {m.duplicates}")],
-        ["RTT", f"p50 {_f(m.rtt_ms_p50, '{:.2f}')} ms  p95 {_f(m.rtt_ms_p95, '{:.2f}')} ms  p99 {_f(m.rtt_ms_p99, '{:.2f}')} ms  max {_f(m.rtt_ms_max, '{:.2f}')} ms"],
-        ["jitter (RFC 3550, one way)", f"p50 {_f(m.jitter_ms_p50, '{:.3f}')} ms  p95 {_f(m.jitter_ms_p95, '{:.3f}')} ms  max {_f(m.jitter_ms_max, '{:.3f}')} ms across sessions"]]))
+        ["RTT", (f"p50 {_f(m.rtt_ms_p50, '{:.2f}')} ms  p95 {_f(m.rtt_ms_p95, '{:.2f}')} ms  "
+                 f"p99 {_f(m.rtt_ms_p99, '{:.2f}')} ms  max {_f(m.rtt_ms_max, '{:.2f}')} ms")],
+        ["jitter (RFC 3550, one way)", (f"p50 {_f(m.jitter_ms_p50, '{:.3f}')} ms  p95 {_f(m.jitter_ms_p95, '{:.3f}')} ms  "
+                                        f"max {_f(m.jitter_ms_max, '{:.3f}')} ms across sessions")]]))
 
 
 def _generator(report: LoadReport, con: Any, output: Any) -> None:
