@@ -6,6 +6,7 @@ Bounded: 6 users for 6 s; every allocation released (coturn's log has a usage li
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import socket
 import subprocess
@@ -17,9 +18,12 @@ import pytest
 
 from natkit.load.coturn_log import sessions as usage_sessions
 
-pytest.importorskip("locust", reason="Locust is natkit's [load] extra")
+# Never import locust in the test process: importing it gevent-monkey-patches the whole interpreter
+# (sockets, threads, asyncio's selectors) for every test that runs after it. Locust runs in subprocesses.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("Locust is natkit's [load] extra", allow_module_level=True)
 
-from test_load_coturn import SECRET, _start
+from test_load_coturn import SECRET, _start  # noqa: E402  (the same -v coturn)
 
 LOCUSTFILE = """\
 from natkit.load.locust import TurnAllocationUser, TurnCallUser  # noqa: F401
@@ -87,3 +91,10 @@ def test_master_and_two_workers_drive_turn_users(coturn, tmp_path):
             break
         time.sleep(0.3)
     assert allocated >= int(alloc["Request Count"]) and ended >= allocated
+
+
+def test_the_test_process_never_imports_locust():
+    """A collected Locust import would monkey-patch every later test with gevent (this broke the browser tests once)."""
+    import sys
+
+    assert "locust" not in sys.modules and "gevent.monkey" not in sys.modules
