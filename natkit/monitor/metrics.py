@@ -11,6 +11,7 @@ measure are left out ("not checked is not false"): a dead server has
 =====================================================  =========  ===========================================
 name                                                   type       meaning
 =====================================================  =========  ===========================================
+natkit_monitor_up                                      gauge      1: the server answered (Binding or Allocate, even an error)
 natkit_monitor_probe_success                           gauge      1: every check of the last probe passed
 natkit_monitor_probe_duration_seconds                  gauge      the last probe, all steps
 natkit_monitor_probes_total{result}                    counter    probes by result (success, failure)
@@ -117,6 +118,7 @@ class MonitorState:
             return GaugeMetricFamily(PREFIX + name, doc, labels=[*LABELS, *extra])
 
         g = {
+            "up": gauge("up", "1 when the server answered STUN/TURN in the last probe (a Binding or Allocate reply, even an error)"),
             "success": gauge("probe_success", "1 when every check of the last probe passed, else 0"),
             "duration": gauge("probe_duration_seconds", "Duration of the last probe, all steps, in seconds"),
             "last_ok": gauge("last_success_timestamp_seconds", "Unix time of the last successful probe"),
@@ -133,6 +135,7 @@ class MonitorState:
         }
         for key, r in sorted(self.latest.items()):
             labels = list(key)
+            g["up"].add_metric(labels, 1.0 if r.up else 0.0)
             g["success"].add_metric(labels, 1.0 if r.ok else 0.0)
             g["duration"].add_metric(labels, r.duration_ms / 1000.0)
             if key in self.last_success:

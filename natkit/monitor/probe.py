@@ -93,6 +93,7 @@ class ProbeResult:
     uri: str
     transport: str
     ok: bool
+    up: bool  # the server answered STUN/TURN at all (a Binding or an Allocate reply, even an error)
     exit_code: int
     started: float  # unix time, s
     duration_ms: float
@@ -185,7 +186,7 @@ class _Probe:
         self.failures: list[Failure] = []
         self.clients: list[TurnClient] = []
         self.m: dict[str, Any] = {"binding_rtt_ms": None, "allocate_ms": None, "credential_accepted": None, "relayed": None,
-                                  "relay_ok": None, "echo_sent": 0, "echo_received": 0, "rtts": [], "tls": None}
+                                  "relay_ok": None, "answered": False, "echo_sent": 0, "echo_received": 0, "rtts": [], "tls": None}
         self.server_text = str(target.uri)
 
     def left(self, step: str) -> float:
@@ -216,10 +217,11 @@ class _Probe:
         try:
             client = await TurnClient.open(server, ssl=ctx, timeout=self.budget("connect"), **kw)
         except ServerUnreachable as exc:
-            if not (main and t.uri.secure and exc.step == "tls" and t.verify_tls and "not trusted" in exc.message):
+            if not (t.uri.secure and exc.step == "tls" and t.verify_tls and "not trusted" in exc.message):
                 raise
-            self.record("tls", exc)  # the chain does not verify: say so, and go on unverified for the relay figures
-            self.m["chain_error"] = exc.message
+            if main:  # the chain does not verify: say so, and go on unverified for the relay figures
+                self.record("tls", exc)
+                self.m["chain_error"] = exc.message
             client = await TurnClient.open(server, ssl=_ssl_context(False, None), timeout=self.budget("connect"), **kw)
         self.clients.append(client)
         if main and t.uri.secure:
@@ -239,6 +241,7 @@ class _Probe:
             resp = await conn.request(msg, client.server, timeout=budget, rto=0.1)
         else:
             resp = await conn.request(msg, timeout=budget)
+        self.m["answered"] = True
         if resp.message.get("XOR-MAPPED-ADDRESS") is None and resp.message.get("MAPPED-ADDRESS") is None:
             self.failures.append(Failure("no_mapped_address", "binding", "Binding answer without a mapped address", self.server_text))
             return
@@ -248,6 +251,8 @@ class _Probe:
         step = "allocate" if main else "relay_allocate"
         started = self.loop.time()
         reply = await client.allocate(timeout=self.budget("allocate"), check=False)
+        if main:
+            self.m["answered"] = True
         if not reply.ok:
             exc = reply.error(server=self.server_text, step=step)
             if not main:  # reported only when the main allocation worked (else it is the same failure twice)
@@ -413,7 +418,7 @@ def _result(run: _Probe, target: Target, started_wall: float) -> ProbeResult:
     wanted_relay = target.wants("relay")
     ok = not failures and (m["relay_ok"] is True or not wanted_relay)
     return ProbeResult(
-        target=target.name, uri=str(target.uri), transport=target.transport, ok=ok, exit_code=exit_code_for(failures),
+        target=target.name, uri=str(target.uri), transport=target.transport, ok=ok, up=m["answered"], exit_code=exit_code_for(failures),
         started=started_wall, duration_ms=(run.loop.time() - run.t0) * 1000.0,
         binding_rtt_ms=m["binding_rtt_ms"], allocate_ms=m["allocate_ms"], credential_kind=target.credentials.kind,
         credential_accepted=m["credential_accepted"], relayed=str(relayed) if relayed is not None else None,
