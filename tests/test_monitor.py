@@ -220,3 +220,58 @@ def test_config_secret_literal_is_refused(tmp_path):
     config.write_text('[credentials.a]\nsecret = "hunter2"\n[[targets]]\nuri = "turn:127.0.0.1:3478"\n')
     out = natkit("monitor", "once", "--config", str(config))
     assert out.returncode == 2 and "must not be written into the config" in out.stderr and "hunter2" not in out.stderr
+
+
+# ---------------------------------------------------------------------------
+# natkit monitor serve, in process: the schedule, /probe's allow list, /healthz
+
+
+def test_a_silent_target_never_delays_the_others_and_probe_respects_allow(coturn, tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from natkit.monitor.config import parse_config
+    from natkit.monitor.server import Monitor
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a target that swallows every request
+    sink.bind(("127.0.0.1", 0))
+    doc = {"interval": 1, "timeout": 1.5, "listen": "127.0.0.1:0", "credentials": {"c": {"secret_env": "S"}},
+           "targets": [{"name": "silent", "uri": f"turn:127.0.0.1:{sink.getsockname()[1]}"},
+                       {"name": "healthy", "uri": coturn.udp}],
+           "healthz": {"target": "healthy", "cache": 0.5},
+           "modules": {"default": {"credentials": "c", "allow": ["127.0.0.0/8"]}, "strict": {"credentials": "c", "allow": ["*.example.org"]}}}
+    config = parse_config(doc, env={"S": coturn.secret})
+
+    def get(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    async def scenario() -> dict:
+        async with Monitor(config) as mon:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(4.2)
+            probes = {k: sum(n for (t, _, _), n in mon.state.probes.items() if t == k) for k in ("silent", "healthy")}
+            out = {"probes": probes, "silent": mon.state.latest[("silent", "udp")]}
+            out["probe_ok"] = await loop.run_in_executor(None, get, f"{mon.url}/probe?target={coturn.tcp}")
+            out["probe_denied"] = await loop.run_in_executor(None, get, f"{mon.url}/probe?target={coturn.tcp}&module=strict")
+            out["probe_unknown"] = await loop.run_in_executor(None, get, f"{mon.url}/probe?target={coturn.tcp}&module=nope")
+            out["healthz"] = await loop.run_in_executor(None, get, f"{mon.url}/healthz")
+            return out
+
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        sink.close()
+    # healthy: a probe every second (first at once); silent: each takes its whole 1.5 s budget
+    assert out["probes"]["healthy"] >= 4, out["probes"]
+    assert 2 <= out["probes"]["silent"] <= 3, out["probes"]
+    assert ("binding", "timeout") in out["silent"].errors and 1400 < out["silent"].duration_ms < 1700
+    status, body = out["probe_ok"]
+    assert status == 200 and "probe_success 1.0" in body and 'transport="tcp"' in body
+    assert out["probe_denied"][0] == 403 and "does not allow" in out["probe_denied"][1]
+    assert out["probe_unknown"][0] == 400
+    assert out["healthz"][0] == 200 and out["healthz"][1].startswith("ok: healthy (udp)")
