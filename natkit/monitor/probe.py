@@ -250,25 +250,38 @@ class _Probe:
             return
         self.m["binding_rtt_ms"] = resp.rtt_ms
 
-    async def allocate(self, client: TurnClient, *, main: bool) -> bool:
+    async def allocate(self, client: TurnClient, server: TransportAddress, username: str | None, password: str | None, *,
+                       main: bool) -> TurnClient | None:
+        """Allocate on ``client``; returns the client holding the allocation (None when refused).
+
+        A 437 Allocation Mismatch on a fresh socket means the kernel gave it the port of an allocation the
+        server still holds (a released 5-tuple lingers in coturn for a moment): RFC 8656 §7.3 has the client
+        pick another port, so the allocation is retried once on a new connection.
+        """
         step = "allocate" if main else "relay_allocate"
-        started = self.loop.time()
-        reply = await client.allocate(timeout=self.budget("allocate"), check=False)
-        if main:
-            self.m["answered"] = True
-        if not reply.ok:
+        for attempt in (1, 2):
+            started = self.loop.time()
+            reply = await client.allocate(timeout=self.budget("allocate"), check=False)
+            if main:
+                self.m["answered"] = True
+            if reply.ok:
+                break
+            if reply.code == 437 and attempt == 1 and client.transport == "udp":
+                self.clients.remove(client)
+                client.conn.close()
+                client = await self.open(server, username, password, main=False)
+                continue
             exc = reply.error(server=self.server_text, step=step)
             if not main:  # reported only when the main allocation worked (else it is the same failure twice)
                 raise exc
             self.record(step, exc)
-            if main:
-                self.m["credential_accepted"] = False if reply.code in (401, 441) else (True if reply.code in (486, 508, 437) else None)
-            return False
+            self.m["credential_accepted"] = False if reply.code in (401, 441) else (True if reply.code in (486, 508, 437) else None)
+            return None
         if main:
             self.m["allocate_ms"] = (self.loop.time() - started) * 1000.0
             self.m["credential_accepted"] = True if client.session.username else None
             self.m["relayed"] = client.relayed
-        return True
+        return client
 
     async def relay(self, a: TurnClient, b: TurnClient) -> None:
         """Permissions, one echo by indications, channels, the rest of the echoes by ChannelData."""
@@ -378,7 +391,7 @@ async def _steps(run: _Probe, server: TransportAddress, username: str | None, pa
     async def second() -> TurnClient | None:
         try:
             b = await run.open(server, username, password, main=False)
-            return b if await run.allocate(b, main=False) else None
+            return await run.allocate(b, server, username, password, main=False)
         except NatkitError as exc:
             run.m["relay_error"] = exc
             return None
@@ -393,14 +406,14 @@ async def _steps(run: _Probe, server: TransportAddress, username: str | None, pa
                 run.record("binding", exc)
                 if isinstance(exc, ServerUnreachable) and not isinstance(exc, StunTimeout):
                     return
-        allocated = await run.allocate(a, main=True) if t.wants("allocate") else False
+        allocated = await run.allocate(a, server, username, password, main=True) if t.wants("allocate") else None
         b = await b_task if b_task is not None else None
         b_task = None
-        if want_relay and allocated and b is not None:
-            await run.relay(a, b)
+        if want_relay and allocated is not None and b is not None:
+            await run.relay(allocated, b)
         elif want_relay:
             run.m["relay_ok"] = False
-            if allocated and "relay_error" in run.m:
+            if allocated is not None and "relay_error" in run.m:
                 run.record("relay_allocate", run.m["relay_error"])
     finally:
         if b_task is not None:  # bounded by the probe's deadline; awaited, so its errors are retrieved
