@@ -192,3 +192,81 @@ def test_rules_unit_tests_pass_and_can_fail(tmp_path):
     (tmp_path / "natkit-monitor-rules.test.yml").write_text((RULES / "natkit-monitor-rules.test.yml").read_text())
     broken = subprocess.run(["promtool", "test", "rules", "natkit-monitor-rules.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert broken.returncode != 0 and "NatkitTurnDown" in broken.stdout + broken.stderr
+
+
+# ---------------------------------------------------------------------------
+# the monitor's HTTP server
+
+
+def test_http_server_methods_errors_keepalive_and_bounds():
+    import asyncio
+    import socket
+
+    from natkit.monitor.http import MAX_CONNECTIONS, HttpServer, Response
+
+    async def hello(request):
+        return Response.text(200, f"hi {request.query.get('who', '?')}\n")
+
+    async def broken(request):
+        raise ValueError("boom")
+
+    async def exchange(port: int, data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        out = await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        return out
+
+    async def scenario() -> dict:
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        server = HttpServer(sock, {"/hello": hello, "/broken": broken})
+        await server.start()
+        port = sock.getsockname()[1]
+        out = {}
+        try:
+            out["get"] = await exchange(port, b"GET /hello?who=you HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            out["head"] = await exchange(port, b"HEAD /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+            out["post"] = await exchange(port, b"POST /hello HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            out["missing"] = await exchange(port, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+            out["broken"] = await exchange(port, b"GET /broken HTTP/1.1\r\nConnection: close\r\n\r\n")
+            out["garbage"] = await exchange(port, b"\x16\x03\x01 not http\r\n\r\n")
+            out["huge"] = await exchange(port, b"GET /hello HTTP/1.1\r\nX: " + b"a" * 10000 + b"\r\n\r\n")
+            # keep-alive: two requests, two answers on one connection
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /hello?who=1 HTTP/1.1\r\n\r\nGET /hello?who=2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+            out["keepalive"] = await asyncio.wait_for(reader.read(65536), 5)
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                out["keepalive"] += chunk
+            writer.close()
+            # more idle connections than allowed: the extra ones are closed at once, the server still answers after
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_CONNECTIONS + 5)]
+            await asyncio.sleep(0.2)
+            closed = 0
+            for r, _ in idle:
+                try:
+                    if await asyncio.wait_for(r.read(1), 0.05) == b"":
+                        closed += 1
+                except TimeoutError:
+                    pass
+            out["closed_extra"] = closed
+            for _, w in idle:
+                w.close()
+            await asyncio.sleep(0.1)
+            out["after"] = await exchange(port, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+        finally:
+            await server.stop()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["get"].startswith(b"HTTP/1.1 200 OK\r\n") and out["get"].endswith(b"\r\n\r\nhi you\n")
+    assert b"Content-Length: 5\r\n" in out["head"] and out["head"].endswith(b"\r\n\r\n")
+    assert out["post"].startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD" in out["post"]
+    assert out["missing"].startswith(b"HTTP/1.1 404 ")
+    assert out["broken"].startswith(b"HTTP/1.1 500 ") and b"ValueError: boom" in out["broken"]
+    assert out["garbage"].startswith(b"HTTP/1.1 400 ")
+    assert out["huge"].startswith(b"HTTP/1.1 431 ")
+    assert out["keepalive"].count(b"HTTP/1.1 200 OK") == 2 and b"hi 1\n" in out["keepalive"] and b"hi 2\n" in out["keepalive"]
+    assert out["closed_extra"] == 5
+    assert out["after"].startswith(b"HTTP/1.1 200 OK")

@@ -1,4 +1,4 @@
-"""``natkit monitor serve``: the probe scheduler and the HTTP endpoints (aiohttp).
+"""``natkit monitor serve``: the probe scheduler and the HTTP endpoints (:mod:`natkit.monitor.http`).
 
 * ``/metrics``: the Prometheus exposition of :class:`~natkit.monitor.metrics.MonitorState`
   plus this process' CPU and memory (``process_*``).
@@ -30,6 +30,7 @@ from typing import Any, Self
 
 from ..errors import EnvironmentProblem, UsageError
 from .config import Module, MonitorConfig, Target
+from .http import Request, Response
 from .metrics import MonitorState, exposition, probe_exposition, registry
 from .probe import ProbeResult, probe
 
@@ -58,23 +59,17 @@ class Monitor:
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> Monitor:
-        from aiohttp import web
+        from .http import HttpServer
 
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/", self._index)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/probe", self._probe)
-        app.router.add_get("/healthz", self._healthz_handler)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
         host, port = self.config.listen_address
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.create_server((host, port), family=family, backlog=128)
             sock.setblocking(False)
-            await web.SockSite(self._runner, sock).start()
+            self._runner = HttpServer(sock, {"/": self._index, "/metrics": self._metrics, "/probe": self._probe,
+                                             "/healthz": self._healthz_handler})
+            await self._runner.start()
         except OSError as exc:
-            await self._runner.cleanup()
             self._runner = None
             raise EnvironmentProblem(f"cannot listen on {host}:{port}: {exc.strerror or exc}", step="listen",
                                      hint="choose another --listen address or port (port 0 picks a free one)") from None
@@ -93,10 +88,7 @@ class Monitor:
             await asyncio.wait(tasks, timeout=3.0)
         self._tasks = []
         if self._runner is not None:
-            try:
-                await asyncio.wait_for(self._runner.cleanup(), 3.0)
-            except TimeoutError:
-                pass
+            await self._runner.stop()
             self._runner = None
 
     async def __aenter__(self) -> Self:
@@ -197,47 +189,39 @@ class Monitor:
         return modules[name]
 
     # ------------------------------------------------------------- handlers
-    async def _index(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _index(self, request: Request) -> Response:
         lines = ["natkit monitor", "", "/metrics   Prometheus metrics of every target", "/probe?target=URI|NAME[&module=NAME]   one probe now",
                  "/healthz   200 when this node allocates and relays now, else 503", "",
                  *(f"target {t.name} ({t.transport}) {t.uri}" for t in self.config.targets)]
-        return web.Response(text="\n".join(lines) + "\n")
+        return Response.text(200, "\n".join(lines) + "\n")
 
-    async def _metrics(self, request: Any) -> Any:
-        from aiohttp import web
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, exposition(self.registry), CONTENT_TYPE)
 
-        return web.Response(body=exposition(self.registry), headers={"Content-Type": CONTENT_TYPE})
-
-    async def _probe(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _probe(self, request: Request) -> Response:
         text = request.query.get("target")
         if not text:
-            return web.Response(status=400, text="target parameter missing\n")
+            return Response.text(400, "target parameter missing\n")
         try:
             target = self.probe_target(text, request.query.get("module"))
         except UsageError as exc:
-            return web.Response(status=400, text=exc.one_line() + "\n")
+            return Response.text(400, exc.one_line() + "\n")
         except PermissionError as exc:
-            return web.Response(status=403, text=f"{exc}\n")
+            return Response.text(403, f"{exc}\n")
         budget = self.config.timeout
-        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        header = request.headers.get("x-prometheus-scrape-timeout-seconds")
         try:
             if header:
                 budget = max(0.1, min(budget, float(header) - 0.25))
         except ValueError:
             pass
         result = await probe(target, timeout=budget, echoes=self.config.echoes)
-        return web.Response(body=probe_exposition(result), headers={"Content-Type": CONTENT_TYPE})
+        return Response(200, probe_exposition(result), CONTENT_TYPE)
 
-    async def _healthz_handler(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _healthz_handler(self, request: Request) -> Response:
         ok, reason = await self.healthz()
-        return web.Response(status=200 if ok else 503, text=("ok: " if ok else "unhealthy: ") + reason + "\n",
-                            headers={"Cache-Control": "no-store"})
+        return Response.text(200 if ok else 503, ("ok: " if ok else "unhealthy: ") + reason + "\n",
+                             headers=(("Cache-Control", "no-store"),))
 
 
 async def serve_forever(config: MonitorConfig, *, ready: Callable[[Monitor], None] | None = None,
