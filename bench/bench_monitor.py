@@ -64,7 +64,7 @@ def count(text: str, name: str, **labels: str) -> float:
 
 def write_config(path: Path, servers: list, n: int, interval: float) -> list[str]:
     lines = [f"interval = {interval}", "timeout = 2", 'listen = "127.0.0.1:0"']
-    for i, s in enumerate(servers):
+    for i in range(len(servers)):
         lines += [f"[credentials.s{i}]", f'secret_env = "BENCH_SECRET_{i}"']
     names = []
     for k in range(n):
