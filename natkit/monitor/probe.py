@@ -65,6 +65,9 @@ TRACKED_CODES = (401, 403, 437, 438, 441, 486, 508)
 ERROR_LABELS = (*(str(c) for c in TRACKED_CODES), "other", "timeout", "unreachable", "tls", "malformed")
 STEP_CAP = {"connect": 1.0, "binding": 0.5, "allocate": 1.0, "permission": 0.5, "channel_bind": 0.5, "echo": 0.5, "release": 0.3}
 PAYLOAD_LEN = 32
+# RFC 8489 §6.2.1's RTO: a shorter one would retransmit before a distant server's answer, and the RTT of an
+# answered retransmission (measured from the last send) would then read short
+RTO = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +219,7 @@ class _Probe:
         ctx = _ssl_context(t.verify_tls, t.cafile) if t.uri.secure else None
         local = _local_host(server)
         kw: dict[str, Any] = {"transport": t.transport, "username": username, "password": password, "server_hostname": t.server_name or t.uri.host,
-                                  "rto": 0.1, "local_host": local}
+                                  "rto": RTO, "local_host": local}
         try:
             client = await TurnClient.open(server, ssl=ctx, timeout=self.budget("connect"), **kw)
         except ServerUnreachable as exc:
@@ -241,7 +244,7 @@ class _Probe:
         budget = self.budget("binding")
         conn = client.conn
         if isinstance(conn, UdpStunEndpoint):
-            resp = await conn.request(msg, client.server, timeout=budget, rto=0.1)
+            resp = await conn.request(msg, client.server, timeout=budget, rto=RTO)
         else:
             resp = await conn.request(msg, timeout=budget)
         self.m["answered"] = True
