@@ -94,6 +94,36 @@ def test_back_to_back_probes_never_meet_their_own_old_allocation(coturn):
     assert bad == [], [r.failures for r in bad[:3]]
 
 
+def test_binding_rtt_of_a_distant_server_is_not_read_short():
+    """A server 250 ms away (netem is not available here: a loopback responder that answers each Binding
+    after 250 ms): the probe must not retransmit before the answer can arrive, or the RTT of the answered
+    retransmission, measured from the last send, reads short (it read ~150 ms with a 0.1 s RTO)."""
+    from natkit.model import TransportAddress
+    from natkit.stun.codec import Class, Message, decode
+
+    class Slow(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            request = decode(data)
+            answer = Message(request.method, Class.RESPONSE, request.transaction_id,
+                             [("XOR-MAPPED-ADDRESS", TransportAddress(addr[0], addr[1]))])
+            asyncio.get_running_loop().call_later(0.25, self.transport.sendto, answer.encode(), addr)
+
+    async def scenario():
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Slow, local_addr=("127.0.0.1", 0))
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            return await probe(cli_target(f"turn:127.0.0.1:{port}", CredentialSource("x", "rest", secret="s"), checks=("binding",)))
+        finally:
+            transport.close()
+
+    r = asyncio.run(scenario())
+    assert r.ok, r.failures
+    assert 240 <= r.binding_rtt_ms < 400, r.binding_rtt_ms
+
+
 def test_wrong_credentials_count_a_401_and_refused_credentials(coturn):
     r = run(cli_target(coturn.udp, CredentialSource("bad", "rest", secret="not-the-secret")))
     assert not r.ok and r.up and r.exit_code == 5
