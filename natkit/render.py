@@ -74,6 +74,14 @@ class Deployment:
     service_monitor: bool = False
     fd_limit: int = 65536
     turnserver: str = "/usr/bin/turnserver"  # systemd ExecStart binary
+    # natkit monitor next to coturn (natkit/monitor/deploy.py): Kubernetes Deployment/Service/ServiceMonitor/PrometheusRule,
+    # a compose service, a systemd unit; it probes monitor_targets (default: the node itself) every monitor_interval s
+    monitor: bool = False
+    monitor_targets: tuple[str, ...] = ()
+    monitor_image: str = "natkit/monitor:0.1.0"
+    monitor_port: int = 9479
+    monitor_interval: float = 15.0
+    natkit: str = "/usr/local/bin/natkit"  # systemd ExecStart of the monitor
 
     def secrets(self) -> int:
         return max(self.secret_count, len(self.config.static_auth_secrets), 1)
@@ -253,8 +261,14 @@ def render_compose(d: Deployment) -> dict[str, str]:
         "labels": {"natkit.managed": "true"},
     }
     doc = {"services": {"coturn": service}}  # no top-level name: Compose v1 refuses it; the project is the directory
+    monitor_files: dict[str, str] = {}
+    if d.monitor:
+        from .monitor import deploy as monitor
+
+        doc["services"]["monitor"] = monitor.compose_service(d)
+        monitor_files = monitor.compose_files(d)
     text = f"# {HEADER}\n" + "".join(f"#   {step}\n" for step in compose_steps(d)) + _yaml(doc)
-    return {"docker-compose.yml": text, "turnserver.conf": conf, "turn.env.example": _env_example(d)}
+    return {"docker-compose.yml": text, "turnserver.conf": conf, "turn.env.example": _env_example(d), **monitor_files}
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +383,14 @@ def render_kubernetes(d: Deployment) -> dict[str, str]:
             "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta(d.name),
             "spec": {"selector": {"matchLabels": labels}, "endpoints": [{"port": "metrics", "interval": "30s"}]},
         })
-    order = ["namespace.yaml", "configmap.yaml", "secret.yaml", "daemonset.yaml", "poddisruptionbudget.yaml", "metrics-service.yaml", "servicemonitor.yaml"]
+    if d.monitor:
+        from .monitor import deploy as monitor
+
+        files.update({fname: _yaml(doc) for fname, doc in monitor.kubernetes_docs(d, labels).items()})
+        files["monitor-prometheusrule.yaml"] = monitor.prometheus_rule(d, _yaml(
+            {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta(f"{d.name}-monitor")}))
+    order = ["namespace.yaml", "configmap.yaml", "secret.yaml", "daemonset.yaml", "poddisruptionbudget.yaml", "metrics-service.yaml", "servicemonitor.yaml",
+             "monitor-config.yaml", "monitor-deployment.yaml", "monitor-service.yaml", "monitor-servicemonitor.yaml", "monitor-prometheusrule.yaml"]
     files["kustomization.yaml"] = _yaml({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                                          "resources": [f for f in order if f in files]})
     return {k: (v if v.startswith("#") else f"# {HEADER}\n{v}") for k, v in files.items()}
@@ -442,7 +463,12 @@ SystemCallFilter=@system-service
 [Install]
 WantedBy=multi-user.target
 """
-    return {unit_name: unit, "turnserver.conf": conf, "turn.env.example": _env_example(d)}
+    files = {unit_name: unit, "turnserver.conf": conf, "turn.env.example": _env_example(d)}
+    if d.monitor:
+        from .monitor import deploy as monitor
+
+        files.update(monitor.systemd_files(d, config_dir="/etc/natkit/monitor", env_file=f"{SYSTEMD_DIR}/turn.env"))
+    return files
 
 
 def render(target: str, deployment: Deployment) -> dict[str, str]:

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "Real NATs in Linux network namespaces (root): build a lab, run commands in it, run the NAT x NAT outcome matrix."),
     "signal": ("natkit.cli.signal:signal_app", "WebSocket signaling server with rooms, and the browser test page."),
     "peer": ("natkit.cli.signal:peer_cmd", "Join a signaling room, connect to whoever is there, and check the path."),
+    "monitor": ("natkit.cli.monitor:monitor_app", "Monitor TURN servers from outside: Prometheus metrics, /probe, /healthz; or one round."),
 }
 
 

@@ -30,6 +30,10 @@ def render_cmd(
     namespace: str = typer.Option("natkit", "--namespace", help="Kubernetes namespace"),
     fd_limit: int = options.integer(65536, "--fd-limit", help="open-file limit of coturn (one per relayed socket); at most the container engine's own hard limit",
                                     low=1024, high=1 << 20),
+    monitor: bool = typer.Option(False, "--monitor", help="add natkit monitor (compose service, Kubernetes Deployment/Service/ServiceMonitor/PrometheusRule, systemd unit)"),
+    monitor_target: List[str] = typer.Option([], "--monitor-target", help="TURN URI the monitor probes (repeatable; default: the node itself, Kubernetes: the external-ip)"),
+    monitor_image: str = typer.Option("natkit/monitor:0.1.0", "--monitor-image", help="container image with natkit (compose, Kubernetes)"),
+    monitor_interval: float = options.seconds(15.0, "--monitor-interval", help="seconds between the monitor's probes", low=1, high=3600),
     json_out: bool = options.json_flag("print {ok, target, files: {name: text}} (with -o: {ok, target, written}, the paths)"),
 ) -> None:
     """Render a complete coturn deployment from natkit's hardened profile.
@@ -43,6 +47,7 @@ def render_cmd(
         from ..coturn.profiles import build
         from ..errors import UsageError
         from ..render import DEFAULT_IMAGE, Deployment, render, write
+        from ..uri import parse_turn_uri
 
         if secrets < 1 or secrets > 8:
             raise UsageError(f"--secrets must be 1..8, got {secrets}")
@@ -52,7 +57,9 @@ def render_cmd(
                      tls_port=tls_port, realm=realm, external_ip=external_ip, min_port=min_port, max_port=max_port,
                      tcp_relay=tcp_relay, prometheus=prometheus, prometheus_address=prometheus_address, cert=cert, pkey=pkey)
         dep = Deployment(config=prof.config, name=name, namespace=namespace, image=image or DEFAULT_IMAGE,
-                         secret_count=secrets, service_monitor=service_monitor, fd_limit=fd_limit)
+                         secret_count=secrets, service_monitor=service_monitor, fd_limit=fd_limit, monitor=monitor,
+                         monitor_targets=tuple(str(parse_turn_uri(u)) for u in monitor_target), monitor_image=monitor_image,
+                         monitor_interval=monitor_interval)
         files = render(target, dep)
         for w in prof.warnings:
             if "self-signed" not in w:

@@ -335,10 +335,12 @@ def image_build_cmd(
 def _register_subcommands() -> None:
     # turn audit and turn render live in their own modules; cheap to import (their work is imported when they run)
     from .audit import audit_cmd
+    from .load import load_cmd
     from .render import render_cmd
 
     turn_app.command("audit")(audit_cmd)
     turn_app.command("render")(render_cmd)
+    turn_app.command("load")(load_cmd)
 
 
 _register_subcommands()
