@@ -158,7 +158,7 @@ class MediaSession:
         out = bytearray(data)
         out[20:28] = _now_ns().to_bytes(8, "big")
         try:
-            self.b.send(self.relayed, bytes(out))  # type: ignore[arg-type]
+            self.b.send(self.relayed, bytes(out))
             self.peer_sent += 1
         except NatkitError:
             pass
@@ -241,12 +241,12 @@ class MediaLoad:
                 self.retried += retried
                 reply.raise_for_error(server=str(cfg.server), step="allocate")
                 s.peer_addr = s.b.relayed
-                await self._bind(s.b, s.a.relayed, None)  # type: ignore[arg-type]
+                await self._bind(s.b, s.a.relayed, None)
                 s.b.on_data = s.on_peer
             else:
                 assert self.echo is not None
                 s.peer_addr = self.echo.address
-            await self._bind(s.a, s.peer_addr, s)  # type: ignore[arg-type]
+            await self._bind(s.a, s.peer_addr, s)
         except (NatkitError, OSError) as exc:
             code = outcome_of(exc)
             self.errors[code] = self.errors.get(code, 0) + 1
@@ -264,10 +264,10 @@ class MediaLoad:
             s.local = None
         a, peer = s.a, s.peer_addr
         if cfg.send_indications:
-            s.send = lambda payload: a.send(peer, payload)  # type: ignore[arg-type]
+            s.send = lambda payload: a.send(peer, payload)
         else:
-            number = a.session.channel_for(peer)  # type: ignore[arg-type]
-            s.send = lambda payload: a.send_channel(number, payload)  # type: ignore[arg-type]
+            number = a.session.channel_for(peer)
+            s.send = lambda payload: a.send_channel(number, payload)
         self.sessions.append(s)
         self._active = None
 
@@ -300,7 +300,7 @@ class MediaLoad:
             for _ in range(due):
                 s = active[self._rr % n]
                 self._rr += 1
-                if not writable(s.a):  # type: ignore[arg-type]
+                if not writable(s.a):
                     self.backpressure += k
                     continue
                 ok = 0

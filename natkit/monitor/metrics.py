@@ -191,7 +191,7 @@ def registry(state: MonitorState, *, process: bool = True) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(state)  # type: ignore[arg-type]
+    reg.register(state)
     if process:
         ProcessCollector(registry=reg)
     return reg
@@ -217,5 +217,5 @@ def probe_exposition(result: ProbeResult) -> bytes:
             yield GaugeMetricFamily("probe_duration_seconds", "Probe duration in seconds", value=result.duration_ms / 1000.0)
 
     reg = registry(state, process=False)
-    reg.register(_Blackbox())  # type: ignore[arg-type]
+    reg.register(_Blackbox())
     return exposition(reg)
