@@ -13,10 +13,12 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
@@ -24,7 +26,10 @@ import pytest
 
 from natkit.lab.matrix import MODES, pairs
 
-LAB_NETS = ("203.0.113.", "198.51.100.", "10.0.", "100.64.")
+
+def lab_addresses(plan) -> frozenset[str]:
+    """Every address the lab assigns in its namespaces (server, NAT WANs and LANs, hosts)."""
+    return frozenset(ip for node in plan.nodes for ip in node.ips)
 
 
 def require_browser_lab() -> None:
@@ -36,11 +41,24 @@ def require_browser_lab() -> None:
 
 class PacketWatch:
     """Every frame on this machine's own interfaces (an AF_PACKET socket in the root
-    namespace, nothing configured), counting those that carry a lab address."""
+    namespace, nothing configured), keeping those whose IPv4 source is one of the lab's
+    own addresses: such a frame has left the lab's namespaces.
 
-    def __init__(self) -> None:
+    Only the source counts: this machine's other programs may talk to the same
+    documentation ranges (a package mirror at 203.0.113.80, say), to and from the host's
+    own address, and that is not the lab's traffic. Frames that merely carry an address
+    of the lab's ranges are counted apart (``foreign_frames``), for the record.
+    """
+
+    RANGES = ("203.0.113.", "198.51.100.", "10.0.", "100.64.")
+
+    def __init__(self, lab_addresses: Iterable[str]) -> None:
+        host = _host_addresses()
+        self.lab_addresses = frozenset(lab_addresses) - host
+        assert self.lab_addresses, "no lab address to watch"
         self.frames: dict[str, int] = {}
         self.lab_frames: list[tuple[str, str, str]] = []
+        self.foreign_frames = 0
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         self._sock.settimeout(0.2)
@@ -58,8 +76,10 @@ class PacketWatch:
             self.frames[ifname] = self.frames.get(ifname, 0) + 1
             if len(data) >= 34 and data[12:14] == b"\x08\x00":
                 src, dst = socket.inet_ntoa(data[26:30]), socket.inet_ntoa(data[30:34])
-                if src.startswith(LAB_NETS) or dst.startswith(LAB_NETS):
+                if src in self.lab_addresses:
                     self.lab_frames.append((ifname, src, dst))
+                elif src.startswith(self.RANGES) or dst.startswith(self.RANGES):
+                    self.foreign_frames += 1
 
     def __enter__(self) -> Self:
         self.counters_before = _counters()
@@ -74,6 +94,12 @@ class PacketWatch:
 
     def tx_delta(self) -> dict[str, int]:
         return {k: self.counters_after[k] - self.counters_before.get(k, 0) for k in self.counters_after}
+
+
+def _host_addresses() -> frozenset[str]:
+    """The IPv4 addresses of the root namespace's interfaces (``ip -4 -o addr``)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return frozenset(line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3)
 
 
 def _counters() -> dict[str, int]:
@@ -367,7 +393,7 @@ def chromium_matrix(nat_matrix_lab):
     require_browser_lab()
     from natkit.lab.matrix import run_matrix
 
-    with PacketWatch() as watch:
+    with PacketWatch(lab_addresses(nat_matrix_lab.plan)) as watch:
         report = run_matrix(nat_matrix_lab, agent="chromium", deadline=8.0, concurrency=4)
     return report, watch
 
@@ -404,6 +430,47 @@ def test_nothing_left_the_lab_during_the_browser_matrix(chromium_matrix):
     assert watch.lab_frames == [], watch.lab_frames[:10]
     # every interface counter of this machine, for the record (other programs may use eth0)
     assert set(watch.tx_delta()) >= {"lo"}
+
+
+def _frame(src: str, dst: str) -> bytes:
+    """An Ethernet/IPv4/UDP frame no stack accepts: addressed to another MAC (dropped as
+    PACKET_OTHERHOST) and with a wrong IPv4 header checksum, so nothing answers it."""
+    payload = b"natkit packet-watch probe"
+    udp = struct.pack("!HHHH", 9, 9, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 1, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    words = sum(struct.unpack("!10H", header))
+    while words > 0xFFFF:
+        words = (words & 0xFFFF) + (words >> 16)
+    wrong = (~words & 0xFFFF) ^ 0x0101  # never the right checksum
+    header = header[:10] + struct.pack("!H", wrong) + header[12:]
+    return b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00" + header + udp
+
+
+def test_packet_watch_counts_frames_from_the_lab_and_not_the_hosts_own_traffic():
+    """The watch behind test_nothing_left_the_lab_*: a frame whose source is a lab address fails
+    it; this machine's traffic to and from the same ranges (a mirror at 203.0.113.80) does not.
+    The frames are injected on lo only, never routed."""
+    from natkit.lab import LabSpec
+    from natkit.lab.spec import plan
+    from natkit.pytest_plugin import require_lab
+
+    require_lab(True)
+    p = plan(LabSpec.matrix(), "watchprobe")
+    leak = p.node("sym1").ip
+    assert leak is not None
+    inject = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    inject.bind(("lo", 0))
+    with inject, PacketWatch(lab_addresses(p)) as watch:
+        assert leak in watch.lab_addresses and "203.0.113.80" not in watch.lab_addresses
+        inject.send(_frame("127.0.0.1", "203.0.113.80"))  # this machine's pip toward the mirror
+        inject.send(_frame("203.0.113.80", "127.0.0.1"))  # and its answer
+        inject.send(_frame(leak, "127.0.0.1"))  # a lab host's packet outside its namespace
+        deadline = time.monotonic() + 5
+        while not watch.lab_frames and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert ("lo", leak, "127.0.0.1") in watch.lab_frames, watch.lab_frames
+    assert {src for _, src, _ in watch.lab_frames} == {leak}, watch.lab_frames
+    assert watch.foreign_frames >= 2  # seen, and not called a leak
 
 
 # ---------------------------------------------------------------- media
