@@ -666,3 +666,39 @@ def test_firefox_agent_behind_the_nats(pair_lab):
 
     left = namespace_pids([lab.ns("fc1")])[lab.ns("fc1")]
     assert not [p for p in left if os.path.exists(f"/proc/{p}/comm") and "firefox" in Path(f"/proc/{p}/comm").read_text()]
+
+
+def _firefox_processes(pids) -> list[int]:
+    """The ones of ``pids`` that still exist (zombies included)."""
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+@pytest.mark.parametrize("how", ["stdin", "sigterm"])
+def test_firefox_agent_leaves_no_process_behind(how):
+    """When the Firefox agent exits (its stdin closed, or SIGTERM), every process of its Firefox is
+    gone: the browser, its content, socket and utility processes, the fork server and what it forked,
+    none of them left to PID 1, not even as a zombie."""
+    require_browser_lab()
+    from natkit.lab import LabSpec, NatLab
+    from natkit.lab.firefox import firefox_available
+    from natkit.lab.netns import namespace_pids
+    from natkit.lab.peers import AgentClient
+    from natkit.pytest_plugin import _require
+
+    ok, reason = firefox_available()
+    _require("NATKIT_REQUIRE_BROWSER", ok, reason)
+    with NatLab(LabSpec.peers("open"), turn=False, verify=False, agents=False) as lab:
+        ns = lab.ns("open1")
+        agent = AgentClient("open1", ns, log_path=str(lab.dir / "firefox-open1.log"), module="natkit.lab.firefox")
+        try:
+            ready = agent._result(agent.ready, 60, "start")
+            assert ready["browser"] == "firefox"
+            pids = [p for p in namespace_pids([ns])[ns] if p != agent.pid]
+            assert len(pids) >= 2, _describe(pids)  # the browser and at least one child process
+            if how == "sigterm":
+                agent.proc.send_signal(signal.SIGTERM)
+                assert agent.proc.wait(15) == 0  # stopped in order, not killed
+        finally:
+            agent.close(grace=15)
+        left = _firefox_processes(pids)
+        assert left == [], _describe(left)

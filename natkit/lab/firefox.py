@@ -14,7 +14,9 @@ has no route out in any case), opens the page from the lab's signaling
 server, installs ``natkit/web/lab-agent.js`` as a preload script and then
 answers the JSON-lines operations of :mod:`natkit.lab.peers` (``offer``,
 ``answer``, ``accept``, ``result``, ``media``, ``close``) by calling into the page
-(``script.callFunction``). It exits, closing Firefox, when stdin closes.
+(``script.callFunction``). It exits, closing Firefox, when stdin closes or on SIGTERM/SIGHUP;
+as the child subreaper of what Firefox starts (:mod:`natkit.lab.reaper`) it kills and reaps every
+process Firefox left before it exits.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING
+
+from . import reaper
 
 if TYPE_CHECKING:
     import aiohttp
@@ -221,14 +226,35 @@ class FirefoxAgent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(3)
+        # what Firefox left (content processes outliving the browser, the fork server's children) was
+        # re-parented to this process, the subreaper (see _main): killed and reaped here, not left to PID 1
+        reaper.reap_all()
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
 async def _main(host: str, page_url: str | None) -> None:
     proto_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    # Firefox's processes that lose their parent come to this process (not PID 1), so stop() can reap them
+    reaper.set_subreaper()
     agent = FirefoxAgent(host, page_url, proto_out)
     tasks: set = set()
+    loop = asyncio.get_running_loop()
+    reader: asyncio.StreamReader | None = None
+    stopping = False
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        # SIGTERM / SIGHUP: stop as when stdin closes (Firefox closed, its processes reaped), exit 0
+        nonlocal stopping
+        stopping = True
+        if reader is not None:
+            reader.feed_eof()
+        elif main is not None:
+            main.cancel()  # still starting Firefox
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
     try:
         try:
             ready = await agent.start()
@@ -236,9 +262,10 @@ async def _main(host: str, page_url: str | None) -> None:
         except Exception as exc:  # noqa: BLE001
             await agent.reply({"id": 0, "ok": False, "error": f"Firefox did not start: {exc}", "kind": "browser"})
             return
-        loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        if stopping:
+            reader.feed_eof()
         while True:
             line = await reader.readline()
             if not line:
@@ -247,6 +274,9 @@ async def _main(host: str, page_url: str | None) -> None:
                 task = asyncio.ensure_future(agent.handle(json.loads(line)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
     finally:
         for t in list(tasks):
             t.cancel()

@@ -17,6 +17,10 @@ every browser process too.
 SIGINT is ignored (Ctrl-C reaches the whole foreground process group: natkit
 stops the driver in order, and the driver ignores SIGINT too); SIGTERM and
 SIGHUP are passed on to ``PROGRAM``. Cleaning up is bounded (:data:`REAP_TIMEOUT`).
+
+The Firefox agent (:mod:`natkit.lab.firefox`) uses :func:`set_subreaper` and
+:func:`reap_all` in its own process the same way: Firefox's content processes
+and the fork server's children outlive the browser process too.
 """
 
 from __future__ import annotations
