@@ -242,8 +242,8 @@ def keep_best_nomination() -> None:
             if rank(before) > rank(after):
                 self._nominated[pair.component] = before
 
-    check_complete._natkit = True  # type: ignore[attr-defined]
-    ice.Connection.check_complete = check_complete  # type: ignore[method-assign]
+    check_complete._natkit = True  # type: ignore[attr-defined]  # marks the patch as applied
+    ice.Connection.check_complete = check_complete  # type: ignore[method-assign]  # the patch itself (see above)
 
 
 def check_relay_pairs_last(grace: float = 1.5) -> None:
@@ -286,8 +286,8 @@ def check_relay_pairs_last(grace: float = 1.5) -> None:
                 return
         await original(self, pair)
 
-    check_start._natkit = True  # type: ignore[attr-defined]
-    ice.Connection.check_start = check_start  # type: ignore[method-assign]
+    check_start._natkit = True  # type: ignore[attr-defined]  # marks the patch as applied
+    ice.Connection.check_start = check_start  # type: ignore[method-assign]  # the patch itself (see above)
 
 
 def count_rtp_payload(receiver, callback) -> bool:

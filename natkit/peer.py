@@ -328,7 +328,7 @@ class _Channel:
                 self.bulk_ok.set_result(time.monotonic())
         elif t == "file":
             try:
-                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)  # type: ignore[arg-type]
+                sink = _FileSink(str(m.get("name")), int(m.get("size")), str(m.get("sha256")), self.opts.receive_dir)  # type: ignore[arg-type]  # a missing size: the TypeError below
             except (OSError, TypeError, ValueError) as exc:
                 self.notes.append(f"cannot receive file {m.get('name')!r}: {exc}")
                 return

@@ -160,7 +160,7 @@ def _click_exceptions():
     try:
         from typer._click import exceptions  # recent typer vendors click
     except ImportError:  # older typer: click itself
-        from click import exceptions  # type: ignore[no-redef]
+        from click import exceptions  # type: ignore[no-redef]  # the same module, from where older typer keeps it
     return exceptions
 
 

@@ -125,7 +125,7 @@ def profile_options(func: Callable) -> Callable:
         return func(opts=opts, **kwargs)
 
     signature = inspect.Signature([*shared, *own])
-    command.__signature__ = signature  # type: ignore[attr-defined]
+    command.__signature__ = signature  # type: ignore[attr-defined]  # what inspect.signature (and typer) reads
     command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     del command.__wrapped__  # typer must see the new signature, not func's
     return command

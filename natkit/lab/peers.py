@@ -125,7 +125,7 @@ def classify_pair(off: SideResult | None, ans: SideResult | None) -> str:
 def side_from_dict(d: dict | None) -> SideResult | None:
     if not d:
         return None
-    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})  # type: ignore[arg-type]
+    return SideResult(**{f.name: d.get(f.name) for f in dataclasses.fields(SideResult)})  # type: ignore[arg-type]  # field by field from the agent's JSON
 
 
 # ================================================================== agent (inside a namespace)

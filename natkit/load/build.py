@@ -42,7 +42,7 @@ def _finals(run: Run) -> list[dict]:
 
 def read_log(run: Run) -> list[str] | None:
     """The server's log lines: ``run.read_server_log()`` or ``server_log``'s file (None: unknown)."""
-    reader = getattr(run, "read_server_log", None)
+    reader = run.read_server_log
     if reader is not None:
         try:
             return list(reader())
@@ -161,7 +161,7 @@ def hold_reason(target: int, reached: int, first: dict | None, errors: dict[str,
     """The ceiling of a hold run in words, naming the server's limit where it is known."""
     if reached >= target and not errors:
         return f"target reached: {reached} concurrent allocations (no refusal)"
-    code = first["code"] if first else (max(errors, key=errors.get) if errors else None)  # type: ignore[arg-type]
+    code = first["code"] if first else (max(errors, key=lambda k: errors[k]) if errors else None)
     reason = (first or {}).get("reason") or ""
     if code == "486":
         quotas = [f"user-quota={facts.user_quota}" if facts.user_quota else "", f"total-quota={facts.total_quota}" if facts.total_quota else ""]
@@ -269,7 +269,7 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     if cpu.host_loadavg and cpu.host_cpus and max(cpu.host_loadavg) > cpu.host_cpus:
         notes.append(f"the host's load average ({max(cpu.host_loadavg):.1f}) exceeded its {cpu.host_cpus} CPUs: other processes "
                      "competed for the CPU, so the generator (or the server) may have waited to run; rerun on a quiet machine")
-    if d_gen := getattr(run, "_gen_drops", None):
+    if d_gen := run._gen_drops:
         notes.append(f"the generator's own sockets dropped {d_gen:,} datagrams: it did not read fast enough, the loss is not the server's")
     if cpu.server_busiest_thread_pct is not None and cpu.server_busiest_thread_pct > SATURATED_PCT:
         notes.append(f"the server's busiest thread ran at {cpu.server_busiest_thread_pct:.0f} % of a core")
@@ -286,7 +286,7 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         figure, value = "allocations_per_s", alloc.best_rate_per_s
         limited = "server" if failing is not None else "steps"
     elif media is not None and cfg.ramp:
-        passed, _failed = getattr(run, "ramp_result", (None, None))
+        passed, _failed = run.ramp_result
         figure, value = "calls_carried", float(passed) if passed is not None else None
         limited = "server" if failing is not None else "sessions"
     elif media is not None:
@@ -298,7 +298,7 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
         limited = "packet cap"
     if run.interrupted:
         limited = "interrupted"
-    if getattr(run, "_gen_drops", None):
+    if run._gen_drops:
         gen_busy = True
     if gen_busy and limited in ("server", "errors"):
         limited = "generator"
@@ -331,7 +331,7 @@ def nothing_allocated(step: str, what: str, errors: dict[str, int]) -> Failure:
     from ..stun.turn import ALLOCATION_CODES, AUTH_CODES
 
     codes = ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "no answer"
-    top = max(errors, key=errors.get) if errors else "timeout"  # type: ignore[arg-type]
+    top = max(errors, key=lambda k: errors[k]) if errors else "timeout"
     kind = ("auth_refused" if top.isdigit() and int(top) in AUTH_CODES else
             "allocation_refused" if top.isdigit() and int(top) in ALLOCATION_CODES else
             "unreachable" if top in ("timeout", "unreachable") else "check_failed")
@@ -354,8 +354,9 @@ def build_report(run: Run) -> LoadReport:
         released = (alloc.ok - alloc.step_errors.get("release", 0), alloc.step_errors.get("release", 0))
     d = run.drops()
     own = [f.get("drops") for f in _finals(run)]
-    run._gen_drops = sum(own) if own and None not in own else None  # type: ignore[attr-defined]
-    drops = Drops(generator=run._gen_drops, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),  # type: ignore[attr-defined]
+    known = [int(x) for x in own if x is not None]
+    run._gen_drops = sum(known) if own and len(known) == len(own) else None
+    drops = Drops(generator=run._gen_drops, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),
                   sndbuf_errors=d.get("sndbuf_errors"),
                   generator_send_skipped=run.total("skipped") + run.total("backpressure"))
     cpu = _cpu(run)

@@ -40,7 +40,7 @@ def _ms(us: float | None) -> float | None:
 
 def grow_to(run: Run, n: int) -> None:
     """Set up sessions until ``n`` exist (numbered 0..n-1; session i on worker i mod W)."""
-    have = getattr(run, "_have", 0)
+    have = run._have
     if n <= have:
         return
     run.phase = f"setting up {n - have} sessions"
@@ -51,7 +51,7 @@ def grow_to(run: Run, n: int) -> None:
         if indices:
             run.send(w, {"op": "grow", "indices": indices})
             pending += 1
-    run._have = n  # type: ignore[attr-defined]
+    run._have = n
     run.wait(run.cfg.timeout * max(2, math.ceil(n / 64) * 2) + 10.0, lambda: run.grown - before >= pending)
     if run.send_start is None:
         run.send_start = time.monotonic()
@@ -140,7 +140,7 @@ def drive_media(run: Run) -> None:
         if deadline is not None and time.monotonic() > deadline and failed is not None:
             run.notes.append("--duration ended the ramp before the bisection finished")
             break
-    run.ramp_result = (passed, failed)  # type: ignore[attr-defined]
+    run.ramp_result = (passed, failed)
 
 
 def drive_alloc(run: Run) -> None:
@@ -210,7 +210,6 @@ def drive_hold(run: Run) -> None:
         run.wait(cfg.duration)
     finally:
         run.hold_seconds = time.monotonic() - t0
-        run.held_at_end = run.total("held")  # type: ignore[attr-defined]
 
 
 DRIVERS = {"audio": drive_media, "video": drive_media, "rate": drive_media, "alloc": drive_alloc, "hold": drive_hold}

@@ -68,6 +68,10 @@ class Run:
         self._last_progress = 0.0
         self._udp0: dict | None = None
         self._drops0: tuple[int | None, int | None] = (None, None)
+        self._have = 0  # sessions asked for so far (drive.grow_to)
+        self.ramp_result: tuple[int | None, int | None] = (None, None)  # a media ramp: (last passing, first failing) sessions
+        self._gen_drops: int | None = None  # the workers' own socket drops, summed (None: not every worker knows)
+        self.read_server_log: Callable[[], Any] | None = None  # run_load's read_server_log
 
     # ------------------------------------------------------------ processes
     def start(self) -> None:
@@ -322,7 +326,7 @@ def run_load(cfg: LoadConfig, *, progress: ProgressFn | None = None, check_first
     if check_first:
         preflight(cfg)
     run = Run(cfg, progress)
-    run.read_server_log = read_server_log  # type: ignore[attr-defined]
+    run.read_server_log = read_server_log
     try:
         try:
             run.start()

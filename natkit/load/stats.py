@@ -85,18 +85,18 @@ class Histogram:
 
         Nearest-rank on the buckets; the top percentile is the exact maximum.
         """
-        if not self.count:
+        if not self.count or self.min is None or self.max is None:
             return None
         if p >= 100:
-            return float(self.max)  # type: ignore[arg-type]
+            return float(self.max)
         rank = max(1, -(-self.count * p // 100))  # ceil(count * p / 100)
         seen = 0
         for b in sorted(self.buckets):
             seen += self.buckets[b]
             if seen >= rank:
                 value = bucket_value(b)
-                return min(max(value, float(self.min)), float(self.max))  # type: ignore[arg-type]
-        return float(self.max)  # type: ignore[arg-type]
+                return min(max(value, float(self.min)), float(self.max))
+        return float(self.max)
 
     def to_dict(self) -> dict:
         return {"buckets": dict(self.buckets), "count": self.count, "total": self.total, "max": self.max, "min": self.min}

@@ -106,9 +106,9 @@ class CpuMeter:
             threads[pid] = thread_ticks(pid)
             before = self._threads.get(pid, {})
             busiest = max((t - before.get(tid, t) for tid, t in threads[pid].items()), default=0)
-            waits[pid] = run_queue_ns(pid)
+            waits[pid] = w1 = run_queue_ns(pid)
             w0 = self._waits.get(pid)
-            waited = None if waits[pid] is None or w0 is None else 100.0 * (waits[pid] - w0) / 1e9 / wall  # type: ignore[operator]
+            waited = None if w1 is None or w0 is None else 100.0 * (w1 - w0) / 1e9 / wall
             out[pid] = (100.0 * (ticks - self._proc[pid]) / _TICK / wall, 100.0 * busiest / _TICK / wall, waited)
         self._t, self._proc, self._threads, self._waits = now, procs, threads, waits
         return out

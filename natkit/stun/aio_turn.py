@@ -232,10 +232,11 @@ class TurnClient:
     def send(self, peer: TransportAddress, payload: bytes) -> None:
         """Send ``payload`` to ``peer``: ChannelData on a bound channel, else a Send indication."""
         data = self.session.send(peer, payload)
-        if self.transport == "udp":
-            self.conn.sendto(data)  # type: ignore[union-attr]
+        conn = self.conn
+        if isinstance(conn, UdpStunEndpoint):
+            conn.sendto(data)
         else:
-            self.conn.send(data)  # type: ignore[union-attr]
+            conn.send(data)
 
     def send_channel(self, channel: int, payload: bytes) -> None:
         """Send ChannelData on ``channel`` (the load generator's fast path: no lookup)."""
