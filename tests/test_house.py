@@ -32,3 +32,18 @@ def test_the_product_points_users_only_to_its_own_docs():
     readme = (ROOT / "README.md").read_text()
     assert "NATLAB" + ".md" not in readme and "DESIGN" + ".md" not in readme
     assert offenders == []
+
+
+def test_every_type_ignore_in_natkit_names_its_code_and_why():
+    """``# type: ignore[code]  # why``: never a blanket ignore, never one without its reason
+    (mypy's warn_unused_ignores removes the ones no longer needed)."""
+    import re
+
+    ignore = re.compile(r"#\s*type:\s*ignore(?P<code>\[[a-z-]+(,\s*[a-z-]+)*\])?(?P<why>\s+#\s*\S.*)?$")
+    bad = []
+    for path in sorted((ROOT / "natkit").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = ignore.search(line)
+            if m and not (m.group("code") and m.group("why")):
+                bad.append(f"{path.relative_to(ROOT)}:{n}")
+    assert bad == [], "give these a code and a reason: " + ", ".join(bad)
