@@ -259,20 +259,22 @@ class _Probe:
 
         A 437 Allocation Mismatch on a fresh socket means the kernel gave it the port of an allocation the
         server still holds (a released 5-tuple lingers in coturn for a moment): RFC 8656 §7.3 has the client
-        pick another port, so the allocation is retried once on a new connection.
+        pick another port, so the allocation is retried on a new connection (at most twice), opened while the
+        refused socket still holds its port so the kernel cannot hand the same port back.
         """
         step = "allocate" if main else "relay_allocate"
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             started = self.loop.time()
             reply = await client.allocate(timeout=self.budget("allocate"), check=False)
             if main:
                 self.m["answered"] = True
             if reply.ok:
                 break
-            if reply.code == 437 and attempt == 1 and client.transport == "udp":
-                self.clients.remove(client)
-                client.conn.close()
+            if reply.code == 437 and attempt < 3 and client.transport == "udp":
+                refused = client
                 client = await self.open(server, username, password, main=False)
+                self.clients.remove(refused)
+                refused.conn.close()
                 continue
             exc = reply.error(server=self.server_text, step=step)
             if not main:  # reported only when the main allocation worked (else it is the same failure twice)
