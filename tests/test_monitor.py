@@ -318,3 +318,66 @@ def test_a_silent_target_never_delays_the_others_and_probe_respects_allow(coturn
     assert out["probe_denied"][0] == 403 and "does not allow" in out["probe_denied"][1]
     assert out["probe_unknown"][0] == 400
     assert out["healthz"][0] == 200 and out["healthz"][1].startswith("ok: healthy (udp)")
+
+
+def test_a_probe_that_raises_reads_as_failing_and_every_target_goes_on(coturn, monkeypatch, capsys):
+    """A bug in the probe (anything it raises but what the server does) must not end that target's schedule and leave
+    its last good result on /metrics: the target reads as failing (probe_success 0, errors_total code internal, no
+    `up`: the server was not asked), its last_probe_timestamp stops (the stale alert's input), /healthz says 503, the
+    other target keeps being probed, and the error is logged once with its traceback, not every round."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from natkit.monitor import server as server_module
+    from natkit.monitor.config import parse_config
+
+    real_probe = server_module.probe
+    rounds = {"broken": 0, "healthy": 0}
+
+    async def buggy(target, **kw):  # the first round of "broken" is a real probe (success), every later one raises
+        rounds[target.name] += 1
+        if target.name == "broken" and rounds["broken"] > 1:
+            raise ValueError("a bug in the probe")
+        return await real_probe(target, **kw)
+
+    monkeypatch.setattr(server_module, "probe", buggy)
+    doc = {"interval": 1, "timeout": 1.5, "listen": "127.0.0.1:0", "credentials": {"c": {"secret_env": "S"}},
+           "targets": [{"name": "broken", "uri": coturn.udp}, {"name": "healthy", "uri": coturn.tcp}],
+           "healthz": {"target": "broken", "cache": 0.1}}
+    config = parse_config(doc, env={"S": coturn.secret})
+
+    def get(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    async def scenario() -> dict:
+        async with server_module.Monitor(config) as mon:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(3.5)
+            metrics = await loop.run_in_executor(None, get, f"{mon.url}/metrics")
+            healthz = await loop.run_in_executor(None, get, f"{mon.url}/healthz")
+            return {"metrics": metrics, "healthz": healthz, "rounds": dict(rounds)}
+
+    out = asyncio.run(scenario())
+    status, text = out["metrics"]
+    assert status == 200
+    s = {(x.name, x.labels.get("target"), x.labels.get("code") or x.labels.get("result")): x.value
+         for f in text_string_to_metric_families(text) for x in f.samples if x.labels.get("transport") in ("udp", "tcp")}
+    assert s[("natkit_monitor_probe_success", "broken", None)] == 0  # not its last good result
+    assert s[("natkit_monitor_errors_total", "broken", "internal")] >= 2
+    assert ("natkit_monitor_up", "broken", None) not in s
+    assert s[("natkit_monitor_probes_total", "broken", "success")] == 1 and s[("natkit_monitor_probes_total", "broken", "failure")] >= 2
+    # last_probe stopped at the end of broken's one real probe; healthy's moves on
+    assert s[("natkit_monitor_last_probe_timestamp_seconds", "healthy", None)] - s[("natkit_monitor_last_probe_timestamp_seconds", "broken", None)] > 1.5
+    assert s[("natkit_monitor_probe_success", "healthy", None)] == 1
+    assert out["rounds"]["broken"] >= 4 and out["rounds"]["healthy"] >= 3, out["rounds"]  # both schedules went on
+    assert out["healthz"][0] == 503 and "internal error in natkit's probe: ValueError: a bug in the probe" in out["healthz"][1]
+    err = capsys.readouterr().err
+    assert err.count("natkit monitor: internal error probing broken (udp)") == 1, err  # the healthz round's too: rate-limited
+    assert "Traceback" in err and "ValueError: a bug in the probe" in err and coturn.secret not in err
+

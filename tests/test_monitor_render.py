@@ -72,7 +72,7 @@ def test_prometheus_rule_holds_the_rules_promtool_accepts(tmp_path):
     assert rule["kind"] == "PrometheusRule" and rule["apiVersion"] == "monitoring.coreos.com/v1"
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rule["spec"]))
     out = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, check=False)
-    assert out.returncode == 0 and "SUCCESS: 8 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 11 rules found" in out.stdout, out.stdout + out.stderr
     shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "natkit-monitor-rules.yml").read_text())
     assert rule["spec"] == shipped
 

@@ -12,7 +12,7 @@ from monitor_servers import require_prometheus
 from natkit.errors import Failure, UsageError
 from natkit.monitor.config import Module, load_config, parse_config
 from natkit.monitor.metrics import MonitorState, exposition, probe_exposition, registry
-from natkit.monitor.probe import ProbeResult, TlsFacts
+from natkit.monitor.probe import ProbeResult, TlsFacts, internal_result, relay_lossy
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 
@@ -65,6 +65,8 @@ def test_module_without_allow_list_reaches_configured_hosts_only():
     ({"targets": [{"uri": "turn:a", "checks": ["bogus"]}]}, "unknown check"),
     ({"targets": [{"uri": "turn:a", "colour": "red"}]}, "unknown key(s) colour"),
     ({"targets": [{"uri": "turn:a"}], "interval": 0.1}, "interval must be a number from 1"),
+    ({"targets": [{"uri": "turn:a"}], "max_echo_loss": 1.5}, "max_echo_loss must be a number from 0 to 1"),
+    ({"targets": [{"uri": "turn:a"}], "probe_concurrency": 0}, "probe_concurrency must be a number from 1"),
     ({"targets": [{"uri": "turn:a"}], "listen": "nowhere"}, "not host:port"),
     ({"targets": [{"name": "x", "uris": ["turn:a", "turn:b"]}]}, "has two udp URIs"),
     ({"targets": [{"uri": "turn:a", "credentials": "nope"}]}, "no [credentials.nope] table"),
@@ -145,15 +147,61 @@ def test_series_stay_bounded_over_many_probes():
     reg = registry(state, process=False)
     for i in range(2000):
         ok = i % 3 != 0
-        state.observe(result(target=f"t{i % 20}", ok=ok, relayed=f"203.0.113.{i % 7}:{50000 + i}", errors=() if ok else (("allocate", "508"),),
-                             allocate_ms=float(i % 50)))
+        state.observe(result(target=f"t{i % 20}", transport=("udp", "tcp")[i % 2], ok=ok, relayed=f"203.0.113.{i % 7}:{50000 + i}",
+                             errors=() if ok else (("allocate", "508"),), allocate_ms=float(i % 50)))
     first = samples(exposition(reg))
     for i in range(2000):
-        state.observe(result(target=f"t{i % 20}", relayed=f"203.0.113.{i % 7}:{60000 + i}", allocate_ms=float(i % 50)))
+        state.observe(result(target=f"t{i % 20}", transport=("udp", "tcp")[i % 2], relayed=f"203.0.113.{i % 7}:{60000 + i}",
+                             allocate_ms=float(i % 50)))
     second = samples(exposition(reg))
     assert set(first) == set(second)  # same series: counts grow, label sets do not
-    info = [k for k in second if k[0] == "natkit_monitor_relayed_address_info"]
-    assert len(info) == 20  # only the latest relayed IP per target
+    # the one label from traffic (seen: the XOR-RELAYED-ADDRESS IP) has one live series per (target, transport): the latest
+    info = {dict(k[1])["target"] + "/" + dict(k[1])["transport"]: dict(k[1])["seen"] for k in second
+            if k[0] == "natkit_monitor_relayed_address_info"}
+    assert len(info) == 20 and info["t19/tcp"] == f"203.0.113.{1999 % 7}" and info["t0/udp"] == f"203.0.113.{1980 % 7}"
+
+
+def test_an_internal_error_reads_as_a_failed_probe_and_does_not_refresh_last_probe():
+    from natkit.monitor.config import cli_target
+
+    state = MonitorState()
+    state.expect([("edge", "udp")], 15.0, now=1_699_999_000.0)
+    reg = registry(state, process=False)
+    udp = (("target", "edge"), ("transport", "udp"))
+    assert samples(exposition(reg))[("natkit_monitor_last_probe_timestamp_seconds", udp)] == 1_699_999_000.0  # before any result
+    state.observe(result(target="edge"))  # a good probe ...
+    target = dataclasses.replace(cli_target("turn:edge", state_credentials()), name="edge")
+    bad = internal_result(target, ValueError("boom"), started=1_700_000_100.0, duration_ms=3.0)
+    state.observe(bad)  # ... then one that raised
+    s = samples(exposition(reg))
+    assert s[("natkit_monitor_probe_success", udp)] == 0
+    assert ("natkit_monitor_up", udp) not in s and ("natkit_monitor_relay_success", udp) not in s  # the server was not asked
+    assert s[("natkit_monitor_errors_total", (("code", "internal"), ("step", "probe"), *udp))] == 1
+    assert s[("natkit_monitor_last_probe_timestamp_seconds", udp)] == pytest.approx(1_700_000_000.012)  # the good probe's end
+    assert s[("natkit_monitor_last_success_timestamp_seconds", udp)] == pytest.approx(1_700_000_000.012)
+    assert s[("natkit_monitor_probe_interval_seconds", udp)] == 15
+    assert bad.exit_code == 70 and bad.failures[0].kind == "internal" and "ValueError: boom" in bad.reason
+
+
+def state_credentials():
+    from natkit.monitor.config import CredentialSource
+
+    return CredentialSource("t", "rest", secret="s")
+
+
+@pytest.mark.parametrize("sent, received, max_loss, lossy", [
+    (5, 5, 0.2, False), (5, 4, 0.2, False), (5, 3, 0.2, True), (5, 1, 0.2, True),  # at most 1 of 5 lost by default
+    (5, 4, 0.0, True), (10, 8, 0.2, False), (10, 7, 0.2, True), (1, 1, 0.0, False), (3, 0, 1.0, False), (0, 0, 0.2, False),
+])
+def test_relay_loss_rule(sent, received, max_loss, lossy):
+    assert relay_lossy(sent, received, max_loss) is lossy
+
+
+def test_max_echo_loss_and_probe_concurrency_are_read_with_defaults():
+    cfg = parse_config({"targets": [{"uri": "turn:a"}]})
+    assert (cfg.max_echo_loss, cfg.probe_concurrency) == (0.2, 8)
+    cfg = parse_config({"targets": [{"uri": "turn:a"}], "max_echo_loss": 0, "probe_concurrency": 2})
+    assert (cfg.max_echo_loss, cfg.probe_concurrency) == (0.0, 2)
 
 
 def test_probe_exposition_has_blackbox_names():
@@ -179,19 +227,37 @@ def test_rules_pass_promtool_check():
     require_prometheus()
     out = subprocess.run(["promtool", "check", "rules", "natkit-monitor-rules.yml"], cwd=RULES, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert "SUCCESS: 11 rules found" in out.stdout
 
 
-def test_rules_unit_tests_pass_and_can_fail(tmp_path):
+def test_rules_unit_tests_pass():
     require_prometheus()
     out = subprocess.run(["promtool", "test", "rules", "natkit-monitor-rules.test.yml"], cwd=RULES, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    # the same tests against rules with the TURN-down alert removed must fail: the tests assert on the alerts
+
+
+@pytest.mark.parametrize("rule, broken, alert", [
+    ("natkit_monitor_up == 0", "natkit_monitor_up == 7", "NatkitTurnDown"),
+    ("natkit_monitor_relay_echo_loss_ratio[10m]) > 0.1", "natkit_monitor_relay_echo_loss_ratio[10m]) > 0.5", "NatkitTurnRelayLossy"),
+    ("natkit_monitor_last_probe_timestamp_seconds > 3 *", "natkit_monitor_last_probe_timestamp_seconds > 30 *", "NatkitMonitorProbesStale"),
+    ("absent(natkit_monitor_last_probe_timestamp_seconds)", "absent(up)", "NatkitMonitorAbsent"),
+])
+def test_rules_unit_tests_fail_when_a_rule_is_broken(tmp_path, rule, broken, alert):
+    """The same tests against rules with one alert broken must fail: the tests assert on the alerts."""
+    require_prometheus()
     rules = (RULES / "natkit-monitor-rules.yml").read_text()
-    (tmp_path / "natkit-monitor-rules.yml").write_text(rules.replace("natkit_monitor_up == 0", "natkit_monitor_up == 7"))
+    assert rules.count(rule) == 1
+    (tmp_path / "natkit-monitor-rules.yml").write_text(rules.replace(rule, broken))
     (tmp_path / "natkit-monitor-rules.test.yml").write_text((RULES / "natkit-monitor-rules.test.yml").read_text())
-    broken = subprocess.run(["promtool", "test", "rules", "natkit-monitor-rules.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False)
-    assert broken.returncode != 0 and "NatkitTurnDown" in broken.stdout + broken.stderr
+    out = subprocess.run(["promtool", "test", "rules", "natkit-monitor-rules.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert out.returncode != 0 and alert in out.stdout + out.stderr
+
+
+def test_both_rules_files_are_the_same():
+    """deploy/prometheus/ is what operators copy, natkit/monitor/ what the package ships and renders: one content
+    (the first is a symlink to the second; an editor or `sed -i` that replaces the link must not let them drift)."""
+    shipped = Path(__file__).resolve().parent.parent / "natkit" / "monitor" / "natkit-monitor-rules.yml"
+    assert shipped.read_text() == (RULES / "natkit-monitor-rules.yml").read_text()
 
 
 # ---------------------------------------------------------------------------
@@ -270,3 +336,50 @@ def test_http_server_methods_errors_keepalive_and_bounds():
     assert out["keepalive"].count(b"HTTP/1.1 200 OK") == 2 and b"hi 1\n" in out["keepalive"] and b"hi 2\n" in out["keepalive"]
     assert out["closed_extra"] == 5
     assert out["after"].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_probe_requests_beyond_the_concurrency_limit_get_503_at_once():
+    """/probe runs at most probe_concurrency probes at once (each holds two allocations on its target); one more is
+    answered 503 with Retry-After at once, and a freed slot serves again. The probes are held open by the injected
+    probe function, so the count in flight is exact, not a race against a server's speed."""
+    import asyncio
+
+    from natkit.monitor.server import Monitor
+
+    config = parse_config({"interval": 3600, "listen": "127.0.0.1:0", "probe_concurrency": 2,
+                           "targets": [{"name": "edge", "uri": "turn:127.0.0.1:9"}]})
+
+    async def get(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        out = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return out
+
+    async def scenario() -> dict:
+        release = asyncio.Event()
+        calls = []
+
+        async def held_probe(target, **kw):
+            calls.append(target.name)
+            await release.wait()
+            return result(target="edge")
+
+        async with Monitor(config, prober=held_probe) as mon:
+            held = [asyncio.ensure_future(get(mon.port, "/probe?target=edge")) for _ in range(2)]
+            while mon._probes_in_flight < 2:
+                await asyncio.sleep(0.01)
+            extra = await get(mon.port, "/probe?target=edge")  # answered while the two are still held
+            in_flight = mon._probes_in_flight
+            release.set()
+            done = await asyncio.gather(*held)
+            after = await get(mon.port, "/probe?target=edge")
+        return {"extra": extra, "in_flight": in_flight, "done": done, "after": after, "calls": len(calls)}
+
+    out = asyncio.run(scenario())
+    assert out["extra"].startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in out["extra"]
+    assert b"2 /probe requests are running already" in out["extra"] and out["in_flight"] == 2
+    assert all(r.startswith(b"HTTP/1.1 200 ") and b"probe_success 1.0" in r for r in out["done"])
+    assert out["after"].startswith(b"HTTP/1.1 200 ")
+    assert out["calls"] == 1 + 2 + 1  # the schedule's own first probe does not take a /probe slot; the refused one never probed

@@ -121,7 +121,7 @@ def serve_cmd(
             if verbose and not result.ok:
                 output.err(f"natkit monitor: {result.target} ({result.transport}): {result.reason}")
 
-        run(serve_forever(cfg, ready=ready, on_result=log))
+        run(serve_forever(cfg, ready=ready, on_result=log, log=output.err))
         return 0
 
     output.run(json_out, body)

@@ -7,6 +7,8 @@ A config file (``tomllib``; every key optional but ``[[targets]]`` or
     timeout = 2.0            # seconds one probe may take in all (every step shares it)
     listen = "127.0.0.1:9479"
     echoes = 5               # relay echo datagrams per probe
+    max_echo_loss = 0.2      # share of echoes that may go unanswered and the relay still passes (0-1)
+    probe_concurrency = 8    # /probe requests served at once; more get 503 (each holds two allocations)
     healthz_cache = 2.0      # seconds a /healthz verdict is reused
 
     [credentials.fleet]      # REST (coturn use-auth-secret) ...
@@ -54,6 +56,9 @@ DEFAULT_INTERVAL = 15.0
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_LISTEN = "127.0.0.1:9479"
 DEFAULT_ECHOES = 5
+# at most 1 of the default 5 echoes may go unanswered: one lost datagram is the network, two are the relay
+DEFAULT_MAX_ECHO_LOSS = 0.2
+DEFAULT_PROBE_CONCURRENCY = 8  # /probe requests in flight at once; each holds two allocations on the target
 DEFAULT_HEALTHZ_CACHE = 2.0
 MAX_TARGETS = 500  # label sets stay bounded: targets come from the config, never from traffic
 
@@ -160,7 +165,10 @@ class MonitorConfig:
     """The whole monitor: ``targets`` (one per (name, transport)), schedule and endpoints.
 
     ``interval``/``timeout``/``healthz_cache`` in seconds; ``listen`` is
-    ``host:port`` for the HTTP endpoints; ``echoes`` relay datagrams per probe.
+    ``host:port`` for the HTTP endpoints; ``echoes`` relay datagrams per probe,
+    of which a share of at most ``max_echo_loss`` (0-1) may go unanswered for
+    the relay check to pass; ``probe_concurrency`` /probe requests are served
+    at once (more get 503).
     """
 
     targets: tuple[Target, ...]
@@ -168,6 +176,8 @@ class MonitorConfig:
     timeout: float = DEFAULT_TIMEOUT
     listen: str = DEFAULT_LISTEN
     echoes: int = DEFAULT_ECHOES
+    max_echo_loss: float = DEFAULT_MAX_ECHO_LOSS
+    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY
     healthz_target: str | None = None
     healthz_cache: float = DEFAULT_HEALTHZ_CACHE
     modules: Mapping[str, Module] = dataclasses.field(default_factory=dict)
@@ -349,7 +359,8 @@ def parse_config(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None
                  extra_targets: list[Target] | None = None) -> MonitorConfig:
     """A parsed TOML document (``tomllib.loads``) → :class:`MonitorConfig`. Raises :class:`UsageError`."""
     env = os.environ if env is None else env
-    known = {"interval", "timeout", "listen", "echoes", "healthz", "healthz_cache", "credentials", "targets", "modules", "cafile"}
+    known = {"interval", "timeout", "listen", "echoes", "max_echo_loss", "probe_concurrency", "healthz", "healthz_cache", "credentials",
+             "targets", "modules", "cafile"}
     unknown = set(doc) - known
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))}", hint="see docs/monitor.md")
@@ -374,6 +385,8 @@ def parse_config(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None
         timeout=_number(doc, "timeout", DEFAULT_TIMEOUT, low=0.05, high=60, where=""),
         listen=str(listen),
         echoes=int(_number(doc, "echoes", DEFAULT_ECHOES, low=1, high=100, where="")),
+        max_echo_loss=_number(doc, "max_echo_loss", DEFAULT_MAX_ECHO_LOSS, low=0, high=1, where=""),
+        probe_concurrency=int(_number(doc, "probe_concurrency", DEFAULT_PROBE_CONCURRENCY, low=1, high=1000, where="")),
         healthz_target=hz_target,
         healthz_cache=_number(healthz, "cache", doc.get("healthz_cache", DEFAULT_HEALTHZ_CACHE), low=0, high=300, where="healthz."),
         modules=modules,

@@ -1,12 +1,26 @@
 """Prometheus metrics of ``natkit monitor`` (``prometheus_client``): one collector over the latest probe results.
 
 Every series carries ``target`` (the configured name) and ``transport``
-(udp, tcp, tls); label values come from the config, never from traffic, so
-the number of series is fixed by the config (``errors_total`` adds a
-``step`` and a ``code`` from fixed sets; ``relayed_address_info`` keeps only
-the latest address per target). Series for a value a probe could not
-measure are left out ("not checked is not false"): a dead server has
-``probe_success 0`` and no ``binding_rtt_seconds``.
+(udp, tcp, tls), both from the config; ``errors_total`` adds a ``step`` and
+a ``code`` from fixed sets (:data:`~natkit.monitor.probe.ERROR_LABELS`) and
+``credential_accepted`` a ``kind`` from the config. One label value comes
+from traffic: ``relayed_address_info{seen}`` is the IP of the server's
+XOR-RELAYED-ADDRESS (RFC 8656 §18.5), always an IP address (decoded, never
+free text). Only the latest is exposed, so there is one live series per
+(target, transport) and the number of series stays fixed by the config; a
+server that hands out another relay IP starts a new series in Prometheus'
+TSDB (the old one goes stale), which is what makes the change visible.
+Series for a value a probe could not measure are left out ("not checked
+is not false"): a dead server has ``probe_success 0`` and no
+``binding_rtt_seconds``; a probe that raised (an internal error, a bug in
+natkit) has ``probe_success 0``, ``errors_total{step="probe",code="internal"}``
+and no ``up``: the server was not asked.
+
+``last_probe_timestamp_seconds`` is when the last probe that asked the
+server ended (set to the monitor's start for every configured target, so a
+target that never got a result shows too); with ``probe_interval_seconds``
+it tells an alert (``NatkitMonitorProbesStale``) that a target's series
+are no longer fresh.
 
 =====================================================  =========  ===========================================
 name                                                   type       meaning
@@ -16,6 +30,8 @@ natkit_monitor_probe_success                           gauge      1: every check
 natkit_monitor_probe_duration_seconds                  gauge      the last probe, all steps
 natkit_monitor_probes_total{result}                    counter    probes by result (success, failure)
 natkit_monitor_last_success_timestamp_seconds          gauge      unix time of the last successful probe
+natkit_monitor_last_probe_timestamp_seconds            gauge      unix time the last probe that asked the server ended
+natkit_monitor_probe_interval_seconds                  gauge      the configured interval between probes (serve only)
 natkit_monitor_binding_rtt_seconds                     gauge      STUN Binding round trip (RFC 8489)
 natkit_monitor_allocate_latency_seconds                histogram  Allocate, first request to success
 natkit_monitor_credential_accepted{kind}               gauge      1: Allocate authenticated (kind rest, long-term)
@@ -23,7 +39,7 @@ natkit_monitor_relay_success                           gauge      1: data went b
 natkit_monitor_relay_echo_rtt_seconds                  gauge      median echo RTT through the relay
 natkit_monitor_relay_echo_loss_ratio                   gauge      share of echoes unanswered in the last probe
 natkit_monitor_relay_echoes_sent_total / _received_total counter  echo datagrams, for loss over any window
-natkit_monitor_errors_total{step,code}                 counter    401 403 437 438 441 486 508 other timeout unreachable tls malformed
+natkit_monitor_errors_total{step,code}                 counter    401 403 437 438 441 486 508 other timeout unreachable tls malformed internal
 natkit_monitor_relayed_address_match                   gauge      1: XOR-RELAYED-ADDRESS is expect_relayed_ip
 natkit_monitor_relayed_address_info{seen,expected}     gauge      1, the relayed IP last seen
 natkit_monitor_tls_cert_days_left                      gauge      turns: days until the certificate's notAfter
@@ -35,6 +51,7 @@ natkit_monitor_tls_chain_valid                         gauge      turns: 1 chain
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -82,15 +99,30 @@ class MonitorState:
     def __init__(self) -> None:
         self.latest: dict[tuple[str, str], ProbeResult] = {}
         self.last_success: dict[tuple[str, str], float] = {}
+        self.last_probe: dict[tuple[str, str], float] = {}
+        self.intervals: dict[tuple[str, str], float] = {}
         self.histograms: dict[tuple[str, str], _Histogram] = {}
         self.probes: dict[tuple[str, str, str], int] = {}
         self.errors: dict[tuple[str, str, str, str], int] = {}
         self.echo_sent: dict[tuple[str, str], int] = {}
         self.echo_received: dict[tuple[str, str], int] = {}
 
+    def expect(self, keys: Iterable[tuple[str, str]], interval: float, *, now: float | None = None) -> None:
+        """Announce the scheduled (target, transport) keys: their interval (s), and ``now`` as their last probe.
+
+        A target whose probes never produce a result then still has a
+        ``last_probe_timestamp_seconds`` (the monitor's start) for the stale alert.
+        """
+        now = time.time() if now is None else now
+        for key in keys:
+            self.intervals[key] = interval
+            self.last_probe.setdefault(key, now)
+
     def observe(self, result: ProbeResult) -> None:
         key = (result.target, result.transport)
         self.latest[key] = result
+        if not result.internal:
+            self.last_probe[key] = result.started + result.duration_ms / 1000.0
         outcome = "success" if result.ok else "failure"
         self.probes[(*key, outcome)] = self.probes.get((*key, outcome), 0) + 1
         self.probes.setdefault((*key, "failure" if result.ok else "success"), 0)
@@ -122,6 +154,8 @@ class MonitorState:
             "success": gauge("probe_success", "1 when every check of the last probe passed, else 0"),
             "duration": gauge("probe_duration_seconds", "Duration of the last probe, all steps, in seconds"),
             "last_ok": gauge("last_success_timestamp_seconds", "Unix time of the last successful probe"),
+            "last_probe": gauge("last_probe_timestamp_seconds", "Unix time the last probe that asked the server ended (any result)"),
+            "interval": gauge("probe_interval_seconds", "Configured seconds between two probes of the target"),
             "binding": gauge("binding_rtt_seconds", "STUN Binding round-trip time of the last probe (RFC 8489), seconds"),
             "cred": gauge("credential_accepted", "1 when the last Allocate authenticated with the configured credential", ("kind",)),
             "relay": gauge("relay_success", "1 when data went both ways between two allocations through the relay"),
@@ -135,7 +169,8 @@ class MonitorState:
         }
         for key, r in sorted(self.latest.items()):
             labels = list(key)
-            g["up"].add_metric(labels, 1.0 if r.up else 0.0)
+            if not r.internal:  # a probe that raised asked the server nothing
+                g["up"].add_metric(labels, 1.0 if r.up else 0.0)
             g["success"].add_metric(labels, 1.0 if r.ok else 0.0)
             g["duration"].add_metric(labels, r.duration_ms / 1000.0)
             if key in self.last_success:
@@ -162,6 +197,10 @@ class MonitorState:
                     g["expiry"].add_metric(labels, datetime.datetime.fromisoformat(r.tls.not_after).timestamp())
                 if r.tls.chain_valid is not None:
                     g["chain"].add_metric(labels, 1.0 if r.tls.chain_valid else 0.0)
+        for key, at in sorted(self.last_probe.items()):
+            g["last_probe"].add_metric(list(key), at)
+        for key, interval in sorted(self.intervals.items()):
+            g["interval"].add_metric(list(key), interval)
         yield from g.values()
         probes = CounterMetricFamily(PREFIX + "probes", "Probes by result", labels=[*LABELS, "result"])
         for (t, tr, outcome), n in sorted(self.probes.items()):

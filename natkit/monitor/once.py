@@ -34,7 +34,7 @@ class MonitorReport:
 async def run_once(config: MonitorConfig) -> MonitorReport:
     """Probe every target of ``config`` once, all at once (each bounded by ``config.timeout``)."""
     started = time.monotonic()
-    results = await asyncio.gather(*(probe(t, timeout=config.timeout, echoes=config.echoes) for t in config.targets))
+    results = await asyncio.gather(*(probe(t, timeout=config.timeout, echoes=config.echoes, max_echo_loss=config.max_echo_loss) for t in config.targets))
     failures = tuple(f for r in results for f in r.failures)
     return MonitorReport(schema=SCHEMA, ok=all(r.ok for r in results), exit_code=exit_code_for(failures),
                          results=tuple(results), failures=failures, duration_ms=(time.monotonic() - started) * 1000.0)

@@ -22,7 +22,9 @@ longer than :data:`STEP_CAP` seconds):
    A → B → A through Send/Data indications (§11), ChannelBind both ways
    (§12) and ``echoes - 1`` more echoes as ChannelData: a relay-only data
    path between two allocations, each datagram 32 bytes. Echo RTT is the
-   median of the answered echoes; loss is the share unanswered.
+   median of the answered echoes; loss is the share unanswered. The relay
+   passes when an echo came back and the loss is at most ``max_echo_loss``
+   (default 0.2: at most 1 of 5 unanswered); more loss is a failed check.
 5. **release**: Refresh LIFETIME 0 (§8) for both allocations, then close.
 
 No aiortc peer is involved: an aiortc relay-check (ICE, DTLS, SCTP between
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     Failure,
+    InternalError,
     MalformedMessage,
     NatkitError,
     ServerUnreachable,
@@ -52,7 +55,7 @@ from ..errors import (
     TurnError,
     exit_code_for,
 )
-from .config import Target
+from .config import DEFAULT_MAX_ECHO_LOSS, Target
 
 if TYPE_CHECKING:
     import ssl
@@ -62,7 +65,8 @@ if TYPE_CHECKING:
 
 # the `code` label of natkit_monitor_errors_total: a fixed set, so label sets stay bounded
 TRACKED_CODES = (401, 403, 437, 438, 441, 486, 508)
-ERROR_LABELS = (*(str(c) for c in TRACKED_CODES), "other", "timeout", "unreachable", "tls", "malformed")
+# "internal": the probe itself raised (a bug in natkit, never the server's doing), see internal_result()
+ERROR_LABELS = (*(str(c) for c in TRACKED_CODES), "other", "timeout", "unreachable", "tls", "malformed", "internal")
 STEP_CAP = {"connect": 1.0, "binding": 0.5, "allocate": 1.0, "permission": 0.5, "channel_bind": 0.5, "echo": 0.5, "release": 0.3}
 PAYLOAD_LEN = 32
 # RFC 8489 §6.2.1's RTO: a shorter one would retransmit before a distant server's answer, and the RTT of an
@@ -124,6 +128,11 @@ class ProbeResult:
         return None if not self.echo_sent else 1.0 - self.echo_received / self.echo_sent
 
     @property
+    def internal(self) -> bool:
+        """True for :func:`internal_result`: the probe raised, so nothing about the server is known."""
+        return ("probe", "internal") in self.errors
+
+    @property
     def reason(self) -> str:
         """One line: "ok" or the first failure."""
         return "ok" if self.ok else (self.failures[0].one_line() if self.failures else "failed")
@@ -182,9 +191,10 @@ def _peer_cert(client: TurnClient) -> bytes | None:
 class _Probe:
     """The state of one running probe: its deadline, what it measured, what failed."""
 
-    def __init__(self, target: Target, timeout: float, echoes: int) -> None:
+    def __init__(self, target: Target, timeout: float, echoes: int, max_echo_loss: float = DEFAULT_MAX_ECHO_LOSS) -> None:
         self.target = target
         self.echoes = echoes
+        self.max_echo_loss = max_echo_loss
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self.deadline = self.t0 + timeout
@@ -308,12 +318,17 @@ class _Probe:
         if bad:
             self.record("channel_bind", bad[0].error(server=self.server_text, step="channel_bind"))
         await self.echo(a, rb, self.echoes - 1)
-        received = self.m["echo_received"]
-        self.m["relay_ok"] = received > 0 and not bad
+        sent, received = self.m["echo_sent"], self.m["echo_received"]
+        lossy = received > 0 and relay_lossy(sent, received, self.max_echo_loss)
+        self.m["relay_ok"] = received > 0 and not lossy and not bad
         if not received:
             self.failures.append(Failure("no_connectivity", "echo",
-                                         f"none of {self.m['echo_sent']} datagrams came back through the relay"
+                                         f"none of {sent} datagrams came back through the relay"
                                          + self._mismatch_hint(), self.server_text))
+        elif lossy:
+            self.failures.append(Failure.check("echo", f"{sent - received} of {sent} datagrams through the relay went unanswered "
+                                                       f"({1 - received / sent:.0%} loss, more than max_echo_loss {self.max_echo_loss:.0%})",
+                                               self.server_text))
 
     def _mismatch_hint(self) -> str:
         relayed, expected = self.m["relayed"], self.target.expect_relayed_ip
@@ -354,6 +369,17 @@ class _Probe:
         self.clients = []
 
 
+def relay_lossy(sent: int, received: int, max_echo_loss: float) -> bool:
+    """Whether ``received`` of ``sent`` echoes is more loss than ``max_echo_loss`` (0-1) allows.
+
+    With the defaults (5 echoes, 0.2) one unanswered echo passes and two fail;
+    ``max_echo_loss`` 0 fails on any loss. Nothing sent is not loss.
+    """
+    if sent <= 0:
+        return False
+    return (sent - received) / sent > max_echo_loss + 1e-9  # 1 of 5 is 0.2 exactly, not a float hair above it
+
+
 def _local_host(server: TransportAddress) -> str | None:
     """Bind client sockets to the loopback address of a loopback server: a wildcard bind could take coturn's relay ports."""
     if server.host.startswith("127.") or server.host == "::1":
@@ -361,17 +387,19 @@ def _local_host(server: TransportAddress) -> str | None:
     return None
 
 
-async def probe(target: Target, *, timeout: float = 2.0, echoes: int = 5) -> ProbeResult:
+async def probe(target: Target, *, timeout: float = 2.0, echoes: int = 5, max_echo_loss: float = DEFAULT_MAX_ECHO_LOSS) -> ProbeResult:
     """Probe ``target`` once (see the module docstring for what is sent); never raises for what the server does.
 
     ``timeout`` (s) bounds the whole probe, cleanup included (a little over:
-    the release has a floor of 50 ms); ``echoes`` relay datagrams (>= 1).
-    Returns a :class:`ProbeResult`.
+    the release has a floor of 50 ms); ``echoes`` relay datagrams (>= 1), of
+    which a share of at most ``max_echo_loss`` (0-1) may go unanswered.
+    Returns a :class:`ProbeResult`. A bug in natkit may still raise: the
+    monitor's scheduler turns that into :func:`internal_result`.
     """
     from ..stun.aio import resolve
 
     started_wall = time.time()
-    run = _Probe(target, timeout, echoes)
+    run = _Probe(target, timeout, echoes, max_echo_loss)
     username, password = target.credentials.pair()
     try:
         server = await resolve(target.uri.host, target.uri.port, transport=target.uri.transport, timeout=run.budget("connect"))
@@ -447,4 +475,23 @@ def _result(run: _Probe, target: Target, started_wall: float) -> ProbeResult:
         echo_sent=m["echo_sent"], echo_received=m["echo_received"],
         echo_rtt_ms=statistics.median(rtts) if rtts else None, echo_rtt_max_ms=max(rtts) if rtts else None,
         tls=m["tls"], errors=tuple(run.errors), failures=tuple(failures),
+    )
+
+
+def internal_result(target: Target, exc: BaseException, *, started: float, duration_ms: float) -> ProbeResult:
+    """The failed result of a probe that raised where it never should (a bug in natkit, not the server's doing).
+
+    ``ok`` False, nothing measured (``up`` False, but the metrics leave it out:
+    the server was not asked), one error ``("probe", "internal")`` and one
+    failure of kind ``internal`` (exit 70) naming the exception; ``started``
+    unix time (s). The monitor serves this instead of the target's previous
+    result, so a broken probe never reads as healthy.
+    """
+    failure = Failure(InternalError.kind, "probe", f"internal error in natkit's probe: {type(exc).__name__}: {exc}", str(target.uri))
+    return ProbeResult(
+        target=target.name, uri=str(target.uri), transport=target.transport, ok=False, up=False, exit_code=failure.exit_code,
+        started=started, duration_ms=duration_ms, binding_rtt_ms=None, allocate_ms=None, credential_kind=target.credentials.kind,
+        credential_accepted=None, relayed=None, expect_relayed_ip=target.expect_relayed_ip, relayed_match=None,
+        relay_ok=None, echo_sent=0, echo_received=0, echo_rtt_ms=None, echo_rtt_max_ms=None,
+        tls=None, errors=(("probe", "internal"),), failures=(failure,),
     )

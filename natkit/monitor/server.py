@@ -8,14 +8,23 @@
   (``[modules.NAME]``, default ``default``) whose ``allow`` list admits the
   host — credentials are never sent to a host the operator did not name.
   The probe's budget is Prometheus' ``X-Prometheus-Scrape-Timeout-Seconds``
-  less 0.25 s, at most the config's ``timeout``.
+  less 0.25 s, at most the config's ``timeout``. At most
+  ``probe_concurrency`` (default 8) /probe requests run at once, each holding
+  two allocations on its target; one more is answered 503 with
+  ``Retry-After: 1`` at once, so a client hammering /probe cannot make the
+  monitor allocate on the configured hosts without bound.
 * ``/healthz``: 200 only when this node allocates and relays now (every
   transport of the healthz target passed a probe at most ``healthz_cache``
   seconds old; else one is run, shared by concurrent requests), else 503
   with the reason. For load balancers.
 
 Every target runs in its own task: a slow or dead target spends its own
-probe budget and never delays another's schedule.
+probe budget and never delays another's schedule. A probe that raises (a bug
+in natkit: anything but what the server does, which the probe reports) does
+not end that task: the target's result becomes a failed one
+(:func:`~natkit.monitor.probe.internal_result`, ``errors_total{code="internal"}``),
+the error is logged with its traceback once per target and then at most every
+:data:`INTERNAL_LOG_EVERY` seconds, and the next round runs on schedule.
 """
 
 from __future__ import annotations
@@ -24,17 +33,24 @@ import asyncio
 import dataclasses
 import random
 import socket
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Self
 
 from ..errors import EnvironmentProblem, UsageError
-from .config import Module, MonitorConfig, Target
+from .config import MAX_TARGETS, Module, MonitorConfig, Target
 from .http import Request, Response
 from .metrics import MonitorState, exposition, probe_exposition, registry
-from .probe import ProbeResult, probe
+from .probe import ProbeResult, internal_result, probe
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+INTERNAL_LOG_EVERY = 600.0  # s: an internal error repeating every round is logged once per target in this time
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class Monitor:
@@ -42,14 +58,22 @@ class Monitor:
 
     ``start()`` binds the listener and starts the probes (first round at
     once); ``stop()`` cancels everything (bounded). ``on_result`` sees every
-    result (``natkit monitor serve -v`` logs failures with it).
+    result (``natkit monitor serve -v`` logs failures with it); ``log`` takes
+    the monitor's own error reports (default: stderr). ``prober`` is the probe
+    function (default :func:`~natkit.monitor.probe.probe`, same signature).
     """
 
-    def __init__(self, config: MonitorConfig, *, on_result: Callable[[ProbeResult], None] | None = None) -> None:
+    def __init__(self, config: MonitorConfig, *, on_result: Callable[[ProbeResult], None] | None = None,
+                 log: Callable[[str], None] | None = None, prober: Callable[..., Any] | None = None) -> None:
         self.config = config
         self.state = MonitorState()
+        self.state.expect((t.key for t in config.targets), config.interval)
         self.registry = registry(self.state)
         self.on_result = on_result
+        self.log = log or _stderr
+        self.prober = prober or probe
+        self._internal_log: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, suppressed since)
+        self._probes_in_flight = 0
         self.port: int | None = None
         self._tasks: list[asyncio.Task] = []
         self._runner: Any = None
@@ -112,7 +136,7 @@ class Monitor:
         first = True
         next_at = loop.time()
         while True:
-            result = await probe(target, timeout=self.config.timeout, echoes=self.config.echoes)
+            result = await self.probe_once(target, timeout=self.config.timeout)
             self._observe(result)
             if first:  # spread the targets over the interval from the second round on
                 next_at += interval * offset
@@ -123,10 +147,44 @@ class Monitor:
                 next_at = now + interval * 0.1
             await asyncio.sleep(next_at - now)
 
+    async def probe_once(self, target: Target, *, timeout: float) -> ProbeResult:
+        """One probe of ``target``; never raises but CancelledError (an unexpected error is a failed result, logged)."""
+        started, t0 = time.time(), time.monotonic()
+        try:
+            return await self.prober(target, timeout=timeout, echoes=self.config.echoes, max_echo_loss=self.config.max_echo_loss)
+        except Exception as exc:  # a bug in natkit: the target must read as failing, the schedule must go on
+            self._internal(target.key, exc, "probing")
+            return internal_result(target, exc, started=started, duration_ms=(time.monotonic() - t0) * 1000.0)
+
     def _observe(self, result: ProbeResult) -> None:
-        self.state.observe(result)
+        key = (result.target, result.transport)
+        try:
+            self.state.observe(result)
+        except Exception as exc:
+            self._internal(key, exc, "recording the result of")
         if self.on_result is not None:
-            self.on_result(result)
+            try:
+                self.on_result(result)
+            except Exception as exc:
+                self._internal(key, exc, "reporting the result of")
+
+    def _internal(self, key: tuple[str, str], exc: Exception, doing: str) -> None:
+        """Log an internal error: with its traceback the first time per target, then a line at most every INTERNAL_LOG_EVERY s."""
+        now = time.monotonic()
+        last, suppressed = self._internal_log.get(key, (None, 0))
+        if last is not None and now - last < INTERNAL_LOG_EVERY:
+            self._internal_log[key] = (last, suppressed + 1)
+            return
+        if len(self._internal_log) >= 4 * MAX_TARGETS:  # /probe of many allowed hosts: keep the bookkeeping bounded
+            self._internal_log.clear()
+        self._internal_log[key] = (now, 0)
+        counted = ", counted as a failed probe (errors_total code=internal)" if doing == "probing" else ""
+        head = (f"natkit monitor: internal error {doing} {key[0]} ({key[1]}){counted}; a bug in natkit, please report it: "
+                f"{type(exc).__name__}: {exc}")
+        if last is None:
+            self.log(head + "\n" + "".join(traceback.format_exception(exc)).rstrip())
+        else:
+            self.log(head + f" ({suppressed} more since the last report)")
 
     # ------------------------------------------------------------- healthz
     async def healthz(self) -> tuple[bool, str]:
@@ -159,7 +217,7 @@ class Monitor:
         return out
 
     async def _healthz_round(self, targets: tuple[Target, ...]) -> list[ProbeResult]:
-        results = await asyncio.gather(*(probe(t, timeout=self.config.timeout, echoes=self.config.echoes) for t in targets))
+        results = await asyncio.gather(*(self.probe_once(t, timeout=self.config.timeout) for t in targets))
         for r in results:
             self._healthz[(r.target, r.transport)] = r
         return list(results)
@@ -208,6 +266,10 @@ class Monitor:
             return Response.text(400, exc.one_line() + "\n")
         except PermissionError as exc:
             return Response.text(403, f"{exc}\n")
+        limit = self.config.probe_concurrency
+        if self._probes_in_flight >= limit:
+            return Response.text(503, f"{limit} /probe requests are running already (probe_concurrency); retry later\n",
+                                 headers=(("Retry-After", "1"),))
         budget = self.config.timeout
         header = request.headers.get("x-prometheus-scrape-timeout-seconds")
         try:
@@ -215,7 +277,11 @@ class Monitor:
                 budget = max(0.1, min(budget, float(header) - 0.25))
         except ValueError:
             pass
-        result = await probe(target, timeout=budget, echoes=self.config.echoes)
+        self._probes_in_flight += 1
+        try:
+            result = await self.probe_once(target, timeout=budget)
+        finally:
+            self._probes_in_flight -= 1
         return Response(200, probe_exposition(result), CONTENT_TYPE)
 
     async def _healthz_handler(self, request: Request) -> Response:
@@ -225,9 +291,9 @@ class Monitor:
 
 
 async def serve_forever(config: MonitorConfig, *, ready: Callable[[Monitor], None] | None = None,
-                        on_result: Callable[[ProbeResult], None] | None = None) -> None:
-    """Run the monitor until cancelled (Ctrl-C, SIGTERM); ``ready(monitor)`` once it listens."""
-    async with Monitor(config, on_result=on_result) as monitor:
+                        on_result: Callable[[ProbeResult], None] | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Run the monitor until cancelled (Ctrl-C, SIGTERM); ``ready(monitor)`` once it listens; ``log`` as :class:`Monitor`'s."""
+    async with Monitor(config, on_result=on_result, log=log) as monitor:
         if ready is not None:
             ready(monitor)
         await asyncio.Event().wait()
