@@ -68,7 +68,11 @@ def certificate(days: float, names=("127.0.0.1", "localhost")) -> tuple[bytes, b
 class Coturn:
     """A natkit-managed native coturn for one test; ``restart()`` brings it back on the same ports."""
 
-    def __init__(self, state_dir: Path, *, tls_days: float | None = None, external_ip: str | None = None, name: str = "mon") -> None:
+    def __init__(self, state_dir: Path, *, tls_days: float | None = None, external_ip: str | None = None, name: str = "mon",
+                 **overrides) -> None:
+        """``overrides``: CoturnConfig fields replacing the defaults here (``user_quota=1``, ``allow_loopback_peers=False``)."""
+        import dataclasses
+
         from natkit.coturn.config import CoturnConfig
         from natkit.coturn.server import free_port
         from natkit.credentials import new_secret
@@ -89,6 +93,7 @@ class Coturn:
             listening_port=self.port, tls_listening_port=self.tls_port, cert="cert.pem" if tls_days is not None else None,
             pkey="key.pem" if tls_days is not None else None, static_auth_secrets=(self.secret,), allow_loopback_peers=True,
             allowed_peer_ranges=("127.0.0.1",), realm="natkit.monitor.test", external_ip=external_ip)
+        self.config = dataclasses.replace(self.config, **overrides)
         self.name = f"{name}-{self.port}"
         self.server = None
 

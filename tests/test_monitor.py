@@ -381,3 +381,53 @@ def test_a_probe_that_raises_reads_as_failing_and_every_target_goes_on(coturn, m
     assert err.count("natkit monitor: internal error probing broken (udp)") == 1, err  # the healthz round's too: rate-limited
     assert "Traceback" in err and "ValueError: a bug in the probe" in err and coturn.secret not in err
 
+
+def test_quota_486_no_port_508_and_denied_peer_403_are_counted_by_code_on_metrics(tmp_path):
+    """Three refusals a real coturn gives the monitor's probe, each counted under its own code on /metrics:
+
+    * 486 Allocation Quota Reached: with ``user-quota=1`` the probe's second allocation (same minted REST user)
+      is refused, so the relay cannot be proved;
+    * 508 Insufficient Capacity: a relay port range of one port holds one allocation, the other is refused;
+    * 403 Forbidden: a coturn that denies its own relay range as peers (here loopback, without
+      ``allow-loopback-peers``; in the field a relay-ip in a denied private range) refuses CreatePermission
+      toward the other allocation, which is exactly what two clients relaying through the same server need."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from natkit.coturn.server import free_port
+    from natkit.monitor.config import parse_config
+    from natkit.monitor.server import Monitor
+
+    one_port = free_port()
+    with Coturn(tmp_path, user_quota=1, name="quota") as quota, Coturn(tmp_path, min_port=one_port, max_port=one_port, name="ports") as ports, \
+            Coturn(tmp_path, allow_loopback_peers=False, allowed_peer_ranges=(), name="deny") as deny:
+        doc = {"interval": 1, "timeout": 1.5, "listen": "127.0.0.1:0",
+               "credentials": {"q": {"secret_env": "Q"}, "p": {"secret_env": "P"}, "d": {"secret_env": "D"}},
+               "targets": [{"name": "quota", "uri": quota.udp, "credentials": "q"}, {"name": "ports", "uri": ports.udp, "credentials": "p"},
+                           {"name": "deny", "uri": deny.udp, "credentials": "d"}]}
+        config = parse_config(doc, env={"Q": quota.secret, "P": ports.secret, "D": deny.secret})
+
+        async def scenario() -> str:
+            async with Monitor(config) as mon:
+                await asyncio.sleep(2.5)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(None, lambda: urllib.request.urlopen(f"{mon.url}/metrics", timeout=5).read().decode())
+
+        text = asyncio.run(scenario())
+    samples = [(x.name, x.labels, x.value) for f in text_string_to_metric_families(text) for x in f.samples]
+
+    def value(name, **labels):
+        found = [v for n, lab, v in samples if n == name and all(lab.get(k) == w for k, w in labels.items())]
+        return sum(found) if found else None
+
+    # the main and the second allocation race: either may be the one refused, so the 486 is summed over both steps
+    assert value("natkit_monitor_errors_total", target="quota", code="486") >= 2
+    assert value("natkit_monitor_up", target="quota") == 1 and value("natkit_monitor_probe_success", target="quota") == 0
+    assert value("natkit_monitor_relay_success", target="quota") == 0
+    assert value("natkit_monitor_errors_total", target="ports", code="508") >= 2
+    assert value("natkit_monitor_up", target="ports") == 1 and value("natkit_monitor_relay_success", target="ports") == 0
+    assert value("natkit_monitor_errors_total", target="deny", step="permission", code="403") >= 2
+    assert value("natkit_monitor_relay_success", target="deny") == 0 and value("natkit_monitor_probe_success", target="deny") == 0
+    assert value("natkit_monitor_credential_accepted", target="deny") == 1  # allocating worked; only the peer was refused
+    assert value("natkit_monitor_relay_echoes_sent_total", target="deny") == 0
