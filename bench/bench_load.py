@@ -225,14 +225,77 @@ def bench_ramp(quick: bool, runs: int) -> None:
 
 
 # ----------------------------------------------------------------------------- locust
+# Locust runs every User class it finds in the locustfile's namespace: `from natkit.load.locust import TurnCallUser`
+# there ran half the users as the plain TurnCallUser (per-second MEDIA rtt events, no MEDIA packet events), which is
+# why an earlier run showed "half delivered" with no loss. The module is imported instead, the class named on the
+# command line, and the users count what they sent and what came back themselves (Locust's CSV is kept alongside).
 LOCUSTFILE = """\
-from natkit.load.locust import TurnCallUser
+import json
+import os
+import time
+
+from locust import events
+
+import natkit.load.locust as turn_users
+
+TOTALS = {"users": 0, "sent": 0, "returned": 0, "first": None, "last": None}
 
 
-class PacketCall(TurnCallUser):
+@events.request.add_listener
+def _returned(request_type, name, **_kw):
+    if request_type == "MEDIA" and name == "packet":
+        now = time.time()
+        TOTALS["returned"] += 1
+        TOTALS["first"] = TOTALS["first"] or now
+        TOTALS["last"] = now
+
+
+@events.quitting.add_listener
+def _dump(environment, **_kw):
+    with open(os.environ["NATKIT_BENCH_TOTALS"], "w") as f:
+        json.dump(TOTALS, f)
+
+
+class PacketCall(turn_users.TurnCallUser):
     per_packet_events = True
     seconds_per_task = 2.0
+
+    def on_stop(self):
+        TOTALS["users"] += 1
+        TOTALS["sent"] += getattr(self, "seq", 0)
+        super().on_stop()
 """
+
+
+def _locust_run(d: str, port: int, users: int, seconds: float) -> dict:
+    import csv
+
+    totals_file = os.path.join(d, f"totals-{users}.json")
+    env = dict(os.environ, NATKIT_TURN_SECRET=SECRET, NATKIT_BENCH_TOTALS=totals_file)
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", str(users), "-r", str(users),
+                             "-t", f"{seconds}s", "--host", f"turn:127.0.0.1:{port}", "--csv", f"out{users}", "--only-summary", "PacketCall"],
+                            cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    meter = CpuMeter([proc.pid])
+    time.sleep(seconds - 4)
+    cpu = meter.lap().get(proc.pid, (None,))[0]
+    proc.wait(timeout=seconds + 60)
+    with open(os.path.join(d, f"out{users}_stats.csv")) as f:
+        stats = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+    with open(totals_file) as f:
+        t = json.load(f)
+    window = (t["last"] - t["first"]) if t["first"] and t["last"] else 0.0
+    pk = stats.get(("MEDIA", "packet"), {})
+    if t["users"] != users:
+        log(f"locust: {t['users']} PacketCall users stopped of {users} started: the figures cover those")
+    return {"runner": "Locust local runner, per-packet events", "users": t["users"], "offered_pps": users * 50,
+            "sent": t["sent"], "returned": t["returned"], "window_s": window,
+            "sent_pps": t["sent"] / window if window else None, "back_pps": t["returned"] / window if window else None,
+            "delivered_pct": 100.0 * t["returned"] / t["sent"] if t["sent"] else None,
+            "loss_seconds": int(stats.get(("MEDIA", "loss"), {}).get("Request Count", 0) or 0),
+            "behind_seconds": int(stats.get(("MEDIA", "behind"), {}).get("Request Count", 0) or 0),
+            "locust_packet_events": int(pk.get("Request Count", 0) or 0), "locust_requests_per_s": float(pk.get("Requests/s", 0) or 0),
+            "cpu_pct": cpu}
 
 
 def bench_locust(quick: bool) -> None:
@@ -242,29 +305,10 @@ def bench_locust(quick: bool) -> None:
         with open(os.path.join(d, "locustfile.py"), "w") as f:
             f.write(LOCUSTFILE)
         for users in ((20, 60) if quick else (20, 60, 120)):
-            env = dict(os.environ, NATKIT_TURN_SECRET=SECRET)
-            proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", str(users), "-r", str(users),
-                                     "-t", f"{seconds}s", "--host", f"turn:127.0.0.1:{port}", "--csv", "out", "--only-summary"],
-                                    cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(3)
-            meter = CpuMeter([proc.pid])
-            time.sleep(seconds - 4)
-            cpu = meter.lap().get(proc.pid, (None,))[0]
-            proc.wait(timeout=seconds + 60)
-            stats = {}
-            with open(os.path.join(d, "out_stats.csv")) as f:
-                import csv
-
-                for row in csv.DictReader(f):
-                    stats[(row["Type"], row["Name"])] = row
-            pk = stats.get(("MEDIA", "packet"), {})
-            loss = stats.get(("MEDIA", "loss"), {})
-            rows.append({"runner": "Locust local runner, per-packet events", "offered_pps": users * 50,
-                         "back_pps": float(pk.get("Requests/s", 0) or 0), "loss_events": int(loss.get("Request Count", 0) or 0),
-                         "cpu_pct": cpu})
+            rows.append(_locust_run(d, port, users, seconds))
             r = run_load(natkit_cfg("audio", port, server, sessions=users, duration=seconds, workers=1))
-            rows.append({"runner": "natkit worker (1 process)", "offered_pps": users * 50, "back_pps": r.media.returned_pps,
-                         "loss_pct": r.media.loss_pct, "cpu_pct": r.cpu.worker_max_pct})
+            rows.append({"runner": "natkit worker (1 process)", "offered_pps": users * 50, "sent_pps": r.media.sent_pps,
+                         "back_pps": r.media.returned_pps, "loss_pct": r.media.loss_pct, "cpu_pct": r.cpu.worker_max_pct})
             log(f"locust {users} users: {rows[-2]} | natkit: {rows[-1]}")
     RESULTS["locust"] = rows
 

@@ -189,3 +189,176 @@ def test_cpu_meter_sees_this_process_busy():
     assert waited is not None and busy + waited > 70 and thread <= busy * 1.05 + 5
     counters = udp_counters()
     assert counters is not None and "RcvbufErrors" in counters and "SndbufErrors" in counters
+
+
+# ------------------------------------------------------------ media accounting (packets, never frames)
+def test_frame_clock_counts_packets_not_frames():
+    from natkit.load.stats import FrameClock
+
+    clock = FrameClock(1 / 30, 3, now=0.0)  # video: 30 frames/s x 3 packets
+    assert clock.due(0.1, 10) == 30 and (clock.offered, clock.skipped) == (90, 0)  # on schedule: 10 calls x 3 frames
+    # the worker stalls for a second: 300 frames owed, 250 ms of them (75) sent, the rest skipped, all in packets
+    assert clock.due(1.1, 10) == 75
+    assert clock.offered == 90 + 900 and clock.skipped == 900 - 75 * 3
+
+
+def test_pace_counts_every_packet_it_did_not_send(monkeypatch):
+    """A video worker that stalls and meets send errors: offered = sent + not sent, every term in packets."""
+    import asyncio
+    import types
+
+    from natkit.errors import NatkitError
+    from natkit.load import media
+
+    load = media.MediaLoad(LoadConfig("video", SERVER, sessions=10), 1)
+    sent_by: dict[int, int] = {}
+    for i in range(10):
+        s = media.MediaSession(i, load)
+        s.a = types.SimpleNamespace(transport="udp")
+
+        def send(payload, i=i):
+            if i == 0:
+                raise NatkitError("refused by the socket")
+            sent_by[i] = sent_by.get(i, 0) + 1
+
+        s.send = send
+        load.sessions.append(s)
+    times = iter([0.0, 1.0])  # the clock starts, then a whole second passed before the first frame
+
+    def monotonic():
+        try:
+            return next(times)
+        except StopIteration:
+            load.sending = False
+            return 1.0
+
+    monkeypatch.setattr(media, "time", types.SimpleNamespace(monotonic=monotonic, monotonic_ns=lambda: 0))
+    asyncio.run(load.pace())
+    snap = load.snapshot()
+    assert snap["offered"] == 10 * 90  # one second of 10 video calls, whether sent or not
+    assert snap["skipped"] == (300 - 75) * 3  # frames beyond 250 ms behind, as packets
+    assert snap["send_errors"] == 8 * 3  # session 0 had 8 of the 75 frames sent round-robin, 3 packets each
+    assert snap["sent"] == sum(sent_by.values()) == 75 * 3 - 8 * 3
+    assert snap["not_sent"] == snap["offered"] - snap["sent"]
+
+
+def test_a_worker_steps_down_to_its_lowest_set_up_sessions():
+    """A ramp back to 4 calls after session 1 was refused still sends 4 (0, 2, 3, 4), split over the workers by number."""
+    from natkit.load import media
+
+    loads = [media.MediaLoad(LoadConfig("audio", SERVER), 2, w) for w in (0, 1)]
+    for i in (0, 2, 3, 4, 5, 6):
+        loads[i % 2].sessions.append(media.MediaSession(i, loads[i % 2]))
+    for load in loads:
+        load.set_active(4)
+    assert [s.index for s in loads[0]._sending_sessions()] == [0, 2]
+    assert [s.index for s in loads[1]._sending_sessions()] == [3, 5]
+    loads[1].set_active(1)
+    assert loads[1]._sending_sessions() == []
+
+
+# ------------------------------------------------------------ the ramp's bounds
+def test_ramp_never_grows_past_the_cap():
+    from natkit.load.config import HARD_MAX_SESSIONS
+    from natkit.load.drive import next_ramp_size
+
+    assert next_ramp_size(100, 100, None, 1.5, 10_000) == (150, "")
+    assert next_ramp_size(100, 100, None, 1.5, 120) == (120, "")  # up, but not past the cap
+    assert next_ramp_size(120, 120, None, 1.5, 120) == (None, "cap")  # the cap passed: over, and the caller says why
+    n, sizes = 70_000, []
+    while n is not None:
+        sizes.append(n)
+        n, _why = next_ramp_size(n, n, None, 1.5, HARD_MAX_SESSIONS)
+    assert sizes == [70_000, HARD_MAX_SESSIONS]
+    assert next_ramp_size(8, None, 8, 1.5, 100) == (4, "") and next_ramp_size(1, None, 1, 1.5, 100) == (None, "nothing passed")
+    assert next_ramp_size(100, 100, 150, 1.5, 1000) == (125, "") and next_ramp_size(100, 100, 104, 1.5, 1000) == (None, "bisected")
+
+
+def test_session_cap_from_the_workers_fd_limits():
+    from natkit.load.config import HARD_MAX_SESSIONS
+    from natkit.load.runner import FD_RESERVE, Run
+
+    run = Run(LoadConfig("audio", SERVER, workers=2, ramp=True))
+    assert run.session_cap() == (HARD_MAX_SESSIONS, f"natkit's hard cap of {HARD_MAX_SESSIONS:,} sessions")
+    run.fd_limits = [(1024, 20), (1024, 24)]
+    cap, why = run.session_cap()
+    assert cap == 2 * (1024 - 24 - FD_RESERVE) and "open-files limit (1,024 per worker x 2 workers, 1 socket per call)" in why
+    run = Run(LoadConfig("audio", SERVER, workers=1, ramp=True, peer="allocation"))
+    run.fd_limits = [(1024, 20)]
+    assert run.session_cap()[0] == (1024 - 20 - FD_RESERVE) // 2  # two allocations per call
+    run.fd_limits = [None]
+    assert run.session_cap()[0] == HARD_MAX_SESSIONS  # a worker that did not say: only the hard cap
+
+
+# ------------------------------------------------------------ a generator's limit is never the server's
+def _media_totals(loss: float, sessions: int = 10):
+    from natkit.load.report import MediaTotals
+
+    return MediaTotals(sessions=sessions, sessions_failed=0, seconds=3.0, sent=1000, to_peer=1000, returned=int(1000 * (1 - loss / 100)),
+                       offered_pps=1000.0, sent_pps=1000.0, to_peer_pps=1000.0, returned_pps=900.0, relayed_pps=1900.0, loss_pct=loss,
+                       forward_loss_pct=0.0, return_loss_pct=loss, duplicates=0, reordered=0, malformed=0, rtt_ms_p50=1.0,
+                       rtt_ms_p95=2.0, rtt_ms_p99=3.0, rtt_ms_max=4.0, jitter_ms_p50=0.1, jitter_ms_p95=0.2, jitter_ms_max=0.3,
+                       setup_ms_p50=5.0, setup_ms_p99=9.0)
+
+
+def _ramp_run(step_reason: str | None, capped: str | None = None):
+    from natkit.load.report import Step
+    from natkit.load.runner import Run
+
+    run = Run(LoadConfig("audio", SERVER, workers=1, ramp=True))
+    run.steps = [Step(index=0, seconds=3.0, sessions=100, passed=True),
+                 Step(index=1, seconds=3.0, sessions=150, loss_pct=4.0, passed=step_reason is None, reason=step_reason)]
+    run.ramp_result = (100, 150 if step_reason else None)
+    run.ramp_capped = capped
+    return run
+
+
+@pytest.mark.parametrize("cpu, drops, server_limit, limited_by", [
+    ({"workers_pct": (40.0,), "workers_waiting_pct": (2.0,)}, None, True, "server"),  # the control: this one is the server's
+    ({"workers_pct": (93.0,), "workers_waiting_pct": (2.0,)}, None, False, "generator"),  # a worker saturated over the run
+    ({"workers_pct": (35.0,), "workers_waiting_pct": (45.0,)}, None, False, "generator"),  # starved: runnable, no CPU
+    ({"workers_pct": (40.0,), "workers_waiting_pct": (2.0,)}, 1234, False, "generator"),  # its own sockets dropped
+])
+def test_a_busy_generator_is_never_the_servers_limit(cpu, drops, server_limit, limited_by):
+    from natkit.load.build import verdict
+    from natkit.load.report import Cpu
+
+    run = _ramp_run("loss 4.00 % > 1 %")
+    run._gen_drops = drops
+    v = verdict(run, _media_totals(4.0), None, None, Cpu(host_loadavg=(0.5, 0.5), host_cpus=2, **cpu))
+    assert (v.server_limit, v.limited_by, v.value) == (server_limit, limited_by, 100.0)
+    assert server_limit or any("not the server" in n or "lower bound" in n for n in v.notes)
+
+
+@pytest.mark.parametrize("reason", ["generator saturated (a worker at 91 % of a core)",
+                                    "generator starved (a worker waited 40 % of the step for a CPU)",
+                                    "loss 4.00 % > 1 %; generator behind schedule (900 packets not sent)",
+                                    "generator's own limit: 3 sessions not set up (local:EMFILE x3)"])
+def test_a_step_the_generator_failed_is_never_the_servers_limit(reason):
+    """The run's averages look idle; the failing step's own measurement said the generator gave out."""
+    from natkit.load.build import verdict
+    from natkit.load.report import Cpu
+
+    v = verdict(_ramp_run(reason), _media_totals(4.0), None, None, Cpu(workers_pct=(30.0,), workers_waiting_pct=(1.0,)))
+    assert v.server_limit is False and v.limited_by == "generator" and any("lower bound" in n for n in v.notes)
+
+
+def test_a_ramp_stopped_by_the_session_cap_is_not_the_servers_limit():
+    from natkit.load.build import verdict
+    from natkit.load.report import Cpu
+
+    v = verdict(_ramp_run(None, capped="the generator's open-files limit"), _media_totals(0.0), None, None,
+                Cpu(workers_pct=(30.0,), workers_waiting_pct=(1.0,)))
+    assert (v.limited_by, v.server_limit, v.value) == ("session cap", False, 100.0)
+
+
+def test_step_judgement_names_the_generators_state():
+    from natkit.load.drive import generator_reasons
+    from natkit.load.runner import Run
+
+    run = Run(LoadConfig("audio", SERVER, workers=2))
+    run.pids = [11, 12]
+    assert generator_reasons(run, {11: (40.0, 40.0, 3.0), 12: (50.0, 50.0, 4.0)}, 5, 1000) == []  # 0.5 % not sent: within 1 %
+    assert generator_reasons(run, {11: (40.0, 40.0, 3.0), 12: (85.0, 85.0, 4.0)}, 0, 1000) == ["generator saturated (a worker at 85 % of a core)"]
+    assert generator_reasons(run, {11: (30.0, 30.0, 35.0), 12: (20.0, 20.0, None)}, 0, 1000)[0].startswith("generator starved (a worker waited 35 %")
+    assert generator_reasons(run, {11: (40.0, 40.0, 3.0)}, 30, 1000) == ["generator behind schedule (30 packets not sent)"]

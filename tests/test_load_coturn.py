@@ -243,6 +243,57 @@ def test_rest_secret_gives_every_call_its_own_user(quota_coturn):
     assert any(f.step == "setup" and "486 x3" in f.message for f in same.failures)
 
 
+def test_ramp_carries_calls_and_releases_them(coturn):
+    """--ramp in CI: a few audio calls raised x1.5 per 1 s step; every step recorded, every call released."""
+    report = coturn.run(coturn.config("audio", sessions=3, ramp=True, step_duration=1.0, max_steps=4, duration=30.0))
+    v, m = report.verdict, report.media
+    assert v.figure == "calls_carried" and isinstance(v.value, float) and v.value >= 3, (v, report.steps)
+    assert [s.sessions for s in report.steps][:2] == [3, 5] and len(report.steps) <= 4
+    assert all(s.loss_pct is not None and s.rtt_ms_p50 is not None for s in report.steps)
+    assert v.value == max(s.sessions for s in report.steps if s.passed)
+    assert m.sessions == max(s.sessions for s in report.steps) and m.sessions_failed == 0
+    assert report.released == m.sessions and report.release_failed == 0
+    assert report.cross_check is not None and report.cross_check.ok, report.cross_check
+    assert _released_on_server(coturn, report, m.sessions) == m.sessions
+
+
+def test_ramp_counts_calls_refused_while_growing(quota_coturn):
+    """user-quota=5, one user: the step that asks for 6 calls gets a 486 and fails; the calls carried are at most 5."""
+    cfg = quota_coturn.config("audio", sessions=4, ramp=True, step_duration=1.0, max_steps=6, duration=30.0, username=None,
+                              password=None, secret=SECRET, same_user=True, server_quotas=(5, None))
+    report = quota_coturn.run(cfg)
+    steps = report.steps
+    assert steps[0].sessions == 4 and steps[0].passed, steps
+    refused = [s for s in steps if s.reason and "486" in s.reason]
+    assert refused and all(not s.passed for s in refused), steps  # a step that met the quota never passes
+    assert all(s.sessions <= 5 for s in steps)  # a step's calls are those that sent, never the number asked for
+    assert report.verdict.figure == "calls_carried" and report.verdict.value is not None and report.verdict.value <= 5, report.verdict
+    assert report.verdict.limited_by == "server"
+    assert report.media.sessions == 5 and report.media.sessions_failed >= 1
+    assert report.released == 5 and report.release_failed == 0
+
+
+def test_ramp_stops_at_the_generators_open_files_limit(coturn):
+    """Under ulimit -n 128 the workers can hold ~20 calls: the ramp stops there and says so, rather than meeting EMFILE."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    env = dict(os.environ, NATKIT_STATE_DIR=coturn.state, NATKIT_QUIET="1")
+    cmd = [sys.executable, "-m", "natkit.cli.app", "turn", "load", f"turn:127.0.0.1:{coturn.port}", "--name", coturn.name,
+           "--profile", "audio", "--ramp", "--sessions", "8", "--step-duration", "1", "--duration", "40", "--workers", "1", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, check=False, preexec_fn=limit)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    v, steps = doc["verdict"], doc["steps"]
+    assert v["limited_by"] == "session cap" and v["server_limit"] is False, (v, steps)
+    cap = int(v["value"])
+    assert 8 < cap < 128 and max(s["sessions"] for s in steps) == cap and all(s["passed"] for s in steps), steps
+    assert any(f"the ramp stopped at {cap} calls, the generator's open-files limit (128 per worker" in n for n in v["notes"]), v["notes"]
+    assert not doc["media"]["sessions_failed"] and doc["released"] == cap and doc["release_failed"] == 0
+
+
 @pytest.fixture(scope="module")
 def docker_coturn(tmp_path_factory):
     """The same -v coturn in a container (host networking, an image built offline from this host's turnserver)."""

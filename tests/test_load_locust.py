@@ -98,3 +98,60 @@ def test_the_test_process_never_imports_locust():
     import sys
 
     assert "locust" not in sys.modules and "gevent.monkey" not in sys.modules
+
+
+CALL_SCRIPT = """\
+import json
+import time
+
+from locust.env import Environment
+
+from natkit.load.locust import TurnCallUser
+
+
+class Caller:
+    def __init__(self):
+        self.sent_at = []
+        self.stalled = False
+
+    def send_channel(self, channel, payload):
+        self.sent_at.append(time.monotonic())
+
+    def recv(self, timeout):
+        if not self.stalled and len(self.sent_at) >= 10:  # after 10 packets the greenlet does not run for a second
+            self.stalled = True
+            time.sleep(1.0)
+            return None
+        time.sleep(timeout)
+        return None  # and nothing ever comes back
+
+
+class Call(TurnCallUser):
+    seconds_per_task = 1.5
+    drain = 0.05
+
+
+env = Environment(user_classes=[Call])
+events = []
+env.events.request.add_listener(lambda request_type, name, response_length, exception, **kw: events.append((name, response_length)))
+user = Call(env)
+user.caller, user.to_callee, user.index, user.seq = Caller(), 0x4000, 1, 0
+user.talk()
+sent = user.caller.sent_at
+burst = max(sum(1 for t in sent if a <= t < a + 0.005) for a in sent)
+print(json.dumps({"sent": len(sent), "burst": burst, "events": events}))
+"""
+
+
+def test_a_stalled_call_skips_instead_of_bursting_and_judges_its_last_second(tmp_path):
+    """A caller that did not run for 1 s sends no burst of the 50 overdue packets (it skips what is more than 250 ms late,
+    reported as MEDIA behind), and the task's last half second is judged for loss too."""
+    (tmp_path / "call.py").write_text(CALL_SCRIPT)
+    done = subprocess.run([sys.executable, "call.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    behind = [n for name, n in out["events"] if name == "behind"]
+    losses = [n for name, n in out["events"] if name == "loss"]
+    assert out["burst"] <= 14, out  # at most the 250 ms it may catch up (12.5 packets), not the whole second
+    assert len(behind) == 1 and 35 <= behind[0] <= 40, out  # (1 s - 250 ms) / 20 ms skipped, in the second it happened
+    assert len(losses) == 2 and sum(losses) == out["sent"], out  # two seconds judged: [0, 1) and the last [1, 1.5)

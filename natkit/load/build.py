@@ -288,7 +288,7 @@ def verdict(run: Run, media: MediaTotals | None, alloc: AllocTotals | None, hold
     elif media is not None and cfg.ramp:
         passed, _failed = run.ramp_result
         figure, value = "calls_carried", float(passed) if passed is not None else None
-        limited = "server" if failing is not None else "sessions"
+        limited = "server" if failing is not None else "session cap" if run.ramp_capped else "sessions"
     elif media is not None:
         figure, value = ("relayed_pps" if cfg.profile == "rate" else "calls_carried"), (media.relayed_pps if cfg.profile == "rate" else float(media.sessions))
         limited = "duration"
@@ -358,7 +358,7 @@ def build_report(run: Run) -> LoadReport:
     run._gen_drops = sum(known) if own and len(known) == len(own) else None
     drops = Drops(generator=run._gen_drops, server=d.get("server"), rcvbuf_errors=d.get("rcvbuf_errors"),
                   sndbuf_errors=d.get("sndbuf_errors"),
-                  generator_send_skipped=run.total("skipped") + run.total("backpressure"))
+                  generator_send_skipped=run.total("not_sent"))
     cpu = _cpu(run)
     check = cross_check(run, sessions)
     failures = _failures(run, media, hold, released)

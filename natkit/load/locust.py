@@ -30,6 +30,9 @@ request_type       name              response_time
 ``MEDIA``          ``rtt``           a call's median round trip of the last second;
                                      ``response_length`` its packets returned
 ``MEDIA``          ``loss``          fired as a failure for every second with packets lost
+``MEDIA``          ``behind``        a failure for every second in which the user fell more
+                                     than ``max_behind`` (250 ms) behind and skipped packets
+                                     (``response_length``): the generator's limit
 =================  ================  ==========================================
 
 With ``per_packet_events = True`` a :class:`TurnCallUser` fires one
@@ -143,6 +146,8 @@ class TurnCallUser(_TurnUser):
     size = 200
     seconds_per_task = 5.0
     per_packet_events = False
+    max_behind = 0.25  # s behind schedule after which packets are skipped (MEDIA behind), not sent in a burst
+    drain = 0.2  # s at the end of a task to wait for the packets still in flight
 
     def on_start(self) -> None:
         super().on_start()
@@ -174,44 +179,61 @@ class TurnCallUser(_TurnUser):
 
     @task
     def talk(self) -> None:
-        """Send for ``seconds_per_task`` at ``pps``; report each second."""
+        """Send for ``seconds_per_task`` at ``pps``; report each second, the task's last (partial) one included."""
         interval = 1.0 / self.pps
         fire = self.environment.events.request.fire
         start = next_send = time.monotonic()
         second_end = start + 1.0
-        sent = returned = 0
+        sent = returned = skipped = 0
         rtt = Histogram()
         pad = bytes(max(0, self.size - packet.HEADER_SIZE))
-        while time.monotonic() - start < self.seconds_per_task:
-            now = time.monotonic()
+        while (now := time.monotonic()) - start < self.seconds_per_task:
+            if next_send < now - self.max_behind:  # a stall (the greenlet did not run): skip, never burst
+                late = int((now - self.max_behind - next_send) / interval) + 1
+                skipped += late
+                next_send += late * interval
             while next_send <= now:
                 head = packet.HEADER.pack(self.index, self.seq, 0, 0, time.monotonic_ns(), 0)
                 self.caller.send_channel(self.to_callee, head + pad)
                 self.seq += 1
                 sent += 1
                 next_send += interval
-            item = self.caller.recv(timeout=max(0.001, min(next_send, second_end) - time.monotonic()))
-            if item is not None and len(item.data) >= packet.HEADER_SIZE:
-                ts = packet.HEADER.unpack_from(item.data)[4]
-                ms = (time.monotonic_ns() - ts) / 1e6
-                returned += 1
-                if self.per_packet_events:
-                    fire(request_type="MEDIA", name="packet", response_time=ms, response_length=len(item.data), exception=None, context={})
-                else:
-                    rtt.add(int(ms * 1000))
+            returned += self._receive(fire, rtt, max(0.001, min(next_send, second_end) - time.monotonic()))
             if time.monotonic() >= second_end:
-                self._report(fire, sent, returned, rtt)
-                sent = returned = 0
+                self._report(fire, sent, returned, rtt, skipped)
+                sent = returned = skipped = 0
                 rtt = Histogram()
                 second_end += 1.0
+        drain_end = time.monotonic() + self.drain
+        while returned < sent and (left := drain_end - time.monotonic()) > 0:  # the last packets in flight
+            returned += self._receive(fire, rtt, left)
+        if sent or skipped:
+            self._report(fire, sent, returned, rtt, skipped)
 
-    def _report(self, fire, sent: int, returned: int, rtt: Histogram) -> None:
+    def _receive(self, fire, rtt: Histogram, timeout: float) -> int:
+        """Wait up to ``timeout`` s for one returned packet; 1 when one came back (reported per packet or into ``rtt``)."""
+        item = self.caller.recv(timeout=timeout)
+        if item is None or len(item.data) < packet.HEADER_SIZE:
+            return 0
+        ts = packet.HEADER.unpack_from(item.data)[4]
+        ms = (time.monotonic_ns() - ts) / 1e6
+        if self.per_packet_events:
+            fire(request_type="MEDIA", name="packet", response_time=ms, response_length=len(item.data), exception=None, context={})
+        else:
+            rtt.add(int(ms * 1000))
+        return 1
+
+    def _report(self, fire, sent: int, returned: int, rtt: Histogram, skipped: int = 0) -> None:
         if not self.per_packet_events and rtt.count:
             fire(request_type="MEDIA", name="rtt", response_time=(rtt.percentile(50) or 0) / 1000.0, response_length=returned,
                  exception=None, context={})
         if returned < sent - 1:  # one packet may still be in flight at the second's edge
             fire(request_type="MEDIA", name="loss", response_time=0, response_length=sent - returned,
                  exception=RuntimeError(f"{sent - returned} of {sent} packets not back within the second"), context={})
+        if skipped:
+            fire(request_type="MEDIA", name="behind", response_time=0, response_length=skipped,
+                 exception=RuntimeError(f"{skipped} packets not sent: the user fell more than {self.max_behind * 1000:.0f} ms "
+                                        "behind its schedule (the generator's limit, not the server's)"), context={})
 
     def on_stop(self) -> None:
         self._release()

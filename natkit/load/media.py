@@ -10,9 +10,10 @@ round-trip time and both one-way transit times (one machine, one clock).
 
 :class:`MediaLoad` paces all sessions of the worker from one timer: frames
 are due at ``sessions / frame_interval`` per second in round-robin order,
-which spreads the sessions' phases evenly; a worker that falls behind by
-more than 250 ms of frames skips them (counted in ``skipped``: the offered
-load was not sent, a generator limit).
+which spreads the sessions' phases evenly (:class:`~natkit.load.stats.FrameClock`);
+a worker that falls behind by more than 250 ms of frames skips them. What the
+schedule offered but did not send is counted in packets (``not_sent``: frames
+skipped, a full TCP/TLS queue, send() refused): a generator limit, not the server's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..errors import NatkitError
 from ..model import TransportAddress
 from . import packet
 from .clients import allocated_client, outcome_of, ssl_context, writable
-from .stats import Histogram, Jitter, SeqTracker
+from .stats import FrameClock, Histogram, Jitter, SeqTracker
 
 if TYPE_CHECKING:
     from ..stun.aio import TurnClient
@@ -180,8 +181,10 @@ class MediaSession:
 class MediaLoad:
     """The media sessions of one of ``workers`` worker processes."""
 
-    def __init__(self, cfg: LoadConfig, workers: int) -> None:
+    def __init__(self, cfg: LoadConfig, workers: int, index: int = 0) -> None:
         self.cfg = cfg
+        self.workers = workers
+        self.index = index  # this worker's number: sessions i with i % workers == index are its
         self.traffic = cfg.traffic
         self.packet_budget = max(1, cfg.max_packets // workers)
         self.packet_cap_per_session = max(1024, int(self.traffic.pps * cfg.max_time) + 1024)
@@ -196,9 +199,8 @@ class MediaLoad:
         self.ep_returned = [0] * MAX_EPOCHS
         self.ep_rtt = [Histogram() for _ in range(MAX_EPOCHS)]
         self.sent = 0
-        self.offered = 0
-        self.skipped = 0  # frames not sent because the worker fell behind
-        self.send_errors = 0
+        self.clock: FrameClock | None = None  # the schedule (offered, skipped), from the first pace()
+        self.send_errors = 0  # packets send() refused
         self.retried = 0  # 437 on a fresh socket, allocated again on another
         self.backpressure = 0  # packets not sent: a TCP/TLS connection's queue was full
         self.capped = False
@@ -281,21 +283,12 @@ class MediaLoad:
         """Send frames until :meth:`stop_sending` or the packet budget is spent."""
         interval, k = self.traffic.frame_interval, self.traffic.packets_per_frame
         tick = min(0.002, interval / 4)
-        last, credit = time.monotonic(), 0.0  # frames owed: n / interval per second, whatever n is at the time
+        clock = self.clock = FrameClock(interval, k, time.monotonic())
         sizes, pads = self._sizes, self._pads
         while self.sending:
             active = self._sending_sessions()
             n = len(active)
-            now = time.monotonic()
-            credit += (now - last) * n / interval
-            last = now
-            due = int(credit)
-            credit -= due
-            limit = max(n, int(0.25 * n / interval))  # more than 250 ms of frames behind: skip them, count them
-            if due > limit:
-                self.skipped += due - limit
-                due = limit
-            self.offered += due * k
+            due = clock.due(time.monotonic(), n)
             ep = self.epoch
             for _ in range(due):
                 s = active[self._rr % n]
@@ -323,8 +316,28 @@ class MediaLoad:
                 break
             await asyncio.sleep(tick)
 
+    @property
+    def offered(self) -> int:
+        """Packets the schedule asked for so far (sent or not)."""
+        return self.clock.offered if self.clock is not None else 0
+
+    @property
+    def skipped(self) -> int:
+        """Packets of the frames skipped because the worker fell more than 250 ms behind."""
+        return self.clock.skipped if self.clock is not None else 0
+
+    @property
+    def not_sent(self) -> int:
+        """Packets of the schedule that did not leave: skipped, held back by a full TCP/TLS queue, or refused by send()."""
+        return self.skipped + self.backpressure + self.send_errors
+
     def set_active(self, sessions: int | None) -> None:
-        """Only sessions numbered below ``sessions`` send (None: all): a ramp steps down without tearing down."""
+        """Send from this worker's share of ``sessions`` calls (None: all): a ramp steps down without tearing down.
+
+        The share is as many sessions as numbers below ``sessions`` fall to this
+        worker, its lowest-numbered set-up ones: a session refused earlier leaves
+        no hole while others are set up.
+        """
         self._limit = sessions
         self._active = None
 
@@ -332,7 +345,8 @@ class MediaLoad:
         if self._limit is None:
             return self.sessions
         if self._active is None:
-            self._active = [s for s in self.sessions if s.index < self._limit]
+            share = max(0, -(-(self._limit - self.index) // self.workers))  # numbers i < limit with i % workers == index
+            self._active = sorted(self.sessions, key=lambda s: s.index)[:share]
         return self._active
 
     def stop_sending(self) -> None:
@@ -349,7 +363,8 @@ class MediaLoad:
         return {
             "sessions": len(self.sessions), "sending": len(self._sending_sessions()), "failed": len(self.failed), "sent": self.sent, "offered": self.offered,
             "returned": sum(self.ep_returned), "peer_received": echo_recv, "skipped": self.skipped,
-            "backpressure": self.backpressure, "send_errors": self.send_errors, "retried_437": self.retried, "errors": dict(self.errors), "capped": self.capped,
+            "backpressure": self.backpressure, "send_errors": self.send_errors, "not_sent": self.not_sent,
+            "retried_437": self.retried, "errors": dict(self.errors), "capped": self.capped,
             "epochs": {e: (self.ep_sent[e], self.ep_returned[e]) for e in range(last + 1) if self.ep_sent[e] or self.ep_returned[e]},
             "rtt": {e: self.ep_rtt[e].to_dict() for e in range(last + 1) if self.ep_rtt[e].count},
         }

@@ -49,7 +49,7 @@ class Drops:
     server: int | None = None  # on the local server's UDP sockets
     rcvbuf_errors: int | None = None  # whole host: /proc/net/snmp Udp RcvbufErrors
     sndbuf_errors: int | None = None  # whole host: /proc/net/snmp Udp SndbufErrors
-    generator_send_skipped: int = 0  # packets the generator did not send (behind schedule, full TCP queue)
+    generator_send_skipped: int = 0  # packets of the schedule the generator did not send (behind, full TCP queue, send refused)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ class Verdict:
 
     figure: str  # "calls_carried", "relayed_pps", "allocations_per_s", "concurrent_allocations"
     value: float | None
-    limited_by: str  # "server", "generator", "quota", "port range", "fd limit", "duration", "sessions", "packet cap", "interrupted", "errors"
+    limited_by: str  # "server", "generator", "quota", "port range", "fd limit", "duration", "sessions", "session cap", "packet cap", "interrupted", "errors"
     server_limit: bool  # True only when the generator was not saturated and the server showed the limit
     notes: tuple[str, ...] = ()
 

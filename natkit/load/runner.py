@@ -22,11 +22,12 @@ from multiprocessing.connection import wait as wait_conns
 from typing import Any
 
 from ..errors import NatkitError
-from .config import MEDIA_PROFILES, LoadConfig
+from .config import HARD_MAX_SESSIONS, MEDIA_PROFILES, LoadConfig
 from .stats import Histogram
 from .sysmon import SATURATED_PCT, CpuMeter, drops_of, udp_counters, udp_socket_drops
 
 ProgressFn = Callable[[dict], None]
+FD_RESERVE = 96  # files a worker keeps free beyond its sessions' sockets (437 retries while 64 set up at once)
 FINAL_TIMEOUT = 15.0  # s beyond the request timeout to wait for the workers' final counters
 
 
@@ -70,6 +71,8 @@ class Run:
         self._drops0: tuple[int | None, int | None] = (None, None)
         self._have = 0  # sessions asked for so far (drive.grow_to)
         self.ramp_result: tuple[int | None, int | None] = (None, None)  # a media ramp: (last passing, first failing) sessions
+        self.ramp_capped: str | None = None  # why the ramp stopped at session_cap() with every step passing
+        self.fd_limits: list[tuple[int, int] | None] = []  # per worker: (open-files limit, files open when ready)
         self._gen_drops: int | None = None  # the workers' own socket drops, summed (None: not every worker knows)
         self.read_server_log: Callable[[], Any] | None = None  # run_load's read_server_log
 
@@ -89,6 +92,7 @@ class Run:
             self.snaps.append({})
             self.snap_t.append(0.0)
             self.finals.append(None)
+            self.fd_limits.append(None)
         ready = 0
         deadline = time.monotonic() + 20.0
         while ready < self.nworkers and time.monotonic() < deadline:
@@ -137,6 +141,8 @@ class Run:
 
     def _take(self, i: int, msg: dict) -> None:
         kind = msg.get("type")
+        if kind == "ready" and msg.get("fd_limit"):
+            self.fd_limits[i] = (int(msg["fd_limit"]), int(msg.get("fds_open") or 0))
         if kind in ("snap", "grown", "final"):
             self.snaps[i] = msg["data"]
             self.snap_t[i] = msg.get("t", time.monotonic())
@@ -272,6 +278,21 @@ class Run:
             out["rcvbuf_errors"] = udp.get("RcvbufErrors", 0) - self._udp0.get("RcvbufErrors", 0)
             out["sndbuf_errors"] = udp.get("SndbufErrors", 0) - self._udp0.get("SndbufErrors", 0)
         return out
+
+    def session_cap(self) -> tuple[int, str]:
+        """The most media sessions this run can set up, and why: natkit's :data:`HARD_MAX_SESSIONS`, or the
+        workers' open-files limit (one socket per allocation, two per call with ``peer="allocation"``; the files
+        open when the worker started and :data:`FD_RESERVE` for 437 retries and setup in flight kept free)."""
+        cap, why = HARD_MAX_SESSIONS, f"natkit's hard cap of {HARD_MAX_SESSIONS:,} sessions"
+        per = 2 if self.cfg.peer == "allocation" else 1
+        known = [f for f in self.fd_limits if f is not None]
+        if known and len(known) == self.nworkers:
+            limit = min(lim for lim, _ in known)
+            fd_cap = self.nworkers * max(1, min((lim - used - FD_RESERVE) // per for lim, used in known))
+            if fd_cap < cap:
+                cap, why = fd_cap, (f"the generator's open-files limit ({limit:,} per worker x {self.nworkers} workers, "
+                                    f"{per} socket{'s' if per > 1 else ''} per call)")
+        return cap, why
 
     def saturated(self, cpu: dict[int, tuple[float, float, float | None]]) -> float | None:
         """The busiest worker's CPU % when above :data:`SATURATED_PCT`, else None."""

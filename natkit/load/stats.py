@@ -8,6 +8,8 @@
 * :class:`SeqTracker`: loss, duplicates and reordering of numbered packets
   (a packet is *reordered* when it arrives after one with a higher sequence
   number, RFC 4737's "reordered" in its simplest form).
+* :class:`FrameClock`: a media worker's schedule (frames owed to its
+  sessions, what was skipped when it fell behind), counted in packets.
 * :func:`percentile`, :func:`loss_pct`.
 """
 
@@ -164,6 +166,44 @@ class SeqTracker:
         else:
             self.highest = seq
         return True
+
+
+class FrameClock:
+    """The schedule of ``n`` media sessions sending ``packets_per_frame`` packets every ``interval`` seconds.
+
+    :meth:`due` turns elapsed time into frames owed (``n / interval`` per
+    second, whatever ``n`` is at the time; fractions carry over). When more
+    than ``max_behind`` seconds of frames are owed, the excess is skipped: the
+    generator fell behind. Every count is in **packets**, so a video frame of
+    3 packets skipped is 3: ``offered`` is everything the schedule asked for
+    (sent or not), ``skipped`` what it gave up on (``offered`` minus the
+    packets of the frames :meth:`due` returned).
+    """
+
+    __slots__ = ("_credit", "_last", "interval", "max_behind", "offered", "packets_per_frame", "skipped")
+
+    def __init__(self, interval: float, packets_per_frame: int, now: float, max_behind: float = 0.25) -> None:
+        self.interval = interval
+        self.packets_per_frame = packets_per_frame
+        self.max_behind = max_behind
+        self.offered = 0
+        self.skipped = 0
+        self._last = now
+        self._credit = 0.0
+
+    def due(self, now: float, n: int) -> int:
+        """Frames to send now for ``n`` sessions (at most ``max(n, max_behind`` s of frames``)``)."""
+        self._credit += (now - self._last) * n / self.interval
+        self._last = now
+        due = int(self._credit)
+        self._credit -= due
+        k = self.packets_per_frame
+        self.offered += due * k
+        limit = max(n, int(self.max_behind * n / self.interval))
+        if due > limit:
+            self.skipped += (due - limit) * k
+            due = limit
+        return due
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:

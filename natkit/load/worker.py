@@ -52,6 +52,14 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def _fds_open() -> int:
+    """Files this process has open (0 when /proc cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
 def main(conn: Connection, cfg: LoadConfig, index: int, workers: int) -> None:
     """The worker process's entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the coordinator decides
@@ -96,7 +104,7 @@ class Worker:
         elif profile == "hold":
             self.load = HoldLoad(self.cfg, self.workers, self.index)
         else:
-            self.load = MediaLoad(self.cfg, self.workers)
+            self.load = MediaLoad(self.cfg, self.workers, self.index)
             await self.load.start()
         from .sysmon import drops_of
 
@@ -105,7 +113,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGHUP):  # a group-wide SIGTERM (timeout, systemd): stop, release, report
             loop.add_signal_handler(sig, self._stop.set)
         deadline = loop.call_later(self.cfg.max_time + 5.0, self._stop.set)  # the hard limit, even without the coordinator
-        self._send({"type": "ready", "pid": os.getpid(), "fd_limit": self.fd_limit})
+        self._send({"type": "ready", "pid": os.getpid(), "fd_limit": self.fd_limit, "fds_open": _fds_open()})
         snapshots = asyncio.ensure_future(self._snapshots())
         try:
             await self._stop.wait()
