@@ -181,8 +181,8 @@ def drive_media(run: Run) -> None:
             passed = n
         else:
             failed = n
-            if step.reason and "generator" in step.reason and passed is not None:
-                break  # more sessions cannot tell anything about the server (fewer still might: halve below)
+            # a step the generator failed still bisects: the figure (a lower bound of the server's capacity,
+            # the verdict says so) is then as fine as a server-limited one, not a x1.5 step apart run to run
         n, why = next_ramp_size(n, passed, failed, cfg.ramp_factor, cap)
         if why == "cap":
             run.ramp_capped = cap_why
