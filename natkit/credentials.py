@@ -140,7 +140,8 @@ def resolve(
 ) -> TurnCredentials:
     """Decide which credentials a command uses, the same way for every command.
 
-    1. ``secret`` (``--secret``/``NATKIT_TURN_SECRET``): REST; ``user`` is the
+    1. ``secret`` (``--secret``, ``--secret-file`` or ``NATKIT_TURN_SECRET``, picked by
+       :func:`natkit.cli.options.turn_secret`): REST; ``user`` is the
        user part (None: ``natkit``; ``""``: a bare expiry as username).
     2. ``user`` and ``password``: a long-term credential.
     3. Neither: a natkit-managed coturn's secret (with ``use_managed``), and only
@@ -169,7 +170,7 @@ def resolve(
     if secret and password:
         raise UsageError("give either --secret or --user/--password, not both")
     if password and not user:
-        raise UsageError("--password needs --user", hint="long-term credentials are --user U --password P")
+        raise UsageError("--password needs --user", hint="long-term credentials are --user U --password-file FILE (or --password P)")
     if user and ":" in user and not password:
         raise UsageError(f"user {user!r} must not contain ':' (it separates expiry and user)")
     if password:
@@ -186,7 +187,7 @@ def resolve(
     if not use_managed:
         if not required:
             return TurnCredentials("none", uris, user=rest_user)
-        raise UsageError("credentials needed: --secret S, or --user U --password P")
+        raise UsageError("credentials needed: --secret-file FILE (or --secret S), or --user U --password-file FILE")
     managed = list_fn()
     if name:
         server = _named(name, managed)
@@ -200,12 +201,12 @@ def resolve(
     else:
         if not managed:
             raise NotRunning("no secret given and no natkit-managed coturn is running",
-                             hint="pass --secret S or --user U --password P, or start one with: natkit turn up")
+                             hint="pass --secret-file FILE or --user U --password-file FILE, or start one with: natkit turn up")
         if len(managed) > 1:
             raise UsageError("several natkit-managed coturn servers exist: " + ", ".join(s.name for s in managed), hint="pass --name")
         server = managed[0]
     if not server.secret:
-        raise UsageError(f"the natkit-managed coturn {server.name!r} uses long-term users, not a REST secret", hint="pass --user U --password P")
+        raise UsageError(f"the natkit-managed coturn {server.name!r} uses long-term users, not a REST secret", hint="pass --user U --password-file FILE")
     return TurnCredentials("rest", uris or tuple(server.uris), secret=server.secret, user=rest_user, server=server)
 
 

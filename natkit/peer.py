@@ -615,7 +615,7 @@ def _validate(o: PeerOptions) -> None:
     if o.relay_only and not o.turn:
         raise UsageError("--relay-only needs a --turn server")
     if o.turn and not (o.username and o.password):
-        raise UsageError("--turn needs credentials: --secret S, or --user U --password P")
+        raise UsageError("--turn needs credentials: --secret-file FILE (or --secret S), or --user U --password-file FILE")
     if o.send_file is not None:
         p = Path(o.send_file)
         if not p.is_file() or not os.access(p, os.R_OK):
@@ -639,7 +639,7 @@ async def _preflight(o: PeerOptions, event: Callable[[str], None]) -> _Turn:
     if not o.turn:
         return _Turn()
     if o.username is None or o.password is None:  # _validate says so too
-        raise UsageError("--turn needs credentials: --secret S, or --user U --password P")
+        raise UsageError("--turn needs credentials: --secret-file FILE (or --secret S), or --user U --password-file FILE")
     from .stun import resolve
     from .uri import parse_turn_uri
 

@@ -251,6 +251,135 @@ def test_help_lists_every_command_with_its_own_summary():
         assert " ".join((command.help or "").split("\n\n")[0].split()) == summary, name
 
 
+# ---- secrets never in argv: every command that takes one on the command line takes it from a file too
+
+# what each command needs besides the credential options to reach its work (nothing listens on port 9)
+SECRET_COMMANDS = {
+    "check": ["--turn", "turn:127.0.0.1:9"],
+    "relay-check": ["turn:127.0.0.1:9"],
+    "doctor": ["turn:127.0.0.1:9"],
+    "creds": [],
+    "turn up": ["--port", "9"],
+    "turn config": [],
+    "turn audit": ["turn:127.0.0.1:9"],
+    "turn load": ["turn:127.0.0.1:9"],
+    "signal serve": ["--port", "0"],
+    "peer": ["--signal", "ws://127.0.0.1:9", "--room", "r", "--turn", "turn:127.0.0.1:9"],
+    "monitor serve": ["--target", "turn:127.0.0.1:9", "--listen", "127.0.0.1:0"],
+    "monitor once": ["--target", "turn:127.0.0.1:9"],
+}
+
+
+def _option(command, flag: str):
+    return next(p for p in command.params if flag in p.opts)
+
+
+def test_every_secret_or_password_option_has_its_file_form():
+    """--secret and --password stay (their help says ps shows them); each comes with --secret-file / --password-file."""
+    leaves = dict((" ".join(p), c) for p, c in _leaf_commands())
+    with_secret = sorted(p for p, c in leaves.items() if "--secret" in _flags(c))
+    with_password = sorted(p for p, c in leaves.items() if "--password" in _flags(c))
+    assert {"check", "relay-check", "doctor", "creds", "turn audit", "turn load", "peer", "signal serve"} <= set(with_secret)
+    assert {"check", "relay-check", "doctor", "turn audit", "turn load", "peer"} <= set(with_password)
+    assert [p for p in with_secret if "--secret-file" not in _flags(leaves[p])] == []
+    assert [p for p in with_password if "--password-file" not in _flags(leaves[p])] == []
+    for path in with_secret:
+        assert "ps" in (_option(leaves[path], "--secret").help or ""), path
+    for path in with_password:
+        assert "ps" in (_option(leaves[path], "--password").help or ""), path
+    assert sorted(SECRET_COMMANDS) == sorted(p for p, c in leaves.items() if "--secret-file" in _flags(c))
+
+
+@pytest.mark.parametrize("path", sorted(SECRET_COMMANDS))
+def test_a_missing_or_empty_secret_file_is_exit_2_before_any_work(path, tmp_path):
+    args = [*path.split(), *SECRET_COMMANDS[path]]
+    missing = cli(*args, "--secret-file", str(tmp_path / "nope"))
+    assert_one_line_error(missing, 2)
+    assert f"cannot read secret file {tmp_path / 'nope'}: No such file or directory" in missing.stderr
+    (tmp_path / "empty").write_text("\n\n")
+    empty = cli(*args, "--secret-file", str(tmp_path / "empty"))
+    assert_one_line_error(empty, 2)
+    assert "holds no secret" in empty.stderr
+    assert_one_line_error(cli(*args, "--secret-file", str(tmp_path)), 2)  # a directory
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SECRET_COMMANDS if p not in ("creds", "signal serve", "turn up", "turn config")))
+def test_a_missing_or_empty_password_file_is_exit_2_before_any_work(path, tmp_path):
+    args = [*path.split(), *SECRET_COMMANDS[path], "--user", "alice"]
+    assert_one_line_error(cli(*args, "--password-file", str(tmp_path / "nope")), 2)
+    (tmp_path / "empty").write_text("  \n")
+    empty = cli(*args, "--password-file", str(tmp_path / "empty"))
+    assert_one_line_error(empty, 2)
+    assert f"password file {tmp_path / 'empty'} is empty" in empty.stderr
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SECRET_COMMANDS if not p.startswith("monitor")))  # monitor takes no --secret
+def test_secret_and_secret_file_together_is_exit_2(path, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("from-the-file\n")
+    secret.chmod(0o600)
+    result = cli(*path.split(), *SECRET_COMMANDS[path], "--secret", "on-argv", "--secret-file", str(secret))
+    assert_one_line_error(result, 2)
+    assert "--secret and --secret-file are two sources of the same secret" in result.stderr
+    assert "from-the-file" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("path", ["check", "doctor", "peer", "relay-check", "turn audit", "turn load"])
+def test_password_and_password_file_together_is_exit_2(path, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("from-the-file\n")
+    pw.chmod(0o600)
+    result = cli(*path.split(), *SECRET_COMMANDS[path], "--user", "alice", "--password", "p", "--password-file", str(pw))
+    assert_one_line_error(result, 2)
+    assert "--password and --password-file are two sources" in result.stderr and "from-the-file" not in result.stderr
+
+
+def _rest_password(secret: str, username: str) -> str:
+    """coturn's TURN REST password for ``username``: base64(HMAC-SHA1(secret, username))."""
+    import base64
+    import hashlib
+    import hmac
+
+    return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+
+
+def test_creds_from_a_secret_file_uses_its_first_secret(tmp_path):
+    """--secret-file takes the file's first secret (newest first, comments skipped), as turn up reads it;
+    a file others may read is used with a warning."""
+    secret = tmp_path / "secret"
+    secret.write_text("# rotated 2026-12-01\n\nnew-secret\nold-secret\n")
+    secret.chmod(0o600)
+    result = cli("creds", "--secret-file", str(secret), "--json")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["credential"] == _rest_password("new-secret", doc["username"])
+    secret.chmod(0o644)
+    loose = cli("creds", "--secret-file", str(secret), "--json")
+    assert loose.exit_code == 0 and "is mode 0644: other users may read it" in loose.stderr
+
+
+def test_secret_file_beats_the_environment(tmp_path, monkeypatch):
+    secret = tmp_path / "secret"
+    secret.write_text("from-the-file\n")
+    secret.chmod(0o600)
+    monkeypatch.setenv("NATKIT_TURN_SECRET", "from-the-environment")
+    doc = json.loads(cli("creds", "--secret-file", str(secret), "--json").stdout)
+    assert doc["credential"] == _rest_password("from-the-file", doc["username"])
+    env = json.loads(cli("creds", "--json").stdout)
+    assert env["credential"] == _rest_password("from-the-environment", env["username"])
+
+
+def test_password_file_keeps_spaces_inside_and_strips_the_line_break():
+    from natkit.coturn.secrets import read_password_file
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pw") as f:
+        f.write("\n  \ncorrect horse # battery\r\nsecond line\n")
+        f.flush()
+        assert read_password_file(f.name) == "correct horse # battery"
+
+
 def test_turn_config_json_masks_the_secret():
     result = cli("turn", "config", "--secret", "abc", "--port", "3999", "--json")
     assert result.exit_code == 0, result.stderr

@@ -23,9 +23,11 @@ _SEV_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "
 
 def audit_cmd(
     uris: List[str] = typer.Argument(None, help="turn:HOST[:PORT] and turns:HOST:PORT URIs; several hosts are audited concurrently"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (mints valid, expired and forged credentials)"),
+    secret: Optional[str] = options.secret_option(help="REST shared secret (mints valid, expired and forged credentials)"),
+    secret_file: Optional[str] = options.secret_file_option(),
     user: Optional[str] = typer.Option(None, "--user", help="long-term username; with --secret, the REST user part ('' for a bare expiry)"),
-    password: Optional[str] = typer.Option(None, "--password", envvar="NATKIT_TURN_PASSWORD", help="long-term password"),
+    password: Optional[str] = options.password_option(help="long-term password"),
+    password_file: Optional[str] = options.password_file_option(),
     name: Optional[str] = typer.Option(None, "--name", help="audit a natkit-managed coturn (its URIs and secret) when no URI is given"),
     fail_on: str = typer.Option("high", "--fail-on", help="exit 1 when a finding at or above this severity fails: info, low, medium, high, critical"),
     checks: List[str] = typer.Option([], "--check", help="run only these checks (repeatable)"),
@@ -53,7 +55,8 @@ def audit_cmd(
         targets = list(uris or [])
         # no URI: the managed server's own; URIs of a managed server get its secret; other URIs without
         # credentials get the unauthenticated checks only
-        creds = resolve(secret=secret, user=user, password=password, uris=targets, name=name, required=False)
+        creds = resolve(secret=options.turn_secret(secret, secret_file), user=user,
+                        password=options.turn_password(password, password_file), uris=targets, name=name, required=False)
         if not targets:
             targets = [u for u in creds.uris if "?transport=tcp" not in u]
         sec = creds.secret

@@ -11,9 +11,11 @@ from . import options, output
 
 def check_cmd(
     turn: Optional[List[str]] = typer.Option(None, "--turn", help="TURN URI of an existing server (repeatable); default: an embedded local coturn"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret of that server (default: a natkit-managed coturn's, for its own URIs)"),
+    secret: Optional[str] = options.secret_option(help="REST shared secret of that server (default: a natkit-managed coturn's, for its own URIs)"),
+    secret_file: Optional[str] = options.secret_file_option(),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="long-term username (with --password)"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="long-term password"),
+    password: Optional[str] = options.password_option("-p", help="long-term password"),
+    password_file: Optional[str] = options.password_file_option(),
     name: Optional[str] = typer.Option(None, "--name", help="check the natkit-managed coturn with this name (from natkit turn up)"),
     backend: str = typer.Option("auto", "--backend", "-b", help="embedded server: auto, docker or native"),
     image: Optional[str] = typer.Option(None, "--image", help="embedded server, docker backend: image"),
@@ -37,11 +39,12 @@ def check_cmd(
     def body() -> int:
         from ..check import check
 
+        given_secret, given_password = options.turn_secret(secret, secret_file), options.turn_password(password, password_file)
         turn_uris, the_secret, the_user, the_password, ca = list(turn or []), None, None, None, cafile
         if turn_uris or name:  # an existing server; without either, check starts its own (and mints its own secret)
             from ..credentials import resolve
 
-            creds = resolve(secret=secret, user=user, password=password, uris=turn_uris, name=name)
+            creds = resolve(secret=given_secret, user=user, password=given_password, uris=turn_uris, name=name)
             turn_uris = list(creds.uris)
             the_secret, the_user, the_password = creds.secret, creds.username, creds.password
             if creds.server is not None and cafile is None:

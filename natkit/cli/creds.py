@@ -11,7 +11,8 @@ from . import options, output
 
 
 def creds_cmd(
-    secret: Optional[str] = typer.Option(None, "--secret", "-s", envvar="NATKIT_TURN_SECRET", help="shared secret (coturn static-auth-secret); default: a natkit-managed coturn's"),
+    secret: Optional[str] = options.secret_option("-s", help="shared secret (coturn static-auth-secret; default: a natkit-managed coturn's)"),
+    secret_file: Optional[str] = options.secret_file_option(),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="user part of the username (default natkit; '' for a bare expiry)"),
     ttl: int = options.integer(86400, "--ttl", help="lifetime in seconds (negative: already expired, for tests)", low=-MAX_TTL, high=MAX_TTL),
     urls: Optional[List[str]] = typer.Option(None, "--url", help="TURN/STUN URI(s) for the ICE server entry (default: the managed coturn's)"),
@@ -30,10 +31,11 @@ def creds_cmd(
         from ..credentials import mint, resolve
         from ..uri import parse_ice_url
 
+        the_secret = options.turn_secret(secret, secret_file)
         the_urls = list(urls or [])
         for url in the_urls:
             parse_ice_url(url)
-        creds = resolve(secret=secret, user=user, uris=the_urls, name=name)
+        creds = resolve(secret=the_secret, user=user, uris=the_urls, name=name)
         cred = mint(creds.secret or "", creds.user, ttl)
         the_urls = list(creds.uris)
         if json_out:

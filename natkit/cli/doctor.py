@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from . import output
+from . import options, output
 
 _STATUS = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]", "skip": "[dim]skip[/]"}
 
@@ -21,11 +21,11 @@ _STATUS = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn
 def doctor_cmd(
     uris: Annotated[list[str] | None, typer.Argument(help="turn:HOST[:PORT] and turns:HOST[:PORT] URIs of one deployment "
                                                           "(none: the natkit-managed coturn's own)")] = None,
-    secret: Annotated[str | None, typer.Option("--secret", envvar="NATKIT_TURN_SECRET", show_envvar=True,
-                                                  help="REST shared secret (coturn static-auth-secret); prefer the environment variable")] = None,
+    secret: str | None = options.secret_option(help="REST shared secret (coturn static-auth-secret)"),
+    secret_file: str | None = options.secret_file_option(),
     user: Annotated[str | None, typer.Option("--user", "-u", help="long-term username (with --password), or the REST user part (with --secret)")] = None,
-    password: Annotated[str | None, typer.Option("--password", "-p", envvar="NATKIT_TURN_PASSWORD", show_envvar=True,
-                                                    help="long-term password; prefer the environment variable")] = None,
+    password: str | None = options.password_option("-p", help="long-term password"),
+    password_file: str | None = options.password_file_option(),
     peers: Annotated[list[str] | None, typer.Option("--peer", help="an IP address that must be reachable through the relay (repeatable; only asked about, never sent to)")] = None,
     ca: Annotated[str | None, typer.Option("--ca", help="CA bundle (PEM) for turns: certificates")] = None,
     name: Annotated[str | None, typer.Option("--name", help="diagnose the natkit-managed coturn with this name (its URIs and secret)")] = None,
@@ -49,10 +49,12 @@ def doctor_cmd(
 
         if ca is not None and not os.path.isfile(ca):
             raise UsageError(f"--ca {ca}: no such file")
+        the_password = options.turn_password(password, password_file)
         # one credential rule for every command; URIs without credentials get the unauthenticated steps
-        creds = resolve(secret=secret, user=user, password=password, uris=tuple(uris or ()), name=name, required=False)
-        if user and creds.kind != "rest" and not password:
-            raise UsageError("--user needs --password (or NATKIT_TURN_PASSWORD), or --secret for a REST user part")
+        creds = resolve(secret=options.turn_secret(secret, secret_file), user=user, password=the_password, uris=tuple(uris or ()),
+                        name=name, required=False)
+        if user and creds.kind != "rest" and not the_password:
+            raise UsageError("--user needs --password-file (or NATKIT_TURN_PASSWORD, --password), or --secret-file for a REST user part")
         targets = list(uris or creds.uris)
         if not targets:
             raise UsageError("no server given", hint="natkit doctor turn:HOST[:PORT] [turns:HOST:5349], or --name of a managed coturn")

@@ -30,9 +30,11 @@ PROFILE_HELP = ("alloc: allocations/s at a rising rate | hold: N concurrent allo
 def load_cmd(
     turn_uri: str = typer.Argument(..., metavar="TURN_URI", help="turn:host[:port][?transport=udp|tcp] or turns:host[:port]"),
     profile: str = typer.Option("audio", "--profile", "-P", help=PROFILE_HELP),
-    secret: str | None = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (default: a natkit-managed coturn's, for its own URIs)"),
+    secret: str | None = options.secret_option(help="REST shared secret (default: a natkit-managed coturn's, for its own URIs)"),
+    secret_file: str | None = options.secret_file_option(),
     user: str | None = typer.Option(None, "--user", "-u", help="username (long-term), or the user part with --secret"),
-    password: str | None = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="password (long-term credential)"),
+    password: str | None = options.password_option("-p", help="password (long-term credential)"),
+    password_file: str | None = options.password_file_option(),
     name: str | None = typer.Option(None, "--name", help="the natkit-managed coturn behind the URI (its secret, CPU, log and limits)"),
     sessions: int = options.integer(None, "--sessions", "-n", help="audio/video: calls (ramp: the first step); hold: allocations; rate: allocations sharing --rate; alloc: cycles in flight at most", low=1, high=100_000),
     duration: float = options.seconds(10.0, "--duration", "-d", help="seconds of measurement (hold: of holding; ramp: a bound on the whole ramp)"),
@@ -74,7 +76,8 @@ def load_cmd(
     def body() -> int:
         from ..load.report import load_baseline
 
-        cfg, read_log = build_config(turn_uri, profile=profile, secret=secret, user=user, password=password, name=name,
+        cfg, read_log = build_config(turn_uri, profile=profile, secret=options.turn_secret(secret, secret_file), user=user,
+                                     password=options.turn_password(password, password_file), name=name,
                                      sessions=sessions, duration=duration, rate=rate, size=size, ramp=ramp, max_loss=max_loss,
                                      max_latency=max_latency, step=step, peer=peer, send_indications=send_indications,
                                      channel=not no_channel, workers=workers, lifetime=lifetime, refresh=refresh,

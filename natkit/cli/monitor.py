@@ -30,23 +30,15 @@ def _config(config: str | None, target: list[str], secret_file: str | None, user
 
 def _cli_credentials(targets: list[str], secret_file, user, password_file, rest_user, env):
     """Credentials for --target: --secret-file / NATKIT_TURN_SECRET (REST), --user with --password-file /
-    NATKIT_TURN_PASSWORD, else a natkit-managed coturn's secret for its own URIs, else none."""
-    from pathlib import Path
+    NATKIT_TURN_PASSWORD, else a natkit-managed coturn's secret for its own URIs, else none.
 
+    ``secret_file`` and ``password_file`` are what those files hold (read while the options were parsed,
+    :func:`natkit.cli.options.secret_file_option`)."""
     from ..errors import UsageError
     from ..monitor.config import NO_CREDENTIALS, CredentialSource
 
-    def read(path: str, what: str) -> str:
-        try:
-            value = Path(path).read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-        if not value:
-            raise UsageError(f"{what} {path} is empty")
-        return value
-
-    secret = read(secret_file, "--secret-file") if secret_file else env.get("NATKIT_TURN_SECRET") or None
-    password = read(password_file, "--password-file") if password_file else env.get("NATKIT_TURN_PASSWORD") or None
+    secret = options.turn_secret(None, secret_file, env)
+    password = options.turn_password(None, password_file, env)
     ru = rest_user or "natkit-monitor"
     if secret and user and password:
         raise UsageError("give a REST secret or --user with a password, not both")
@@ -66,9 +58,9 @@ def _cli_credentials(targets: list[str], secret_file, user, password_file, rest_
 
 _TARGET = typer.Option([], "--target", "-t", help="TURN URI to probe (repeatable; with or besides --config)")
 _CONFIG = options.input_file(None, "--config", "-c", help="TOML config: targets, credentials, interval, checks (docs/monitor.md)")
-_SECRET_FILE = options.input_file(None, "--secret-file", help="file holding the REST shared secret for --target (or NATKIT_TURN_SECRET)")
+_SECRET_FILE = options.secret_file_option("file whose first line is the REST shared secret for --target (or NATKIT_TURN_SECRET; keep it 0600)")
 _USER = typer.Option(None, "--user", "-u", help="long-term username for --target (password: --password-file or NATKIT_TURN_PASSWORD)")
-_PASSWORD_FILE = options.input_file(None, "--password-file", help="file holding the long-term password")
+_PASSWORD_FILE = options.password_file_option("file whose first line is the long-term password for --target (or NATKIT_TURN_PASSWORD)")
 _REST_USER = typer.Option(None, "--rest-user", help="user part of minted REST credentials (default natkit-monitor)")
 _CHECKS = typer.Option(None, "--checks", help="for --target: comma-separated binding,allocate,relay,tls (default all)")
 _EXPECT = typer.Option(None, "--expect-relayed-ip", help="for --target: the IP XOR-RELAYED-ADDRESS must carry (coturn external-ip)")

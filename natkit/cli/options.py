@@ -124,3 +124,94 @@ def ca_option(help: str = "CA bundle (PEM) to verify TLS servers") -> Any:
 
 def insecure_option(help: str = "do not verify TLS certificates") -> Any:
     return typer.Option(False, "--insecure", help=help)
+
+
+# ---- TURN credentials: secrets never in argv (one definition for every client command)
+#
+# --secret / --password stay accepted, but every local user reads argv in ps; the
+# file forms read natkit.coturn.secrets' way while the options are parsed (a missing,
+# unreadable or empty file is exit 2 before any work), and the environment variables
+# are the third source. The option's value is what the file holds, never its path.
+
+SECRET_ENV = "NATKIT_TURN_SECRET"
+PASSWORD_ENV = "NATKIT_TURN_PASSWORD"
+
+
+class FileValue(str):
+    """A secret read from a file: the text itself, plus the file's ``path`` and a ``warning`` (loose mode) or None."""
+
+    path: str
+    warning: Optional[str]
+
+
+def _from_file(flag: str, reader: str, what: str) -> Callable[[Optional[str]], Optional[FileValue]]:
+    """A callback reading ``path`` with ``natkit.coturn.secrets.<reader>``; its errors are ``BadParameter`` (exit 2)."""
+    def load(path: Optional[str]) -> Optional[FileValue]:
+        if path is None:
+            return None
+        from ..coturn import secrets
+        from ..errors import UsageError
+
+        try:
+            value = FileValue(getattr(secrets, reader)(path, flag))
+        except UsageError as exc:
+            raise typer.BadParameter(exc.message) from None
+        value.path, value.warning = path, secrets.loose_permissions(path, what)
+        return value
+
+    return load
+
+
+def secret_option(*more: str, help: str) -> Any:
+    """``--secret S`` (repeat ``more`` for a short form): accepted, with the ps warning in its help."""
+    return typer.Option(None, "--secret", *more,
+                        help=f"{help}; default ${SECRET_ENV}. On the command line it is visible to every local user in ps: "
+                             "prefer --secret-file")
+
+
+def secret_file_option(help: str = "file whose first line is the REST shared secret (keep it 0600)") -> Any:
+    """``--secret-file FILE``: the value is the file's first secret (:func:`natkit.coturn.secrets.first_secret`)."""
+    return typer.Option(None, "--secret-file", metavar="FILE", help=help, callback=_from_file("--secret-file", "first_secret", "secret"))
+
+
+def password_option(*more: str, help: str) -> Any:
+    """``--password P``: accepted, with the ps warning in its help."""
+    return typer.Option(None, "--password", *more,
+                        help=f"{help}; default ${PASSWORD_ENV}. On the command line it is visible to every local user in ps: "
+                             "prefer --password-file")
+
+
+def password_file_option(help: str = "file whose first line is the long-term password (keep it 0600)") -> Any:
+    """``--password-file FILE``: the value is the file's first non-blank line (:func:`natkit.coturn.secrets.read_password_file`)."""
+    return typer.Option(None, "--password-file", metavar="FILE", help=help,
+                        callback=_from_file("--password-file", "read_password_file", "password"))
+
+
+def _one_source(flag: str, given: Optional[str], from_file: Optional[str], env_var: str, environ) -> Optional[str]:
+    from ..errors import UsageError
+
+    if given is not None and from_file is not None:
+        raise UsageError(f"{flag} and {flag}-file are two sources of the same {flag[2:]}", hint=f"use one; {flag}-file keeps it out of ps")
+    if from_file is not None:
+        warning = getattr(from_file, "warning", None)
+        if warning:
+            from .output import err
+
+            err(f"natkit: warning: {warning}")
+        return str(from_file)
+    if given is not None:
+        return given
+    return (os.environ if environ is None else environ).get(env_var) or None
+
+
+def turn_secret(secret: Optional[str], secret_file: Optional[str], environ=None) -> Optional[str]:
+    """The REST secret: ``--secret``, ``--secret-file`` (the value read), else ``$NATKIT_TURN_SECRET``; None: none given.
+
+    Both options at once raise :class:`~natkit.errors.UsageError` (exit 2).
+    """
+    return _one_source("--secret", secret, secret_file, SECRET_ENV, environ)
+
+
+def turn_password(password: Optional[str], password_file: Optional[str], environ=None) -> Optional[str]:
+    """The long-term password: ``--password``, ``--password-file``, else ``$NATKIT_TURN_PASSWORD``; None: none given."""
+    return _one_source("--password", password, password_file, PASSWORD_ENV, environ)

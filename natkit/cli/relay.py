@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 
 def relay_check_cmd(
     turn_uris: List[str] = typer.Argument(..., metavar="TURN_URI...", help="turn:host[:port][?transport=udp|tcp] or turns:host[:port]; several: a fleet, checked concurrently"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="REST shared secret (a credential is minted; default: a natkit-managed coturn's, for its own URIs)"),
+    secret: Optional[str] = options.secret_option(help="REST shared secret (a credential is minted; default: a natkit-managed coturn's, for its own URIs)"),
+    secret_file: Optional[str] = options.secret_file_option(),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="username (long-term credential), or the user part with --secret (default natkit; '' for none)"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="password (long-term credential)"),
+    password: Optional[str] = options.password_option("-p", help="password (long-term credential)"),
+    password_file: Optional[str] = options.password_file_option(),
     messages: int = options.integer(20, "--messages", "-n", help="data-channel messages to echo", low=1, high=100_000),
     payload: int = options.integer(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)", low=0, high=1 << 32),
     timeout: float = options.seconds(10.0, "--timeout", help="total time budget in seconds"),
@@ -39,7 +41,8 @@ def relay_check_cmd(
         from ..credentials import resolve
         from ..relay import relay_check
 
-        creds = resolve(secret=secret, user=user, password=password, uris=turn_uris)
+        creds = resolve(secret=options.turn_secret(secret, secret_file), user=user,
+                        password=options.turn_password(password, password_file), uris=turn_uris)
         if len(turn_uris) > 1:
             return fleet(turn_uris, creds)
         turn_uri = turn_uris[0]

@@ -25,7 +25,8 @@ def serve_cmd(
     max_connections: int = typer.Option(2000, "--max-connections", help="TCP connections at once, WebSockets and HTTP requests still arriving (beyond: 503)"),
     request_timeout: float = options.seconds(10.0, "--request-timeout", help="seconds a connection has to send a complete HTTP request (beyond: 408, closed)", high=3600),
     turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST secret: the page gets fresh credentials"),
+    secret: Optional[str] = options.secret_option(help="TURN REST secret: the page gets fresh credentials"),
+    secret_file: Optional[str] = options.secret_file_option(),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
     cert: Optional[str] = options.input_file(None, "--cert", help="PEM certificate chain: serve https:// and wss://"),
     key: Optional[str] = options.input_file(None, "--key", help="PEM private key of --cert"),
@@ -53,7 +54,7 @@ def serve_cmd(
         config = SignalConfig(
             host=host, port=port, token=token, room_size=room_size, max_message=max_message,
             idle_timeout=idle_timeout, max_connections=max_connections, request_timeout=request_timeout, turn_uris=tuple(turn),
-            turn_secret=secret, stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose, cert=cert, key=key,
+            turn_secret=options.turn_secret(secret, secret_file), stun_uris=tuple(stun), serve_page=not no_page, verbose=verbose, cert=cert, key=key,
         ).validate()
 
         def ready(server) -> None:
@@ -92,9 +93,11 @@ def peer_cmd(
     turn: List[str] = typer.Option([], "--turn", help="TURN URI (turn:host[:port][?transport=tcp] or turns:), repeatable"),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI, repeatable"),
     relay_only: bool = typer.Option(False, "--relay-only", help="gather relay candidates only (iceTransportPolicy=relay)"),
-    secret: Optional[str] = typer.Option(None, "--secret", envvar="NATKIT_TURN_SECRET", help="TURN REST shared secret (a credential is minted)"),
+    secret: Optional[str] = options.secret_option(help="TURN REST shared secret (a credential is minted)"),
+    secret_file: Optional[str] = options.secret_file_option(),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="TURN username, or the user part with --secret"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", envvar="NATKIT_TURN_PASSWORD", help="TURN password"),
+    password: Optional[str] = options.password_option("-p", help="TURN password"),
+    password_file: Optional[str] = options.password_file_option(),
     token: Optional[str] = typer.Option(None, "--token", envvar="NATKIT_SIGNAL_TOKEN", help="the signaling server's token"),
     messages: int = options.integer(20, "--messages", "-n", help="echo round trips to measure", low=1, high=100_000),
     payload: int = options.integer(1_000_000, "--payload", help="bytes sent one way for the throughput figure (0: skip)", low=0, high=1 << 32),
@@ -118,11 +121,12 @@ def peer_cmd(
 
             raise UsageError(f"--signal takes the WebSocket URL (ws:// or wss://), not the page's {signal.split('://')[0]}:// URL",
                              hint=f"use --signal {check_url(signal)}")
+        the_secret, the_password = options.turn_secret(secret, secret_file), options.turn_password(password, password_file)
         username = pw = None
         if turn:
             from ..credentials import resolve
 
-            username, pw = resolve(secret=secret, user=user, password=password, uris=turn).pair()
+            username, pw = resolve(secret=the_secret, user=user, password=the_password, uris=turn).pair()
         if json_out:  # stdout holds exactly one JSON document: chat goes to stderr
             def on_chat(line: str) -> None:
                 output.err(f"peer> {line}")

@@ -1,11 +1,12 @@
-"""Where a coturn REST secret comes from when it must not be on a command line.
+"""Where a coturn REST secret (or a long-term password) comes from when it must not be on a command line.
 
 Every local user can read every process's argv (``ps``, ``/proc/PID/cmdline``),
 so a secret given as ``--secret S`` is visible while natkit runs. The other
 sources are a file (``--secret-file``, one secret per line, newest first) and
 the ``NATKIT_TURN_SECRET`` environment variable (whitespace-separated,
 newest first); a process's environment is readable only by its own user and
-root.
+root. The client commands' ``--secret-file`` takes the first secret of such a
+file, their ``--password-file`` the first non-blank line (natkit.cli.options).
 """
 
 from __future__ import annotations
@@ -20,29 +21,39 @@ ARGV_WARNING = f"--secret is readable by every local user in ps while natkit run
 MAX_FILE_BYTES = 64 * 1024
 
 
-def read_secret_file(path: str) -> tuple[str, ...]:
-    """The secrets in ``path``: one per line, newest first; blank lines and ``#`` comments skipped.
+def read_text_file(path: str, what: str, flag: str, holds: str | None = None) -> str:
+    """The UTF-8 text of the regular file ``path`` (at most 64 KiB); :class:`UsageError` otherwise.
 
-    Raises :class:`UsageError` (exit 2) when the file cannot be read, is not
-    a regular file, is larger than 64 KiB, holds no secret, or a line holds
-    whitespace inside the secret.
+    ``what`` names the file in messages ("secret file ..."), ``flag`` and ``holds`` make the hint
+    ("``flag`` takes a file: ``holds``"; default: the ``what`` on its first line).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise UsageError(f"cannot read secret file {path}: {exc.strerror}", hint="--secret-file takes a file with one secret per line") from None
+        raise UsageError(f"cannot read {what} file {path}: {exc.strerror}", hint=f"{flag} takes a file: {holds or f'the {what} on its first line'}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UsageError(f"secret file {path} is not a regular file")
+            raise UsageError(f"{what} file {path} is not a regular file")
         data = os.read(fd, MAX_FILE_BYTES + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:
-        raise UsageError(f"secret file {path} is larger than {MAX_FILE_BYTES // 1024} KiB: not a secret file")
+        raise UsageError(f"{what} file {path} is larger than {MAX_FILE_BYTES // 1024} KiB: not a {what} file")
     try:
-        text = data.decode()
+        return data.decode()
     except UnicodeDecodeError:
-        raise UsageError(f"secret file {path} is not UTF-8 text") from None
+        raise UsageError(f"{what} file {path} is not UTF-8 text") from None
+
+
+def read_secret_file(path: str, flag: str = "--secret-file") -> tuple[str, ...]:
+    """The secrets in ``path``: one per line, newest first; blank lines and ``#`` comments skipped.
+
+    Raises :class:`UsageError` (exit 2) when the file cannot be read, is not
+    a regular file, is larger than 64 KiB, holds no secret, or a line holds
+    whitespace inside the secret. A command that uses one secret takes the
+    first (``--secret-file`` of the client commands, :func:`first_secret`).
+    """
+    text = read_text_file(path, "secret", flag)
     secrets = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -56,14 +67,32 @@ def read_secret_file(path: str) -> tuple[str, ...]:
     return tuple(secrets)
 
 
-def loose_permissions(path: str) -> str | None:
+def first_secret(path: str, flag: str = "--secret-file") -> str:
+    """The newest secret of ``path`` (its first secret line, :func:`read_secret_file`'s rule)."""
+    return read_secret_file(path, flag)[0]
+
+
+def read_password_file(path: str, flag: str = "--password-file") -> str:
+    """A long-term password from ``path``: its first non-blank line, the line break (``\\n``, ``\\r\\n``) stripped.
+
+    Spaces and ``#`` are part of a password, so the line is taken as written.
+    Raises :class:`UsageError` (exit 2) as :func:`read_secret_file`, and when
+    the file holds only blank lines.
+    """
+    for line in read_text_file(path, "password", flag).splitlines():
+        if line.strip():
+            return line
+    raise UsageError(f"password file {path} is empty", hint="write the password on its first line")
+
+
+def loose_permissions(path: str, what: str = "secret") -> str | None:
     """A warning when ``path`` is readable or writable by group or others, else None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None
     if mode & 0o077:
-        return f"secret file {path} is mode {stat.S_IMODE(mode):04o}: other users may read it (chmod 600 {path})"
+        return f"{what} file {path} is mode {stat.S_IMODE(mode):04o}: other users may read it (chmod 600 {path})"
     return None
 
 
