@@ -283,6 +283,7 @@ def test_every_secret_or_password_option_has_its_file_form():
     assert {"check", "relay-check", "doctor", "turn audit", "turn load", "peer"} <= set(with_password)
     assert [p for p in with_secret if "--secret-file" not in _flags(leaves[p])] == []
     assert [p for p in with_password if "--password-file" not in _flags(leaves[p])] == []
+    assert [p for p in leaves if "--lt-user" in _flags(leaves[p]) and "--lt-user-file" not in _flags(leaves[p])] == []
     for path in with_secret:
         assert "ps" in (_option(leaves[path], "--secret").help or ""), path
     for path in with_password:
@@ -380,6 +381,43 @@ def test_password_file_keeps_spaces_inside_and_strips_the_line_break():
         assert read_password_file(f.name) == "correct horse # battery"
 
 
+def test_turn_config_renders_users_from_a_user_file(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("# long-term users\nalice:pa:ss\n\nbob:hunter2\n")
+    users.chmod(0o600)
+    text = cli("turn", "config", "--lt-user-file", str(users))
+    assert text.exit_code == 0 and text.stderr == "", text.stderr
+    assert "user=alice:pa:ss" in text.stdout.splitlines() and "user=bob:hunter2" in text.stdout.splitlines()
+    assert "static-auth-secret" not in text.stdout and "lt-cred-mech" in text.stdout
+    doc = json.loads(cli("turn", "config", "--lt-user-file", str(users), "--lt-user", "carol:x", "--json").stdout)
+    assert [line for line in doc["config"] if line.startswith("user=")] == ["user=carol:***", "user=alice:***", "user=bob:***"]
+    assert any("--lt-user puts the password" in w for w in doc["warnings"])
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("hunter2\n", "line 1 takes NAME:PASSWORD, got a value with no ':'"),
+    ("alice:\n", "line 1 takes NAME:PASSWORD, got 'alice' with no password"),
+    ("# c\nalice:hunter 2\n", "line 2: the password of 'alice' contains whitespace or '#'"),
+    ("alice:a\nalice:b\n", "long-term user 'alice' given more than once"),
+    ("# only a comment\n", "holds no NAME:PASSWORD line"),
+])
+def test_a_bad_user_file_is_one_line_exit_2_and_never_shows_a_password(tmp_path, content, needle):
+    users = tmp_path / "users"
+    users.write_text(content)
+    for command in ("config", "up"):
+        result = cli("turn", command, "--lt-user-file", str(users))
+        assert_one_line_error(result, 2)
+        assert needle in result.stderr
+        assert "hunter" not in result.stderr
+
+
+def test_lt_user_cannot_smuggle_a_line_into_turnserver_conf():
+    """A newline in --lt-user once became a second turnserver.conf line (here: another listening-port)."""
+    result = cli("turn", "config", "--lt-user", "a:b\nlistening-port=1")
+    assert_one_line_error(result, 2)
+    assert "the password of 'a' contains whitespace or '#'" in result.stderr
+
+
 def test_turn_config_json_masks_the_secret():
     result = cli("turn", "config", "--secret", "abc", "--port", "3999", "--json")
     assert result.exit_code == 0, result.stderr
@@ -396,7 +434,8 @@ def test_turn_up_and_config_share_their_options():
     leaves = dict((" ".join(p), c) for p, c in _leaf_commands())
     shared = {opt for _, _, o in PROFILE_OPTIONS for decl in o.param_decls for opt in decl.split("/")}
     assert "--allow-loopback-peers" in shared and "--lt-user" in shared and "--secret-file" in shared and "--stun" in shared
-    assert len(PROFILE_OPTIONS) == 18
+    assert "--lt-user-file" in shared
+    assert len(PROFILE_OPTIONS) == 19
     assert shared <= _flags(leaves["turn up"]) and shared <= _flags(leaves["turn config"])
 
 

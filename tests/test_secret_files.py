@@ -1,4 +1,4 @@
-"""Secrets from files, against a real coturn: ``--secret-file``, ``--password-file``.
+"""Secrets from files, against a real coturn: ``--secret-file``, ``--password-file``, ``turn up --lt-user-file``.
 
 The house rule is that a secret never has to be on a command line (``ps`` shows
 every process's argv to every local user). Each command here runs as a user
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from natkit.coturn.server import free_port
+from natkit.pytest_plugin import require_coturn
 
 
 def natkit(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -74,3 +76,43 @@ def test_doctor_takes_the_secret_from_a_file(turn_server, tmp_path):
     assert wrong.returncode == 5, wrong.stdout[-2000:]
     assert turn_server.secret not in good.stdout + wrong.stdout
     assert_one_line(natkit(*args, "--secret-file", str(tmp_path / "nope")), 2, "cannot read secret file")
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return out
+
+
+def test_turn_up_with_a_user_file_allocates_with_that_user(tmp_path):
+    """turn up --lt-user-file: a long-term user nobody saw in ps, and relay-check --password-file
+    with that user relays (0); a wrong password from a file is refused (5)."""
+    require_coturn()
+    password = "pw-" + os.urandom(8).hex()
+    users = tmp_path / "users"
+    users.write_text(f"# natkit test users\nalice:{password}\n")
+    users.chmod(0o600)
+    port = free_port()
+    up = natkit("turn", "up", "--backend", "native", "--port", str(port), "--name", f"lt-{port}", "--lt-user-file", str(users), "--json")
+    assert up.returncode == 0, up.stderr[-2000:]
+    try:
+        assert up.stderr == ""  # no ps warning, no loose-file warning
+        doc = json.loads(up.stdout)
+        assert password not in up.stdout
+        assert not [c for c in _cmdlines() if password in c], "the password is on a command line"
+        uri = f"turn:127.0.0.1:{port}"
+        assert uri in doc["server"]["uris"]
+        ok = natkit("relay-check", uri, "--user", "alice", "--password-file", secret_file(tmp_path / "pw", password), *RELAY)
+        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+        assert json.loads(ok.stdout)["path"]["all_relay"] is True
+        bad = natkit("relay-check", uri, "--user", "alice", "--password-file", secret_file(tmp_path / "bad", "not-" + password), *RELAY)
+        assert bad.returncode == 5, bad.stdout[-2000:]
+        assert password not in ok.stdout + ok.stderr + bad.stdout + bad.stderr
+    finally:
+        down = natkit("turn", "down", "--name", f"lt-{port}")
+        assert down.returncode == 0, down.stderr

@@ -16,17 +16,51 @@ from . import options, output
 turn_app = typer.Typer(help="Provision coturn (Docker or the native turnserver) with a hardened configuration.", no_args_is_help=True)
 
 
-def parse_users(users: List[str]) -> tuple[tuple[str, str], ...]:
-    """``--lt-user NAME:PASSWORD`` values as pairs; raises :class:`UsageError` (never echoing a password)."""
+LT_USER_ARGV_WARNING = "--lt-user puts the password where every local user reads it in ps; prefer --lt-user-file FILE"
+
+
+def _user(value: str, where: str) -> tuple[str, str]:
+    """One ``NAME:PASSWORD``; the error names ``where`` and the name, never the password (nor a value without ':')."""
     from ..errors import UsageError
 
-    parsed = []
-    for u in users:
-        name, sep, password = u.partition(":")
-        if not sep or not name or not password:
-            raise UsageError(f"--lt-user takes NAME:PASSWORD, got {name!r}" + ("" if sep else " with no ':'"))
-        parsed.append((name, password))
-    return tuple(parsed)
+    name, sep, password = value.partition(":")
+    if not sep:
+        raise UsageError(f"{where} takes NAME:PASSWORD, got a value with no ':'")
+    if not name or not password:
+        raise UsageError(f"{where} takes NAME:PASSWORD, got {name!r} with " + ("no password" if name else "no name"))
+    if any(c.isspace() or c == "#" for c in name):
+        raise UsageError(f"{where}: user name {name!r} contains whitespace or '#' (turnserver.conf cannot carry them)")
+    if any(c.isspace() or c == "#" for c in password):
+        raise UsageError(f"{where}: the password of {name!r} contains whitespace or '#' (turnserver.conf cannot carry them)")
+    return name, password
+
+
+def parse_users(users: List[str], where: str = "--lt-user") -> tuple[tuple[str, str], ...]:
+    """``--lt-user NAME:PASSWORD`` values as pairs; raises :class:`UsageError` (never echoing a password).
+
+    A name or password with whitespace or ``#`` is refused: coturn's ``user=NAME:PASSWORD`` line
+    would end there (or carry a second configuration line).
+    """
+    return tuple(_user(u, where) for u in users)
+
+
+def read_users_file(path: str) -> tuple[tuple[str, str], ...]:
+    """``--lt-user-file``: one ``NAME:PASSWORD`` a line (blank lines and ``#`` comments skipped), as :func:`parse_users`.
+
+    Raises :class:`UsageError` (exit 2) for a file that cannot be read (``natkit.coturn.secrets``' rule),
+    a bad line (named by its number, the password never shown) or no user at all.
+    """
+    from ..coturn.secrets import read_text_file
+    from ..errors import UsageError
+
+    users = []
+    for number, raw in enumerate(read_text_file(path, "user", "--lt-user-file", "NAME:PASSWORD a line").splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            users.append(_user(line, f"--lt-user-file {path}, line {number}"))
+    if not users:
+        raise UsageError(f"user file {path} holds no NAME:PASSWORD line")
+    return tuple(users)
 
 
 def resolve_external_ip(external_ip: Optional[str], stun: List[str], listen: List[str]) -> Optional[str]:
@@ -63,7 +97,8 @@ PROFILE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("max_port", int, options.integer(65535, "--max-port", help="highest relay port", low=1, high=65535)),
     ("allow_loopback", Optional[bool], typer.Option(None, "--allow-loopback-peers/--deny-loopback-peers",
                                                     help="allow relaying to the loopback listening address (default: only when listening on loopback only)")),
-    ("users", List[str], typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable)")),
+    ("users", List[str], typer.Option([], "--lt-user", help="long-term user NAME:PASSWORD instead of REST secrets (repeatable); visible in ps: prefer --lt-user-file")),
+    ("users_file", Optional[str], typer.Option(None, "--lt-user-file", metavar="FILE", help="file of long-term users, NAME:PASSWORD a line (keep it 0600); with or instead of --lt-user")),
     ("tls", bool, typer.Option(False, "--tls", help="also listen for TURN over TLS (turns:), TLS 1.2+ only")),
     ("tls_port", int, options.integer(5349, "--tls-port", help="TLS listening port", low=1, high=65535)),
     ("cert", Optional[str], options.input_file(None, "--cert", help="PEM certificate (chain) for --tls; default: a self-signed one")),
@@ -89,6 +124,7 @@ class ProfileOptions:
     max_port: int
     allow_loopback: Optional[bool]
     users: List[str]
+    users_file: Optional[str]
     tls: bool
     tls_port: int
     cert: Optional[str]
@@ -99,14 +135,28 @@ class ProfileOptions:
     def build(self):
         """The :class:`~natkit.coturn.profiles.Profile` these options describe (``coturn.profiles.from_options``)."""
         from ..coturn.profiles import from_options
-        from ..coturn.secrets import resolve
+        from ..coturn.secrets import loose_permissions, resolve
 
         # --secret, --secret-file or NATKIT_TURN_SECRET (coturn.secrets); --secret on argv is warned about
         secrets, secret_warnings = resolve(self.secrets, self.secret_file)
+        users = parse_users(self.users)  # --lt-user on argv is warned about too
+        if users:
+            secret_warnings.append(LT_USER_ARGV_WARNING)
+        if self.users_file:
+            users += read_users_file(self.users_file)
+            loose = loose_permissions(self.users_file, "user")
+            if loose:
+                secret_warnings.append(loose)
+        names = [name for name, _ in users]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            from ..errors import UsageError
+
+            raise UsageError(f"long-term user {', '.join(map(repr, twice))} given more than once", hint="one NAME:PASSWORD per user")
         built = from_options(
             self.profile, listen=tuple(self.listen), port=self.port, secrets=secrets, realm=self.realm,
             external_ip=resolve_external_ip(self.external_ip, self.stun, self.listen), min_port=self.min_port, max_port=self.max_port,
-            allow_loopback=self.allow_loopback, users=parse_users(self.users), tls=self.tls, tls_port=self.tls_port,
+            allow_loopback=self.allow_loopback, users=users, tls=self.tls, tls_port=self.tls_port,
             cert_file=self.cert, key_file=self.key, tcp_relay=self.tcp_relay, nat_discovery=self.nat_discovery,
         )
         return dataclasses.replace(built, warnings=(*secret_warnings, *built.warnings))
