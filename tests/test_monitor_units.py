@@ -21,6 +21,22 @@ RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 # config
 
 
+def test_config_secret_files_are_read_as_every_natkit_secret_file(tmp_path):
+    """secret_file: its first secret line (a turn up rotation file works); password_file: the first
+    non-blank line as written; an empty one is a usage error naming the table."""
+    from natkit.monitor.config import parse_credentials
+
+    (tmp_path / "s").write_text("# rotated\n\nnew-secret\nold-secret\n")
+    (tmp_path / "pw").write_text("\ncorrect horse battery\n")
+    (tmp_path / "empty").write_text("\n")
+    assert parse_credentials("a", {"secret_file": str(tmp_path / "s")}, {}).secret == "new-secret"
+    assert parse_credentials("b", {"username": "u", "password_file": str(tmp_path / "pw")}, {}).password == "correct horse battery"
+    with pytest.raises(UsageError, match="credentials.c: secret file .* holds no secret"):
+        parse_credentials("c", {"secret_file": str(tmp_path / "empty")}, {})
+    with pytest.raises(UsageError, match="credentials.d: password file .* is empty"):
+        parse_credentials("d", {"username": "u", "password_file": str(tmp_path / "empty")}, {})
+
+
 def test_config_targets_credentials_and_defaults(tmp_path):
     (tmp_path / "pw").write_text("long-term-pw\n")
     doc = {
@@ -60,7 +76,7 @@ def test_module_without_allow_list_reaches_configured_hosts_only():
     ({"targets": [{"uri": "turn:a"}], "credentials": {"a": {"secret": "x"}}}, "must not be written into the config"),
     ({"targets": [{"uri": "turn:a"}], "credentials": {"a": {"secret_env": "MISSING"}}}, "MISSING is empty or not set"),
     ({"targets": [{"uri": "turn:a"}], "credentials": {"a": {"secret_env": "S", "secret_file": "/x"}}}, "not both"),
-    ({"targets": [{"uri": "turn:a"}], "credentials": {"a": {"secret_file": "/nonexistent/secret"}}}, "cannot read secret_file"),
+    ({"targets": [{"uri": "turn:a"}], "credentials": {"a": {"secret_file": "/nonexistent/secret"}}}, "cannot read secret file /nonexistent/secret"),
     ({"targets": [{"uri": "stun:a"}]}, "is a STUN URI"),
     ({"targets": [{"uri": "turn:a", "checks": ["bogus"]}]}, "unknown check"),
     ({"targets": [{"uri": "turn:a", "colour": "red"}]}, "unknown key(s) colour"),

@@ -169,7 +169,7 @@ def secret_option(*more: str, help: str) -> Any:
                              "prefer --secret-file")
 
 
-def secret_file_option(help: str = "file whose first line is the REST shared secret (keep it 0600)") -> Any:
+def secret_file_option(help: str = "file holding the REST shared secret: its first line (# comments skipped; keep it 0600)") -> Any:
     """``--secret-file FILE``: the value is the file's first secret (:func:`natkit.coturn.secrets.first_secret`)."""
     return typer.Option(None, "--secret-file", metavar="FILE", help=help, callback=_from_file("--secret-file", "first_secret", "secret"))
 

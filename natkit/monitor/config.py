@@ -226,7 +226,10 @@ def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 
 def _read_secret(table: Mapping[str, Any], stem: str, where: str, env: Mapping[str, str]) -> tuple[str | None, str]:
-    """``<stem>_env`` or ``<stem>_file`` → (value, origin). A literal ``<stem>`` is refused."""
+    """``<stem>_env`` or ``<stem>_file`` → (value, origin). A literal ``<stem>`` is refused.
+
+    A ``secret_file`` gives its first secret line, a ``password_file`` its first non-blank line
+    (:mod:`natkit.coturn.secrets`, as the ``--secret-file``/``--password-file`` options)."""
     if stem in table:
         raise UsageError(f"{where}{stem} must not be written into the config",
                          hint=f"use {stem}_env = \"VARIABLE\" or {stem}_file = \"/path\"")
@@ -243,12 +246,14 @@ def _read_secret(table: Mapping[str, Any], stem: str, where: str, env: Mapping[s
     if path is not None:
         if not isinstance(path, str) or not path:
             raise UsageError(f"{where}{stem}_file must be a path")
+        from ..coturn.secrets import first_secret, read_password_file
+
+        # the rule of every natkit secret file: the first secret line; a password's first non-blank line
+        read = first_secret if stem == "secret" else read_password_file
         try:
-            value = Path(path).read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"{where}cannot read {stem}_file {path}: {exc.strerror or exc}") from None
-        if not value:
-            raise UsageError(f"{where}{stem}_file {path} is empty")
+            value = read(path, f"{stem}_file")
+        except UsageError as exc:
+            raise UsageError(f"{where}{exc.message}", hint=exc.hint) from None
         return value, f"file {path}"
     return None, ""
 
