@@ -24,7 +24,7 @@ def serve_cmd(
     idle_timeout: float = options.seconds(300.0, "--idle-timeout", help="close a connection silent for this many seconds", high=86_400),
     max_connections: int = typer.Option(2000, "--max-connections", help="TCP connections at once, WebSockets and HTTP requests still arriving (beyond: 503)"),
     request_timeout: float = options.seconds(10.0, "--request-timeout", help="seconds a connection has to send a complete HTTP request (beyond: 408, closed)", high=3600),
-    turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret)"),
+    turn: List[str] = typer.Option([], "--turn", help="TURN URI handed to the page, repeatable (needs --secret-file or --secret)"),
     secret: Optional[str] = options.secret_option(help="TURN REST secret: the page gets fresh credentials"),
     secret_file: Optional[str] = options.secret_file_option(),
     stun: List[str] = typer.Option([], "--stun", help="STUN URI handed to the page, repeatable"),
