@@ -46,18 +46,59 @@ def engine():
         c.close()
 
 
-@pytest.fixture(scope="session")
-def image(engine):
-    """The coturn image built offline once per session from /usr/bin/turnserver; removed at the end."""
-    require_coturn()
-    from natkit.coturn.image import build_local_image
+class BuildRecord:
+    """What one :func:`natkit.coturn.image.build_local_image` call did, seen through its own steps:
+    ``staged`` the temporary tags it imported under, ``smoke`` ``(image, final tag present then)``
+    per check run, ``image_ids`` the ids those runs used. Other sessions build on the same engine at the same time; a test of a build
+    looks only at what that build created, never at the engine's global lists."""
 
-    tag = build_local_image(TAG)
+    def __init__(self, monkeypatch) -> None:
+        from natkit.coturn import image as image_mod
+
+        self.staged: list[str] = []
+        self.smoke: list[tuple[str, bool]] = []
+        self.image_ids: list[str] = []
+        self.final: str | None = None
+        real_import, real_smoke = image_mod._import, image_mod._smoke_run
+
+        def spy_import(client, binary, staging, changes):
+            self.staged.append(staging)
+            return real_import(client, binary, staging, changes)
+
+        def spy_smoke(client, image, version):
+            self.smoke.append((image, self.final is not None and backend.image_available(self.final)))
+            self.image_ids.append(client.images.get(image).id)
+            return real_smoke(client, image, version)
+
+        monkeypatch.setattr(image_mod, "_import", spy_import)
+        monkeypatch.setattr(image_mod, "_smoke_run", spy_smoke)
+
+    def build(self, tag: str, turnserver: str | None = None) -> str:
+        from natkit.coturn.image import build_local_image
+
+        self.final = tag
+        return build_local_image(tag, turnserver)
+
+
+@pytest.fixture(scope="session")
+def image_build(engine):
+    """The coturn image built offline once per session from /usr/bin/turnserver (removed at the end),
+    with the :class:`BuildRecord` of that build."""
+    require_coturn()
+    with pytest.MonkeyPatch.context() as mp:
+        record = BuildRecord(mp)
+        record.build(TAG)
     try:
-        yield tag
+        yield record
     finally:
         with contextlib.suppress(docker_errors().ImageNotFound):
             engine.images.remove(TAG, noprune=False)
+
+
+@pytest.fixture(scope="session")
+def image(image_build):
+    """The session's coturn image tag (:func:`image_build`)."""
+    return image_build.final
 
 
 def docker_errors():
@@ -350,14 +391,15 @@ def test_cli_turn_up_with_a_missing_image_exits_3(engine, image):
     assert _containers(engine, f"pytest-{port}") == []
 
 
-def test_image_build_refuses_what_is_not_coturns_turnserver(engine, tmp_path):
+def test_image_build_refuses_what_is_not_coturns_turnserver(engine, tmp_path, monkeypatch):
     """A file that is not coturn's turnserver (not executable, a script, another ELF program)
-    is refused before anything is imported: one line, exit 2, no image left behind."""
+    is refused before anything is imported: one line, exit 2, no image left behind (this build's
+    own tag absent, nothing imported; other sessions' builds on the engine are theirs)."""
     import shutil
-    import subprocess
-    import sys
 
-    from natkit.coturn.image import build_local_image
+    from typer.testing import CliRunner
+
+    from natkit.cli.app import app
     from natkit.errors import UsageError
 
     script = tmp_path / "turnserver"
@@ -372,30 +414,37 @@ def test_image_build_refuses_what_is_not_coturns_turnserver(engine, tmp_path):
     cases = [("/etc/hostname", "not executable|not an ELF executable"), (str(text), "not executable"),
              (str(executable_text), "not an ELF executable"), (str(script), "not an ELF executable"),
              (shutil.which("true"), "is not coturn's turnserver"), (str(tmp_path / "missing"), "is not a file")]
-    before = {i.id for i in engine.images.list(all=True)}
+    record = BuildRecord(monkeypatch)
     for path, message in cases:
         tag = f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"
         with pytest.raises(UsageError, match=message):
-            build_local_image(tag, path)
+            record.build(tag, path)
         assert not backend.image_available(tag)
-    r = subprocess.run([sys.executable, "-m", "natkit.cli.app", "turn", "image", "build", "--turnserver", "/etc/hostname", "-t",
-                        f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"], check=False, capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, NATKIT_QUIET="1"))
-    assert r.returncode == 2 and "/etc/hostname is not" in r.stderr and "Traceback" not in r.stderr, r
-    assert {i.id for i in engine.images.list(all=True)} == before, "a refused build left an image"
+    tag = f"natkit/coturn:refused-{uuid.uuid4().hex[:8]}"
+    r = CliRunner().invoke(app, ["turn", "image", "build", "--turnserver", "/etc/hostname", "-t", tag])
+    assert r.exit_code == 2 and "/etc/hostname is not" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert not backend.image_available(tag)
+    assert record.staged == [] and record.smoke == [], "a refused build imported an image"
 
 
-def test_image_build_runs_the_image_before_tagging_it(engine, image):
-    """The built image ran turnserver --version through its /bin/sh in the engine; the
-    temporary build tag and the check container are gone."""
-    img = engine.images.get(image)
+def test_image_build_runs_the_image_before_tagging_it(engine, image_build):
+    """The session's build ran turnserver --version through the image's /bin/sh in the engine,
+    under its temporary tag and before the image had its own; that temporary tag and that check
+    container are gone (only this build's: other sessions build on the same engine)."""
     from natkit.coturn.image import turnserver_version
     from natkit.coturn.native import find_binary
 
+    img = engine.images.get(image_build.final)
     assert img.labels["natkit.turnserver.version"] == turnserver_version(os.path.realpath(find_binary()))
-    assert not [t for i in engine.images.list() for t in (i.tags or []) if t.startswith("natkit/coturn-build:")]
-    assert engine.containers.list(all=True, filters={"label": "natkit.image-check=1"}) == [] or \
-        all(c.status == "running" for c in engine.containers.list(all=True, filters={"label": "natkit.image-check=1"}))  # another session's build
+    [staging] = image_build.staged
+    assert staging.startswith("natkit/coturn-build:") and staging != image_build.final
+    assert image_build.smoke == [(staging, False)], "the check ran on the temporary tag, before the image got its tag"
+    assert not backend.image_available(staging), "this build left its temporary tag"
+    # sparse: the list's own fields (no inspect of a container another build removes meanwhile); ImageID is this build's image
+    assert image_build.image_ids == [img.id]
+    checks = engine.containers.list(all=True, sparse=True, filters={"label": f"{backend.IMAGE_CHECK_LABEL}=1"})
+    assert [c.id for c in checks if c.attrs.get("ImageID") == img.id] == [], "this build left its check container"
 
 
 def test_orphaned_ephemeral_container_is_reaped_by_the_next_start(engine, image, tmp_path):
