@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import struct
 import time
 
@@ -328,16 +330,30 @@ def _mutated(draw):
     return bytes(data)
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """The collector off while the codec's own work is timed: late in the full suite one cyclic collection of
+    the whole process' heap took 0.16 s of this thread's CPU inside a 100-byte decode (CI saw it once)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mutated())
 def test_fuzz_decode_raises_only_malformed_and_is_fast(data):
-    started = time.thread_time()  # CPU time of this thread: the bound is on work, not on the machine's load
-    try:
-        m = decode(data)
-        m.encode()  # whatever decodes re-encodes
-    except MalformedMessage:
-        pass
-    assert time.thread_time() - started < 0.05
+    with _no_gc():
+        started = time.thread_time()  # CPU time of this thread: the bound is on work, not on the machine's load
+        try:
+            m = decode(data)
+            m.encode()  # whatever decodes re-encodes
+        except MalformedMessage:
+            pass
+        assert time.thread_time() - started < 0.05
 
 
 @settings(max_examples=500, deadline=None)
@@ -358,7 +374,8 @@ def test_fuzz_random_bytes(data):
 def test_huge_message_is_linear():
     body = struct.pack("!HH", 0x0013, 65_000) + b"9" * 65_000
     data = struct.pack("!HHI", 0x0117, len(body), codec.MAGIC_COOKIE) + bytes(12) + body
-    started = time.thread_time()
-    for _ in range(20):
-        decode(data)
-    assert (time.thread_time() - started) / 20 < 0.005
+    with _no_gc():
+        started = time.thread_time()
+        for _ in range(20):
+            decode(data)
+        assert (time.thread_time() - started) / 20 < 0.005
