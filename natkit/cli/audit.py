@@ -70,11 +70,7 @@ def audit_cmd(
         if junit:
             with open(junit, "w") as f:
                 f.write(junit_xml(report))
-        if json_out:
-            output.emit_json(report)
-        else:
-            _print(report)
-        return report.exit_code
+        return output.report(json_out, report, _print)
 
     output.run(json_out, body)
 

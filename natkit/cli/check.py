@@ -52,11 +52,7 @@ def check_cmd(
         report = check(turn_uris, secret=the_secret, username=the_user, password=the_password, backend=backend, image=image,
                        timeout=timeout, messages=messages, payload_bytes=payload, verify_tls=not insecure, cafile=ca,
                        on_step=output.progress)
-        if json_out:
-            output.emit_json(report)
-        else:
-            render(report)
-        return report.exit_code
+        return output.report(json_out, report, render)
 
     output.run(json_out, body)
 

@@ -64,11 +64,7 @@ def doctor_cmd(
                         password=creds.password if creds.kind == "long-term" else None,
                         user=user if creds.kind == "rest" else None, peers=list(peers or []), cafile=ca,
                         fallbacks=not no_fallbacks, timeout=timeout, data_timeout=data_timeout)
-        if json_out:
-            output.emit_json(report)
-        else:
-            render(report)
-        return report.exit_code
+        return output.report(json_out, report, render)
 
     output.run(json_out, body)
 

@@ -149,11 +149,7 @@ def once_cmd(
         cfg = _config(config, target, secret_file, user, password_file, rest_user, checks, expect_relayed_ip, cafile, insecure,
                       {"timeout": timeout})
         report = run(run_once(cfg))
-        if json_out:
-            output.emit_json(report)
-        else:
-            render(report)
-        return report.exit_code
+        return output.report(json_out, report, render)
 
     output.run(json_out, body)
 

@@ -56,6 +56,16 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def report(json_mode: bool, document: Any, render: Callable[[Any], None]) -> int:
+    """A command's report on stdout — one JSON document with ``--json``, else ``render(document)`` — and its
+    ``exit_code`` (the documented code of its most severe failure)."""
+    if json_mode:
+        emit_json(document)
+    else:
+        render(document)
+    return document.exit_code
+
+
 def console():
     from rich.console import Console
 

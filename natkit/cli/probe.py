@@ -28,11 +28,7 @@ def probe_cmd(
         from ..probe import probe
 
         report = probe(servers, transport=transport, timeout=timeout, local_host=local, verify_tls=not insecure, cafile=cafile)
-        if json_out:
-            output.emit_json(report)
-        else:
-            render(report)
-        return report.exit_code
+        return output.report(json_out, report, render)
 
     output.run(json_out, body)
 

@@ -50,11 +50,7 @@ def relay_check_cmd(
         output.progress(f"relay-only ICE through {turn_uri}")
         report = relay_check(turn_uri, username=username, password=pw, messages=messages, payload_bytes=payload,
                              timeout=timeout, verify_tls=not insecure, cafile=cafile, media=media, media_seconds=media_seconds)
-        if json_out:
-            output.emit_json(report)
-        else:
-            render(report)
-        return report.exit_code
+        return output.report(json_out, report, render)
 
     def fleet(uris: list[str], creds) -> int:
         from ..relay import relay_check_fleet
