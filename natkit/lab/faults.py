@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from ..errors import LabError, ServerStartFailed, UsageError
+from ..ownership import process_start_time
 from . import netns
 from .spec import Node, Veth, namespace_name
 
@@ -616,7 +617,7 @@ class FaultLab:
     def _state(self) -> dict:
         pid = os.getpid()
         return {"lab": self.name, "kind": "faults", "fault": self.fault.id, "namespaces": list(self.plan.namespaces),
-                "owner_pid": pid, "owner_start": netns.process_start_time(pid), "created": time.time(),
+                "owner_pid": pid, "owner_start": process_start_time(pid), "created": time.time(),
                 "pids": {"coturn": self._coturn.pid} if self._coturn is not None and self._coturn.pid else {}}
 
     # ---- the server

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Self
 
 from ..errors import LabVerificationFailed, NatkitError, ServerStartFailed, UsageError
 from ..nat_classify import Mapping
+from ..ownership import process_start_time
 from . import netns
 from .netns import LabError
 from .spec import SERVER_IPS, LabSpec, Plan, classify, effective_behaviour, plan, word
@@ -215,7 +216,7 @@ class NatLab:
         owner = None if (self.persistent and complete) else os.getpid()
         return {
             "lab": self.name, "namespaces": list(self.plan.namespaces), "persistent": self.persistent, "complete": complete,
-            "owner_pid": owner, "owner_start": netns.process_start_time(owner) if owner else None,
+            "owner_pid": owner, "owner_start": process_start_time(owner) if owner else None,
             "created": time.time(), "spec": self.spec.to_dict(), "secret": self.secret,
             "server_ips": list(SERVER_IPS), "port": self.spec.server.port,
             "pids": {"coturn": self._coturn.pid} if self._coturn is not None and self._coturn.pid else {},

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import LabError, NatkitError, UsageError  # noqa: F401
+from ..ownership import process_start_time
 from .spec import NS_PREFIX, Plan
 
 NETNS_DIR = Path("/run/netns")
@@ -40,18 +41,6 @@ def lab_dir_root() -> Path:
 
 def lab_dir(lab: str) -> Path:
     return lab_dir_root() / lab
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(data.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def owner_alive(state: dict) -> bool:
