@@ -22,6 +22,8 @@ import ipaddress
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from ..render import SYSTEMD_SANDBOX
+
 if TYPE_CHECKING:
     from ..render import Deployment
 
@@ -225,18 +227,7 @@ DynamicUser=yes
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
+{SYSTEMD_SANDBOX}
 CapabilityBoundingSet=
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 SystemCallArchitectures=native
