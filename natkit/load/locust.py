@@ -98,6 +98,28 @@ class _TurnUser(User):
         return SyncTurnClient(t["server"], transport=t["transport"], username=t["username"], password=t["password"],
                               ssl=t["ssl"], server_hostname=t["server_hostname"], timeout=self.timeout)
 
+    def allocated(self):
+        """``(client, ok)``: a new client and its Allocate, reported to Locust as one "Allocate".
+
+        A 437 Allocation Mismatch on a brand-new socket means the kernel handed out a local port whose
+        previous 5-tuple the server still remembers (RFC 8656 §7.3): like natkit's own workers
+        (:func:`natkit.load.clients.allocated_client`), allocate once more from another socket, opened
+        before the refused one is closed so the same port cannot come back.
+        """
+        holder = [self.client()]
+
+        def attempt(check: bool = False):
+            reply = holder[0].allocate(check=check)
+            if not reply.ok and reply.code == 437:
+                fresh = self.client()
+                holder[0].close(release=False)
+                holder[0] = fresh
+                reply = fresh.allocate(check=check)
+            return reply
+
+        ok = self.timed("Allocate", attempt) is not None
+        return holder[0], ok
+
     def timed(self, name: str, fn, *args, **kwargs):
         """Run one TURN request and report it to Locust; returns the Reply (None when it failed)."""
         t0 = time.perf_counter()
@@ -121,9 +143,9 @@ class TurnAllocationUser(_TurnUser):
 
     @task
     def allocation_cycle(self) -> None:
-        client = self.client()
+        client, ok = self.allocated()
         try:
-            if self.timed("Allocate", client.allocate) is None:
+            if not ok:
                 return
             peer = TransportAddress(self.turn["server"].host, 9)
             self.timed("ChannelBind", client.channel_bind, peer)
@@ -151,9 +173,10 @@ class TurnCallUser(_TurnUser):
 
     def on_start(self) -> None:
         super().on_start()
-        self.caller, self.callee = self.client(), self.client()
         self.index = id(self) & 0x7FFFFFFF
-        ok = self.timed("Allocate", self.caller.allocate) and self.timed("Allocate", self.callee.allocate)
+        self.caller, ok = self.allocated()
+        if ok:  # _release() closes whichever of the two exists
+            self.callee, ok = self.allocated()
         if not ok:
             self._release()
             from locust.exception import StopUser
